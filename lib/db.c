@@ -1,0 +1,277 @@
+/* SPDX-License-Identifier: MIT */
+#include <ctype.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "db.h"
+#include "exitcodes.h"
+#include "log.h"
+#include "macro.h"
+
+void vmops_db_redact(const char *in, char *out, size_t len)
+{
+	size_t o = 0;
+	const char *p = in;
+
+	if (!len)
+		return;
+	while (*p && o + 1 < len) {
+		/* keyword/value: password = value */
+		if (strncasecmp(p, "password", 8) == 0 && (p == in || isspace((unsigned char)p[-1]))) {
+			const char *q = p + 8;
+			while (isspace((unsigned char)*q))
+				q++;
+			if (*q == '=') {
+				q++;
+				while (isspace((unsigned char)*q))
+					q++;
+				if (*q == '\'') {
+					q++;
+					while (*q && *q != '\'') {
+						if (*q == '\\' && q[1])
+							q++;
+						q++;
+					}
+					if (*q)
+						q++;
+				} else {
+					while (*q && !isspace((unsigned char)*q))
+						q++;
+				}
+				o += (size_t)snprintf(out + o, len - o, "password=***");
+				p = q;
+				continue;
+			}
+		}
+		/* URI: scheme://user:secret@host */
+		if (strncmp(p, "://", 3) == 0) {
+			const char *at = strchr(p + 3, '@');
+			const char *slash = strchr(p + 3, '/');
+			const char *colon = strchr(p + 3, ':');
+			if (at && (!slash || at < slash) && colon && colon < at) {
+				size_t ulen = (size_t)(colon - p);
+				if (o + ulen + 5 < len) {
+					memcpy(out + o, p, ulen);
+					o += ulen;
+					o += (size_t)snprintf(out + o, len - o, ":***");
+					p = at;
+					continue;
+				}
+			}
+		}
+		/* URI query parameter: ?password=... or &password=... */
+		if ((*p == '?' || *p == '&') && strncasecmp(p + 1, "password=", 9) == 0) {
+			const char *q = p + 10;
+			while (*q && *q != '&')
+				q++;
+			o += (size_t)snprintf(out + o, len - o, "%cpassword=***", *p);
+			p = q;
+			continue;
+		}
+		out[o++] = *p++;
+	}
+	out[o < len ? o : len - 1] = '\0';
+}
+
+const char *vmops_db_describe(PGconn *c, char *buf, size_t len)
+{
+	const char *host = PQhost(c), *port = PQport(c), *db = PQdb(c);
+
+	snprintf(buf, len, "host=%s port=%s dbname=%s",
+		 host && *host ? host : "(default)", port && *port ? port : "(default)",
+		 db && *db ? db : "(default)");
+	return buf;
+}
+
+static void first_line(char *s)
+{
+	size_t n = strcspn(s, "\n");
+	s[n] = '\0';
+	while (n && isspace((unsigned char)s[n - 1]))
+		s[--n] = '\0';
+}
+
+PGconn *vmops_db_connect(const char *conninfo, const char *program, struct vmops_error *e)
+{
+	const char *keys[] = { "dbname", "fallback_application_name", "connect_timeout", NULL };
+	const char *vals[] = { conninfo && *conninfo ? conninfo : NULL, program, NULL, NULL };
+	char where[512], msg[VMOPS_ERRMSG_MAX], red[VMOPS_ERRMSG_MAX];
+	char *perr = NULL;
+	PGconn *c;
+
+	if (conninfo && *conninfo) {
+		PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
+		if (!opts) {
+			snprintf(msg, sizeof(msg), "%s", perr ? perr : "out of memory");
+			PQfreemem(perr);
+			first_line(msg);
+			vmops_db_redact(msg, red, sizeof(red));
+			vmops_err(e, VMOPS_EXIT_USAGE, "invalid --db connection string: %s", red);
+			return NULL;
+		}
+		PQconninfoFree(opts);
+	}
+	/* Respect PGCONNECT_TIMEOUT if set; otherwise do not hang forever. */
+	if (!getenv("PGCONNECT_TIMEOUT"))
+		vals[2] = "10";
+	else
+		keys[2] = NULL;
+	c = PQconnectdbParams(keys, vals, 1);
+	if (!c) {
+		vmops_err(e, VMOPS_EXIT_DB, "database: out of memory");
+		return NULL;
+	}
+	if (PQstatus(c) != CONNECTION_OK) {
+		snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c));
+		first_line(msg);
+		/* libpq prefixes 'connection to server on socket "..." failed: ' */
+		vmops_db_redact(msg, red, sizeof(red));
+		vmops_err(e, VMOPS_EXIT_DB, "database %s unreachable: %s",
+			  vmops_db_describe(c, where, sizeof(where)), red);
+		PQfinish(c);
+		return NULL;
+	}
+	PQsetNoticeProcessor(c, NULL, NULL);
+	return c;
+}
+
+static int map_sqlstate(const char *st)
+{
+	if (!st)
+		return VMOPS_EXIT_FAILURE;
+	if (strncmp(st, "23", 2) == 0 || strncmp(st, "VO", 2) == 0)
+		return VMOPS_EXIT_CONFLICT;
+	if (strcmp(st, "42P01") == 0 || strcmp(st, "42883") == 0)
+		return VMOPS_EXIT_SCHEMA;
+	if (strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0)
+		return VMOPS_EXIT_DB;
+	return VMOPS_EXIT_FAILURE;
+}
+
+static void fill_result_error(PGconn *c, const PGresult *r, struct vmops_error *e)
+{
+	const char *st = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+	const char *prim = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+	char msg[VMOPS_ERRMSG_MAX], red[VMOPS_ERRMSG_MAX];
+
+	snprintf(msg, sizeof(msg), "%s", prim ? prim : PQerrorMessage(c));
+	first_line(msg);
+	vmops_db_redact(msg, red, sizeof(red));
+	if (PQstatus(c) == CONNECTION_BAD)
+		vmops_err(e, VMOPS_EXIT_DB, "database connection lost: %s", red);
+	else if (map_sqlstate(st) == VMOPS_EXIT_CONFLICT)
+		vmops_err(e, VMOPS_EXIT_CONFLICT, "%s", red);  /* the database's own refusal says it all */
+	else
+		vmops_err(e, map_sqlstate(st), "database: %s", red);
+	if (e && st)
+		snprintf(e->sqlstate, sizeof(e->sqlstate), "%s", st);
+}
+
+PGresult *vmops_db_query(PGconn *c, struct vmops_error *e, const char *sql,
+			 int nparams, const char *const *params)
+{
+	PGresult *r = PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
+	ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+
+	if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+		return r;
+	fill_result_error(c, r, e);
+	PQclear(r);
+	return NULL;
+}
+
+int vmops_db_exec(PGconn *c, struct vmops_error *e, const char *sql, int nparams,
+		  const char *const *params)
+{
+	PGresult *r = vmops_db_query(c, e, sql, nparams, params);
+
+	if (!r)
+		return -1;
+	PQclear(r);
+	return 0;
+}
+
+static bool retryable(const struct vmops_error *e)
+{
+	return strcmp(e->sqlstate, "40001") == 0 || strcmp(e->sqlstate, "40P01") == 0;
+}
+
+int vmops_db_tx(PGconn *c, enum vmops_isolation iso, vmops_tx_fn fn, void *data,
+		struct vmops_error *e)
+{
+	static const char *const begin[] = {
+		[VMOPS_READ_COMMITTED] = "BEGIN ISOLATION LEVEL READ COMMITTED",
+		[VMOPS_REPEATABLE_READ] = "BEGIN ISOLATION LEVEL REPEATABLE READ",
+		[VMOPS_SERIALIZABLE] = "BEGIN ISOLATION LEVEL SERIALIZABLE",
+	};
+	const int attempts = 5;
+
+	for (int i = 1;; i++) {
+		struct vmops_error local = { 0 };
+		int rc;
+
+		if (vmops_db_exec(c, e, begin[iso], 0, NULL) < 0)
+			return -1;
+		rc = fn(c, data, &local);
+		if (rc == 0)
+			rc = vmops_db_exec(c, &local, "COMMIT", 0, NULL);
+		if (rc == 0)
+			return 0;
+		/* ROLLBACK is harmless after a failed COMMIT */
+		PQclear(PQexec(c, "ROLLBACK"));
+		if (!retryable(&local) || i == attempts) {
+			if (e)
+				*e = local;
+			return -1;
+		}
+		vmops_debug("transaction: %s; retrying (attempt %d of %d)", local.msg, i + 1, attempts);
+		{
+			struct timespec ts = { 0, (long)(rand() % 50 + 10 * i) * 1000000L };
+			nanosleep(&ts, NULL);
+		}
+	}
+}
+
+const char *vmops_db_ll(char buf[static 24], long long v)
+{
+	snprintf(buf, 24, "%lld", v);
+	return buf;
+}
+
+const char *vmops_db_get(const PGresult *r, int row, const char *col)
+{
+	int f = PQfnumber(r, col);
+
+	if (f < 0 || row >= PQntuples(r) || PQgetisnull(r, row, f))
+		return NULL;
+	return PQgetvalue(r, row, f);
+}
+
+long long vmops_db_get_ll(const PGresult *r, int row, const char *col, long long dflt)
+{
+	const char *v = vmops_db_get(r, row, col);
+
+	return v ? strtoll(v, NULL, 10) : dflt;
+}
+
+const char *vmops_db_actor(void)
+{
+	static char actor[256];
+	char host[128] = "localhost";
+	const char *user = getenv("USER");
+	struct passwd *pw;
+
+	if (actor[0])
+		return actor;
+	if (gethostname(host, sizeof(host) - 1) < 0)
+		snprintf(host, sizeof(host), "localhost");
+	host[sizeof(host) - 1] = '\0';
+	if ((pw = getpwuid(geteuid())))
+		user = pw->pw_name;
+	snprintf(actor, sizeof(actor), "%s@%s", user ? user : "unknown", host);
+	return actor;
+}

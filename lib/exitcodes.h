@@ -1,0 +1,29 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vmops exit codes.  This catalogue is part of the official interface: every
+ * program returns one of these, and every man page lists them in EXIT STATUS.
+ * Never renumber; only append.
+ */
+#ifndef VMOPS_EXITCODES_H
+#define VMOPS_EXITCODES_H
+
+enum vmops_exit {
+	VMOPS_EXIT_OK          = 0,  /* success; audit programs: nothing found */
+	VMOPS_EXIT_FAILURE     = 1,  /* runtime failure not covered below */
+	VMOPS_EXIT_USAGE       = 2,  /* bad command line; nothing was done */
+	VMOPS_EXIT_FOUND       = 3,  /* audit programs: problems found, not (all) fixed */
+	VMOPS_EXIT_FIXED       = 4,  /* audit programs: problems found and all fixed */
+	VMOPS_EXIT_DB          = 5,  /* database unreachable or connection lost */
+	VMOPS_EXIT_SCHEMA      = 6,  /* schema missing, too old or newer than this binary */
+	VMOPS_EXIT_HYPERVISOR  = 7,  /* hypervisor (QMP/API socket) unreachable or failing */
+	VMOPS_EXIT_TIMEOUT     = 8,  /* a deadline passed */
+	VMOPS_EXIT_NOCAPACITY  = 9,  /* no worker can take the work (no target, no room) */
+	VMOPS_EXIT_CONFLICT    = 10, /* refused by the database: invariant, capacity, state */
+	VMOPS_EXIT_NOTFOUND    = 11, /* named worker/sandbox/VMM does not exist */
+	VMOPS_EXIT_INTERRUPTED = 12, /* stopped by SIGINT/SIGTERM after cleaning up */
+};
+
+/* Short stable name of an exit code ("ok", "usage", ...), for --json. */
+const char *vmops_exit_name(int code);
+
+#endif
