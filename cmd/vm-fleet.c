@@ -279,12 +279,37 @@ static void print_result(const char *section, const struct vmops_column *cols, s
 			vmops_set_str(s, i, strs[i]);
 		else if (cols[i].type == VMOPS_COL_BOOL)
 			vmops_set_bool(s, i, ints[i]);
+		else if (ints[i] < 0)
+			vmops_set_null(s, i);  /* e.g. ids of a dry run: nothing was created */
 		else
 			vmops_set_int(s, i, ints[i]);
 	}
 	if (!vmops_cli.quiet || vmops_cli.json)
 		print_output(o);
 	vmops_output_free(o);
+}
+
+static void parse_ports(const char *v, long long *lo_out, long long *hi_out)
+{
+	char lo[16] = "", hi[16] = "", extra;
+
+	if (sscanf(v, "%15[0-9]-%15[0-9]%c", lo, hi, &extra) != 2)
+		usage_error("--ports: invalid range '%s': expected MIN-MAX, e.g. 49152-49407", v);
+	*lo_out = number("ports", lo, 1, 65535);
+	*hi_out = number("ports", hi, 1, 65535);
+	if (*lo_out > *hi_out)
+		usage_error("--ports: invalid range '%s': MIN is above MAX", v);
+}
+
+static bool valid_status(const char *st)
+{
+	static const char *const statuses[] = { "pending", "running", "migrating", "hibernated",
+						"stopped", "error", "destroyed" };
+
+	for (size_t i = 0; i < ARRAY_SIZE(statuses); i++)
+		if (strcmp(st, statuses[i]) == 0)
+			return true;
+	return false;
 }
 
 static int cmd_worker_add(PGconn *c, const char **args)
@@ -305,17 +330,12 @@ static int cmd_worker_add(PGconn *c, const char **args)
 	w.address = opt.address;
 	w.transport = opt.transport;
 	w.run_dir = opt.run_dir;
-	if (opt.ports) {
-		char lo[16] = "", hi[16] = "";
-		if (sscanf(opt.ports, "%15[0-9]-%15[0-9]", lo, hi) != 2)
-			usage_error("--ports: invalid range '%s': expected MIN-MAX, e.g. 49152-49407", opt.ports);
-		w.port_min = number("ports", lo, 1, 65535);
-		w.port_max = number("ports", hi, 1, 65535);
-		if (w.port_min > w.port_max)
-			usage_error("--ports: invalid range '%s': MIN is above MAX", opt.ports);
-	}
+	if (opt.ports)
+		parse_ports(opt.ports, &w.port_min, &w.port_max);
 	if (vmops_fleet_worker_add(c, &w, vmops_cli.dry_run, &id, &err) < 0)
 		die_err(&err);
+	if (vmops_cli.dry_run)
+		id = -1;
 	print_result("worker", cols, ARRAY_SIZE(cols),
 		     (long long[]){ id, 0, w.memory_mb, w.vcpus, vmops_cli.dry_run },
 		     (const char *[]){ NULL, w.name, NULL, NULL, NULL });
@@ -394,17 +414,10 @@ static int cmd_list(PGconn *c, const char **args)
 		{ "vmm_state", VMOPS_COL_STRING, 0, 0 },
 		{ "pid", VMOPS_COL_INT, VMOPS_COL_RIGHT, 0 },
 	};
-	static const char *const statuses[] = { "pending", "running", "migrating", "hibernated",
-						"stopped", "error", "destroyed" };
 	struct vmops_error err = { 0 };
 	_cleanup_pgresult_ PGresult *r = NULL;
-	bool ok = !opt.status;
 
 	(void)args;
-	for (size_t i = 0; i < ARRAY_SIZE(statuses) && !ok; i++)
-		ok = strcmp(opt.status, statuses[i]) == 0;
-	if (!ok)
-		usage_error("--status: invalid status '%s'", opt.status);
 	if (!(r = vmops_fleet_sandbox_list(c, opt.worker, opt.status, &err)))
 		die_err(&err);
 	print_result_table("sandboxes", cols, ARRAY_SIZE(cols), r);
@@ -494,6 +507,8 @@ static int cmd_register(PGconn *c, const char **args)
 		die_err(&err);
 	}
 	free(spec);
+	if (vmops_cli.dry_run)
+		res.sandbox_id = res.vmm_id = res.scale_event_id = -1;
 	print_result("registered", cols, ARRAY_SIZE(cols),
 		     (long long[]){ 0, res.sandbox_id, res.vmm_id, 0, res.scale_event_id, vmops_cli.dry_run },
 		     (const char *[]){ g.sandbox, NULL, NULL, g.worker, NULL, NULL });
@@ -514,6 +529,14 @@ static void validate(const struct command *cmd, const char **args)
 		number("vcpus", opt.vcpus, 1, 1 << 20);
 		if (opt.transport && strcmp(opt.transport, "local") != 0)
 			usage_error("--transport: '%s' is not supported yet: use local", opt.transport);
+		if (opt.ports) {
+			long long lo, hi;
+			parse_ports(opt.ports, &lo, &hi);
+		}
+	} else if (cmd->run == cmd_list) {
+		if (opt.status && !valid_status(opt.status))
+			usage_error("--status: invalid status '%s': use pending, running, migrating, hibernated, stopped, error or destroyed",
+				    opt.status);
 	} else if (cmd->run == cmd_worker_set_state) {
 		if (!vmops_fleet_valid_worker_state(args[1]))
 			usage_error("invalid worker state '%s': use active, draining, drained or terminated", args[1]);

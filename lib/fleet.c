@@ -146,7 +146,7 @@ static int set_state_tx(PGconn *c, void *data, struct vmops_error *e)
 	u = vmops_db_q(c, e, "UPDATE workers SET state = $2 WHERE name = $1"
 			     " RETURNING row_to_json(workers)::text AS j", a->name, a->state);
 	if (!u)
-		return vmops_err_prefix(e, "worker %s", a->name);
+		return -1;  /* the database's refusal names the worker */
 	if (strcmp(a->old, a->state) != 0 &&
 	    vmops_audit(c, "vm-fleet", "worker-set-state", "worker", id, vmops_db_get(r, 0, "j"),
 			vmops_db_get(u, 0, "j"), NULL, e) < 0)

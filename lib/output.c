@@ -229,8 +229,12 @@ static cJSON *cell_json(const struct vmops_column *col, const struct cell *c)
 	switch (col->type) {
 	case VMOPS_COL_STRING:
 		return cJSON_CreateString(c->s);
-	case VMOPS_COL_INT:
-		return cJSON_CreateNumber((double)c->i);
+	case VMOPS_COL_INT: {
+		/* cJSON prints doubles with 15 digits: emit integers exactly. */
+		char buf[24];
+		snprintf(buf, sizeof(buf), "%lld", c->i);
+		return cJSON_CreateRaw(buf);
+	}
 	case VMOPS_COL_NUMBER:
 		return cJSON_CreateNumber(c->d);
 	case VMOPS_COL_BOOL:

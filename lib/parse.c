@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "exitcodes.h"
 #include "parse.h"
@@ -90,16 +91,14 @@ int vmops_parse_size(const char *str, uint64_t *bytes, struct vmops_error *e)
 		case 'M': mult = 1ULL << 20; break;
 		case 'G': mult = 1ULL << 30; break;
 		case 'T': mult = 1ULL << 40; break;
-		case 'B': mult = 1; s--; break;
+		case 'B': mult = 1; break;
 		default:
 			return vmops_err(e, VMOPS_EXIT_USAGE, "invalid size '%s': unknown suffix '%s'", str, s);
 		}
 		s++;
-		/* accept K, KB, KiB (all binary) */
-		if (mult > 1 && (strcmp(s, "iB") == 0 || strcmp(s, "B") == 0))
+		/* accept K, KB, KiB (all binary), any case */
+		if (mult > 1 && (strcasecmp(s, "iB") == 0 || strcasecmp(s, "B") == 0))
 			s += strlen(s);
-		else if (mult == 1 && *s == 'B')
-			s++;
 		if (*s)
 			return vmops_err(e, VMOPS_EXIT_USAGE, "invalid size '%s': trailing characters '%s'", str, s);
 	}

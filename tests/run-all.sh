@@ -1,0 +1,105 @@
+#!/bin/sh
+# The whole `make check` suite, inside one throwaway PostgreSQL cluster.
+#   1. unit + integration tests (Criterion; real PostgreSQL, real QEMU)
+#   2. the same tests built with ASan/UBSan (real-QEMU cases skipped there)
+#   3. valgrind over the pure-library suites
+#   4. CLI golden tests (tests/cli)
+#   5. --help / man page / completions agreement and man page lint
+# Ends with "check: N passed, N failed".
+set -u
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+if [ -z "${VMOPS_TEST_PGHOST:-}" ]; then
+	exec tests/pgcluster.sh "$0" "$@"
+fi
+
+log=$(mktemp -d /tmp/vmops-check.XXXXXX)
+passed=0
+failed=0
+failures=""
+jobs=${VMOPS_TEST_JOBS:-2}
+
+note_fail() { failed=$((failed + ${2:-1})); failures="$failures $1"; }
+
+# Criterion: sum its Synthesis line into our totals.
+run_criterion() { # name binary [env...]
+	name=$1; bin=$2; shift 2
+	out="$log/$name.log"
+	env "$@" "$bin" --jobs "$jobs" >"$out" 2>&1
+	rc=$?
+	syn=$(grep -a 'Synthesis:' "$out" | tail -n1)
+	p=$(echo "$syn" | sed -n 's/.*Passing: \([0-9]*\).*/\1/p')
+	f=$(echo "$syn" | sed -n 's/.*Failing: \([0-9]*\).*/\1/p')
+	c=$(echo "$syn" | sed -n 's/.*Crashing: \([0-9]*\).*/\1/p')
+	passed=$((passed + ${p:-0}))
+	if [ "$rc" -ne 0 ] || [ -z "$syn" ]; then
+		n=$(( ${f:-0} + ${c:-0} )); [ "$n" -eq 0 ] && n=1
+		note_fail "$name" "$n"
+		echo "FAIL $name (exit $rc)"; grep -a -E '\[----\]|\[FAIL\]|ERROR|Assertion|runtime error|Sanitizer|Synthesis' "$out" | head -40
+	else
+		echo "ok   $name: $syn" | sed 's/\[====\] //'
+	fi
+}
+
+echo "check: PostgreSQL at $PGHOST (port $PGPORT)"
+psql -qAtX -c "CREATE DATABASE vmops_template" >/dev/null || exit 1
+bin/vm-fleet --db "dbname=vmops_template" -q init || exit 1
+
+# The test guest (kernel + busybox initramfs), built once and cached.
+if [ -x tests/guest/build-guest.sh ] && [ -z "${VMOPS_SKIP_QEMU:-}" ]; then
+	if tests/guest/build-guest.sh build/guest >"$log/guest.log" 2>&1; then
+		export VMOPS_TEST_KERNEL="$top/build/guest/vmlinuz" VMOPS_TEST_INITRD="$top/build/guest/initramfs.gz"
+		echo "check: test guest in build/guest"
+	else
+		echo "check: building the test guest failed:"; tail -20 "$log/guest.log"
+		note_fail guest
+	fi
+fi
+
+for t in build/tests/test_*; do
+	[ -x "$t" ] || continue
+	run_criterion "$(basename "$t")" "$t" VMOPS_BIN_DIR="$top/bin"
+done
+
+for t in build-san/tests/test_*; do
+	[ -x "$t" ] || continue
+	run_criterion "asan:$(basename "$t")" "$t" VMOPS_BIN_DIR="$top/build-san/bin" \
+		VMOPS_TEST_KERNEL= VMOPS_TEST_INITRD= \
+		ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+done
+
+if command -v valgrind >/dev/null; then
+	for n in ${VMOPS_VALGRIND_SUITES:-test_parse test_output test_proc test_qmp}; do
+		t=build/tests/$n
+		[ -x "$t" ] || continue
+		run_criterion "valgrind:$n" valgrind --quiet --error-exitcode=99 --leak-check=full \
+			--errors-for-leak-kinds=definite --trace-children=yes "$t" VMOPS_TEST_KERNEL= VMOPS_TEST_INITRD=
+	done
+fi
+
+# CLI golden tests and the documentation checks print their own tallies.
+for s in tests/cli/run.sh tests/check-docs.sh; do
+	[ -x "$s" ] || continue
+	"$s" >"$log/$(basename "$s").log" 2>&1
+	rc=$?
+	tally=$(grep -E '^[a-z-]+: [0-9]+ passed, [0-9]+ failed' "$log/$(basename "$s").log" | tail -n1)
+	p=$(echo "$tally" | sed -n 's/.*: \([0-9]*\) passed.*/\1/p')
+	f=$(echo "$tally" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
+	passed=$((passed + ${p:-0}))
+	if [ "$rc" -ne 0 ] || [ -z "$tally" ]; then
+		n=${f:-1}; [ "$n" -eq 0 ] && n=1
+		note_fail "$(basename "$s")" "$n"
+		echo "FAIL $s"; grep -E '^(FAIL|---|\+\+\+|[-+])' "$log/$(basename "$s").log" | head -60
+	else
+		echo "ok   $s: $tally"
+	fi
+done
+
+if [ "$failed" -ne 0 ]; then
+	echo "check: failed:$failures (logs in $log)"
+else
+	rm -rf "$log"
+fi
+echo "check: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,141 @@
+/* SPDX-License-Identifier: MIT */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db.h"
+#include "exitcodes.h"
+#include "testlib.h"
+
+static char ci[512];
+
+static void redacts(const char *in, const char *want)
+{
+	char out[512];
+
+	vmops_db_redact(in, out, sizeof(out));
+	cr_assert_str_eq(out, want, "redact(%s)", in);
+	cr_assert_null(strstr(out, "s3cret"), "%s", out);
+}
+
+Test(db, redaction)
+{
+	redacts("host=/tmp password=s3cret dbname=x", "host=/tmp password=*** dbname=x");
+	redacts("password = 's3 cr\\'et' user=a", "password=*** user=a");
+	redacts("PASSWORD=s3cret", "password=***");
+	redacts("postgresql://bob:s3cret@db.example/fleet", "postgresql://bob:***@db.example/fleet");
+	redacts("postgres://bob@h/fleet?password=s3cret&sslmode=require",
+		"postgres://bob@h/fleet?password=***&sslmode=require");
+	redacts("host=a passwordfile=x", "host=a passwordfile=x");
+}
+
+Test(db, unreachable_names_socket_never_password)
+{
+	struct vmops_error e = { 0 };
+	PGconn *c = vmops_db_connect("host=/nonexistent-vmops port=5999 dbname=fleet password=s3cret",
+				     "test", &e);
+
+	cr_assert_null(c);
+	cr_assert_eq(e.code, VMOPS_EXIT_DB);
+	cr_assert(strstr(e.msg, "/nonexistent-vmops"), "%s", e.msg);
+	cr_assert(strstr(e.msg, "5999"), "%s", e.msg);
+	cr_assert_null(strstr(e.msg, "s3cret"), "%s", e.msg);
+	cr_assert_null(strchr(e.msg, '\n'), "%s", e.msg);
+}
+
+Test(db, malformed_conninfo_is_usage_error)
+{
+	struct vmops_error e = { 0 };
+	PGconn *c = vmops_db_connect("host=/x password=s3cret bogus_keyword=1", "test", &e);
+
+	cr_assert_null(c);
+	cr_assert_eq(e.code, VMOPS_EXIT_USAGE);
+	cr_assert(strstr(e.msg, "bogus_keyword"), "%s", e.msg);
+	cr_assert_null(strstr(e.msg, "s3cret"), "%s", e.msg);
+}
+
+Test(db, programs_report_unreachable_database)
+{
+	struct testrun r;
+
+	TESTRUN(&r, "vm-fleet", "--db", "postgresql://bob:s3cret@/fleet?host=/nonexistent-vmops&port=5999",
+		"worker", "list");
+	cr_assert_eq(r.status, VMOPS_EXIT_DB, "exit %d: %s", r.status, r.err);
+	cr_assert_eq(testlib_lines(r.err), 1, "%s", r.err);
+	cr_assert(strstr(r.err, "/nonexistent-vmops"), "%s", r.err);
+	cr_assert_null(strstr(r.err, "s3cret"), "%s", r.err);
+	cr_assert_str_eq(r.out, "");
+	testrun_free(&r);
+}
+
+struct flaky {
+	int calls, fail_times;
+	const char *state;
+};
+
+static int flaky_tx(PGconn *c, void *data, struct vmops_error *e)
+{
+	struct flaky *f = data;
+	char sql[256];
+
+	f->calls++;
+	if (vmops_db_x(c, e, "INSERT INTO t (v) VALUES (1)") < 0)
+		return -1;
+	if (f->calls <= f->fail_times) {
+		snprintf(sql, sizeof(sql), "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '%s'; END $$",
+			 f->state);
+		return vmops_db_x(c, e, sql);
+	}
+	return 0;
+}
+
+Test(db, tx_retries_serialization_failures_and_deadlocks)
+{
+	PGconn *c = testdb_new(false, ci, sizeof(ci));
+	struct vmops_error e = { 0 };
+	struct flaky f = { 0, 2, "40001" }, g = { 0, 1, "40P01" };
+
+	PQclear(testdb_exec(c, "CREATE TABLE t (v int)"));
+	cr_assert_eq(vmops_db_tx(c, VMOPS_SERIALIZABLE, flaky_tx, &f, &e), 0, "%s", e.msg);
+	cr_assert_eq(f.calls, 3);
+	cr_assert_eq(vmops_db_tx(c, VMOPS_READ_COMMITTED, flaky_tx, &g, &e), 0, "%s", e.msg);
+	cr_assert_eq(g.calls, 2);
+	/* rolled-back attempts left nothing behind */
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM t"), 2);
+	PQfinish(c);
+}
+
+Test(db, tx_gives_up_and_rolls_back)
+{
+	PGconn *c = testdb_new(false, ci, sizeof(ci));
+	struct vmops_error e = { 0 };
+	struct flaky always = { 0, 100, "40001" }, other = { 0, 100, "23505" };
+
+	PQclear(testdb_exec(c, "CREATE TABLE t (v int)"));
+	cr_assert_eq(vmops_db_tx(c, VMOPS_SERIALIZABLE, flaky_tx, &always, &e), -1);
+	cr_assert_eq(always.calls, 5);
+	cr_assert_str_eq(e.sqlstate, "40001");
+	cr_assert_eq(vmops_db_tx(c, VMOPS_READ_COMMITTED, flaky_tx, &other, &e), -1);
+	cr_assert_eq(other.calls, 1, "a constraint violation is not retried");
+	cr_assert_eq(e.code, VMOPS_EXIT_CONFLICT);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM t"), 0);
+	/* the connection is usable afterwards */
+	cr_assert_eq(testdb_ll(c, "SELECT 42"), 42);
+	PQfinish(c);
+}
+
+Test(db, parameters_are_never_interpolated)
+{
+	PGconn *c = testdb_new(false, ci, sizeof(ci));
+	struct vmops_error e = { 0 };
+	PGresult *r;
+
+	PQclear(testdb_exec(c, "CREATE TABLE t (s text)"));
+	cr_assert_eq(vmops_db_x(c, &e, "INSERT INTO t VALUES ($1)", "x'); DROP TABLE t; --"), 0, "%s", e.msg);
+	r = vmops_db_q(c, &e, "SELECT s FROM t WHERE s = $1", "x'); DROP TABLE t; --");
+	cr_assert(r);
+	cr_assert_eq(PQntuples(r), 1);
+	PQclear(r);
+	PQfinish(c);
+}

@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Test helpers shared by the Criterion suites.
+ *
+ * The suite runs inside tests/pgcluster.sh (PGHOST points at a throwaway
+ * cluster).  tests/run-all.sh creates the database `vmops_template` with the
+ * schema applied; testdb_new() copies it (fast) or template0 (empty).
+ */
+#ifndef VMOPS_TESTLIB_H
+#define VMOPS_TESTLIB_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/* A fresh database; `conninfo` receives "host=... port=... dbname=...". */
+PGconn *testdb_new(bool with_schema, char *conninfo, size_t len);
+
+/* Run SQL that must succeed (cr_assert on failure); returns the result. */
+PGresult *testdb_exec(PGconn *c, const char *sql);
+/* First column of the first row as a number. */
+long long testdb_ll(PGconn *c, const char *sql);
+/* Run SQL that must fail; returns its SQLSTATE (static buffer). */
+const char *testdb_fail(PGconn *c, const char *sql);
+
+struct testrun {
+	int status;     /* exit code, or 128+signal */
+	char *out;      /* stdout, NUL-terminated */
+	char *err;      /* stderr */
+};
+
+/*
+ * Run one of our programs: argv[0] is the program name ("vm-fleet"),
+ * looked up in $VMOPS_BIN_DIR (default "bin").  NULL-terminated argv.
+ * stdin is /dev/null.
+ */
+void testrun(struct testrun *r, const char *const *argv);
+void testrun_free(struct testrun *r);
+#define TESTRUN(r, ...) testrun((r), (const char *const[]){ __VA_ARGS__, NULL })
+
+/* Count of '\n' in s. */
+size_t testlib_lines(const char *s);
+
+#endif
