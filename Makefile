@@ -27,7 +27,7 @@ BUILT_PROGRAMS = $(patsubst cmd/%.c,%,$(wildcard cmd/*.c))
 DEB_PACKAGES = build-essential autoconf automake pkg-config libpq-dev postgresql \
 	libcjson-dev libarchive-dev libcurl4-openssl-dev libpopt-dev libcriterion-dev \
 	mandoc bash-completion zsh qemu-system-x86 linux-image-amd64 busybox-static \
-	cpio valgrind
+	cpio valgrind clang
 
 -include config.mk
 
@@ -125,6 +125,8 @@ guest:
 # (tests/pgcluster.sh: temp dir, UNIX socket only, removed even on failure).
 check: deps config.mk
 	@$(MAKE) --no-print-directory tests
+	@echo "check: clang -Werror build"
+	@$(MAKE) --no-print-directory -s BUILDDIR=build-clang BINOUT=build-clang/bin CC=clang WERROR=-Werror build-all
 	@$(MAKE) --no-print-directory BUILDDIR=build-san BINOUT=build-san/bin \
 		SAN_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" tests
 	@tests/run-all.sh
@@ -164,7 +166,7 @@ uninstall:
 	rm -f $(DESTDIR)$(MANDIR)/man7/vmops.7
 
 clean:
-	rm -rf build build-san build-fuzz bin
+	rm -rf build build-san build-clang build-fuzz bin
 
 distclean: clean
 	rm -f config.mk config.log config.status configure aclocal.m4
