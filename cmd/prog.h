@@ -51,6 +51,7 @@ static void prog_close_stdout(void)
 	}
 }
 
+__attribute__((format(printf, 3, 0)))
 static void prog_log(void *data, int level, const char *fmt, va_list ap)
 {
 	(void)data;

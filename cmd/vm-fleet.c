@@ -13,11 +13,14 @@
 #include "parse.h"
 #include "prog.h"
 #include "schema.h"
+#include "spec.h"
+#include "vm.h"
 
 static struct {
 	const char *memory, *vcpus, *address, *transport, *run_dir, *ports;
 	const char *sandbox, *org, *worker, *hypervisor, *status, *disk;
 	const char *pid, *pid_start_time, *control_socket, *agent_socket, *spec;
+	const char *wait, *accel, *timeout;
 } opt;
 
 static struct poptOption top_options[] = {
@@ -80,6 +83,26 @@ static struct poptOption register_options[] = {
 	POPT_TABLEEND
 };
 
+static struct poptOption launch_options[] = {
+	{ "sandbox", '\0', POPT_ARG_STRING, &opt.sandbox, 0, "name of the new sandbox (required)", "NAME" },
+	{ "org", '\0', POPT_ARG_STRING, &opt.org, 0, "organisation billed for it (required)", "ORG" },
+	{ "worker", '\0', POPT_ARG_STRING, &opt.worker, 0, "worker to run it on (required)", "NAME" },
+	{ "spec", '\0', POPT_ARG_STRING, &opt.spec, 0, "launch spec, a JSON file (required)", "FILE" },
+	{ "wait", '\0', POPT_ARG_STRING, &opt.wait, 0, "how long to wait for the control socket (default 30s)", "DURATION" },
+	{ "accel", '\0', POPT_ARG_STRING, &opt.accel, 0,
+	  "what a spec's \"accel\": \"auto\" means: tcg, kvm or auto (try kvm, else tcg; default)", "KIND" },
+	VMOPS_DRY_RUN_OPTION,
+	VMOPS_COMMON_OPTIONS,
+	POPT_TABLEEND
+};
+
+static struct poptOption destroy_options[] = {
+	{ "timeout", '\0', POPT_ARG_STRING, &opt.timeout, 0, "how long the VMM gets to stop (default 30s)", "DURATION" },
+	VMOPS_DRY_RUN_OPTION,
+	VMOPS_COMMON_OPTIONS,
+	POPT_TABLEEND
+};
+
 struct command {
 	const char *name;        /* "worker add" */
 	const char *args;        /* synopsis after the name */
@@ -97,6 +120,8 @@ static int cmd_worker_list(PGconn *c, const char **args);
 static int cmd_worker_set_state(PGconn *c, const char **args);
 static int cmd_list(PGconn *c, const char **args);
 static int cmd_register(PGconn *c, const char **args);
+static int cmd_launch(PGconn *c, const char **args);
+static int cmd_destroy(PGconn *c, const char **args);
 
 static const struct command commands[] = {
 	{ "init", "", "create or upgrade the fleet schema (idempotent)", init_options, 0, cmd_init, false },
@@ -108,6 +133,10 @@ static const struct command commands[] = {
 	{ "list", "", "list sandboxes with their worker and VMM", list_options, 0, cmd_list, true },
 	{ "register", "--sandbox NAME --org ORG --worker NAME --memory SIZE --vcpus N",
 	  "record a VMM that another system launched", register_options, 0, cmd_register, true },
+	{ "launch", "--sandbox NAME --org ORG --worker NAME --spec FILE",
+	  "start a VM on a worker and record it", launch_options, 0, cmd_launch, true },
+	{ "destroy", "SANDBOX", "stop a sandbox's VM and record it destroyed", destroy_options, 1,
+	  cmd_destroy, true },
 };
 
 static void usage(void)
@@ -430,10 +459,8 @@ static char *read_file(const char *path)
 	char *buf = NULL;
 	size_t len = 0, cap = 0, n;
 
-	if (!f) {
-		fprintf(stderr, "%s: --spec %s: %s\n", prog_name, path, strerror(errno));
-		exit(VMOPS_EXIT_USAGE);
-	}
+	if (!f)
+		usage_error("--spec %s: %s", path, strerror(errno));
 	do {
 		if (len + 4096 + 1 > cap) {
 			cap = cap ? cap * 2 : 8192;
@@ -515,6 +542,90 @@ static int cmd_register(PGconn *c, const char **args)
 	return VMOPS_EXIT_OK;
 }
 
+static uint64_t duration_ms(const char *what, const char *v, uint64_t dflt)
+{
+	struct vmops_error err = { 0 };
+	uint64_t ms;
+
+	if (!v)
+		return dflt;
+	if (vmops_parse_duration(v, &ms, &err) < 0)
+		usage_error("--%s: %s", what, err.msg);
+	if (ms == 0 || ms > 24ULL * 3600 * 1000)
+		usage_error("--%s: %s is out of range (more than 0, at most 24h)", what, v);
+	return ms;
+}
+
+static enum vmops_accel accel_opt(void)
+{
+	if (!opt.accel || strcmp(opt.accel, "auto") == 0)
+		return VMOPS_ACCEL_AUTO;
+	if (strcmp(opt.accel, "tcg") == 0)
+		return VMOPS_ACCEL_TCG;
+	if (strcmp(opt.accel, "kvm") == 0)
+		return VMOPS_ACCEL_KVM;
+	usage_error("--accel: unknown kind '%s': use tcg, kvm or auto", opt.accel);
+}
+
+static char *launch_spec_text;
+
+static int cmd_launch(PGconn *c, const char **args)
+{
+	static const struct vmops_column cols[] = {
+		{ "sandbox", VMOPS_COL_STRING, 0, 0 },
+		{ "sandbox_id", VMOPS_COL_INT, 0, 0 },
+		{ "vmm_id", VMOPS_COL_INT, 0, 0 },
+		{ "worker", VMOPS_COL_STRING, 0, 0 },
+		{ "pid", VMOPS_COL_INT, 0, 0 },
+		{ "control_socket", VMOPS_COL_STRING, 0, 0 },
+		{ "serial_log", VMOPS_COL_STRING, 0, 0 },
+		{ "scale_event_id", VMOPS_COL_INT, 0, 0 },
+		{ "dry_run", VMOPS_COL_BOOL, 0, 0 },
+	};
+	struct vmops_launch_req q = { 0 };
+	struct vmops_launch_res res;
+	struct vmops_error err = { 0 };
+
+	(void)args;
+	q.sandbox = opt.sandbox;
+	q.org = opt.org;
+	q.worker = opt.worker;
+	q.spec_json = launch_spec_text;
+	q.ready_timeout_ms = (int)duration_ms("wait", opt.wait, 30000);
+	q.auto_accel = accel_opt();
+	q.dry_run = vmops_cli.dry_run;
+	if (vmops_vm_launch(c, &q, &res, &err) < 0)
+		die_err(&err);
+	print_result("launched", cols, ARRAY_SIZE(cols),
+		     (long long[]){ 0, q.dry_run ? -1 : res.sandbox_id, q.dry_run ? -1 : res.vmm_id, 0,
+				    q.dry_run ? -1 : res.info.pid, 0, 0,
+				    q.dry_run ? -1 : res.scale_event_id, q.dry_run },
+		     (const char *[]){ q.sandbox, NULL, NULL, q.worker, NULL,
+				       q.dry_run ? NULL : res.info.control_socket,
+				       q.dry_run ? NULL : res.info.serial_log, NULL, NULL });
+	return VMOPS_EXIT_OK;
+}
+
+static int cmd_destroy(PGconn *c, const char **args)
+{
+	static const struct vmops_column cols[] = {
+		{ "sandbox", VMOPS_COL_STRING, 0, 0 },
+		{ "vmm_id", VMOPS_COL_INT, 0, 0 },
+		{ "was_running", VMOPS_COL_BOOL, 0, 0 },
+		{ "dry_run", VMOPS_COL_BOOL, 0, 0 },
+	};
+	struct vmops_destroy_res res;
+	struct vmops_error err = { 0 };
+
+	if (vmops_vm_destroy(c, args[0], (int)duration_ms("timeout", opt.timeout, 30000),
+			     vmops_cli.dry_run, &res, &err) < 0)
+		die_err(&err);
+	print_result("destroyed", cols, ARRAY_SIZE(cols),
+		     (long long[]){ 0, res.vmm_id, res.was_running, vmops_cli.dry_run },
+		     (const char *[]){ args[0], NULL, NULL, NULL });
+	return VMOPS_EXIT_OK;
+}
+
 /* Validate the command's values before any database contact. */
 static void validate(const struct command *cmd, const char **args)
 {
@@ -562,6 +673,23 @@ static void validate(const struct command *cmd, const char **args)
 			number("pid", opt.pid, 1, 1 << 30);
 		if (opt.pid_start_time)
 			number("pid-start-time", opt.pid_start_time, 0, LLONG_MAX);
+	} else if (cmd->run == cmd_launch) {
+		struct vmops_error err = { 0 };
+		struct vmops_spec *spec;
+		need(opt.sandbox, "sandbox");
+		need(opt.org, "org");
+		need(opt.worker, "worker");
+		need(opt.spec, "spec");
+		if (!vmops_fleet_valid_name(opt.sandbox))
+			usage_error("invalid sandbox name '%s': letters, digits, '.', '_', '-', at most 63", opt.sandbox);
+		duration_ms("wait", opt.wait, 30000);
+		accel_opt();
+		launch_spec_text = read_file(opt.spec);
+		if (!(spec = vmops_spec_parse(launch_spec_text, (size_t)-1, &err)))
+			usage_error("--spec %s: %s", opt.spec, err.msg);
+		vmops_spec_free(spec);
+	} else if (cmd->run == cmd_destroy) {
+		duration_ms("timeout", opt.timeout, 30000);
 	}
 }
 

@@ -103,8 +103,15 @@ PGconn *vmops_db_connect(const char *conninfo, const char *program, struct vmops
 	char *perr = NULL;
 	PGconn *c;
 
+	bool has_timeout = getenv("PGCONNECT_TIMEOUT") != NULL;
+
 	if (conninfo && *conninfo) {
 		PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
+		if (opts) {
+			for (PQconninfoOption *o = opts; o->keyword; o++)
+				if (strcmp(o->keyword, "connect_timeout") == 0 && o->val && *o->val)
+					has_timeout = true;
+		}
 		if (!opts) {
 			snprintf(msg, sizeof(msg), "%s", perr ? perr : "out of memory");
 			PQfreemem(perr);
@@ -115,8 +122,8 @@ PGconn *vmops_db_connect(const char *conninfo, const char *program, struct vmops
 		}
 		PQconninfoFree(opts);
 	}
-	/* Respect PGCONNECT_TIMEOUT if set; otherwise do not hang forever. */
-	if (!getenv("PGCONNECT_TIMEOUT"))
+	/* The user's connect_timeout (in --db or PGCONNECT_TIMEOUT) wins; else do not hang forever. */
+	if (!has_timeout)
 		vals[2] = "10";
 	else
 		keys[2] = NULL;

@@ -1,6 +1,9 @@
 #!/bin/sh
-# `make demo`: the main job end to end on real parts, in a throwaway
-# PostgreSQL cluster that is removed afterwards.
+# `make demo`: the main job end to end on real parts — a throwaway
+# PostgreSQL cluster, two workers on this machine, two real QEMU guests
+# (a tiny Linux built from Debian packages, under TCG), and a live
+# migration of one of them with the database showing every step.
+# Everything it starts is stopped and removed at the end.
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -8,19 +11,63 @@ if [ -z "${VMOPS_TEST_PGHOST:-}" ]; then
 	exec tests/pgcluster.sh "$0" "$@"
 fi
 PATH="$top/bin:$PATH"
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run=$(mktemp -d /tmp/vmops-demo.XXXXXX)
+bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { echo "\$ $*"; "$@"; }
+cleanup() {
+	for s in demo-1 demo-2; do vm-fleet -q destroy "$s" >/dev/null 2>&1 || true; done
+	rm -rf "$run"
+}
+trap cleanup EXIT
 
-step "a throwaway PostgreSQL at $PGHOST; the fleet schema"
+bold "building the test guest (cached in build/guest)"
+eval "$(tests/guest/build-guest.sh "$top/build/guest" | grep '^VMOPS_TEST_[A-Z]*=')"
+cat >"$run/spec.json" <<SPEC
+{"hypervisor": "qemu", "memory_mb": 256, "vcpus": 1, "accel": "tcg",
+ "kernel": "$VMOPS_TEST_KERNEL", "initrd": "$VMOPS_TEST_INITRD",
+ "cmdline": "console=ttyS0 vmops.dirty_mb=32"}
+SPEC
+
+bold "a throwaway PostgreSQL at $PGHOST; the fleet schema"
 show vm-fleet init
-step "two workers"
-show vm-fleet worker add worker-a --memory 4G --vcpus 4
-show vm-fleet worker add worker-b --memory 4G --vcpus 4
-step "a VM that another system launched, registered with its reservation and open billing"
-show vm-fleet register --sandbox demo-1 --org acme --worker worker-a --memory 1G --vcpus 1
-step "admission is the database's job: worker-a cannot take 4 GiB more"
-show vm-fleet register --sandbox demo-2 --org acme --worker worker-a --memory 4G --vcpus 1 || echo "(refused, exit $?)"
-step "the inventory"
-show vm-fleet worker list
+bold "two workers on this machine"
+show vm-fleet worker add worker-a --memory 1G --vcpus 2 --run-dir "$run/worker-a"
+show vm-fleet worker add worker-b --memory 1G --vcpus 2 --run-dir "$run/worker-b"
+bold "two real QEMU VMs on worker-a: capacity reserved, then launched, then billed"
+show vm-fleet launch --sandbox demo-1 --org acme --worker worker-a --spec "$run/spec.json"
+show vm-fleet launch --sandbox demo-2 --org acme --worker worker-a --spec "$run/spec.json"
+bold "admission is the database's job: a third 768 MiB VM does not fit"
+sed 's/"memory_mb": 256/"memory_mb": 768/' "$run/spec.json" >"$run/big.json"
+show vm-fleet launch --sandbox demo-3 --org acme --worker worker-a --spec "$run/big.json" || echo "(refused, exit $?)"
+
+log=$(ls "$run"/worker-a/vmm-*/serial.log | head -n1)
+printf '\nwaiting for demo-1 to boot and write its heartbeat'
+i=0
+until grep -q 'HEARTBEAT 2 ' "$log" 2>/dev/null; do
+	i=$((i + 1)); [ $i -gt 120 ] && { echo " (no heartbeat after 120s)"; exit 1; }
+	printf .; sleep 1
+done
+echo; grep HEARTBEAT "$log" | tail -n1
 show vm-fleet list
+
+bold "live-migrate demo-1: worker-b is the only target with room"
+show vm-migrate demo-1 --connections 2
+bold "the guest goes on on worker-b: same heartbeat sequence, same memory checksum"
+tlog=$(ls "$run"/worker-b/vmm-*/serial.log | head -n1)
+sleep 3
+grep HEARTBEAT "$tlog" | tail -n2
+if grep -qE 'Oops|BUG:|panic|CHECKSUM-MISMATCH' "$tlog"; then echo "guest on worker-b is unhealthy!"; exit 1; fi
+show vm-fleet list
+show vm-fleet worker list
+bold "the database: the attempt, the ledger (source event closed, target event open)"
+psql -X -P pager=off -c "SELECT id, state, connections_used AS conns, downtime_ms, bytes_transferred, error FROM migrations"
+psql -X -P pager=off -c "SELECT s.name, e.worker_id, e.vmm_id, e.started_at::time(0), e.ended_at::time(0) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id ORDER BY e.id"
+psql -X -P pager=off -c "SELECT id, state, pid, time_deleted IS NOT NULL AS reaped FROM vmms ORDER BY id"
+if [ -x bin/vmm-reap ]; then
+	bold "vmm-reap cleans the abandoned source VMM's reservation"
+	show vmm-reap
+fi
+bold "destroy both VMs (billing closes with the status)"
+show vm-fleet destroy demo-1
+show vm-fleet destroy demo-2
 show vm-fleet status

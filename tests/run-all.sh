@@ -23,10 +23,11 @@ jobs=${VMOPS_TEST_JOBS:-2}
 note_fail() { failed=$((failed + ${2:-1})); failures="$failures $1"; }
 
 # Criterion: sum its Synthesis line into our totals.
-run_criterion() { # name binary [env...]
-	name=$1; bin=$2; shift 2
+#   run_criterion NAME COMMAND...   (COMMAND gets --jobs N appended)
+run_criterion() {
+	name=$1; shift
 	out="$log/$name.log"
-	env "$@" "$bin" --jobs "$jobs" >"$out" 2>&1
+	"$@" --jobs "$jobs" >"$out" 2>&1
 	rc=$?
 	syn=$(grep -a 'Synthesis:' "$out" | tail -n1)
 	p=$(echo "$syn" | sed -n 's/.*Passing: \([0-9]*\).*/\1/p')
@@ -36,7 +37,7 @@ run_criterion() { # name binary [env...]
 	if [ "$rc" -ne 0 ] || [ -z "$syn" ]; then
 		n=$(( ${f:-0} + ${c:-0} )); [ "$n" -eq 0 ] && n=1
 		note_fail "$name" "$n"
-		echo "FAIL $name (exit $rc)"; grep -a -E '\[----\]|\[FAIL\]|ERROR|Assertion|runtime error|Sanitizer|Synthesis' "$out" | head -40
+		echo "FAIL $name (exit $rc)"; grep -a -E '\[----\]|\[FAIL\]|ERROR|Assertion|runtime error|Sanitizer|Synthesis|==[0-9]+==' "$out" | head -40
 	else
 		echo "ok   $name: $syn" | sed 's/\[====\] //'
 	fi
@@ -48,9 +49,9 @@ bin/vm-fleet --db "dbname=vmops_template" -q init || exit 1
 
 # The test guest (kernel + busybox initramfs), built once and cached.
 if [ -x tests/guest/build-guest.sh ] && [ -z "${VMOPS_SKIP_QEMU:-}" ]; then
-	if tests/guest/build-guest.sh build/guest >"$log/guest.log" 2>&1; then
-		export VMOPS_TEST_KERNEL="$top/build/guest/vmlinuz" VMOPS_TEST_INITRD="$top/build/guest/initramfs.gz"
-		echo "check: test guest in build/guest"
+	if tests/guest/build-guest.sh "$top/build/guest" >"$log/guest.log" 2>&1; then
+		eval "$(grep '^VMOPS_TEST_[A-Z]*=' "$log/guest.log" | sed 's/^/export /')"
+		echo "check: test guest $VMOPS_TEST_KERNEL $VMOPS_TEST_INITRD"
 	else
 		echo "check: building the test guest failed:"; tail -20 "$log/guest.log"
 		note_fail guest
@@ -59,22 +60,24 @@ fi
 
 for t in build/tests/test_*; do
 	[ -x "$t" ] || continue
-	run_criterion "$(basename "$t")" "$t" VMOPS_BIN_DIR="$top/bin"
+	run_criterion "$(basename "$t")" env VMOPS_BIN_DIR="$top/bin" "$t"
 done
 
 for t in build-san/tests/test_*; do
 	[ -x "$t" ] || continue
-	run_criterion "asan:$(basename "$t")" "$t" VMOPS_BIN_DIR="$top/build-san/bin" \
+	run_criterion "asan:$(basename "$t")" env VMOPS_BIN_DIR="$top/build-san/bin" \
 		VMOPS_TEST_KERNEL= VMOPS_TEST_INITRD= \
-		ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+		ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		LSAN_OPTIONS=suppressions="$top/tests/lsan.supp":print_suppressions=0 "$t"
 done
 
 if command -v valgrind >/dev/null; then
 	for n in ${VMOPS_VALGRIND_SUITES:-test_parse test_output test_proc test_qmp}; do
 		t=build/tests/$n
 		[ -x "$t" ] || continue
-		run_criterion "valgrind:$n" valgrind --quiet --error-exitcode=99 --leak-check=full \
-			--errors-for-leak-kinds=definite --trace-children=yes "$t" VMOPS_TEST_KERNEL= VMOPS_TEST_INITRD=
+		run_criterion "valgrind:$n" env VMOPS_TEST_KERNEL= VMOPS_TEST_INITRD= VMOPS_BIN_DIR="$top/bin" \
+			valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+			--suppressions="$top/tests/valgrind.supp" --trace-children=yes "$t"
 	done
 fi
 

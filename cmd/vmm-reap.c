@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vmm-reap — clean up abandoned VMM records: free their reservations and
+ * mark them deleted, in batches, safely from several hosts at once.
+ */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "db.h"
+#include "parse.h"
+#include "prog.h"
+#include "reap.h"
+#include "schema.h"
+
+static struct {
+	const char *batch, *limit, *older_than;
+} opt;
+
+static struct poptOption options[] = {
+	{ "batch", '\0', POPT_ARG_STRING, &opt.batch, 0,
+	  "VMMs per transaction (default 1000, at most 100000)", "N" },
+	{ "limit", '\0', POPT_ARG_STRING, &opt.limit, 0,
+	  "reap at most N VMMs in this run (default: all)", "N" },
+	{ "older-than", '\0', POPT_ARG_STRING, &opt.older_than, 0,
+	  "only VMMs destroyed or failed at least DUR ago (default 0s)", "DUR" },
+	VMOPS_DRY_RUN_OPTION,
+	VMOPS_COMMON_OPTIONS,
+	POPT_TABLEEND
+};
+
+static void usage(void)
+{
+	printf("Usage:\n %s [options]\n\n", prog_name);
+	printf("Clean up abandoned VMM records: VMMs that are destroyed or failed, not yet\n"
+	       "deleted, and no longer any sandbox's active or target VMM.  Their reservations\n"
+	       "are deleted and they are marked deleted, in batches, each in its own\n"
+	       "transaction with its audit rows.  Safe to run from several hosts at once.\n\n"
+	       "Options:\n");
+	vmops_cli_print_options(stdout, options);
+	printf("\nExit status: 0 ok (also when nothing was abandoned), 1 some VMMs could not\n"
+	       "be reaped, 2 usage, 5 database unreachable, 6 schema; see vmops(7).\n");
+	printf("\nFor more details see vmm-reap(1).\n");
+}
+
+int main(int argc, const char **argv)
+{
+	static const struct vmops_column cols[] = {
+		{ "found", VMOPS_COL_INT, 0, 0 },
+		{ "vmms_deleted", VMOPS_COL_INT, 0, 0 },
+		{ "vmms_already_deleted", VMOPS_COL_INT, 0, 0 },
+		{ "reservations_deleted", VMOPS_COL_INT, 0, 0 },
+		{ "errors", VMOPS_COL_INT, 0, 0 },
+		{ "last_error", VMOPS_COL_STRING, 0, 0 },
+		{ "batches", VMOPS_COL_INT, 0, 0 },
+		{ "dry_run", VMOPS_COL_BOOL, 0, 0 },
+	};
+	struct vmops_reap_opts ro = { .program = "vmm-reap" };
+	struct vmops_reap_stats st;
+	struct vmops_error err = { 0 };
+	struct vmops_output *o;
+	struct vmops_section *s;
+	poptContext ctx;
+	const char **left;
+	PGconn *c;
+
+	prog_init("vmm-reap");
+	ctx = poptGetContext(prog_name, argc, argv, options, 0);
+	if (vmops_cli_parse(ctx, NULL, NULL, &err) < 0)
+		usage_error("%s", err.msg);
+	if (vmops_cli.help) {
+		usage();
+		return VMOPS_EXIT_OK;
+	}
+	if (vmops_cli.version)
+		print_version();
+	left = poptGetArgs(ctx);
+	if (left && left[0])
+		usage_error("unexpected argument '%s'", left[0]);
+
+	/* Validate everything before any database contact. */
+	ro.batch = VMOPS_REAP_BATCH_DEFAULT;
+	if (opt.batch && vmops_parse_int(opt.batch, 1, VMOPS_REAP_BATCH_MAX, &ro.batch, &err) < 0)
+		usage_error("--batch: %s", err.msg);
+	if (opt.limit && vmops_parse_int(opt.limit, 1, LLONG_MAX, &ro.limit, &err) < 0)
+		usage_error("--limit: %s", err.msg);
+	if (opt.older_than && vmops_parse_duration(opt.older_than, &ro.older_than_ms, &err) < 0)
+		usage_error("--older-than: %s", err.msg);
+	if (ro.older_than_ms > (uint64_t)LLONG_MAX)
+		usage_error("--older-than: invalid duration '%s': too large", opt.older_than);
+	ro.dry_run = vmops_cli.dry_run;
+
+	c = vmops_db_connect(vmops_cli.db, prog_name, &err);
+	if (!c || vmops_schema_check(c, &err) < 0)
+		die_err(&err);
+	if (vmops_reap(c, &ro, &st, &err) < 0) {
+		PQfinish(c);
+		if (st.found)
+			fprintf(stderr, "%s: stopped after %lld vmms found, %lld deleted, %lld reservations deleted\n",
+				prog_name, st.found, st.vmms_deleted, st.reservations_deleted);
+		die_err(&err);
+	}
+	PQfinish(c);
+
+	o = vmops_output_new();
+	s = vmops_output_record(o, "reap", cols, ARRAY_SIZE(cols));
+	vmops_set_int(s, 0, st.found);
+	vmops_set_int(s, 1, st.vmms_deleted);
+	vmops_set_int(s, 2, st.vmms_already_deleted);
+	vmops_set_int(s, 3, st.reservations_deleted);
+	vmops_set_int(s, 4, st.errors);
+	vmops_set_str(s, 5, st.errors ? st.last_error : NULL);
+	vmops_set_int(s, 6, st.batches);
+	vmops_set_bool(s, 7, ro.dry_run);
+	if (!vmops_cli.quiet || vmops_cli.json)
+		print_output(o);
+	vmops_output_free(o);
+	poptFreeContext(ctx);
+	if (st.errors) {
+		fprintf(stderr, "%s: %lld vmm(s) could not be reaped; last error: %s\n", prog_name,
+			st.errors, st.last_error);
+		return VMOPS_EXIT_FAILURE;
+	}
+	return VMOPS_EXIT_OK;
+}

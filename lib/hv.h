@@ -1,0 +1,212 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Hypervisor drivers.  A driver is a table of operations selected by kind
+ * ("qemu"; later "cloud-hypervisor", "firecracker"); a struct vmops_hv is
+ * one VMM process driven through it: launched here, or attached to from
+ * what the database recorded (pid, start time, sockets).
+ *
+ * Live migration between two handles:
+ *
+ *   1. target = vmops_hv_prepare_incoming(spec, &opts, "tcp:ADDR:0", &mp, ...)
+ *      launches a receiver and listens; vmops_hv_info(target)->incoming_uri
+ *      says where ("tcp:ADDR:PORT").
+ *   2. vmops_hv_send(source, that uri, &mp, ...) starts the transfer.
+ *   3. vmops_hv_progress(source, &p, ...) until
+ *      vmops_migrate_status_is_final(p.status).  On "completed", the target
+ *      runs a moment later (poll vmops_hv_status(target) for "running"),
+ *      then vmops_hv_destroy(source).  Otherwise vmops_hv_cancel(source) if
+ *      still going and vmops_hv_destroy(target): a QEMU receiver is
+ *      single-use, every attempt needs a fresh one.
+ *
+ * Use the same connections on both ends; if vmops_hv_supports_multifd()
+ * says 0 for either, use 1.  A failed or cancelled migration leaves the
+ * source running.  Freeing a
+ * handle (vmops_hv_free) closes connections but never stops the VMM; only
+ * vmops_hv_destroy does.  Signals are sent only to the recorded pid while
+ * its start time still matches (PID reuse).
+ */
+#ifndef VMOPS_HV_H
+#define VMOPS_HV_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/un.h>
+
+#include "error.h"
+#include "spec.h"
+
+#define VMOPS_HV_SOCKPATH_MAX (sizeof(((struct sockaddr_un *)0)->sun_path))
+
+/* What the database records about a VMM (table vmms). */
+struct vmops_vmm_info {
+	char kind[32];                       /* "qemu" */
+	uint64_t vmm_id;                     /* argv carries "vmops-vmm-<vmm_id>" */
+	pid_t pid;
+	unsigned long long start_time;       /* /proc/PID/stat field 22 (clock ticks since boot) */
+	bool is_child;                       /* launched by this process: waitpid() it */
+	bool incoming;                       /* launched as a migration receiver */
+	char run_dir[PATH_MAX];
+	char control_socket[VMOPS_HV_SOCKPATH_MAX]; /* QMP / API socket */
+	char agent_socket[VMOPS_HV_SOCKPATH_MAX];   /* guest agent socket ("" if none) */
+	char serial_log[PATH_MAX];
+	char stderr_log[PATH_MAX];           /* the VMM's stdout and stderr */
+	char incoming_uri[256];              /* receiver: where it listens, port resolved */
+};
+
+struct vmops_hv_launch_opts {
+	const char *run_dir;        /* created (0700) if missing; one per VMM */
+	uint64_t vmm_id;            /* identity marker, see vmops_vmm_info */
+	const char *binary;         /* NULL: the driver's default, from PATH */
+	/*
+	 * What spec accel "auto" means here: VMOPS_ACCEL_TCG or _KVM as probed
+	 * by the caller (tests/guest/probe-accel.sh), or VMOPS_ACCEL_AUTO to
+	 * let the hypervisor try KVM and fall back to TCG.
+	 */
+	enum vmops_accel auto_accel;
+	/* Kill the VMM when the launching thread exits (tests only). */
+	bool die_with_parent;
+};
+
+struct vmops_migrate_params {
+	unsigned connections;       /* 1..VMOPS_MIGRATE_CONNECTIONS_MAX; >1 needs multifd */
+	uint64_t max_bandwidth;     /* bytes/s; 0: VMOPS_MIGRATE_DEFAULT_BANDWIDTH */
+	uint32_t downtime_limit_ms; /* 0: the hypervisor's default */
+	bool auto_converge;
+};
+
+#define VMOPS_MIGRATE_CONNECTIONS_MAX 128
+/* QEMU 7.2 defaults to 128 MiB/s, far below a local link. */
+#define VMOPS_MIGRATE_DEFAULT_BANDWIDTH (32ull << 30)
+
+struct vmops_migrate_progress {
+	/* none setup active completed failed cancelling cancelled device
+	 * pre-switchover postcopy-* wait-unplug colo */
+	char status[32];
+	uint64_t total_bytes;
+	uint64_t transferred_bytes;
+	uint64_t remaining_bytes;
+	int64_t downtime_ms;            /* -1 until known (completed) */
+	int64_t expected_downtime_ms;   /* -1 if unknown */
+	int64_t setup_time_ms;          /* -1 if unknown */
+	int64_t total_time_ms;          /* -1 if unknown */
+	double mbps;
+	uint64_t dirty_pages_rate;      /* pages per second */
+	uint64_t dirty_sync_count;
+	uint64_t page_size;
+	uint64_t multifd_bytes;         /* sent over multifd channels (0: one stream) */
+	int cpu_throttle_percent;       /* auto-converge throttling, 0 if none */
+	char error_desc[512];           /* "failed": why */
+};
+
+/* completed, failed or cancelled: nothing more will happen. */
+bool vmops_migrate_status_is_final(const char *status);
+
+struct vmops_vm_status {
+	char status[32];     /* running paused inmigrate postmigrate shutdown ... */
+	bool running;
+};
+
+struct vmops_hv;
+
+struct vmops_hv_driver {
+	const char *kind;
+	/* Start the VMM (incoming: as a migration receiver, not running yet). */
+	int (*launch)(struct vmops_hv *h, const struct vmops_spec *spec,
+		      const struct vmops_hv_launch_opts *opts, bool incoming,
+		      struct vmops_error *err);
+	/* Connect to a VMM described by vmops_hv_info(h). */
+	int (*attach)(struct vmops_hv *h, int timeout_ms, struct vmops_error *err);
+	/* Control socket answers and the VM is up (or waiting for its state). */
+	int (*wait_ready)(struct vmops_hv *h, int timeout_ms, struct vmops_error *err);
+	/* On a launched receiver: listen on `uri` ("tcp:HOST:PORT", port may be 0). */
+	int (*prepare_incoming)(struct vmops_hv *h, const char *uri,
+				const struct vmops_migrate_params *mp, int timeout_ms,
+				struct vmops_error *err);
+	int (*send)(struct vmops_hv *h, const char *uri, const struct vmops_migrate_params *mp,
+		    struct vmops_error *err);
+	int (*progress)(struct vmops_hv *h, struct vmops_migrate_progress *p,
+			struct vmops_error *err);
+	int (*cancel)(struct vmops_hv *h, struct vmops_error *err);
+	int (*destroy)(struct vmops_hv *h, int timeout_ms, struct vmops_error *err);
+	int (*pause)(struct vmops_hv *h, struct vmops_error *err);
+	int (*resume)(struct vmops_hv *h, struct vmops_error *err);
+	int (*status)(struct vmops_hv *h, struct vmops_vm_status *st, struct vmops_error *err);
+	/* 1 if multi-connection migration works with this VMM, 0 if not, -1. */
+	int (*supports_multifd)(struct vmops_hv *h, struct vmops_error *err);
+	/* Free driver state (not the VMM). */
+	void (*release)(struct vmops_hv *h);
+};
+
+extern const struct vmops_hv_driver vmops_hv_qemu_driver;
+
+/* The driver for `kind`, or NULL. */
+const struct vmops_hv_driver *vmops_hv_driver_find(const char *kind);
+
+/* --- for programs ---------------------------------------------------------- */
+
+/* Launch a VM from its spec (driver chosen by spec->hypervisor). */
+struct vmops_hv *vmops_hv_launch(const struct vmops_spec *spec,
+				 const struct vmops_hv_launch_opts *opts,
+				 struct vmops_error *err);
+/*
+ * Launch a receiver with the same spec, wait until its control socket
+ * answers, and make it listen on `uri` (multifd set up when
+ * mp->connections > 1).  The resolved address is in
+ * vmops_hv_info(h)->incoming_uri.  On failure the receiver is destroyed.
+ */
+struct vmops_hv *vmops_hv_prepare_incoming(const struct vmops_spec *spec,
+					   const struct vmops_hv_launch_opts *opts,
+					   const char *uri,
+					   const struct vmops_migrate_params *mp,
+					   int timeout_ms, struct vmops_error *err);
+/* Drive an existing VMM (info as recorded; is_child is ignored). */
+struct vmops_hv *vmops_hv_attach(const struct vmops_vmm_info *info, int timeout_ms,
+				 struct vmops_error *err);
+
+int vmops_hv_wait_ready(struct vmops_hv *h, int timeout_ms, struct vmops_error *err);
+int vmops_hv_send(struct vmops_hv *h, const char *uri, const struct vmops_migrate_params *mp,
+		  struct vmops_error *err);
+int vmops_hv_progress(struct vmops_hv *h, struct vmops_migrate_progress *p,
+		      struct vmops_error *err);
+int vmops_hv_cancel(struct vmops_hv *h, struct vmops_error *err);
+/* Stop the VMM: polite quit, then SIGTERM, then SIGKILL, within timeout_ms. */
+int vmops_hv_destroy(struct vmops_hv *h, int timeout_ms, struct vmops_error *err);
+int vmops_hv_pause(struct vmops_hv *h, struct vmops_error *err);
+int vmops_hv_resume(struct vmops_hv *h, struct vmops_error *err);
+int vmops_hv_status(struct vmops_hv *h, struct vmops_vm_status *st, struct vmops_error *err);
+int vmops_hv_supports_multifd(struct vmops_hv *h, struct vmops_error *err);
+/* Is the VMM process alive: exists, not a zombie, same start time.  Reaps it if our child. */
+bool vmops_hv_is_alive(struct vmops_hv *h);
+const struct vmops_vmm_info *vmops_hv_info(const struct vmops_hv *h);
+const struct vmops_hv_driver *vmops_hv_get_driver(const struct vmops_hv *h);
+/* Close connections and free the handle; the VMM keeps running. */
+void vmops_hv_free(struct vmops_hv *h);
+void vmops_hv_freep(struct vmops_hv **h);
+#define _cleanup_hv_ __attribute__((cleanup(vmops_hv_freep)))
+
+/* QEMU only: the handle's QMP connection (NULL if not connected or not QEMU). */
+struct vmops_qmp *vmops_hv_qmp(struct vmops_hv *h);
+
+/* --- for drivers ---------------------------------------------------------------- */
+
+struct vmops_vmm_info *vmops_hv_info_mut(struct vmops_hv *h);
+void *vmops_hv_priv(const struct vmops_hv *h);
+void vmops_hv_set_priv(struct vmops_hv *h, void *priv);
+
+/*
+ * Process helpers shared by drivers.  vmops_hv_proc_stat reads the state
+ * letter and start time (field 22) of /proc/PID/stat; returns -1 if the
+ * process does not exist.
+ */
+int vmops_hv_proc_stat(pid_t pid, char *state, unsigned long long *start_time);
+/*
+ * Wait for the VMM process to go away, escalating: wait grace share of
+ * timeout_ms, SIGTERM, wait, SIGKILL, wait.  `already_asked` says a polite
+ * request (QMP quit) was sent.  Returns 0 once gone, -1 (TIMEOUT) if not.
+ */
+int vmops_hv_stop_process(struct vmops_hv *h, bool already_asked, int timeout_ms,
+			  struct vmops_error *err);
+
+#endif

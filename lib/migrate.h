@@ -1,0 +1,105 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Live migration of one sandbox's VM to another worker, guarded by the
+ * database (vm-migrate(1)).  The in-flight guard (one active migration per
+ * target worker and per sandbox) and the receiver's reservation are taken in
+ * one transaction; a lease renewed while the attempt runs lets
+ * vmops_migrate_recover() clean up after a crashed vm-migrate.
+ */
+#ifndef VMOPS_MIGRATE_H
+#define VMOPS_MIGRATE_H
+
+#include <libpq-fe.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "spec.h"
+
+#define VMOPS_MIGRATE_DEFAULT_TIMEOUT_PER_GIB_MS  150000u
+#define VMOPS_MIGRATE_DEFAULT_PROGRESS_TIMEOUT_MS 150000u
+#define VMOPS_MIGRATE_DEFAULT_WAIT_TARGET_MS      300000u
+#define VMOPS_MIGRATE_DEFAULT_LEASE_MS            30000u
+/* QEMU multifd sends pages in packets of 128 x 4 KiB. */
+#define VMOPS_MIGRATE_CHUNK_BYTES                 (512u << 10)
+
+struct vmops_migrate_report;
+
+struct vmops_migrate_opts {
+	const char *sandbox;
+	const char *to;                   /* target worker name; NULL: choose by capacity */
+	unsigned connections;             /* 1..128 */
+	uint64_t wait_target_ms;          /* how long to wait for a free target */
+	uint64_t timeout_per_gib_ms;      /* completion timeout per GiB of guest memory */
+	uint64_t progress_timeout_ms;     /* abort when nothing moves for this long */
+	uint32_t downtime_limit_ms;       /* 0: hypervisor default */
+	uint64_t max_bandwidth;           /* bytes/s; 0: unlimited (driver default) */
+	bool auto_converge;
+	uint64_t lease_ms;                /* lease length; renewed every third of it */
+	double rtt_s;                     /* round-trip time to the target for the ETA */
+	bool dry_run;                     /* choose a target and report; change nothing */
+	enum vmops_accel auto_accel;
+	/* The program's signal handler sets this; the attempt is then cancelled. */
+	volatile sig_atomic_t *interrupted;
+	/* Called about every 500 ms while transferring (may be NULL). */
+	void (*on_progress)(void *data, const struct vmops_migrate_report *r);
+	void *data;
+};
+
+struct vmops_migrate_report {
+	long long migration_id, sandbox_id, source_vmm_id, target_vmm_id;
+	char sandbox[64], source_worker[64], target_worker[64];
+	char state[16];                   /* completed failed cancelled lost unrecorded dry-run */
+	char hv_status[32];               /* the hypervisor's own migration status */
+	unsigned connections_requested, connections_used;
+	uint64_t memory_bytes;
+	uint64_t total_bytes, transferred_bytes, remaining_bytes;
+	double rate_bps;                  /* observed, recent */
+	double eta_s;                     /* -1 unknown */
+	int64_t downtime_ms, total_time_ms, setup_time_ms;
+	uint64_t wait_ms;                 /* spent waiting for a free target */
+	uint64_t wall_ms;                 /* whole attempt */
+	char error[VMOPS_ERRMSG_MAX];
+};
+
+/*
+ * Migrate.  Returns 0 when the sandbox runs on the target.  On failure the
+ * report says what happened and `e` carries the exit code: NOTFOUND,
+ * CONFLICT (not running, already migrating, --to the source or a worker not
+ * accepting), NOCAPACITY (no target within wait_target_ms), HYPERVISOR,
+ * TIMEOUT, INTERRUPTED, DB.
+ */
+int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_migrate_report *r,
+		  struct vmops_error *e);
+
+struct vmops_recover_report {
+	int found;          /* attempts whose lease had expired */
+	int completed;      /* finished: the target had taken over */
+	int failed;         /* rolled back: source kept, receiver destroyed */
+	int receivers_killed;   /* receivers stopped by signal (pid or /proc marker), not via their socket */
+	int errors;
+	char last_error[VMOPS_ERRMSG_MAX];
+};
+
+/*
+ * Reclaim attempts whose lease expired (their vm-migrate died): cancel what
+ * still runs on the source, destroy orphan receivers (found by pid and start
+ * time, or by their vmops-vmm-ID marker in /proc), release their
+ * reservations and record the attempts failed — or, when the switchover had
+ * already happened, finish it.  One transaction per attempt.  With dry_run,
+ * only count the expired attempts (found) and touch nothing.
+ */
+int vmops_migrate_recover(PGconn *c, bool dry_run, struct vmops_recover_report *r,
+			  struct vmops_error *e);
+
+/*
+ * ETA from the per-connection throughput bound:
+ *   per_conn = chunk / (chunk / link_rate + rtt)
+ *   rate     = min(connections * per_conn, cap)   (cap 0: none)
+ * Returns seconds for `remaining` bytes, or -1 when link_rate <= 0.
+ */
+double vmops_migrate_eta_s(uint64_t remaining, unsigned connections, double link_rate_bps,
+			   double rtt_s, uint64_t chunk, double cap_bps);
+
+#endif

@@ -1,0 +1,246 @@
+/* SPDX-License-Identifier: MIT */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db.h"
+#include "exitcodes.h"
+#include "log.h"
+#include "macro.h"
+#include "reap.h"
+
+/*
+ * The abandoned predicate, shared by the claim and the dry run.  NOT EXISTS,
+ * never NOT IN: `id NOT IN (SELECT active_vmm_id FROM sandboxes)` is NULL,
+ * not true, as soon as one sandbox has no active VMM, and would reap nothing.
+ * $1: only VMMs whose state changed at least $1 milliseconds ago.
+ */
+#define ABANDONED \
+	" v.state IN ('destroyed', 'failed') AND v.time_deleted IS NULL" \
+	" AND v.time_state_updated <= now() - $1::bigint * interval '1 millisecond'" \
+	" AND NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.active_vmm_id = v.id)" \
+	" AND NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.target_vmm_id = v.id)"
+
+/*
+ * Claim the next batch: the lowest ids above the keyset position that no
+ * other transaction holds.  Another reaper's rows are skipped, not waited
+ * for; a row deleted by another reaper since our snapshot is re-checked
+ * under the lock (READ COMMITTED) and drops out.
+ */
+static const char claim_sql[] =
+	"WITH c AS ("
+	" SELECT v.id FROM vmms v"
+	"  WHERE" ABANDONED " AND v.id > $2"
+	"  ORDER BY v.id LIMIT $3"
+	"  FOR NO KEY UPDATE OF v SKIP LOCKED)"
+	" SELECT count(*), coalesce(max(id), $2), coalesce(array_agg(id ORDER BY id)::text, '{}') FROM c";
+
+/* Claim one VMM (the fallback after a failed batch). */
+static const char claim_one_sql[] =
+	"WITH c AS ("
+	" SELECT v.id FROM vmms v"
+	"  WHERE" ABANDONED " AND v.id = $2"
+	"  LIMIT $3"
+	"  FOR NO KEY UPDATE OF v SKIP LOCKED)"
+	" SELECT count(*), coalesce(max(id), $2), coalesce(array_agg(id ORDER BY id)::text, '{}') FROM c";
+
+/*
+ * Reap the claimed VMMs: delete their reservations, set time_deleted only
+ * where it is still NULL (RETURNING tells us which rows this run deleted),
+ * and write one audit row per VMM, in one statement of the batch's
+ * transaction.  $4 < id <= $5 is the claimed id range and the state test
+ * repeats the claim's: together they steer the UPDATE onto the small
+ * vmms_abandoned_idx, where `time_deleted IS NULL` alone lets the planner
+ * scan every live VMM through vmms_worker_live_idx.
+ */
+static const char reap_sql[] =
+	"WITH res AS ("
+	"  DELETE FROM reservations r WHERE r.vmm_id = ANY ($1::bigint[])"
+	"  RETURNING r.vmm_id, r.worker_id, r.memory_mb, r.vcpus),"
+	" upd AS ("
+	"  UPDATE vmms v SET time_deleted = now()"
+	"   WHERE v.id > $4 AND v.id <= $5 AND v.id = ANY ($1::bigint[])"
+	"     AND v.state IN ('destroyed', 'failed') AND v.time_deleted IS NULL"
+	"  RETURNING v.id, v.state, v.sandbox_id, v.worker_id, v.time_deleted),"
+	" aud AS ("
+	"  INSERT INTO audit_log (actor, program, action, object_type, object_id, before, after)"
+	"  SELECT $2, $3, CASE WHEN u.id IS NULL THEN 'reap-reservation' ELSE 'reap' END, 'vmm',"
+	"         coalesce(u.id, r.vmm_id),"
+	"         jsonb_build_object('state', u.state, 'sandbox_id', u.sandbox_id, 'worker_id', u.worker_id,"
+	"                            'time_deleted', NULL,"
+	"                            'reservation', CASE WHEN r.vmm_id IS NOT NULL THEN"
+	"                              jsonb_build_object('worker_id', r.worker_id,"
+	"                                                 'memory_mb', r.memory_mb, 'vcpus', r.vcpus) END),"
+	"         jsonb_build_object('time_deleted', u.time_deleted, 'reservation', NULL)"
+	"    FROM upd u FULL JOIN res r ON r.vmm_id = u.id"
+	"  RETURNING 1)"
+	" SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM res), (SELECT count(*) FROM aud)";
+
+struct batch {
+	const struct vmops_reap_opts *o;
+	const char *claim;      /* claim_sql or claim_one_sql */
+	long long after;        /* keyset position (claim_sql) or the one id (claim_one_sql) */
+	long long want;         /* batch size */
+	const char *lock_timeout;
+	/* results, reset at every (re)try */
+	bool claimed_ok;
+	long long claimed, max_id, deleted, reservations;
+	char *ids;              /* "{1,2,3}" */
+};
+
+static int batch_tx(PGconn *c, void *data, struct vmops_error *e)
+{
+	struct batch *b = data;
+	_cleanup_pgresult_ PGresult *r = NULL;
+	char older[24], after[24], want[24];
+
+	b->claimed_ok = false;
+	b->claimed = b->deleted = b->reservations = 0;
+	b->max_id = b->after;
+	free(b->ids);
+	b->ids = NULL;
+
+	if (vmops_db_x(c, e, "SELECT set_config('lock_timeout', $1, true)", b->lock_timeout) < 0)
+		return -1;
+	r = vmops_db_q(c, e, b->claim, vmops_db_ll(older, (long long)b->o->older_than_ms),
+		       vmops_db_ll(after, b->after), vmops_db_ll(want, b->want));
+	if (!r)
+		return vmops_err_prefix(e, "claiming abandoned vmms");
+	b->claimed = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+	b->max_id = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+	if (!(b->ids = strdup(PQgetvalue(r, 0, 2))))
+		return vmops_err(e, VMOPS_EXIT_FAILURE, "out of memory");
+	b->claimed_ok = true;
+	if (b->claimed == 0)
+		return 0;
+	PQclear(r);
+	r = vmops_db_q(c, e, reap_sql, b->ids, vmops_db_actor(),
+		       b->o->program ? b->o->program : "vmm-reap",
+		       vmops_db_ll(after, b->claim == claim_one_sql ? b->after - 1 : b->after),
+		       vmops_db_ll(want, b->max_id));
+	if (!r)
+		return -1;
+	b->deleted = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+	b->reservations = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+	return 0;
+}
+
+static void account(struct vmops_reap_stats *st, const struct batch *b)
+{
+	st->found += b->claimed;
+	st->vmms_deleted += b->deleted;
+	st->vmms_already_deleted += b->claimed - b->deleted;
+	st->reservations_deleted += b->reservations;
+	if (b->claimed)
+		st->batches++;
+}
+
+static bool fatal(const struct vmops_error *e)
+{
+	return e->code == VMOPS_EXIT_DB || e->code == VMOPS_EXIT_SCHEMA;
+}
+
+/*
+ * A batch failed and was rolled back: reap its VMMs one per transaction,
+ * so that one bad row costs one error, not a thousand.
+ */
+static int reap_one_by_one(PGconn *c, const struct vmops_reap_opts *o, const char *ids,
+			   struct vmops_reap_stats *st, struct vmops_error *e)
+{
+	const char *p = ids;
+
+	while (*p) {
+		struct batch one = { .o = o, .claim = claim_one_sql, .want = 1, .lock_timeout = "1s" };
+		struct vmops_error err = { 0 };
+		char *end;
+		long long id;
+
+		while (*p && (*p < '0' || *p > '9'))
+			p++;
+		if (!*p)
+			break;
+		id = strtoll(p, &end, 10);
+		p = end;
+		one.after = id;
+		if (vmops_db_tx(c, VMOPS_READ_COMMITTED, batch_tx, &one, &err) < 0) {
+			free(one.ids);
+			if (fatal(&err)) {
+				*e = err;
+				return -1;
+			}
+			st->found++;
+			st->errors++;
+			snprintf(st->last_error, sizeof(st->last_error), "vmm %lld: %.990s", id, err.msg);
+			vmops_warn("vmm %lld: %.990s", id, err.msg);
+			continue;
+		}
+		account(st, &one);
+		free(one.ids);
+	}
+	return 0;
+}
+
+static int reap_dry_run(PGconn *c, const struct vmops_reap_opts *o, struct vmops_reap_stats *st,
+			struct vmops_error *e)
+{
+	_cleanup_pgresult_ PGresult *r = NULL;
+	char older[24], limit[24];
+
+	r = vmops_db_q(c, e,
+		       "SELECT count(*) FROM (SELECT 1 FROM vmms v WHERE" ABANDONED
+		       " LIMIT CASE WHEN $2::bigint > 0 THEN $2::bigint END) x",
+		       vmops_db_ll(older, (long long)o->older_than_ms), vmops_db_ll(limit, o->limit));
+	if (!r)
+		return vmops_err_prefix(e, "counting abandoned vmms");
+	st->found = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+	return 0;
+}
+
+int vmops_reap(PGconn *c, const struct vmops_reap_opts *o, struct vmops_reap_stats *st,
+	       struct vmops_error *e)
+{
+	long long batch = o->batch > 0 ? o->batch : VMOPS_REAP_BATCH_DEFAULT;
+	long long after = 0;
+
+	memset(st, 0, sizeof(*st));
+	if (batch > VMOPS_REAP_BATCH_MAX)
+		batch = VMOPS_REAP_BATCH_MAX;
+	if (o->dry_run)
+		return reap_dry_run(c, o, st, e);
+
+	for (;;) {
+		struct batch b = { .o = o, .claim = claim_sql, .after = after, .want = batch,
+				   .lock_timeout = "10s" };
+		struct vmops_error err = { 0 };
+
+		if (o->limit > 0) {
+			if (st->found >= o->limit)
+				break;
+			if (o->limit - st->found < b.want)
+				b.want = o->limit - st->found;
+		}
+		if (vmops_db_tx(c, VMOPS_READ_COMMITTED, batch_tx, &b, &err) < 0) {
+			if (fatal(&err) || !b.claimed_ok) {
+				free(b.ids);
+				*e = err;
+				return -1;
+			}
+			vmops_info("batch after vmm %lld failed (%s): reaping its %lld vmms one by one",
+				   after, err.msg, b.claimed);
+			if (reap_one_by_one(c, o, b.ids, st, e) < 0) {
+				free(b.ids);
+				return -1;
+			}
+			st->batches++;
+		} else {
+			account(st, &b);
+			vmops_info("batch %lld: %lld vmms claimed, %lld deleted, %lld reservations deleted",
+				   st->batches, b.claimed, b.deleted, b.reservations);
+		}
+		free(b.ids);
+		if (b.claimed == 0)
+			break;
+		after = b.max_id;
+	}
+	return 0;
+}

@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vmm-reap: clean up abandoned VMM records.
+ *
+ * A VMM is abandoned when its state is destroyed or failed, time_deleted is
+ * NULL, and no sandbox names it as its active or target VMM.  Reaping one
+ * deletes its reservation (the memory and vCPUs it still held on its worker)
+ * and sets time_deleted, only where time_deleted is still NULL, with an
+ * audit row, all in the same transaction.
+ *
+ * Work is done in bounded batches, each its own short transaction; rows are
+ * claimed with FOR UPDATE SKIP LOCKED, so any number of reapers on any
+ * number of hosts can run at once: none waits for another and each VMM is
+ * counted as deleted by exactly one of them.
+ */
+#ifndef VMOPS_REAP_H
+#define VMOPS_REAP_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "error.h"
+
+#define VMOPS_REAP_BATCH_DEFAULT 1000
+#define VMOPS_REAP_BATCH_MAX 100000
+
+struct vmops_reap_opts {
+	long long batch;         /* VMMs per transaction; 0: VMOPS_REAP_BATCH_DEFAULT */
+	long long limit;         /* at most this many VMMs this run; 0: no limit */
+	uint64_t older_than_ms;  /* only VMMs destroyed/failed at least this long ago */
+	bool dry_run;            /* count what would be reaped, change nothing */
+	const char *program;     /* for audit rows; NULL: "vmm-reap" */
+};
+
+struct vmops_reap_stats {
+	long long found;                 /* abandoned VMMs this run claimed (dry run: would claim) */
+	long long vmms_deleted;          /* time_deleted set by this run */
+	long long vmms_already_deleted;  /* claimed, but time_deleted was already set by another run */
+	long long reservations_deleted;  /* reservations this run deleted */
+	long long errors;                /* VMMs that could not be reaped */
+	long long batches;               /* transactions committed */
+	char last_error[VMOPS_ERRMSG_MAX];  /* "" when errors == 0 */
+};
+
+/*
+ * Reap.  Returns 0 when the run completed (per-VMM failures are counted in
+ * st->errors, with the last message in st->last_error), or -1 with `e`
+ * filled when it could not go on (connection lost, schema missing, the
+ * candidate query itself failing).  `st` is valid in both cases.
+ */
+int vmops_reap(PGconn *c, const struct vmops_reap_opts *o, struct vmops_reap_stats *st,
+	       struct vmops_error *e);
+
+#endif

@@ -1,0 +1,326 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "db.h"
+#include "exitcodes.h"
+#include "fleet.h"
+#include "log.h"
+#include "vm.h"
+
+int vmops_vm_worker_run_dir(const char *worker_run_dir, const char *worker, char *buf,
+			    size_t len, struct vmops_error *e)
+{
+	int n;
+
+	if (worker_run_dir && *worker_run_dir)
+		n = snprintf(buf, len, "%s", worker_run_dir);
+	else if (geteuid() == 0)
+		n = snprintf(buf, len, "/run/vmops/%s", worker);
+	else
+		n = snprintf(buf, len, "%s/vmops-%u/%s", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
+			     (unsigned)geteuid(), worker);
+	if (n < 0 || (size_t)n >= len)
+		return vmops_err(e, VMOPS_EXIT_FAILURE, "worker %s: run directory path too long", worker);
+	return 0;
+}
+
+static int mkdir_p(const char *path, struct vmops_error *e)
+{
+	char tmp[PATH_MAX];
+
+	snprintf(tmp, sizeof(tmp), "%s", path);
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+			return vmops_err(e, VMOPS_EXIT_FAILURE, "mkdir %s: %s", tmp, strerror(errno));
+		*p = '/';
+	}
+	if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+		return vmops_err(e, VMOPS_EXIT_FAILURE, "mkdir %s: %s", tmp, strerror(errno));
+	return 0;
+}
+
+struct reserve_ctx {
+	const struct vmops_launch_req *req;
+	const struct vmops_spec *spec;
+	long long sandbox_id, vmm_id, worker_id;
+	char run_dir[PATH_MAX];
+	char worker_run_dir[PATH_MAX];
+};
+
+/* Tx 1: sandbox (pending), VMM (starting), reservation (admitted). */
+static int reserve_tx(PGconn *c, void *data, struct vmops_error *e)
+{
+	struct reserve_ctx *a = data;
+	const struct vmops_launch_req *q = a->req;
+	char wid[24], sid[24], vid[24], mem[24], cpu[24];
+	_cleanup_pgresult_ PGresult *w = NULL, *s = NULL, *v = NULL;
+
+	w = vmops_db_q(c, e, "SELECT id, run_dir FROM workers WHERE name = $1", q->worker);
+	if (!w)
+		return -1;
+	if (PQntuples(w) == 0)
+		return vmops_err(e, VMOPS_EXIT_NOTFOUND, "worker %s does not exist", q->worker);
+	a->worker_id = vmops_db_get_ll(w, 0, "id", -1);
+	if (vmops_vm_worker_run_dir(vmops_db_get(w, 0, "run_dir"), q->worker, a->worker_run_dir,
+				    sizeof(a->worker_run_dir), e) < 0)
+		return -1;
+	vmops_db_ll(wid, a->worker_id);
+	vmops_db_ll(mem, a->spec->memory_mb);
+	vmops_db_ll(cpu, a->spec->vcpus);
+	s = vmops_db_q(c, e,
+		       "INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus, launch_spec)"
+		       " VALUES ($1, $2, 'pending', $3, $4, $5, $6::jsonb) RETURNING id",
+		       q->sandbox, q->org, wid, mem, cpu, q->spec_json);
+	if (!s) {
+		if (strcmp(e->sqlstate, "23505") == 0)
+			return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s already exists", q->sandbox);
+		return vmops_err_prefix(e, "sandbox %s", q->sandbox);
+	}
+	a->sandbox_id = vmops_db_get_ll(s, 0, "id", -1);
+	vmops_db_ll(sid, a->sandbox_id);
+	v = vmops_db_q(c, e, "INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)"
+			     " VALUES ($1, $2, $3, 'starting') RETURNING id", sid, wid, a->spec->hypervisor);
+	if (!v)
+		return vmops_err_prefix(e, "vmm for sandbox %s", q->sandbox);
+	a->vmm_id = vmops_db_get_ll(v, 0, "id", -1);
+	vmops_db_ll(vid, a->vmm_id);
+	snprintf(a->run_dir, sizeof(a->run_dir), "%.4000s/vmm-%lld", a->worker_run_dir, a->vmm_id);
+	if (vmops_db_x(c, e, "INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus)"
+			     " VALUES ($1, $2, $3, $4)", vid, wid, mem, cpu) < 0)
+		return vmops_err_prefix(e, "reservation on worker %s", q->worker);
+	if (vmops_db_x(c, e, "UPDATE vmms SET run_dir = $2 WHERE id = $1", vid, a->run_dir) < 0 ||
+	    vmops_db_x(c, e, "UPDATE sandboxes SET target_vmm_id = $2 WHERE id = $1", sid, vid) < 0)
+		return -1;
+	if (q->dry_run)
+		return vmops_err(e, VMOPS_EXIT_OK, "dry run");
+	return 0;
+}
+
+struct running_ctx {
+	struct reserve_ctx *r;
+	const struct vmops_vmm_info *info;
+	long long event_id;
+};
+
+/* Tx 2: the VMM runs: identity recorded, sandbox running, billing opened. */
+static int running_tx(PGconn *c, void *data, struct vmops_error *e)
+{
+	struct running_ctx *a = data;
+	const struct vmops_vmm_info *i = a->info;
+	char sid[24], vid[24], wid[24], pid[24], st[24], mem[24], cpu[24];
+	_cleanup_pgresult_ PGresult *ev = NULL;
+
+	vmops_db_ll(sid, a->r->sandbox_id);
+	vmops_db_ll(vid, a->r->vmm_id);
+	vmops_db_ll(wid, a->r->worker_id);
+	vmops_db_ll(mem, a->r->spec->memory_mb);
+	vmops_db_ll(cpu, a->r->spec->vcpus);
+	if (vmops_db_x(c, e, "UPDATE vmms SET state = 'running', pid = $2, pid_start_time = $3,"
+			     " control_socket = $4, agent_socket = nullif($5, ''), run_dir = $6 WHERE id = $1",
+		       vid, vmops_db_ll(pid, i->pid), vmops_db_ll(st, (long long)i->start_time),
+		       i->control_socket, i->agent_socket, i->run_dir) < 0 ||
+	    vmops_db_x(c, e, "UPDATE sandboxes SET status = 'running', active_vmm_id = $2, target_vmm_id = NULL"
+			     " WHERE id = $1", sid, vid) < 0)
+		return -1;
+	ev = vmops_db_q(c, e,
+			"INSERT INTO scale_events (sandbox_id, org_id, worker_id, vmm_id, memory_mb, vcpus)"
+			" SELECT id, org_id, $2, $3, $4, $5 FROM sandboxes WHERE id = $1 RETURNING id",
+			sid, wid, vid, mem, cpu);
+	if (!ev)
+		return -1;
+	a->event_id = vmops_db_get_ll(ev, 0, "id", -1);
+	return vmops_audit(c, "vm-fleet", "launch", "vmm", a->r->vmm_id, NULL, NULL, a->r->req->sandbox, e);
+}
+
+struct failed_ctx {
+	struct reserve_ctx *r;
+	const char *why;
+};
+
+/*
+ * The launch failed: undo everything tx 1 wrote (a failed command changes
+ * nothing; the name can be used again), keeping only the audit row.
+ */
+static int launch_failed_tx(PGconn *c, void *data, struct vmops_error *e)
+{
+	struct failed_ctx *a = data;
+	char sid[24], vid[24];
+
+	vmops_db_ll(sid, a->r->sandbox_id);
+	vmops_db_ll(vid, a->r->vmm_id);
+	if (vmops_db_x(c, e, "DELETE FROM reservations WHERE vmm_id = $1", vid) < 0 ||
+	    vmops_db_x(c, e, "UPDATE sandboxes SET target_vmm_id = NULL, active_vmm_id = NULL WHERE id = $1", sid) < 0 ||
+	    vmops_db_x(c, e, "DELETE FROM vmms WHERE id = $1", vid) < 0 ||
+	    vmops_db_x(c, e, "DELETE FROM sandboxes WHERE id = $1", sid) < 0)
+		return -1;
+	return vmops_audit(c, "vm-fleet", "launch-failed", "sandbox", -1, NULL, NULL, a->why, e);
+}
+
+int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
+		    struct vmops_launch_res *res, struct vmops_error *e)
+{
+	_cleanup_spec_ struct vmops_spec *spec = NULL;
+	struct reserve_ctx r = { .req = req };
+	struct vmops_hv_launch_opts opts = { 0 };
+	struct vmops_error herr = { 0 }, ferr = { 0 };
+	struct vmops_hv *h;
+
+	memset(res, 0, sizeof(*res));
+	res->sandbox_id = res->vmm_id = res->scale_event_id = -1;
+	spec = vmops_spec_parse(req->spec_json, (size_t)-1, e);
+	if (!spec)
+		return vmops_err_prefix(e, "launch spec");
+	if (!vmops_hv_driver_find(spec->hypervisor))
+		return vmops_err(e, VMOPS_EXIT_HYPERVISOR, "launch spec: hypervisor %s is not supported by this build",
+				 spec->hypervisor);
+	r.spec = spec;
+	if (vmops_db_tx(c, VMOPS_READ_COMMITTED, reserve_tx, &r, e) < 0) {
+		if (req->dry_run && e->code == VMOPS_EXIT_OK) {
+			vmops_err_clear(e);
+			res->worker_id = r.worker_id;
+			return 0;
+		}
+		return -1;
+	}
+	res->sandbox_id = r.sandbox_id;
+	res->vmm_id = r.vmm_id;
+	res->worker_id = r.worker_id;
+
+	opts.run_dir = r.run_dir;
+	opts.vmm_id = (uint64_t)r.vmm_id;
+	opts.binary = req->binary;
+	opts.auto_accel = req->auto_accel;
+	h = NULL;
+	if (mkdir_p(r.worker_run_dir, &herr) == 0 && (h = vmops_hv_launch(spec, &opts, &herr)) &&
+	    vmops_hv_wait_ready(h, req->ready_timeout_ms, &herr) == 0) {
+		struct running_ctx rc = { &r, vmops_hv_info(h), -1 };
+		res->info = *vmops_hv_info(h);
+		if (vmops_db_tx(c, VMOPS_READ_COMMITTED, running_tx, &rc, e) == 0) {
+			res->scale_event_id = rc.event_id;
+			vmops_hv_free(h);
+			return 0;
+		}
+		/* Could not record it: do not leave an unrecorded VM running. */
+		herr = *e;
+	}
+	if (h) {
+		struct vmops_error derr = { 0 };
+		if (vmops_hv_destroy(h, 10000, &derr) < 0)
+			vmops_warn("vmm %lld: could not stop the failed launch: %s", r.vmm_id, derr.msg);
+		vmops_hv_free(h);
+	}
+	{
+		struct failed_ctx fc = { &r, herr.msg };
+		if (vmops_db_tx(c, VMOPS_READ_COMMITTED, launch_failed_tx, &fc, &ferr) < 0)
+			vmops_warn("vmm %lld: could not record the failed launch: %s", r.vmm_id, ferr.msg);
+	}
+	*e = herr;
+	if (!e->code)
+		e->code = VMOPS_EXIT_HYPERVISOR;
+	return vmops_err_prefix(e, "launch of sandbox %s on worker %s", req->sandbox, req->worker);
+}
+
+int vmops_vm_load_info(PGconn *c, long long vmm_id, struct vmops_vmm_info *info,
+		       struct vmops_error *e)
+{
+	_cleanup_pgresult_ PGresult *r = NULL;
+	char vid[24];
+
+	r = vmops_db_q(c, e, "SELECT hypervisor, pid, pid_start_time, control_socket, agent_socket, run_dir"
+			     " FROM vmms WHERE id = $1", vmops_db_ll(vid, vmm_id));
+	if (!r)
+		return -1;
+	if (PQntuples(r) == 0)
+		return vmops_err(e, VMOPS_EXIT_NOTFOUND, "vmm %lld does not exist", vmm_id);
+	memset(info, 0, sizeof(*info));
+	snprintf(info->kind, sizeof(info->kind), "%s", vmops_db_get(r, 0, "hypervisor"));
+	info->vmm_id = (uint64_t)vmm_id;
+	info->pid = (pid_t)vmops_db_get_ll(r, 0, "pid", 0);
+	info->start_time = (unsigned long long)vmops_db_get_ll(r, 0, "pid_start_time", 0);
+#define COPY(f, col) snprintf(info->f, sizeof(info->f), "%s", vmops_db_get(r, 0, col) ? vmops_db_get(r, 0, col) : "")
+	COPY(control_socket, "control_socket");
+	COPY(agent_socket, "agent_socket");
+	COPY(run_dir, "run_dir");
+#undef COPY
+	if (info->run_dir[0]) {
+		snprintf(info->serial_log, sizeof(info->serial_log), "%.4000s/serial.log", info->run_dir);
+		snprintf(info->stderr_log, sizeof(info->stderr_log), "%.4000s/qemu.log", info->run_dir);
+	}
+	return 0;
+}
+
+struct destroy_ctx {
+	long long sandbox_id, vmm_id;
+	const char *sandbox;
+};
+
+static int destroy_tx(PGconn *c, void *data, struct vmops_error *e)
+{
+	struct destroy_ctx *a = data;
+	char sid[24], vid[24];
+
+	vmops_db_ll(sid, a->sandbox_id);
+	vmops_db_ll(vid, a->vmm_id);
+	if (vmops_db_x(c, e, "UPDATE vmms SET state = 'destroyed' WHERE id = $1 AND state <> 'destroyed'", vid) < 0 ||
+	    vmops_db_x(c, e, "DELETE FROM reservations WHERE vmm_id = $1", vid) < 0 ||
+	    vmops_db_x(c, e, "UPDATE sandboxes SET status = 'destroyed' WHERE id = $1", sid) < 0)
+		return -1;
+	return vmops_audit(c, "vm-fleet", "destroy", "vmm", a->vmm_id, NULL, NULL, a->sandbox, e);
+}
+
+int vmops_vm_destroy(PGconn *c, const char *sandbox, int timeout_ms, bool dry_run,
+		     struct vmops_destroy_res *res, struct vmops_error *e)
+{
+	_cleanup_pgresult_ PGresult *r = NULL;
+	struct vmops_vmm_info info;
+	struct destroy_ctx d = { .sandbox = sandbox };
+	struct vmops_hv *h;
+
+	memset(res, 0, sizeof(*res));
+	r = vmops_db_q(c, e, "SELECT id, active_vmm_id, status FROM sandboxes WHERE name = $1", sandbox);
+	if (!r)
+		return -1;
+	if (PQntuples(r) == 0)
+		return vmops_err(e, VMOPS_EXIT_NOTFOUND, "sandbox %s does not exist", sandbox);
+	d.sandbox_id = res->sandbox_id = vmops_db_get_ll(r, 0, "id", -1);
+	d.vmm_id = res->vmm_id = vmops_db_get_ll(r, 0, "active_vmm_id", -1);
+	if (strcmp(vmops_db_get(r, 0, "status"), "destroyed") == 0)
+		return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s is already destroyed", sandbox);
+	if (strcmp(vmops_db_get(r, 0, "status"), "migrating") == 0)
+		return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s is migrating: try again when it is done", sandbox);
+	if (dry_run)
+		return 0;
+	if (d.vmm_id > 0) {
+		if (vmops_vm_load_info(c, d.vmm_id, &info, e) < 0)
+			return -1;
+		if (info.pid > 0 && vmops_hv_driver_find(info.kind)) {
+			h = vmops_hv_attach(&info, 2000, NULL);
+			if (h) {
+				res->was_running = vmops_hv_is_alive(h);
+				if (res->was_running && vmops_hv_destroy(h, timeout_ms, e) < 0) {
+					vmops_hv_free(h);
+					return vmops_err_prefix(e, "sandbox %s: vmm %lld", sandbox, d.vmm_id);
+				}
+				vmops_hv_free(h);
+			} else {
+				vmops_debug("vmm %lld: control socket does not answer; checking the process", d.vmm_id);
+				char st = 0;
+				unsigned long long start = 0;
+				if (vmops_hv_proc_stat(info.pid, &st, &start) == 0 && start == info.start_time &&
+				    st != 'Z' && st != 'X')
+					return vmops_err(e, VMOPS_EXIT_HYPERVISOR,
+							 "sandbox %s: vmm %lld (pid %d) runs but its control socket %s does not answer; not destroying it blind",
+							 sandbox, d.vmm_id, (int)info.pid, info.control_socket);
+			}
+		}
+	}
+	return vmops_db_tx(c, VMOPS_READ_COMMITTED, destroy_tx, &d, e);
+}

@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * VM lifecycle against the database: launch a sandbox's VMM on a worker and
+ * destroy it.  Capacity is reserved before the hypervisor allocates memory;
+ * the VMM's identity (pid + start time + sockets), the sandbox's running
+ * status and its open scale event are recorded in one transaction.
+ */
+#ifndef VMOPS_VM_H
+#define VMOPS_VM_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+
+#include "error.h"
+#include "hv.h"
+#include "spec.h"
+
+struct vmops_launch_req {
+	const char *sandbox;     /* new sandbox name */
+	const char *org;
+	const char *worker;      /* worker name */
+	const char *spec_json;   /* the launch spec, JSON text */
+	int ready_timeout_ms;    /* wait for the control socket */
+	enum vmops_accel auto_accel;
+	const char *binary;      /* NULL: the driver's default */
+	bool dry_run;            /* validate and admit, launch nothing, write nothing */
+};
+
+struct vmops_launch_res {
+	long long sandbox_id, vmm_id, worker_id, scale_event_id;
+	struct vmops_vmm_info info;
+};
+
+/*
+ * Launch.  Failure leaves the database as it was (what was reserved is
+ * removed again; only an audit row says it was tried).  A missing worker is NOTFOUND, no room is
+ * CONFLICT, the hypervisor failing to start is HYPERVISOR.
+ */
+int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
+		    struct vmops_launch_res *res, struct vmops_error *e);
+
+/* The run directory of a worker: its run_dir, else a per-user default. */
+int vmops_vm_worker_run_dir(const char *worker_run_dir, const char *worker, char *buf,
+			    size_t len, struct vmops_error *e);
+
+/* Load what the database records about a VMM into `info`. */
+int vmops_vm_load_info(PGconn *c, long long vmm_id, struct vmops_vmm_info *info,
+		       struct vmops_error *e);
+
+struct vmops_destroy_res {
+	long long sandbox_id, vmm_id;
+	bool was_running;        /* the process was alive and was stopped by us */
+};
+
+/*
+ * Destroy a sandbox's active VMM: stop the process (only if pid and start
+ * time still match), then in one transaction mark the VMM destroyed, free
+ * its reservation, and set the sandbox destroyed (closing its billing).
+ */
+int vmops_vm_destroy(PGconn *c, const char *sandbox, int timeout_ms, bool dry_run,
+		     struct vmops_destroy_res *res, struct vmops_error *e);
+
+#endif

@@ -1,0 +1,555 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vm-migrate against real PostgreSQL and (when the suite built the test
+ * guest: VMOPS_TEST_KERNEL/INITRD) real QEMU under TCG.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "exitcodes.h"
+#include "migrate.h"
+#include "proc.h"
+#include "testlib.h"
+
+static char ci[512];
+static char rundir[256];
+
+static void need_qemu(void)
+{
+	if (!getenv("VMOPS_TEST_KERNEL") || !*getenv("VMOPS_TEST_KERNEL") || !getenv("VMOPS_TEST_INITRD"))
+		cr_skip_test("no test guest (VMOPS_TEST_KERNEL/VMOPS_TEST_INITRD unset)");
+}
+
+/* Workers w1, w2 (and w3 draining) with their own run directories. */
+static PGconn *fleet(long long mem_mb)
+{
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	char sql[1024];
+
+	snprintf(rundir, sizeof(rundir), "/tmp/vmops-mt.XXXXXX");
+	cr_assert(mkdtemp(rundir));
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO workers (name, memory_mb, vcpus, run_dir, state) VALUES"
+		 " ('w1', %lld, 8, '%s/w1', 'active'), ('w2', %lld, 8, '%s/w2', 'active'),"
+		 " ('w3', 8192, 8, '%s/w3', 'active');"
+		 "UPDATE workers SET state = 'draining' WHERE name = 'w3'",
+		 mem_mb, rundir, mem_mb, rundir, rundir);
+	PQclear(testdb_exec(c, sql));
+	return c;
+}
+
+static void write_spec(const char *path, int mem_mb)
+{
+	FILE *f = fopen(path, "w");
+
+	cr_assert(f);
+	fprintf(f, "{\"hypervisor\":\"qemu\",\"memory_mb\":%d,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
+		   "\"cmdline\":\"console=ttyS0 vmops.dirty_mb=16\",\"accel\":\"tcg\"}\n",
+		mem_mb, getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"));
+	fclose(f);
+}
+
+static void launch(const char *sandbox, const char *worker, int mem_mb)
+{
+	char spec[300], mem[16];
+	struct testrun r;
+
+	snprintf(spec, sizeof(spec), "%s/%s.json", rundir, sandbox);
+	write_spec(spec, mem_mb);
+	(void)mem;
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", sandbox, "--org", "acme",
+		"--worker", worker, "--spec", spec);
+	cr_assert_eq(r.status, 0, "launch %s: %s", sandbox, r.err);
+	testrun_free(&r);
+}
+
+/* The serial log of the sandbox's active VMM. */
+static void serial_of(PGconn *c, const char *sandbox, char *buf, size_t len)
+{
+	char sql[256];
+	PGresult *r;
+
+	snprintf(sql, sizeof(sql), "SELECT v.run_dir FROM sandboxes s JOIN vmms v ON v.id = s.active_vmm_id"
+		 " WHERE s.name = '%s'", sandbox);
+	r = testdb_exec(c, sql);
+	cr_assert_eq(PQntuples(r), 1);
+	snprintf(buf, len, "%s/serial.log", PQgetvalue(r, 0, 0));
+	PQclear(r);
+}
+
+/* Last "HEARTBEAT n checksum" of a serial log; n = -1 if none. */
+static long last_heartbeat(const char *path, char sum[64])
+{
+	FILE *f = fopen(path, "r");
+	char line[512];
+	long n = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		long k;
+		char s[64];
+		const char *p = strstr(line, "HEARTBEAT ");
+		/* only whole lines: the guest may be writing the last one right now */
+		if (p && strchr(p, '\n') && sscanf(p, "HEARTBEAT %ld %63s", &k, s) == 2 &&
+		    strlen(s) == 32) {
+			n = k;
+			if (sum)
+				snprintf(sum, 64, "%s", s);
+		}
+	}
+	fclose(f);
+	return n;
+}
+
+static long wait_heartbeat(const char *path, long above, int timeout_s, char sum[64])
+{
+	for (int i = 0; i < timeout_s * 10; i++) {
+		long n = last_heartbeat(path, sum);
+		if (n > above)
+			return n;
+		usleep(100000);
+	}
+	cr_assert_fail("no heartbeat above %ld in %s within %ds", above, path, timeout_s);
+	return -1;
+}
+
+static void assert_guest_healthy(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char line[512];
+
+	cr_assert(f, "%s", path);
+	while (fgets(line, sizeof(line), f))
+		cr_assert(!strstr(line, "Oops") && !strstr(line, "BUG:") && !strstr(line, "panic") &&
+			  !strstr(line, "CHECKSUM-MISMATCH"), "%s: %s", path, line);
+	fclose(f);
+}
+
+static pid_t spawn(const char *out, const char *const *argv)
+{
+	pid_t pid = fork();
+
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		char path[512];
+		int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		snprintf(path, sizeof(path), "%s/%s", getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin",
+			 argv[0]);
+		execv(path, (char *const *)(uintptr_t)argv);
+		_exit(127);
+	}
+	return pid;
+}
+
+static int wait_exit(pid_t pid)
+{
+	int st;
+
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static long long wait_sql(PGconn *c, const char *sql, long long want, int timeout_s)
+{
+	long long v = -2;
+
+	for (int i = 0; i < timeout_s * 10; i++) {
+		v = testdb_ll(c, sql);
+		if (v == want)
+			return v;
+		usleep(100000);
+	}
+	cr_assert_fail("waited %ds for %lld from: %s (last %lld)", timeout_s, want, sql, v);
+	return v;
+}
+
+/* The database after a sandbox moved: exactly one open event, on the target. */
+static void assert_moved(PGconn *c, const char *sandbox, const char *worker)
+{
+	char sql[512];
+
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
+		 " JOIN vmms v ON v.id = s.active_vmm_id WHERE s.name = '%s' AND w.name = '%s'"
+		 " AND s.status = 'running' AND v.state = 'running' AND v.worker_id = w.id"
+		 " AND s.target_vmm_id IS NULL", sandbox, worker);
+	cr_assert_eq(testdb_ll(c, sql), 1, "sandbox %s not running on %s", sandbox, worker);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
+		 " WHERE s.name = '%s' AND e.ended_at IS NULL AND e.vmm_id = s.active_vmm_id"
+		 " AND e.worker_id = s.worker_id", sandbox);
+	cr_assert_eq(testdb_ll(c, sql), 1, "sandbox %s: not exactly one open event on the target", sandbox);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
+		 " WHERE s.name = '%s' AND e.ended_at IS NULL", sandbox);
+	cr_assert_eq(testdb_ll(c, sql), 1);
+}
+
+/* Gone means gone: absent, a zombie, or a different process (not kill(pid, 0)). */
+static void assert_gone(long long pid, long long start)
+{
+	int st = VMOPS_PROC_ALIVE;
+
+	for (int i = 0; i < 50 && st == VMOPS_PROC_ALIVE; i++) {
+		st = vmops_proc_check("/proc", (pid_t)pid, (unsigned long long)start, NULL, NULL);
+		if (st == VMOPS_PROC_ALIVE)
+			usleep(100000);
+	}
+	cr_assert_neq(st, VMOPS_PROC_ALIVE, "process %lld is still running", pid);
+}
+
+static int kill_ours(const struct vmops_proc_info *i, void *data)
+{
+	for (int k = 0; k < i->argc; k++)
+		if (strstr(i->argv[k], (const char *)data)) {
+			kill(i->stat.pid, SIGKILL);
+			break;
+		}
+	return 0;
+}
+
+/* Teardown, also after a failed assertion: no VM of this test outlives it. */
+static void kill_test_vms(void)
+{
+	if (rundir[0])
+		(void)vmops_proc_scan("/proc", VMOPS_PROC_SCAN_HV_ONLY, kill_ours, rundir, NULL);
+}
+
+/* ---- without QEMU ---------------------------------------------------------------------- */
+
+Test(migrate, eta_follows_the_per_connection_bound)
+{
+	/* 1 GiB left, 4 connections, 125 MB/s link, 1 ms rtt, 512 KiB chunks */
+	double per = 524288.0 / (524288.0 / 125e6 + 0.001);
+	double eta = vmops_migrate_eta_s(1ULL << 30, 4, 125e6, 0.001, 524288, 0);
+
+	cr_assert_float_eq(eta, (double)(1ULL << 30) / (4 * per), 1e-9);
+	/* a cap below the sum of connections wins */
+	cr_assert_float_eq(vmops_migrate_eta_s(1000, 4, 125e6, 0.001, 524288, 100), 10.0, 1e-9);
+	/* rtt 0: the link rate itself */
+	cr_assert_float_eq(vmops_migrate_eta_s(250, 1, 125, 0, 524288, 0), 2.0, 1e-9);
+	cr_assert_float_eq(vmops_migrate_eta_s(1, 1, 0, 0, 524288, 0), -1, 1e-9);
+}
+
+static void register_fake(PGconn *c, const char *sandbox, const char *worker, const char *sock)
+{
+	struct testrun r;
+
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "register", "--sandbox", sandbox, "--org", "acme",
+		"--worker", worker, "--memory", "256M", "--vcpus", "1", "--control-socket", sock);
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	testrun_free(&r);
+	PQclear(testdb_exec(c, "UPDATE sandboxes SET launch_spec = '{\"hypervisor\":\"qemu\","
+				"\"memory_mb\":256,\"vcpus\":1,\"kernel\":\"/boot/vmlinuz\"}'"));
+}
+
+static char *snapshot(PGconn *c)
+{
+	PGresult *r = testdb_exec(c,
+		"SELECT (SELECT count(*) FROM migrations) || '/' || (SELECT count(*) FROM vmms) || '/' ||"
+		" (SELECT coalesce(string_agg(vmm_id::text, ','), '') FROM reservations) || '/' ||"
+		" (SELECT string_agg(name || ':' || status, ',' ORDER BY name) FROM sandboxes) || '/' ||"
+		" (SELECT count(*) FROM scale_events WHERE ended_at IS NULL)");
+	char *s = strdup(PQgetvalue(r, 0, 0));
+
+	PQclear(r);
+	return s;
+}
+
+Test(migrate, bad_input_changes_nothing)
+{
+	PGconn *c = fleet(4096);
+	struct testrun r;
+	char *before, *after;
+	static const struct { const char *args[6]; int code; const char *msg; } cases[] = {
+		{ { "nope" }, VMOPS_EXIT_NOTFOUND, "sandbox nope does not exist" },
+		{ { "sb1", "--connections", "0" }, VMOPS_EXIT_USAGE, "--connections" },
+		{ { "sb1", "--connections", "129" }, VMOPS_EXIT_USAGE, "between 1 and 128" },
+		{ { "sb1", "--to", "w1" }, VMOPS_EXIT_CONFLICT, "source worker" },
+		{ { "sb1", "--to", "w3" }, VMOPS_EXIT_CONFLICT, "w3 is draining" },
+		{ { "sb1", "--to", "w9" }, VMOPS_EXIT_NOTFOUND, "worker w9 does not exist" },
+		{ { "sb1" }, VMOPS_EXIT_HYPERVISOR, "source vmm" },
+		{ { "sb1", "--wait-target", "soon" }, VMOPS_EXIT_USAGE, "--wait-target" },
+		{ { "sb1", "--max-bandwidth", "fast" }, VMOPS_EXIT_USAGE, "--max-bandwidth" },
+		{ { "--recover", "sb1" }, VMOPS_EXIT_USAGE, "--recover takes no SANDBOX" },
+		{ { "" }, VMOPS_EXIT_NOTFOUND, "does not exist" },
+	};
+
+	/* sb1's QMP socket does not exist: the hypervisor is unreachable */
+	register_fake(c, "sb1", "w1", "/nonexistent-vmops/qmp.sock");
+	before = snapshot(c);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *argv[12] = { "vm-migrate", "--db", ci };
+		int n = 3;
+		for (int k = 0; k < 6 && cases[i].args[k]; k++)
+			argv[n++] = cases[i].args[k];
+		testrun(&r, argv);
+		cr_assert_eq(r.status, cases[i].code, "case %zu (%s): exit %d: %s", i, cases[i].args[0], r.status, r.err);
+		cr_assert(strstr(r.err, cases[i].msg), "case %zu: %s", i, r.err);
+		cr_assert_eq(testlib_lines(r.err), cases[i].code == VMOPS_EXIT_USAGE ? 2 : 1, "case %zu: %s", i, r.err);
+		cr_assert_str_eq(r.out, "");
+		testrun_free(&r);
+		after = snapshot(c);
+		cr_assert_str_eq(after, before, "case %zu changed the database", i);
+		free(after);
+	}
+	free(before);
+	PQfinish(c);
+}
+
+Test(migrate, dry_run_chooses_by_capacity_and_changes_nothing, .fini = kill_test_vms)
+{
+	PGconn *c = fleet(4096);
+	struct testrun r;
+	char *before, *after;
+
+	need_qemu();  /* the source must answer on its QMP socket */
+	launch("sb1", "w1", 192);
+	PQclear(testdb_exec(c, "INSERT INTO workers (name, memory_mb, vcpus) VALUES ('w4', 65536, 64)"));
+	before = snapshot(c);
+	TESTRUN(&r, "vm-migrate", "--db", ci, "--dry-run", "--json", "sb1");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	cr_assert(strstr(r.out, "\"target_worker\":\t\"w4\""), "%s", r.out);
+	cr_assert(strstr(r.out, "\"state\":\t\"dry-run\""), "%s", r.out);
+	testrun_free(&r);
+	after = snapshot(c);
+	cr_assert_str_eq(after, before);
+	free(before);
+	free(after);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "sb1");
+	testrun_free(&r);
+	PQfinish(c);
+}
+
+Test(migrate, no_target_waits_then_gives_up, .timeout = 60, .fini = kill_test_vms)
+{
+	PGconn *c = fleet(256);
+	struct testrun r;
+	char *before, *after;
+	time_t t0;
+
+	need_qemu();
+	launch("sb1", "w1", 192);
+	/* w2 is full */
+	PQclear(testdb_exec(c, "INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
+			       " VALUES ('big', 'o', 'running', 2, 256, 1);"
+			       "INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)"
+			       " SELECT id, 2, 'qemu', 'running' FROM sandboxes WHERE name = 'big';"
+			       "INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus)"
+			       " SELECT v.id, 2, 256, 1 FROM vmms v JOIN sandboxes s ON s.id = v.sandbox_id WHERE s.name = 'big'"));
+	before = snapshot(c);
+	TESTRUN(&r, "vm-migrate", "--db", ci, "sb1", "--wait-target", "0s");
+	cr_assert_eq(r.status, VMOPS_EXIT_NOCAPACITY, "%s", r.err);
+	cr_assert(strstr(r.err, "no worker can take sandbox sb1"), "%s", r.err);
+	testrun_free(&r);
+	t0 = time(NULL);
+	TESTRUN(&r, "vm-migrate", "--db", ci, "sb1", "--wait-target", "3s");
+	cr_assert_eq(r.status, VMOPS_EXIT_NOCAPACITY, "%s", r.err);
+	cr_assert_geq(time(NULL) - t0, 3, "gave up before --wait-target");
+	cr_assert(strstr(r.err, "after waiting 3s"), "%s", r.err);
+	testrun_free(&r);
+	after = snapshot(c);
+	cr_assert_str_eq(after, before);
+	free(before);
+	free(after);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "sb1");
+	testrun_free(&r);
+	PQfinish(c);
+}
+
+/* ---- real QEMU ---------------------------------------------------------------------------- */
+
+Test(migrate, live_with_one_and_four_connections, .timeout = 240, .fini = kill_test_vms)
+{
+	PGconn *c = fleet(4096);
+	struct testrun r;
+	char log1[512], log2[512], sum0[64] = "", sum[64] = "";
+	long n;
+	long long src_pid, src_start;
+
+	need_qemu();
+	launch("sb1", "w1", 256);
+	serial_of(c, "sb1", log1, sizeof(log1));
+	wait_heartbeat(log1, 2, 90, sum0);
+	src_pid = testdb_ll(c, "SELECT pid FROM vmms WHERE id = 1");
+	src_start = testdb_ll(c, "SELECT pid_start_time FROM vmms WHERE id = 1");
+
+	TESTRUN(&r, "vm-migrate", "--db", ci, "--json", "sb1", "--to", "w2");
+	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert(strstr(r.out, "\"connections_used\":\t1"), "%s", r.out);
+	testrun_free(&r);
+	assert_moved(c, "sb1", "w2");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE id = 1 AND state = 'destroyed'"), 1);
+	assert_gone(src_pid, src_start);
+	serial_of(c, "sb1", log2, sizeof(log2));
+	n = wait_heartbeat(log2, 0, 60, sum);
+	wait_heartbeat(log2, n + 2, 60, sum);
+	cr_assert_str_eq(sum, sum0, "guest memory changed across the migration");
+	assert_guest_healthy(log2);
+
+	src_pid = testdb_ll(c, "SELECT pid FROM vmms v JOIN sandboxes s ON s.active_vmm_id = v.id");
+	src_start = testdb_ll(c, "SELECT pid_start_time FROM vmms v JOIN sandboxes s ON s.active_vmm_id = v.id");
+	TESTRUN(&r, "vm-migrate", "--db", ci, "--json", "sb1", "--connections", "4");
+	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert(strstr(r.out, "\"connections_used\":\t4"), "%s", r.out);
+	cr_assert(strstr(r.out, "\"target_worker\":\t\"w1\""), "%s", r.out);
+	testrun_free(&r);
+	assert_moved(c, "sb1", "w1");
+	assert_gone(src_pid, src_start);
+	serial_of(c, "sb1", log1, sizeof(log1));
+	n = wait_heartbeat(log1, 0, 60, sum);
+	wait_heartbeat(log1, n + 2, 60, sum);
+	cr_assert_str_eq(sum, sum0, "guest memory changed across the migration");
+	assert_guest_healthy(log1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'completed'"), 2);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE state = 'destroyed'"), 2);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "sb1");
+	testrun_free(&r);
+	PQfinish(c);
+}
+
+/* Start a slow migration (bandwidth capped) and wait until it transfers. */
+static pid_t slow_migration(PGconn *c, const char *out, const char *lease)
+{
+	const char *argv[] = { "vm-migrate", "--db", ci, "sb1", "--to", "w2", "--max-bandwidth", "4M/s",
+			       "--lease", lease, NULL };
+	pid_t p = spawn(out, argv);
+
+	wait_sql(c, "SELECT count(*) FROM migrations m JOIN vmms v ON v.id = m.target_vmm_id"
+		    " WHERE m.state = 'transferring' AND v.pid IS NOT NULL AND m.bytes_transferred > 0", 1, 60);
+	return p;
+}
+
+Test(migrate, target_killed_mid_transfer, .timeout = 180, .fini = kill_test_vms)
+{
+	PGconn *c = fleet(4096);
+	char log1[512], sum0[64], sum[64], out[300];
+	long n;
+	pid_t mig;
+	int rc;
+
+	need_qemu();
+	launch("sb1", "w1", 256);
+	serial_of(c, "sb1", log1, sizeof(log1));
+	wait_heartbeat(log1, 2, 90, sum0);
+	snprintf(out, sizeof(out), "%s/mig.out", rundir);
+	mig = slow_migration(c, out, "30s");
+	kill((pid_t)testdb_ll(c, "SELECT pid FROM vmms WHERE id = 2"), SIGKILL);
+	rc = wait_exit(mig);
+	cr_assert_eq(rc, VMOPS_EXIT_HYPERVISOR, "vm-migrate exit %d", rc);
+	/* the source keeps running, on w1, billed once */
+	n = wait_heartbeat(log1, 0, 10, sum);
+	wait_heartbeat(log1, n + 2, 60, sum);
+	cr_assert_str_eq(sum, sum0);
+	assert_moved(c, "sb1", "w1");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations WHERE vmm_id = 2"), 0,
+		     "the receiver's reservation was not released");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE id = 2 AND state = 'destroyed'"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'failed' AND error <> ''"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 1);
+	{
+		struct testrun r;
+		TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "sb1");
+		testrun_free(&r);
+	}
+	PQfinish(c);
+}
+
+Test(migrate, killed_vm_migrate_then_recover, .timeout = 180, .fini = kill_test_vms)
+{
+	PGconn *c = fleet(4096);
+	struct testrun r;
+	char log1[512], sum0[64], sum[64], out[300];
+	long long rpid, rstart;
+	long n;
+	pid_t mig;
+
+	need_qemu();
+	launch("sb1", "w1", 256);
+	serial_of(c, "sb1", log1, sizeof(log1));
+	wait_heartbeat(log1, 2, 90, sum0);
+	snprintf(out, sizeof(out), "%s/mig.out", rundir);
+	mig = slow_migration(c, out, "3s");
+	rpid = testdb_ll(c, "SELECT pid FROM vmms WHERE id = 2");
+	rstart = testdb_ll(c, "SELECT pid_start_time FROM vmms WHERE id = 2");
+	kill(mig, SIGKILL);
+	wait_exit(mig);
+	/* before the lease expires, --recover leaves the attempt alone */
+	TESTRUN(&r, "vm-migrate", "--db", ci, "--recover", "--json");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	cr_assert(strstr(r.out, "\"found\":\t0"), "%s", r.out);
+	testrun_free(&r);
+	sleep(4);
+	TESTRUN(&r, "vm-migrate", "--db", ci, "--recover", "--json");
+	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert(strstr(r.out, "\"found\":\t1"), "%s", r.out);
+	cr_assert(strstr(r.out, "\"failed\":\t1"), "%s", r.out);
+	testrun_free(&r);
+	/* no orphan receiver, no stray reservation, one live VMM */
+	cr_assert_neq(vmops_proc_check("/proc", (pid_t)rpid, (unsigned long long)rstart, NULL, NULL),
+		      VMOPS_PROC_ALIVE, "the orphan receiver still runs");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations WHERE vmm_id = 2"), 0);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE state IN ('running', 'starting', 'migrating')"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'failed' AND error LIKE 'lease expired%'"), 1);
+	assert_moved(c, "sb1", "w1");
+	n = wait_heartbeat(log1, 0, 10, sum);
+	wait_heartbeat(log1, n + 2, 60, sum);
+	cr_assert_str_eq(sum, sum0);
+	/* and the sandbox can migrate again */
+	TESTRUN(&r, "vm-migrate", "--db", ci, "-q", "sb1", "--to", "w2");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	testrun_free(&r);
+	assert_moved(c, "sb1", "w2");
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "sb1");
+	testrun_free(&r);
+	PQfinish(c);
+}
+
+Test(migrate, four_at_once_to_one_target_run_one_after_another, .timeout = 400, .fini = kill_test_vms)
+{
+	PGconn *c = fleet(4096);
+	static const char *const names[] = { "sb1", "sb2", "sb3", "sb4" };
+	pid_t pids[4];
+	char out[300], log[512];
+
+	need_qemu();
+	for (int i = 0; i < 4; i++)
+		launch(names[i], "w1", 160);
+	for (int i = 0; i < 4; i++) {
+		serial_of(c, names[i], log, sizeof(log));
+		wait_heartbeat(log, 1, 180, NULL);
+	}
+	setenv("VMOPS_TEST_POLL_SCALE", "10", 1);
+	for (int i = 0; i < 4; i++) {
+		const char *argv[] = { "vm-migrate", "--db", ci, names[i], "--to", "w2", "--wait-target", "5m", NULL };
+		snprintf(out, sizeof(out), "%s/mig%d.out", rundir, i);
+		pids[i] = spawn(out, argv);
+	}
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(wait_exit(pids[i]), 0, "vm-migrate %s failed (see %s/mig%d.out)", names[i], rundir, i);
+	unsetenv("VMOPS_TEST_POLL_SCALE");
+	for (int i = 0; i < 4; i++)
+		assert_moved(c, names[i], "w2");
+	/* From the database: the four attempts' lifetimes never overlap. */
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'completed'"), 4);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations a JOIN migrations b ON a.id < b.id"
+				  " AND a.target_worker_id = b.target_worker_id"
+				  " AND tstzrange(a.time_started, a.time_finished) && tstzrange(b.time_started, b.time_finished)"), 0,
+		     "two migrations to w2 were in flight at once");
+	for (int i = 0; i < 4; i++) {
+		struct testrun r;
+		TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", names[i]);
+		testrun_free(&r);
+	}
+	PQfinish(c);
+}

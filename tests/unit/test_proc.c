@@ -1,0 +1,937 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lib/proc: parsing against the recorded tree tests/fixtures/proc (see its
+ * README), and live liveness/signalling tests on children of the test.
+ * The fixtures directory (tests/fixtures) is $VMOPS_TEST_FIXTURES, else
+ * -DVMOPS_TEST_FIXTURES_DIR="...", else found from __FILE__ (then run the
+ * test from the directory it was compiled in).
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../../lib/exitcodes.h"
+#include "../../lib/proc.h"
+
+static char fix[PATH_MAX + 32];  /* tests/fixtures/proc */
+static char bad[PATH_MAX + 64];  /* tests/fixtures/proc/malformed */
+
+static void setup(void)
+{
+	const char *env = getenv("VMOPS_TEST_FIXTURES");
+
+#ifdef VMOPS_TEST_FIXTURES_DIR
+	if (!env || !*env)
+		env = VMOPS_TEST_FIXTURES_DIR;
+#endif
+	if (env && *env) {
+		snprintf(fix, sizeof(fix), "%s/proc", env);
+	} else {
+		/* __FILE__ is .../tests/unit/test_proc.c */
+		char dir[PATH_MAX];
+		char *slash;
+
+		snprintf(dir, sizeof(dir), "%s", __FILE__);
+		slash = strrchr(dir, '/');
+		if (slash)
+			*slash = '\0';
+		else
+			snprintf(dir, sizeof(dir), ".");
+		snprintf(fix, sizeof(fix), "%s/../fixtures/proc", dir);
+	}
+	snprintf(bad, sizeof(bad), "%s/malformed", fix);
+	cr_assert_eq(access(fix, R_OK), 0, "fixture %s: %s", fix, strerror(errno));
+}
+
+TestSuite(proc, .init = setup, .timeout = 60);
+
+/* ---- the recorded tree --------------------------------------------------- */
+
+static const struct {
+	pid_t pid;
+	const char *comm;
+	char state;
+	pid_t ppid;
+	unsigned long long starttime;
+	unsigned flags;
+} fixture_stats[] = {
+	{ 1, "systemd", 'S', 0, 2, 4194560 },
+	{ 2, "kthreadd", 'S', 0, 2, 2129984 },
+	{ 700, "qemu-system-x86", 'S', 1, 8000000, 4194560 },
+	{ 800, "firecracker", 'S', 1, 8100000, 4194560 },
+	{ 850, "cloud-hyperviso", 'S', 1, 8200000, 4194560 },
+	{ 900, "qemu-system-x86", 'Z', 1000, 8300000, 4194560 },
+	{ 901, "worker", 'X', 1, 8350000, 4194560 },
+	{ 1000, "a) b (c", 'R', 1, 8400000, 4194560 },
+	{ 1001, "x)", 'S', 1000, 8400100, 4194560 },
+	{ 1100, "qemu-system-x86", 'S', 1, 8500000, 4194560 },
+	{ 1200, "qemu-system-x86", 'S', 1, 7000000, 4194560 },
+	{ 1300, "firecracker", 'S', 1, 8600000, 4194560 },
+	{ 1400, "postgres", 'S', 1, 100, 4194560 },
+};
+
+Test(proc, fixture_stat_exact)
+{
+	for (size_t i = 0; i < sizeof(fixture_stats) / sizeof(fixture_stats[0]); i++) {
+		struct vmops_proc_stat st;
+		struct vmops_error err = { 0 };
+
+		cr_assert_eq(vmops_proc_read_stat(fix, fixture_stats[i].pid, &st, &err), 0,
+			     "pid %d: %s", (int)fixture_stats[i].pid, err.msg);
+		cr_expect_eq(st.pid, fixture_stats[i].pid);
+		cr_expect_str_eq(st.comm, fixture_stats[i].comm);
+		cr_expect_eq(st.state, fixture_stats[i].state, "pid %d", (int)st.pid);
+		cr_expect_eq(st.ppid, fixture_stats[i].ppid, "pid %d", (int)st.pid);
+		cr_expect_eq(st.starttime, fixture_stats[i].starttime, "pid %d", (int)st.pid);
+		cr_expect_eq(st.flags, fixture_stats[i].flags, "pid %d", (int)st.pid);
+	}
+}
+
+Test(proc, fixture_stat_absent)
+{
+	struct vmops_proc_stat st;
+	struct vmops_error err = { 0 };
+
+	cr_assert_eq(vmops_proc_read_stat(fix, 4242, &st, &err), -1);
+	cr_expect_eq(err.code, VMOPS_EXIT_NOTFOUND);
+	cr_expect(strstr(err.msg, "4242") != NULL, "%s", err.msg);
+	cr_assert_eq(vmops_proc_read_stat(fix, 0, &st, &err), -1);
+	cr_assert_eq(vmops_proc_read_stat(fix, -5, &st, &err), -1);
+}
+
+Test(proc, fixture_malformed_rejected)
+{
+	for (pid_t pid = 1; pid <= 8; pid++) {
+		struct vmops_proc_stat st;
+		struct vmops_error err = { 0 };
+
+		cr_expect_eq(vmops_proc_read_stat(bad, pid, &st, &err), -1,
+			     "malformed/%d/stat accepted", (int)pid);
+		cr_expect_eq(err.code, VMOPS_EXIT_FAILURE, "pid %d: %s", (int)pid, err.msg);
+		cr_expect(strstr(err.msg, "malformed/") != NULL, "no path in '%s'", err.msg);
+		cr_expect(strstr(err.msg, "malformed stat") != NULL, "'%s'", err.msg);
+	}
+}
+
+Test(proc, fixture_exe_symlink_and_file)
+{
+	char buf[PATH_MAX];
+	struct vmops_error err = { 0 };
+
+	cr_assert_eq(vmops_proc_read_exe(fix, 700, buf, sizeof(buf), &err),
+		     (ssize_t)strlen("/usr/bin/qemu-system-x86_64"), "%s", err.msg);
+	cr_expect_str_eq(buf, "/usr/bin/qemu-system-x86_64");
+	/* regular-file form, trailing newline stripped, suffix kept */
+	cr_assert_gt(vmops_proc_read_exe(fix, 1200, buf, sizeof(buf), &err), 0, "%s", err.msg);
+	cr_expect_str_eq(buf, "/usr/bin/qemu-system-x86_64 (deleted)");
+	cr_assert_gt(vmops_proc_read_exe(fix, 1100, buf, sizeof(buf), &err), 0);
+	cr_expect_str_eq(buf, "/usr/bin/sleep");
+	/* kernel thread, zombie, absent: no executable */
+	cr_expect_eq(vmops_proc_read_exe(fix, 2, buf, sizeof(buf), &err), -1);
+	cr_expect_eq(err.code, VMOPS_EXIT_NOTFOUND);
+	cr_expect_str_eq(buf, "");
+	cr_expect_eq(vmops_proc_read_exe(fix, 900, buf, sizeof(buf), &err), -1);
+	cr_expect_eq(err.code, VMOPS_EXIT_NOTFOUND);
+	cr_expect_eq(vmops_proc_read_exe(fix, 4242, buf, sizeof(buf), &err), -1);
+	/* buffer too small for the path */
+	cr_expect_eq(vmops_proc_read_exe(fix, 700, buf, 8, &err), -1);
+}
+
+Test(proc, fixture_cmdline)
+{
+	static const char *const want[] = {
+		"/usr/bin/qemu-system-x86_64", "-name", "vmops-vmm-7", "-machine",
+		"q35,accel=kvm", "-m", "2048", "-qmp",
+		"unix:/run/vmops/vmops-vmm-7.qmp,server=on,wait=off", "-display", "none",
+	};
+	struct vmops_error err = { 0 };
+	char **argv;
+	int argc;
+
+	cr_assert_eq(vmops_proc_read_cmdline(fix, 700, &argv, &argc, &err), 0, "%s", err.msg);
+	cr_assert_eq(argc, 11);
+	for (int i = 0; i < argc; i++)
+		cr_expect_str_eq(argv[i], want[i]);
+	cr_expect_null(argv[argc]);
+	free(argv);
+
+	/* kernel thread and zombie: empty */
+	cr_assert_eq(vmops_proc_read_cmdline(fix, 2, &argv, &argc, &err), 0);
+	cr_expect_eq(argc, 0);
+	cr_expect_null(argv[0]);
+	free(argv);
+	cr_assert_eq(vmops_proc_read_cmdline(fix, 900, &argv, &argc, &err), 0);
+	cr_expect_eq(argc, 0);
+	free(argv);
+
+	/* setproctitle: one unterminated argument */
+	cr_assert_eq(vmops_proc_read_cmdline(fix, 1400, &argv, &argc, &err), 0);
+	cr_assert_eq(argc, 1);
+	cr_expect_str_eq(argv[0], "postgres: 15/main: checkpointer ");
+	free(argv);
+
+	cr_assert_eq(vmops_proc_read_cmdline(fix, 4242, &argv, &argc, &err), -1);
+	cr_expect_eq(err.code, VMOPS_EXIT_NOTFOUND);
+	cr_expect_null(argv);
+}
+
+Test(proc, fixture_uid)
+{
+	struct vmops_error err = { 0 };
+	uid_t r = 0, e = 0;
+
+	cr_assert_eq(vmops_proc_read_uid(fix, 700, &r, &e, &err), 0, "%s", err.msg);
+	cr_expect_eq(r, 990);
+	cr_expect_eq(e, 990);
+	cr_assert_eq(vmops_proc_read_uid(fix, 1, &r, NULL, &err), 0);
+	cr_expect_eq(r, 0);
+	cr_assert_eq(vmops_proc_read_uid(fix, 4242, &r, &e, &err), -1);
+	cr_expect_eq(err.code, VMOPS_EXIT_NOTFOUND);
+	/* no status file recorded */
+	cr_assert_eq(vmops_proc_read_uid(bad, 1, &r, &e, &err), -1);
+}
+
+static enum vmops_hv_kind fixture_kind(pid_t pid)
+{
+	char buf[PATH_MAX];
+
+	if (vmops_proc_read_exe(fix, pid, buf, sizeof(buf), NULL) < 0)
+		return VMOPS_HV_NONE;
+	return vmops_proc_hv_kind(buf);
+}
+
+Test(proc, fixture_identification)
+{
+	cr_expect_eq(fixture_kind(700), VMOPS_HV_QEMU);
+	cr_expect_eq(fixture_kind(800), VMOPS_HV_FIRECRACKER);
+	cr_expect_eq(fixture_kind(850), VMOPS_HV_CLOUD_HYPERVISOR);
+	cr_expect_eq(fixture_kind(1200), VMOPS_HV_QEMU, "deleted binary still qemu");
+	cr_expect_eq(fixture_kind(1300), VMOPS_HV_FIRECRACKER);
+	/* the decoy: comm and argv say qemu, the exe is sleep */
+	cr_expect_eq(fixture_kind(1100), VMOPS_HV_NONE);
+	cr_expect_eq(fixture_kind(1), VMOPS_HV_NONE);
+	cr_expect_eq(fixture_kind(2), VMOPS_HV_NONE);
+	cr_expect_eq(fixture_kind(900), VMOPS_HV_NONE);
+	cr_expect_eq(fixture_kind(1000), VMOPS_HV_NONE);
+}
+
+Test(proc, hv_kind_strings)
+{
+	static const struct {
+		const char *exe;
+		enum vmops_hv_kind kind;
+	} t[] = {
+		{ "/usr/bin/qemu-system-x86_64", VMOPS_HV_QEMU },
+		{ "/usr/bin/qemu-system-aarch64", VMOPS_HV_QEMU },
+		{ "qemu-system-riscv64", VMOPS_HV_QEMU },
+		{ "/usr/bin/qemu-system-x86_64 (deleted)", VMOPS_HV_QEMU },
+		{ "/usr/local/bin/cloud-hypervisor", VMOPS_HV_CLOUD_HYPERVISOR },
+		{ "/usr/local/bin/cloud-hypervisor (deleted)", VMOPS_HV_CLOUD_HYPERVISOR },
+		{ "/usr/local/bin/firecracker", VMOPS_HV_FIRECRACKER },
+		{ "firecracker (deleted)", VMOPS_HV_FIRECRACKER },
+		{ "/usr/bin/qemu-system-", VMOPS_HV_NONE },
+		{ "/usr/bin/qemu-system-x86_64.old", VMOPS_HV_NONE },
+		{ "/usr/bin/qemu-kvm", VMOPS_HV_NONE },
+		{ "/usr/bin/qemu-img", VMOPS_HV_NONE },
+		{ "/usr/bin/xqemu-system-x86_64", VMOPS_HV_NONE },
+		{ "/opt/firecracker/jailer", VMOPS_HV_NONE },
+		{ "/usr/bin/firecracker-v1.7.0", VMOPS_HV_NONE },
+		{ "/usr/bin/firecrackers", VMOPS_HV_NONE },
+		{ "/usr/bin/cloud-hypervisor2", VMOPS_HV_NONE },
+		{ "/qemu-system-x86_64/sleep", VMOPS_HV_NONE },
+		{ "/usr/bin/sleep", VMOPS_HV_NONE },
+		{ " (deleted)", VMOPS_HV_NONE },
+		{ "/", VMOPS_HV_NONE },
+		{ "", VMOPS_HV_NONE },
+	};
+
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		cr_expect_eq(vmops_proc_hv_kind(t[i].exe), t[i].kind, "'%s'", t[i].exe);
+	cr_expect_eq(vmops_proc_hv_kind(NULL), VMOPS_HV_NONE);
+	cr_expect_str_eq(vmops_proc_hv_name(VMOPS_HV_NONE), "none");
+	cr_expect_str_eq(vmops_proc_hv_name(VMOPS_HV_QEMU), "qemu");
+	cr_expect_str_eq(vmops_proc_hv_name(VMOPS_HV_CLOUD_HYPERVISOR), "cloud-hypervisor");
+	cr_expect_str_eq(vmops_proc_hv_name(VMOPS_HV_FIRECRACKER), "firecracker");
+}
+
+static long long id1(const char *arg)
+{
+	char prog[] = "prog", buf[256];
+	char *argv[] = { prog, buf, NULL };
+
+	snprintf(buf, sizeof(buf), "%s", arg);
+
+	return vmops_proc_vmm_id(2, argv);
+}
+
+Test(proc, vmm_id_edges)
+{
+	static const struct {
+		const char *arg;
+		long long id;
+	} t[] = {
+		{ "vmops-vmm-42", 42 },
+		{ "vmops-vmm-7", 7 },
+		{ "/run/vmops/vmops-vmm-42.sock", 42 },
+		{ "path=/run/vmops/vmops-vmm-42.sock", 42 },
+		{ "guest=vmops-vmm-42,debug-threads=on", 42 },
+		{ "unix:/run/vmops-vmm-5.qmp,server=on", 5 },
+		{ "x-vmops-vmm-3", 3 },
+		{ "vmops-vmm-9223372036854775807", 9223372036854775807LL },
+		{ "xvmops-vmm-3/vmops-vmm-4", 4 },
+		{ "vmops-vmm-12x", -1 },
+		{ "vmops-vmm-12x.sock", -1 },
+		{ "xvmops-vmm-3", -1 },
+		{ "1vmops-vmm-3", -1 },
+		{ "vmops-vmm-", -1 },
+		{ "vmops-vmm-.sock", -1 },
+		{ "vmops-vmm--1", -1 },
+		{ "vmops-vmm-+1", -1 },
+		{ "vmops-vmm-07", -1 },
+		{ "vmops-vmm-0", -1 },
+		{ "vmops-vmm-9223372036854775808", -1 },
+		{ "vmops-vmm-99999999999999999999999", -1 },
+		{ "VMOPS-VMM-3", -1 },
+		{ "vmops-vm-3", -1 },
+		{ "", -1 },
+		{ "vmops-vmm-3 vmops-vmm-4", -1 },  /* two identities */
+		{ "vmops-vmm-3/vmops-vmm-3.sock", 3 },
+	};
+
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		cr_expect_eq(id1(t[i].arg), t[i].id, "'%s': %lld", t[i].arg, id1(t[i].arg));
+}
+
+Test(proc, vmm_id_argv)
+{
+	char *qemu[] = { "qemu-system-x86_64", "-name", "vmops-vmm-42", "-m", "1G", NULL };
+	char *fc[] = { "firecracker", "--api-sock", "/run/fc.sock", "--id", "vmops-vmm-8", NULL };
+	char *two[] = { "q", "-name", "vmops-vmm-1", "-qmp", "unix:/r/vmops-vmm-2.qmp", NULL };
+	char *same[] = { "q", "-name", "vmops-vmm-1", "-qmp", "unix:/r/vmops-vmm-1.qmp", NULL };
+	char *arg0[] = { "vmops-vmm-5", "-m", "1G", NULL };
+	char *none[] = { "q", NULL };
+
+	cr_expect_eq(vmops_proc_vmm_id(5, qemu), 42);
+	cr_expect_eq(vmops_proc_vmm_id(5, fc), 8);
+	cr_expect_eq(vmops_proc_vmm_id(5, two), -1);
+	cr_expect_eq(vmops_proc_vmm_id(5, same), 1);
+	cr_expect_eq(vmops_proc_vmm_id(3, arg0), -1, "argv[0] is not searched");
+	cr_expect_eq(vmops_proc_vmm_id(1, none), -1);
+	cr_expect_eq(vmops_proc_vmm_id(0, none), -1);
+	cr_expect_eq(vmops_proc_vmm_id(2, qemu), -1, "argc limits the search");
+	cr_expect_eq(vmops_proc_vmm_id(99, fc), 8, "stops at NULL");
+	cr_expect_eq(vmops_proc_vmm_id(3, NULL), -1);
+}
+
+/* ---- parse_stat on in-memory text ----------------------------------------- */
+
+#define TAIL22 " 1 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 12345"
+#define REST " 39624704 2505 18446744073709551615 1 1 0 0 0 0 0 4096 1256 0 0 0 17 1\n"
+
+static int parse(const char *s, struct vmops_proc_stat *st)
+{
+	struct vmops_error err = { 0 };
+	int r = vmops_proc_parse_stat(s, strlen(s), st, &err);
+
+	if (r < 0)
+		cr_expect_neq(err.msg[0], '\0', "no message for '%s'", s);
+	return r;
+}
+
+Test(proc, parse_stat_good)
+{
+	struct vmops_proc_stat st;
+
+	cr_assert_eq(parse("42 (sleep) S" TAIL22 REST, &st), 0);
+	cr_expect_eq(st.pid, 42);
+	cr_expect_str_eq(st.comm, "sleep");
+	cr_expect_eq(st.state, 'S');
+	cr_expect_eq(st.ppid, 1);
+	cr_expect_eq(st.starttime, 12345ULL);
+	cr_expect_eq(st.flags, 4194560u);
+	/* exactly 22 fields, no newline */
+	cr_assert_eq(parse("42 (x) R" TAIL22, &st), 0);
+	cr_expect_eq(st.starttime, 12345ULL);
+	/* the comm ends at the last ')', whatever it holds */
+	cr_assert_eq(parse("42 (a) b (c) S" TAIL22 REST, &st), 0);
+	cr_expect_str_eq(st.comm, "a) b (c");
+	cr_assert_eq(parse("42 (x)) S" TAIL22 REST, &st), 0);
+	cr_expect_str_eq(st.comm, "x)");
+	cr_assert_eq(parse("42 ()) S 1 2 3) S" TAIL22 REST, &st), 0);
+	cr_expect_str_eq(st.comm, ")) S 1 2 3");
+	cr_assert_eq(parse("42 (new\nline) S" TAIL22 REST, &st), 0);
+	cr_expect_str_eq(st.comm, "new\nline");
+	cr_assert_eq(parse("42 () S" TAIL22 REST, &st), 0);
+	cr_expect_str_eq(st.comm, "");
+	/* starttime at the top of the range */
+	cr_assert_eq(parse("42 (x) S 1 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 "
+			   "18446744073709551615", &st), 0);
+	cr_expect_eq(st.starttime, 18446744073709551615ULL);
+	/* the base of the cases in parse_stat_rejects */
+	cr_assert_eq(parse("42 (sleep) S 1 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 5", &st), 0);
+	cr_expect_eq(st.starttime, 5ULL);
+	/* negative numbers in the fields that may be negative (tty, nice) */
+	cr_assert_eq(parse("42 (x) S 1 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 -2 -20 1 0 7", &st), 0);
+	cr_expect_eq(st.starttime, 7ULL);
+}
+
+Test(proc, parse_stat_long_comm_truncated)
+{
+	char line[512], comm[200];
+	struct vmops_proc_stat st;
+
+	memset(comm, 'c', 150);
+	comm[150] = '\0';
+	snprintf(line, sizeof(line), "42 (%s) S" TAIL22 REST, comm);
+	cr_assert_eq(parse(line, &st), 0);
+	cr_expect_eq(strlen(st.comm), VMOPS_PROC_COMM_MAX - 1);
+	cr_expect_eq(st.starttime, 12345ULL);
+}
+
+Test(proc, parse_stat_rejects)
+{
+	static const char *const t[] = {
+		"",
+		"\n",
+		"42",
+		"42 (sleep",
+		"42 (sleep S" TAIL22,                 /* no ')' */
+		"42 sleep) S" TAIL22,                 /* no '(' */
+		"42  (sleep) S" TAIL22,
+		"x42 (sleep) S" TAIL22,               /* pid not a number */
+		"-42 (sleep) S" TAIL22,
+		"0 (sleep) S" TAIL22,
+		"2147483648 (sleep) S" TAIL22,        /* pid out of range */
+		"42 (sleep)" ,
+		"42 (sleep) ",
+		"42 (sleep)S" TAIL22,
+		"42 (sleep) 1" TAIL22,                /* state not a letter */
+		"42 (sleep) SS" TAIL22,
+		"42 (sleep) S",                       /* truncated after state */
+		"42 (sleep) S 1 1 1 0 -1 4194560 10",   /* truncated at field 10 */
+		"42 (sleep) S 1 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0",  /* no 22 */
+		"42 (sleep) S 1 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 ", /* empty 22 */
+		"42 (sleep) S abc 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 5",
+		"42 (sleep) S -1 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 5",
+		"42 (sleep) S 2147483648 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 5",
+		"42 (sleep) S 1 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 12x45",
+		"42 (sleep) S 1 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 -12345",
+		"42 (sleep) S 1 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 18446744073709551616",
+		"42 (sleep) S 1 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 1.5",
+		"42 (sleep) S 1 1 1 0 -1 4194560 1 2 x 4 5 6 7 8 20 0 1 0 5",   /* field 12 */
+		"42 (sleep) S 1 1 1 0 -1 4294967296 1 2 3 4 5 6 7 8 20 0 1 0 5", /* flags */
+		"42 (sleep) S 1 1 1 0 -1 -4194560 1 2 3 4 5 6 7 8 20 0 1 0 5",
+		"42 (sleep) S 1 1 1 0 -1 4194560 1 2 - 4 5 6 7 8 20 0 1 0 5",
+		"42 (sleep) S 1 1 1 0 --1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 5",
+		"42 (sleep) S 1  1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 5",  /* empty field */
+		"42 (sleep) S 1 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 5x 6",
+		"42 (sleep) S 1 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 5\n\n",
+	};
+	struct vmops_proc_stat st;
+
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		cr_expect_eq(parse(t[i], &st), -1, "accepted '%s'", t[i]);
+}
+
+Test(proc, parse_stat_nul_and_null)
+{
+	static const char withnul[] = "42 (sl\0ep) S" TAIL22;
+	struct vmops_proc_stat st;
+	struct vmops_error err = { 0 };
+
+	cr_expect_eq(vmops_proc_parse_stat(withnul, sizeof(withnul) - 1, &st, &err), -1);
+	cr_expect_eq(vmops_proc_parse_stat(NULL, 10, &st, &err), -1);
+	cr_expect_eq(vmops_proc_parse_stat("42 (x) S" TAIL22, 0, &st, &err), -1);
+	/* a length shorter than the string: only that much is looked at */
+	cr_expect_eq(vmops_proc_parse_stat("42 (x) S" TAIL22, 10, &st, &err), -1);
+	/* no error context: still fails cleanly */
+	cr_expect_eq(vmops_proc_parse_stat("garbage", 7, &st, NULL), -1);
+}
+
+/* ---- scan of the recorded tree ------------------------------------------- */
+
+struct seen {
+	int n;
+	struct {
+		pid_t pid;
+		char state;
+		enum vmops_hv_kind hv;
+		long long vmm_id;
+		int argc;
+		char exe[128];
+		char argv1[64];
+		uid_t uid;
+	} p[64];
+	int stop_at;
+};
+
+static int collect(const struct vmops_proc_info *info, void *data)
+{
+	struct seen *s = data;
+
+	cr_assert_lt(s->n, 64);
+	s->p[s->n].pid = info->stat.pid;
+	s->p[s->n].state = info->stat.state;
+	s->p[s->n].hv = info->hv;
+	s->p[s->n].vmm_id = info->vmm_id;
+	s->p[s->n].argc = info->argc;
+	s->p[s->n].uid = info->uid;
+	snprintf(s->p[s->n].exe, sizeof(s->p[0].exe), "%s", info->exe);
+	snprintf(s->p[s->n].argv1, sizeof(s->p[0].argv1), "%s",
+		 info->argc > 1 ? info->argv[1] : "");
+	cr_assert_null(info->argv[info->argc]);
+	s->n++;
+	if (s->stop_at && s->n == s->stop_at)
+		return 42;
+	return 0;
+}
+
+static int find(const struct seen *s, pid_t pid)
+{
+	for (int i = 0; i < s->n; i++)
+		if (s->p[i].pid == pid)
+			return i;
+	return -1;
+}
+
+Test(proc, fixture_scan_all)
+{
+	static const pid_t want[] = { 1, 2, 700, 800, 850, 900, 901, 1000, 1001, 1100, 1200,
+				      1300, 1400 };
+	struct seen *s = calloc(1, sizeof(*s));
+	struct vmops_error err = { 0 };
+	int i;
+
+	cr_assert_eq(vmops_proc_scan(fix, VMOPS_PROC_SCAN_UID, collect, s, &err), 0, "%s",
+		     err.msg);
+	cr_expect_eq(s->n, (int)(sizeof(want) / sizeof(want[0])));
+	for (size_t k = 0; k < sizeof(want) / sizeof(want[0]); k++)
+		cr_expect_geq(find(s, want[k]), 0, "pid %d not seen", (int)want[k]);
+
+	i = find(s, 700);
+	cr_assert_geq(i, 0);
+	cr_expect_eq(s->p[i].hv, VMOPS_HV_QEMU);
+	cr_expect_eq(s->p[i].vmm_id, 7);
+	cr_expect_eq(s->p[i].argc, 11);
+	cr_expect_str_eq(s->p[i].argv1, "-name");
+	cr_expect_eq(s->p[i].uid, 990);
+	i = find(s, 1100);
+	cr_expect_eq(s->p[i].hv, VMOPS_HV_NONE);
+	cr_expect_eq(s->p[i].vmm_id, -1, "decoy gets no vmm id");
+	cr_expect_str_eq(s->p[i].exe, "/usr/bin/sleep");
+	i = find(s, 900);
+	cr_expect_eq(s->p[i].state, 'Z');
+	cr_expect_str_eq(s->p[i].exe, "");
+	cr_expect_eq(s->p[i].argc, 0);
+	i = find(s, 1200);
+	cr_expect_eq(s->p[i].hv, VMOPS_HV_QEMU);
+	cr_expect_eq(s->p[i].vmm_id, 11);
+	i = find(s, 1400);
+	cr_expect_eq(s->p[i].argc, 1);
+	i = find(s, 2);
+	cr_expect_str_eq(s->p[i].exe, "", "kernel thread");
+	cr_expect_eq(s->p[i].argc, 0);
+	i = find(s, 1);
+	cr_expect_str_eq(s->p[i].exe, "/usr/lib/systemd/systemd");
+	cr_expect_eq(s->p[i].argc, 2);
+	cr_expect_str_eq(s->p[i].argv1, "splash");
+	free(s);
+}
+
+Test(proc, fixture_scan_hv_only)
+{
+	struct seen *s = calloc(1, sizeof(*s));
+	struct vmops_error err = { 0 };
+	int i;
+
+	cr_assert_eq(vmops_proc_scan(fix, VMOPS_PROC_SCAN_HV_ONLY, collect, s, &err), 0, "%s",
+		     err.msg);
+	cr_expect_eq(s->n, 5);
+	cr_expect_lt(find(s, 1100), 0, "decoy reported as a hypervisor");
+	cr_expect_lt(find(s, 900), 0);
+	i = find(s, 700);
+	cr_assert_geq(i, 0);
+	cr_expect_eq(s->p[i].vmm_id, 7);
+	cr_expect_eq(s->p[i].uid, (uid_t)-1, "uid not asked for");
+	i = find(s, 800);
+	cr_assert_geq(i, 0);
+	cr_expect_eq(s->p[i].hv, VMOPS_HV_FIRECRACKER);
+	cr_expect_eq(s->p[i].vmm_id, 8);
+	i = find(s, 850);
+	cr_assert_geq(i, 0);
+	cr_expect_eq(s->p[i].hv, VMOPS_HV_CLOUD_HYPERVISOR);
+	cr_expect_eq(s->p[i].vmm_id, 10);
+	i = find(s, 1200);
+	cr_assert_geq(i, 0);
+	cr_expect_eq(s->p[i].vmm_id, 11);
+	i = find(s, 1300);
+	cr_assert_geq(i, 0);
+	cr_expect_eq(s->p[i].vmm_id, -1, "hypervisor without a fleet token");
+	free(s);
+}
+
+Test(proc, fixture_scan_stop_and_errors)
+{
+	struct seen *s = calloc(1, sizeof(*s));
+	struct vmops_error err = { 0 };
+	char missing[sizeof(fix) + 16];
+
+	s->stop_at = 3;
+	cr_expect_eq(vmops_proc_scan(fix, 0, collect, s, &err), 42);
+	cr_expect_eq(s->n, 3);
+
+	s->n = 0;
+	s->stop_at = 0;
+	cr_expect_eq(vmops_proc_scan(bad, 0, collect, s, &err), -1);
+	cr_expect(strstr(err.msg, "malformed stat") != NULL, "%s", err.msg);
+
+	snprintf(missing, sizeof(missing), "%s/nonexistent", fix);
+	cr_expect_eq(vmops_proc_scan(missing, 0, collect, s, &err), -1);
+	cr_expect_eq(err.code, VMOPS_EXIT_NOTFOUND);
+	cr_expect(strstr(err.msg, "nonexistent") != NULL, "%s", err.msg);
+	cr_expect_eq(vmops_proc_scan(fix, 0, NULL, s, &err), -1);
+	free(s);
+}
+
+/* ---- liveness on the recorded tree ---------------------------------------- */
+
+Test(proc, fixture_check)
+{
+	struct vmops_proc_stat st;
+	struct vmops_error err = { 0 };
+
+	cr_expect_eq(vmops_proc_check(fix, 700, 8000000, &st, &err), VMOPS_PROC_ALIVE);
+	cr_expect_eq(vmops_proc_check(fix, 700, 8000001, &st, &err), VMOPS_PROC_REUSED);
+	cr_expect_eq(st.starttime, 8000000ULL);
+	cr_expect_eq(vmops_proc_check(fix, 1000, 8400000, NULL, &err), VMOPS_PROC_ALIVE);
+
+	cr_expect_eq(vmops_proc_check(fix, 900, 8300000, &st, &err), VMOPS_PROC_DEAD);
+	cr_expect_eq(st.state, 'Z');
+	cr_expect_eq(st.ppid, 1000, "zombie's parent");
+	cr_expect_eq(vmops_proc_check(fix, 900, 1, &st, &err), VMOPS_PROC_REUSED);
+
+	cr_expect_eq(vmops_proc_check(fix, 901, 8350000, &st, &err), VMOPS_PROC_DEAD);
+	cr_expect_eq(st.state, 'X');
+
+	cr_expect_eq(vmops_proc_check(fix, 4242, 1, &st, &err), VMOPS_PROC_DEAD);
+	cr_expect_eq(st.state, '\0');
+
+	cr_expect_eq(vmops_proc_check(bad, 3, 12345, &st, &err), -1);
+	cr_expect(strstr(err.msg, "malformed") != NULL, "%s", err.msg);
+}
+
+Test(proc, fixture_time)
+{
+	struct vmops_error err = { 0 };
+	double up = 0, age = -1;
+	time_t bt = 0;
+	long tck = vmops_proc_clk_tck();
+
+	cr_assert_gt(tck, 0);
+	cr_assert_eq(vmops_proc_uptime(fix, &up, &err), 0, "%s", err.msg);
+	cr_expect_float_eq(up, 86400.5, 1e-9);
+	cr_assert_eq(vmops_proc_boot_time(fix, &bt, &err), 0, "%s", err.msg);
+	cr_expect_eq(bt, (time_t)1700000000);
+	cr_assert_eq(vmops_proc_age(fix, 8000000, &age, &err), 0);
+	cr_expect_float_eq(age, 86400.5 - 8000000.0 / (double)tck, 1e-6);
+	cr_expect_float_eq(vmops_proc_age_at(100.0, 5000), 100.0 - 5000.0 / (double)tck, 1e-9);
+	cr_expect_float_eq(vmops_proc_age_at(1.0, 1000000), 0.0, 1e-12, "never negative");
+
+	cr_expect_eq(vmops_proc_uptime(bad, &up, &err), -1);
+	cr_expect_eq(err.code, VMOPS_EXIT_NOTFOUND);
+	cr_expect_eq(vmops_proc_boot_time(bad, &bt, &err), -1);
+}
+
+/* ---- live ---------------------------------------------------------------- */
+
+enum child_kind { CHILD_PAUSE, CHILD_IGNORE_TERM, CHILD_EXIT, CHILD_CHURN };
+
+/* A child that dies with us, ready (handlers set) when this returns. */
+static pid_t spawn(enum child_kind kind)
+{
+	int p[2];
+	pid_t parent = getpid(), pid;
+	char c;
+
+	cr_assert_eq(pipe(p), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		sigset_t all;
+
+		sigemptyset(&all);
+		sigprocmask(SIG_SETMASK, &all, NULL);
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(1);
+		signal(SIGTERM, kind == CHILD_IGNORE_TERM ? SIG_IGN : SIG_DFL);
+		close(p[0]);
+		if (write(p[1], "x", 1) != 1)
+			_exit(1);
+		close(p[1]);
+		if (kind == CHILD_EXIT)
+			_exit(0);
+		while (kind == CHILD_CHURN) {
+			/* short-lived processes: they vanish while being scanned */
+			pid_t g = fork();
+
+			if (g == 0)
+				_exit(0);
+			if (g > 0)
+				waitpid(g, NULL, 0);
+		}
+		for (;;)
+			pause();
+	}
+	close(p[1]);
+	cr_assert_eq(read(p[0], &c, 1), 1);
+	close(p[0]);
+	return pid;
+}
+
+/* The signalling tests need pidfds (Linux 5.3); valgrind < 3.20 lacks them. */
+static void need_pidfd(void)
+{
+	int fd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+
+	if (fd < 0 && errno == ENOSYS)
+		cr_skip_test("pidfd_open not available here (old kernel or valgrind)");
+	cr_assert_geq(fd, 0, "pidfd_open: %s", strerror(errno));
+	close(fd);
+}
+
+static pid_t spawn_pidfd(enum child_kind kind)
+{
+	need_pidfd();
+	return spawn(kind);
+}
+
+static unsigned long long starttime_of(pid_t pid)
+{
+	struct vmops_proc_stat st;
+	struct vmops_error err = { 0 };
+
+	cr_assert_eq(vmops_proc_read_stat("/proc", pid, &st, &err), 0, "%s", err.msg);
+	return st.starttime;
+}
+
+static void wait_zombie(pid_t pid)
+{
+	struct vmops_proc_stat st;
+
+	for (int i = 0; i < 5000; i++) {
+		cr_assert_eq(vmops_proc_read_stat(NULL, pid, &st, NULL), 0);
+		if (st.state == 'Z')
+			return;
+		usleep(1000);
+	}
+	cr_assert_fail("pid %d never became a zombie", (int)pid);
+}
+
+static bool still_running(pid_t pid)
+{
+	int status;
+
+	return waitpid(pid, &status, WNOHANG) == 0;
+}
+
+static void reap(pid_t pid, int want_sig)
+{
+	int status;
+
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	if (want_sig) {
+		cr_expect(WIFSIGNALED(status), "pid %d not killed by a signal", (int)pid);
+		cr_expect_eq(WTERMSIG(status), want_sig);
+	}
+}
+
+Test(proc, live_check_alive_reused)
+{
+	struct vmops_error err = { 0 };
+	struct vmops_proc_stat st;
+	pid_t pid = spawn(CHILD_PAUSE);
+	unsigned long long t = starttime_of(pid);
+
+	cr_expect_eq(vmops_proc_check("/proc", pid, t, &st, &err), VMOPS_PROC_ALIVE, "%s",
+		     err.msg);
+	cr_expect_eq(st.ppid, getpid());
+	cr_expect_eq(vmops_proc_check(NULL, pid, t + 1, &st, &err), VMOPS_PROC_REUSED);
+	kill(pid, SIGKILL);
+	reap(pid, SIGKILL);
+	cr_expect_eq(vmops_proc_check("/proc", pid, t, &st, &err), VMOPS_PROC_DEAD);
+}
+
+Test(proc, live_zombie_is_dead)
+{
+	struct vmops_error err = { 0 };
+	struct vmops_proc_term_outcome out;
+	struct vmops_proc_stat st;
+	pid_t pid = spawn_pidfd(CHILD_EXIT);
+	unsigned long long t;
+
+	wait_zombie(pid);
+	t = starttime_of(pid);
+	/* kill(pid, 0) says it is there ... */
+	cr_expect_eq(kill(pid, 0), 0);
+	/* ... but it is dead, and its parent (us) has not reaped it */
+	cr_expect_eq(vmops_proc_check("/proc", pid, t, &st, &err), VMOPS_PROC_DEAD);
+	cr_expect_eq(st.state, 'Z');
+	cr_expect_eq(st.ppid, getpid());
+	/* nothing to kill: terminate reports the parent */
+	cr_expect_eq(vmops_proc_terminate(pid, t, 100, &out, &err), VMOPS_PROC_SIG_SENT, "%s",
+		     err.msg);
+	cr_expect_eq(out.how, VMOPS_PROC_TERM_ZOMBIE);
+	cr_expect_eq(out.ppid, getpid());
+	reap(pid, 0);
+}
+
+Test(proc, live_signal_refuses_reused)
+{
+	struct vmops_error err = { 0 };
+	pid_t pid = spawn_pidfd(CHILD_PAUSE);
+	unsigned long long t = starttime_of(pid);
+
+	cr_expect_eq(vmops_proc_signal(pid, t + 1, SIGKILL, &err), VMOPS_PROC_SIG_REFUSED);
+	cr_expect_eq(err.code, VMOPS_EXIT_CONFLICT);
+	cr_expect(strstr(err.msg, "reused") != NULL, "%s", err.msg);
+	usleep(20000);
+	cr_expect(still_running(pid), "refused signal was delivered");
+	cr_expect_eq(vmops_proc_check(NULL, pid, t, NULL, &err), VMOPS_PROC_ALIVE);
+
+	cr_expect_eq(vmops_proc_signal(pid, t, SIGKILL, &err), VMOPS_PROC_SIG_SENT, "%s",
+		     err.msg);
+	reap(pid, SIGKILL);
+	/* reaped: nothing left to signal */
+	cr_expect_eq(vmops_proc_signal(pid, t, SIGKILL, &err), VMOPS_PROC_SIG_GONE);
+}
+
+Test(proc, live_terminate_term_suffices)
+{
+	struct vmops_error err = { 0 };
+	struct vmops_proc_term_outcome out;
+	pid_t pid = spawn_pidfd(CHILD_PAUSE);
+	unsigned long long t = starttime_of(pid);
+
+	cr_assert_eq(vmops_proc_terminate(pid, t, 5000, &out, &err), VMOPS_PROC_SIG_SENT, "%s",
+		     err.msg);
+	cr_expect_eq(out.how, VMOPS_PROC_TERM_TERM);
+	cr_expect_eq(out.ppid, getpid());
+	cr_expect_lt(out.elapsed_ms, 5000u);
+	reap(pid, SIGTERM);
+}
+
+Test(proc, live_terminate_needs_kill)
+{
+	struct vmops_error err = { 0 };
+	struct vmops_proc_term_outcome out;
+	pid_t pid = spawn_pidfd(CHILD_IGNORE_TERM);
+	unsigned long long t = starttime_of(pid);
+
+	cr_assert_eq(vmops_proc_terminate(pid, t, 200, &out, &err), VMOPS_PROC_SIG_SENT, "%s",
+		     err.msg);
+	cr_expect_eq(out.how, VMOPS_PROC_TERM_KILL);
+	cr_expect_geq(out.elapsed_ms, 200u);
+	reap(pid, SIGKILL);
+}
+
+Test(proc, live_terminate_refuses_reused)
+{
+	struct vmops_error err = { 0 };
+	struct vmops_proc_term_outcome out;
+	pid_t pid = spawn_pidfd(CHILD_PAUSE);
+	unsigned long long t = starttime_of(pid);
+
+	cr_expect_eq(vmops_proc_terminate(pid, t - 1, 100, &out, &err), VMOPS_PROC_SIG_REFUSED);
+	cr_expect_eq(err.code, VMOPS_EXIT_CONFLICT);
+	usleep(20000);
+	cr_expect(still_running(pid));
+	kill(pid, SIGKILL);
+	reap(pid, SIGKILL);
+	cr_expect_eq(vmops_proc_terminate(pid, t, 100, &out, &err), VMOPS_PROC_SIG_SENT);
+	cr_expect_eq(out.how, VMOPS_PROC_TERM_GONE);
+}
+
+static int find_self(const struct vmops_proc_info *info, void *data)
+{
+	int *found = data;
+
+	if (info->stat.pid == getpid()) {
+		struct stat a, b;
+
+		/* same file (valgrind fakes readlink of /proc/self/exe, not stat) */
+		cr_assert_eq(stat(info->exe, &a), 0, "%s: %s", info->exe, strerror(errno));
+		cr_assert_eq(stat("/proc/self/exe", &b), 0);
+		cr_expect(a.st_dev == b.st_dev && a.st_ino == b.st_ino, "exe %s", info->exe);
+		cr_expect_eq(info->stat.ppid, getppid());
+		cr_expect_geq(info->argc, 1);
+		cr_expect_eq(info->uid, getuid());
+		cr_expect_eq(info->euid, geteuid());
+		*found = 1;
+	}
+	return 0;
+}
+
+static int only_hv(const struct vmops_proc_info *info, void *data)
+{
+	(void)data;
+	cr_expect_neq(info->hv, VMOPS_HV_NONE, "pid %d", (int)info->stat.pid);
+	return 0;
+}
+
+Test(proc, live_scan)
+{
+	struct vmops_error err = { 0 };
+	int found = 0;
+	double up = 0, age = -1;
+
+	cr_assert_eq(vmops_proc_scan(NULL, VMOPS_PROC_SCAN_UID, find_self, &found, &err), 0,
+		     "%s", err.msg);
+	cr_expect_eq(found, 1, "own process not found in /proc");
+	cr_assert_eq(vmops_proc_scan("/proc", VMOPS_PROC_SCAN_HV_ONLY, only_hv, NULL, &err), 0,
+		     "%s", err.msg);
+
+	cr_assert_eq(vmops_proc_uptime(NULL, &up, &err), 0, "%s", err.msg);
+	cr_expect_gt(up, 0);
+	cr_assert_eq(vmops_proc_age(NULL, starttime_of(getpid()), &age, &err), 0);
+	cr_expect_lt(age, 60.0, "this test process is young: %f", age);
+}
+
+static int count(const struct vmops_proc_info *info, void *data)
+{
+	(void)info;
+	++*(int *)data;
+	return 0;
+}
+
+/* Scans while processes come and go: bounded in time, not in count, so a
+ * sanitizer build on a loaded machine still finishes (at least 5 scans). */
+Test(proc, live_scan_with_processes_vanishing, .timeout = 120)
+{
+	struct vmops_error err = { 0 };
+	pid_t churn = spawn(CHILD_CHURN);
+	time_t until = time(NULL) + 10;
+
+	for (int i = 0; i < 100 && (i < 5 || time(NULL) < until); i++) {
+		int n = 0;
+
+		cr_assert_eq(vmops_proc_scan("/proc", i % 2 ? VMOPS_PROC_SCAN_UID : 0, count, &n,
+					     &err), 0, "scan %d: %s", i, err.msg);
+		cr_assert_gt(n, 1);
+		cr_assert_eq(vmops_proc_scan("/proc", VMOPS_PROC_SCAN_HV_ONLY, count, &n, &err), 0,
+			     "%s", err.msg);
+	}
+	kill(churn, SIGKILL);
+	reap(churn, SIGKILL);
+}

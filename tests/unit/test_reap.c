@@ -1,0 +1,411 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vmm-reap against a real PostgreSQL: which VMMs are abandoned (NULL
+ * references included), exact counts, batches and limits, the grace
+ * period, dry runs, bad input, and four reapers on 200k VMMs at once.
+ */
+#include <criterion/criterion.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testlib.h"
+
+TestSuite(reap, .timeout = 120);
+
+static cJSON *json_of(const struct testrun *r)
+{
+	cJSON *j = cJSON_Parse(r->out);
+
+	cr_assert(j, "stdout is not JSON:\n%s\nstderr:\n%s", r->out, r->err);
+	return j;
+}
+
+static long long jint(const cJSON *root, const char *key)
+{
+	const cJSON *sec = cJSON_GetObjectItemCaseSensitive(root, "reap");
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(sec, key);
+
+	cr_assert(cJSON_IsNumber(v), "reap.%s is not a number", key);
+	return (long long)v->valuedouble;
+}
+
+/*
+ * Two workers, four sandboxes and nine VMMs:
+ *   vmm 1 destroyed, sa's active VMM        stays (referenced)
+ *   vmm 2 failed, sb's target VMM           stays (referenced)
+ *   vmm 3 destroyed, unreferenced, reserved reaped, reservation deleted
+ *   vmm 4 failed, unreferenced              reaped
+ *   vmm 5 destroyed, already deleted        untouched
+ *   vmm 6 running, unreferenced             untouched
+ *   vmm 7 destroyed, sandbox sc has NULL active and target VMMs
+ *                                           reaped (NOT IN would reap nothing)
+ *   vmm 8 failed, sd's active VMM           stays (referenced)
+ *   vmm 9 starting, unreferenced            untouched
+ */
+static const char fixture[] =
+	"INSERT INTO workers (name, memory_mb, vcpus) VALUES ('w1', 65536, 64), ('w2', 65536, 64);"
+	"INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus) VALUES"
+	" ('sa', 'o1', 'running', 1, 1024, 1), ('sb', 'o1', 'migrating', 1, 1024, 1),"
+	" ('sc', 'o1', 'stopped', 1, 1024, 1), ('sd', 'o1', 'stopped', 2, 1024, 1);"
+	"INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state, time_deleted) VALUES"
+	" (1, 1, 'qemu', 'destroyed', NULL), (2, 2, 'qemu', 'failed', NULL),"
+	" (1, 1, 'qemu', 'destroyed', NULL), (2, 1, 'firecracker', 'failed', NULL),"
+	" (3, 1, 'qemu', 'destroyed', now() - interval '1 day'), (1, 1, 'qemu', 'running', NULL),"
+	" (3, 2, 'cloud-hypervisor', 'destroyed', NULL), (4, 2, 'qemu', 'failed', NULL),"
+	" (1, 1, 'qemu', 'starting', NULL);"
+	"UPDATE sandboxes SET active_vmm_id = 1 WHERE name = 'sa';"
+	"UPDATE sandboxes SET target_vmm_id = 2 WHERE name = 'sb';"
+	"UPDATE sandboxes SET active_vmm_id = 8 WHERE name = 'sd';"
+	"INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus) VALUES"
+	" (1, 1, 1024, 1), (2, 2, 1024, 1), (3, 1, 2048, 2), (6, 1, 1024, 1), (7, 2, 512, 1);";
+
+static PGconn *setup(char *ci, size_t len)
+{
+	PGconn *c = testdb_new(true, ci, len);
+
+	PQclear(testdb_exec(c, fixture));
+	return c;
+}
+
+static const char *deleted_ids_sql =
+	"SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM vmms WHERE time_deleted IS NOT NULL";
+
+static char *text_of(PGconn *c, const char *sql)
+{
+	PGresult *r = testdb_exec(c, sql);
+	char *s = strdup(PQgetvalue(r, 0, 0));
+
+	PQclear(r);
+	return s;
+}
+
+Test(reap, exact_counts_and_null_references)
+{
+	char ci[256];
+	PGconn *c = setup(ci, sizeof(ci));
+	struct testrun r;
+	cJSON *j;
+	char *ids;
+
+	TESTRUN(&r, "vmm-reap", "--db", ci, "--json");
+	cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+	j = json_of(&r);
+	cr_expect_eq(jint(j, "found"), 3);
+	cr_expect_eq(jint(j, "vmms_deleted"), 3);
+	cr_expect_eq(jint(j, "vmms_already_deleted"), 0);
+	cr_expect_eq(jint(j, "reservations_deleted"), 2);
+	cr_expect_eq(jint(j, "errors"), 0);
+	cr_expect(cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "reap"), "last_error")));
+	cr_expect(cJSON_IsFalse(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "reap"), "dry_run")));
+	cJSON_Delete(j);
+	testrun_free(&r);
+
+	ids = text_of(c, deleted_ids_sql);
+	cr_expect_str_eq(ids, "3,4,5,7");
+	free(ids);
+	ids = text_of(c, "SELECT string_agg(vmm_id::text, ',' ORDER BY vmm_id) FROM reservations");
+	cr_expect_str_eq(ids, "1,2,6");
+	free(ids);
+	ids = text_of(c, "SELECT string_agg(object_id::text, ',' ORDER BY object_id) FROM audit_log"
+			 " WHERE program = 'vmm-reap' AND action = 'reap' AND object_type = 'vmm'");
+	cr_expect_str_eq(ids, "3,4,7");
+	free(ids);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log"), 3);
+	/* the audit row keeps what was freed */
+	cr_expect_eq(testdb_ll(c, "SELECT (before->'reservation'->>'memory_mb')::bigint FROM audit_log"
+				  " WHERE object_id = 3"), 2048);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE object_id = 4"
+				  " AND before->'reservation' = 'null'::jsonb AND after->>'time_deleted' IS NOT NULL"), 1);
+
+	/* Nothing left: a second run finds nothing and changes nothing. */
+	TESTRUN(&r, "vmm-reap", "--db", ci, "--json");
+	cr_assert_eq(r.status, 0);
+	j = json_of(&r);
+	cr_expect_eq(jint(j, "found"), 0);
+	cr_expect_eq(jint(j, "vmms_deleted"), 0);
+	cr_expect_eq(jint(j, "reservations_deleted"), 0);
+	cJSON_Delete(j);
+	testrun_free(&r);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log"), 3);
+	PQfinish(c);
+}
+
+Test(reap, text_output)
+{
+	char ci[256];
+	PGconn *c = setup(ci, sizeof(ci));
+	struct testrun r;
+
+	TESTRUN(&r, "vmm-reap", "--db", ci);
+	cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+	cr_expect_str_eq(r.out,
+			 "found:                3\n"
+			 "vmms_deleted:         3\n"
+			 "vmms_already_deleted: 0\n"
+			 "reservations_deleted: 2\n"
+			 "errors:               0\n"
+			 "last_error:           -\n"
+			 "batches:              1\n"
+			 "dry_run:              no\n");
+	cr_expect_str_eq(r.err, "");
+	testrun_free(&r);
+	PQfinish(c);
+}
+
+Test(reap, dry_run_changes_nothing)
+{
+	char ci[256];
+	PGconn *c = setup(ci, sizeof(ci));
+	struct testrun r;
+	cJSON *j;
+	char *ids;
+
+	TESTRUN(&r, "vmm-reap", "--db", ci, "--json", "--dry-run");
+	cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+	j = json_of(&r);
+	cr_expect_eq(jint(j, "found"), 3);
+	cr_expect_eq(jint(j, "vmms_deleted"), 0);
+	cr_expect_eq(jint(j, "reservations_deleted"), 0);
+	cr_expect(cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "reap"), "dry_run")));
+	cJSON_Delete(j);
+	testrun_free(&r);
+	ids = text_of(c, deleted_ids_sql);
+	cr_expect_str_eq(ids, "5");
+	free(ids);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 5);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log"), 0);
+	PQfinish(c);
+}
+
+Test(reap, older_than_is_a_grace_period)
+{
+	char ci[256];
+	PGconn *c = setup(ci, sizeof(ci));
+	struct testrun r;
+	cJSON *j;
+	char *ids;
+
+	/* vmm 3 destroyed 10 minutes ago, 4 and 7 a minute ago */
+	PQclear(testdb_exec(c, "UPDATE vmms SET time_state_updated = now() - interval '10 minutes' WHERE id = 3;"
+			       "UPDATE vmms SET time_state_updated = now() - interval '1 minute' WHERE id IN (4, 7)"));
+	TESTRUN(&r, "vmm-reap", "--db", ci, "--json", "--older-than", "5m");
+	cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+	j = json_of(&r);
+	cr_expect_eq(jint(j, "found"), 1);
+	cr_expect_eq(jint(j, "vmms_deleted"), 1);
+	cr_expect_eq(jint(j, "reservations_deleted"), 1);
+	cJSON_Delete(j);
+	testrun_free(&r);
+	ids = text_of(c, deleted_ids_sql);
+	cr_expect_str_eq(ids, "3,5");
+	free(ids);
+
+	TESTRUN(&r, "vmm-reap", "--db", ci, "--json", "--older-than", "30s");
+	cr_assert_eq(r.status, 0);
+	j = json_of(&r);
+	cr_expect_eq(jint(j, "vmms_deleted"), 2);
+	cJSON_Delete(j);
+	testrun_free(&r);
+	PQfinish(c);
+}
+
+Test(reap, batches_and_limit)
+{
+	char ci[256];
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	struct testrun r;
+	cJSON *j;
+
+	PQclear(testdb_exec(c,
+		"INSERT INTO workers (name, memory_mb, vcpus) VALUES ('w1', 65536, 64);"
+		"INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
+		" VALUES ('s', 'o', 'stopped', 1, 1024, 1);"
+		"INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)"
+		" SELECT 1, 1, 'qemu', 'destroyed' FROM generate_series(1, 25);"
+		"INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus)"
+		" SELECT id, 1, 256, 1 FROM vmms WHERE id % 5 = 0;"));
+	TESTRUN(&r, "vmm-reap", "--db", ci, "--json", "--batch", "10", "--limit", "15");
+	cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+	j = json_of(&r);
+	cr_expect_eq(jint(j, "found"), 15);
+	cr_expect_eq(jint(j, "vmms_deleted"), 15);
+	cr_expect_eq(jint(j, "reservations_deleted"), 3);
+	cr_expect_eq(jint(j, "batches"), 2);
+	cJSON_Delete(j);
+	testrun_free(&r);
+	/* the lowest ids went first */
+	cr_expect_eq(testdb_ll(c, "SELECT max(id) FROM vmms WHERE time_deleted IS NOT NULL"), 15);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log"), 15);
+
+	TESTRUN(&r, "vmm-reap", "--db", ci, "--json", "--batch", "4");
+	cr_assert_eq(r.status, 0);
+	j = json_of(&r);
+	cr_expect_eq(jint(j, "found"), 10);
+	cr_expect_eq(jint(j, "vmms_deleted"), 10);
+	cr_expect_eq(jint(j, "reservations_deleted"), 2);
+	cr_expect_eq(jint(j, "batches"), 3);
+	cJSON_Delete(j);
+	testrun_free(&r);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE time_deleted IS NULL"), 0);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 0);
+	PQfinish(c);
+}
+
+/* Start vmm-reap in the background with stdout to a file; returns its pid. */
+static pid_t spawn_reaper(const char *ci, const char *out)
+{
+	const char *dir = getenv("VMOPS_BIN_DIR");
+	char path[4096];
+	pid_t pid;
+
+	snprintf(path, sizeof(path), "%s/vmm-reap", dir ? dir : "bin");
+	pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		if (fd < 0)
+			_exit(127);
+		dup2(fd, 1);
+		execl(path, "vmm-reap", "--db", ci, "--json", "--batch", "2000", (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+static char *slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *buf;
+	long n;
+
+	cr_assert(f, "%s: %s", path, strerror(errno));
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	buf = calloc(1, (size_t)n + 1);
+	cr_assert(buf);
+	cr_assert_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+	fclose(f);
+	return buf;
+}
+
+Test(reap, four_concurrent_reapers_on_200k, .timeout = 240)
+{
+	const long long n = 200000;
+	char ci[256], out[4][64];
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	long long found = 0, deleted = 0, already = 0, res = 0;
+	pid_t pid[4];
+
+	/* 200k abandoned VMMs (every third reserved), plus 150 referenced ones that must stay. */
+	PQclear(testdb_exec(c,
+		"INSERT INTO workers (name, memory_mb, vcpus) SELECT 'w' || i, 1048576, 4096 FROM generate_series(1, 10) i;"
+		"INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
+		" SELECT 's' || i, 'o', 'running', 1 + i % 10, 1024, 1 FROM generate_series(1, 100) i;"
+		"INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)"
+		" SELECT 1 + i % 100, 1 + i % 10, 'qemu', CASE WHEN i % 7 = 0 THEN 'failed' ELSE 'destroyed' END"
+		" FROM generate_series(1, 200150) i;"
+		"UPDATE sandboxes s SET active_vmm_id = s.id * 2, target_vmm_id = CASE WHEN s.id % 2 = 0 THEN s.id * 2 - 1 END;"
+		"SET session_replication_role = replica;"  /* bulk fixture: skip per-row admission */
+		"INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus)"
+		" SELECT id, worker_id, 256, 1 FROM vmms WHERE id % 3 = 0;"
+		"RESET session_replication_role;"
+		"ANALYZE;"));
+	/* referenced: active 2,4,...,200 and target 3,7,11,...,199 */
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms v WHERE NOT EXISTS (SELECT 1 FROM sandboxes s"
+				  " WHERE s.active_vmm_id = v.id OR s.target_vmm_id = v.id)"), n);
+	long long nres = testdb_ll(c, "SELECT count(*) FROM reservations r WHERE NOT EXISTS (SELECT 1 FROM sandboxes s"
+				      " WHERE s.active_vmm_id = r.vmm_id OR s.target_vmm_id = r.vmm_id)");
+
+	for (int i = 0; i < 4; i++) {
+		snprintf(out[i], sizeof(out[i]), "/tmp/vmops-reap-%d-%d.json", (int)getpid(), i);
+		pid[i] = spawn_reaper(ci, out[i]);
+	}
+	for (int i = 0; i < 4; i++) {
+		int st;
+		char *txt;
+		cJSON *j;
+
+		while (waitpid(pid[i], &st, 0) < 0 && errno == EINTR)
+			;
+		txt = slurp(out[i]);
+		unlink(out[i]);
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "reaper %d: status %d, out: %s", i, st, txt);
+		j = cJSON_Parse(txt);
+		cr_assert(j, "reaper %d: not JSON: %s", i, txt);
+		cr_expect_eq(jint(j, "errors"), 0, "reaper %d errors", i);
+		found += jint(j, "found");
+		deleted += jint(j, "vmms_deleted");
+		already += jint(j, "vmms_already_deleted");
+		res += jint(j, "reservations_deleted");
+		cJSON_Delete(j);
+		free(txt);
+	}
+	cr_expect_eq(deleted, n, "vmms_deleted summed over four reapers: %lld", deleted);
+	cr_expect_eq(found, deleted + already);
+	cr_expect_eq(res, nres);
+	/* no VMM deleted twice: one audit row each, and none left behind */
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE action = 'reap'"), n);
+	cr_expect_eq(testdb_ll(c, "SELECT count(DISTINCT object_id) FROM audit_log WHERE action = 'reap'"), n);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE time_deleted IS NULL"), 150);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM reservations"),
+		     testdb_ll(c, "SELECT count(*) FROM vmms WHERE id <= 200 AND id % 3 = 0 AND time_deleted IS NULL"));
+	PQfinish(c);
+}
+
+static void expect_usage_error(const char *ci, const char *const *argv)
+{
+	struct testrun r;
+
+	testrun(&r, argv);
+	cr_expect_eq(r.status, 2, "%s %s: exit %d, stderr: %s", argv[1], argv[2], r.status, r.err);
+	cr_expect_eq(testlib_lines(r.err), 2, "stderr: %s", r.err);
+	cr_expect(strstr(r.err, "\nTry 'vmm-reap --help' for more information.\n"), "stderr: %s", r.err);
+	cr_expect_str_eq(r.out, "");
+	testrun_free(&r);
+	(void)ci;
+}
+
+Test(reap, bad_input_is_a_usage_error_without_database_contact)
+{
+	char ci[256];
+	PGconn *c = setup(ci, sizeof(ci));
+	/* an unreachable database: contacting it would exit 5, not 2 */
+	const char *nodb = "host=/nonexistent dbname=nothing";
+
+	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--batch", "0", "--db", nodb, NULL });
+	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--batch", "ten", "--db", nodb, NULL });
+	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--batch", "100001", "--db", nodb, NULL });
+	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--limit", "-1", "--db", nodb, NULL });
+	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--older-than", "5", "--db", nodb, NULL });
+	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--older-than", "-5m", "--db", nodb, NULL });
+	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--older-than", "5 m", "--db", nodb, NULL });
+	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "extra", "--db", nodb, NULL });
+	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--batch", "0", "--db", ci, NULL });
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE time_deleted IS NOT NULL"), 1);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log"), 0);
+	PQfinish(c);
+}
+
+Test(reap, unreachable_database_and_missing_schema)
+{
+	char ci[256];
+	PGconn *c = testdb_new(false, ci, sizeof(ci));
+	struct testrun r;
+
+	TESTRUN(&r, "vmm-reap", "--db", ci);
+	cr_expect_eq(r.status, 6, "exit %d: %s", r.status, r.err);
+	cr_expect(strstr(r.err, "vm-fleet init"), "stderr: %s", r.err);
+	testrun_free(&r);
+	TESTRUN(&r, "vmm-reap", "--db", "host=/nonexistent dbname=nothing");
+	cr_expect_eq(r.status, 5, "exit %d: %s", r.status, r.err);
+	cr_expect_eq(testlib_lines(r.err), 1, "stderr: %s", r.err);
+	testrun_free(&r);
+	PQfinish(c);
+}
