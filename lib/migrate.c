@@ -270,7 +270,8 @@ static int claim_target(PGconn *c, struct claim *a, struct vmops_migrate_report 
 		}
 		/* Lost a race for the guard or the room: choose again right away. */
 		if (strcmp(ce.sqlstate, "23505") == 0 || strcmp(ce.sqlstate, "VO001") == 0 ||
-		    strcmp(ce.sqlstate, "VO002") == 0) {
+		    strcmp(ce.sqlstate, "VO002") == 0 || strcmp(ce.sqlstate, "40P01") == 0 ||
+		    strcmp(ce.sqlstate, "40001") == 0) {
 			if (strstr(ce.msg, "migrations_active_sandbox_uq")) {
 				*e = ce;
 				return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s is already migrating",
@@ -541,6 +542,10 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 		goto out;
 	}
 
+	/* Waiting for a target may take minutes: do not hold the source's
+	 * control connection idle meanwhile; attach again once claimed. */
+	vmops_hv_free(source);
+	source = NULL;
 	if (claim_target(c, &cl, r, e) < 0)
 		goto out;
 	snprintf(r->target_worker, sizeof(r->target_worker), "%s", cl.target);
@@ -551,6 +556,7 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 	}
 	r->migration_id = cl.migration_id;
 	r->target_vmm_id = cl.target_vmm_id;
+	source = vmops_hv_attach(&sinfo, 5000, e);
 	f.migration_id = cl.migration_id;
 	f.sandbox_id = src.sandbox_id;
 	f.source_vmm_id = src.vmm_id;
@@ -558,6 +564,11 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 	f.target_worker_id = cl.target_worker_id;
 	f.downtime_ms = -1;
 	f.actor = "vm-migrate";
+	if (!source) {
+		e->code = VMOPS_EXIT_HYPERVISOR;
+		vmops_err_prefix(e, "sandbox %s: source vmm %lld", o->sandbox, src.vmm_id);
+		goto fail;
+	}
 	vmops_info("migration %lld: sandbox %s from %s to %s", cl.migration_id, o->sandbox, src.worker, cl.target);
 
 	/* Multiple connections need multifd on both ends: fall back to one, never hang. */
@@ -764,7 +775,7 @@ fail:
 		if (kill_receiver(c, cl.target_vmm_id, &rr) < 0)
 			vmops_warn("sandbox %s: %s", o->sandbox, rr.last_error);
 	}
-	{
+	if (source) {
 		struct vmops_error se = { 0 };
 		struct vmops_vm_status st = { 0 };
 		/* QEMU resumes a cancelled source by itself; make sure. */

@@ -179,13 +179,18 @@ CREATE TRIGGER sandboxes_touch BEFORE UPDATE ON sandboxes
 
 -- Invariant 4: admission.  The worker row is locked, so concurrent
 -- admissions to one worker are serialised; the sum is re-read after the lock.
+-- FOR NO KEY UPDATE, not FOR UPDATE: the transaction usually holds a KEY
+-- SHARE lock on the same row already (the foreign key of the VMM it just
+-- inserted), and two transactions upgrading KEY SHARE to FOR UPDATE
+-- deadlock; NO KEY UPDATE does not conflict with KEY SHARE but does with
+-- itself, which is all the serialisation admission needs.
 CREATE FUNCTION vmops_admit_reservation() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
 	w workers%ROWTYPE;
 	used_mem bigint;
 	used_cpu bigint;
 BEGIN
-	SELECT * INTO w FROM workers WHERE id = NEW.worker_id FOR UPDATE;
+	SELECT * INTO w FROM workers WHERE id = NEW.worker_id FOR NO KEY UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'worker % does not exist', NEW.worker_id USING ERRCODE = '23503';
 	END IF;

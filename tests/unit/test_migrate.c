@@ -553,3 +553,47 @@ Test(migrate, four_at_once_to_one_target_run_one_after_another, .timeout = 400, 
 	}
 	PQfinish(c);
 }
+
+/* Timeouts and SIGINT abort the attempt; the VM keeps running where it was. */
+Test(migrate, timeout_and_sigint_leave_the_source_running, .timeout = 240, .fini = kill_test_vms)
+{
+	PGconn *c = fleet(4096);
+	struct testrun r;
+	char log1[512], sum0[64], sum[64], out[300];
+	long n;
+	pid_t mig;
+	int rc;
+
+	need_qemu();
+	launch("sb1", "w1", 256);
+	serial_of(c, "sb1", log1, sizeof(log1));
+	wait_heartbeat(log1, 2, 90, sum0);
+
+	/* 256 MiB at 4 MiB/s cannot finish in 2 s per GiB (0.5 s here) */
+	TESTRUN(&r, "vm-migrate", "--db", ci, "sb1", "--to", "w2", "--max-bandwidth", "4M/s",
+		"--timeout-per-gib", "2s");
+	cr_assert_eq(r.status, VMOPS_EXIT_TIMEOUT, "exit %d: %s", r.status, r.err);
+	cr_assert(strstr(r.err, "not completed within"), "%s", r.err);
+	testrun_free(&r);
+	assert_moved(c, "sb1", "w1");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'failed'"
+				  " AND error LIKE 'not completed within%'"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 1, "the receiver's reservation leaked");
+
+	snprintf(out, sizeof(out), "%s/mig.out", rundir);
+	mig = slow_migration(c, out, "30s");
+	kill(mig, SIGINT);
+	rc = wait_exit(mig);
+	cr_assert_eq(rc, VMOPS_EXIT_INTERRUPTED, "vm-migrate exit %d after SIGINT", rc);
+	assert_moved(c, "sb1", "w1");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'cancelled'"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE state = 'destroyed'"), 2);
+	n = wait_heartbeat(log1, 0, 10, sum);
+	wait_heartbeat(log1, n + 2, 60, sum);
+	cr_assert_str_eq(sum, sum0);
+	assert_guest_healthy(log1);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "sb1");
+	testrun_free(&r);
+	PQfinish(c);
+}
