@@ -710,6 +710,7 @@ int main(int argc, const char **argv)
 		usage_error("%s", err.msg);
 	if (vmops_cli.help) {
 		usage();
+		poptFreeContext(top);
 		return VMOPS_EXIT_OK;
 	}
 	if (vmops_cli.version)
@@ -758,6 +759,9 @@ int main(int argc, const char **argv)
 			usage_error("%s", err.msg);
 		if (vmops_cli.help) {
 			usage();
+			poptFreeContext(sub);
+			poptFreeContext(top);
+			free(sargv);
 			return VMOPS_EXIT_OK;
 		}
 		if (vmops_cli.version)

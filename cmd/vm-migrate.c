@@ -223,6 +223,7 @@ int main(int argc, const char **argv)
 		usage_error("%s", err.msg);
 	if (vmops_cli.help) {
 		usage();
+		poptFreeContext(ctx);
 		return VMOPS_EXIT_OK;
 	}
 	if (vmops_cli.version)

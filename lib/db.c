@@ -216,7 +216,15 @@ int vmops_db_tx(PGconn *c, enum vmops_isolation iso, vmops_tx_fn fn, void *data,
 		[VMOPS_SERIALIZABLE] = "BEGIN ISOLATION LEVEL SERIALIZABLE",
 	};
 	const int attempts = 5;
+	static bool seeded;
 
+	/* Concurrent processes must not retry in lockstep. */
+	if (!seeded) {
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		srand((unsigned)getpid() ^ (unsigned)now.tv_nsec);
+		seeded = true;
+	}
 	for (int i = 1;; i++) {
 		struct vmops_error local = { 0 };
 		int rc;

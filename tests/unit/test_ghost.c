@@ -1,0 +1,1103 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ghost-reap against real PostgreSQL, the recorded /proc tree
+ * tests/fixtures/proc, fixture processes of this test (a zombie whose parent
+ * does not reap it, a decoy that imitates QEMU, a live process whose pid a
+ * VMM row records with another start time, a bare QEMU of "another fleet"),
+ * and real QEMU VMs launched through vm-fleet (when the suite built the test
+ * guest: VMOPS_TEST_KERNEL/VMOPS_TEST_INITRD; skipped otherwise).
+ *
+ * Every test that starts processes kills them in its .fini teardown, also
+ * after a failed assertion.  Processes are told apart from those of other
+ * suites running on the same host by this test's own run directory.
+ */
+#include <criterion/criterion.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "exitcodes.h"
+#include "ghost.h"
+#include "proc.h"
+#include "testlib.h"
+
+TestSuite(ghost, .timeout = 60);
+
+static char ci[512];
+static char rundir[200];     /* this test's directory; the worker's run dir is rundir/w */
+static char wrun[256];
+static pid_t groups[8];      /* process groups this test started */
+static int ngroups;
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+static void fixtures(char *buf, size_t len)
+{
+	const char *env = getenv("VMOPS_TEST_FIXTURES");
+
+	if (env && *env) {
+		snprintf(buf, len, "%s/proc", env);
+	} else {
+		char dir[PATH_MAX];
+		char *slash;
+
+		snprintf(dir, sizeof(dir), "%s", __FILE__);
+		slash = strrchr(dir, '/');
+		if (slash)
+			*slash = '\0';
+		else
+			snprintf(dir, sizeof(dir), ".");
+		snprintf(buf, len, "%s/../fixtures/proc", dir);
+	}
+	cr_assert_eq(access(buf, R_OK), 0, "fixture %s: %s", buf, strerror(errno));
+}
+
+/* A database with worker gw whose run directory is this test's. */
+static PGconn *fleet(void)
+{
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	char sql[1024];
+
+	snprintf(rundir, sizeof(rundir), "/tmp/vmops-gr.XXXXXX");
+	cr_assert(mkdtemp(rundir));
+	snprintf(wrun, sizeof(wrun), "%s/w", rundir);
+	cr_assert_eq(mkdir(wrun, 0700), 0);
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO workers (name, memory_mb, vcpus, run_dir) VALUES ('gw', 8192, 16, '%s')", wrun);
+	PQclear(testdb_exec(c, sql));
+	return c;
+}
+
+static int kill_ours(const struct vmops_proc_info *i, void *data)
+{
+	for (int k = 0; k < i->argc; k++)
+		if (strstr(i->argv[k], (const char *)data)) {
+			kill(i->stat.pid, SIGKILL);
+			break;
+		}
+	return 0;
+}
+
+/* Teardown, also after a failed assertion: nothing this test started outlives it. */
+static void teardown(void)
+{
+	for (int i = 0; i < ngroups; i++) {
+		kill(-groups[i], SIGCONT);
+		kill(-groups[i], SIGKILL);
+		while (waitpid(groups[i], NULL, 0) < 0 && errno == EINTR)
+			;
+	}
+	ngroups = 0;
+	if (rundir[0]) {
+		char cmd[300];
+
+		(void)vmops_proc_scan("/proc", VMOPS_PROC_SCAN_HV_ONLY, kill_ours, rundir, NULL);
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", rundir);
+		if (system(cmd) != 0)
+			fprintf(stderr, "teardown: %s failed\n", cmd);
+	}
+}
+
+static unsigned long long start_of(pid_t pid)
+{
+	struct vmops_proc_stat st;
+	struct vmops_error e = { 0 };
+
+	cr_assert_eq(vmops_proc_read_stat("/proc", pid, &st, &e), 0, "pid %d: %s", (int)pid, e.msg);
+	return st.starttime;
+}
+
+static char state_of(pid_t pid)
+{
+	struct vmops_proc_stat st;
+	struct vmops_error e = { 0 };
+
+	if (vmops_proc_read_stat("/proc", pid, &st, &e) < 0)
+		return '\0';
+	return st.state;
+}
+
+/* Start argv (argv[0] the file to run) in its own process group. */
+static pid_t start_group(const char *file, const char *const *argv)
+{
+	pid_t pid = fork();
+
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		int nul = open("/dev/null", O_RDWR);
+
+		setpgid(0, 0);
+		dup2(nul, 0);
+		dup2(nul, 1);
+		dup2(nul, 2);
+		execv(file, (char *const *)(uintptr_t)argv);
+		_exit(127);
+	}
+	setpgid(pid, pid);
+	cr_assert(ngroups < (int)(sizeof(groups) / sizeof(groups[0])));
+	groups[ngroups++] = pid;
+	return pid;
+}
+
+/* A UNIX socket file at path (the socket itself is closed again). */
+static void make_socket(const char *path)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+
+	cr_assert(fd >= 0);
+	cr_assert_lt(strlen(path), sizeof(a.sun_path));
+	snprintf(a.sun_path, sizeof(a.sun_path), "%.107s", path);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0, "bind %s: %s", path, strerror(errno));
+	close(fd);
+}
+
+static bool is_socket(const char *path)
+{
+	struct stat sb;
+
+	return lstat(path, &sb) == 0 && S_ISSOCK(sb.st_mode);
+}
+
+static char *snapshot(PGconn *c)
+{
+	PGresult *r = testdb_exec(c,
+		"SELECT (SELECT string_agg(id || ':' || state || ':' || (time_deleted IS NULL), ',' ORDER BY id) FROM vmms)"
+		" || '/' || (SELECT string_agg(name || ':' || status, ',' ORDER BY name) FROM sandboxes)"
+		" || '/' || (SELECT count(*) FROM scale_events WHERE ended_at IS NULL)"
+		" || '/' || (SELECT count(*) FROM reservations)"
+		" || '/' || (SELECT count(*) FROM audit_log)");
+	char *s = strdup(PQgetisnull(r, 0, 0) ? "" : PQgetvalue(r, 0, 0));
+
+	PQclear(r);
+	return s;
+}
+
+/* The item of the report for (vmm, pid); pid 0: any pid.  NULL if none. */
+static const cJSON *item(const cJSON *doc, long long vmm, long long pid)
+{
+	const cJSON *it;
+
+	cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(doc, "vmms")) {
+		const cJSON *v = cJSON_GetObjectItemCaseSensitive(it, "vmm");
+		const cJSON *p = cJSON_GetObjectItemCaseSensitive(it, "pid");
+
+		if ((vmm < 0 || (cJSON_IsNumber(v) && (long long)v->valuedouble == vmm)) &&
+		    (!pid || (cJSON_IsNumber(p) && (long long)p->valuedouble == pid)))
+			return it;
+	}
+	return NULL;
+}
+
+static const char *str(const cJSON *it, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(it, key);
+
+	return cJSON_IsString(v) ? v->valuestring : "(null)";
+}
+
+static long long num(const cJSON *it, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(it, key);
+
+	return cJSON_IsNumber(v) ? (long long)v->valuedouble : -1;
+}
+
+static cJSON *parse(const char *out)
+{
+	cJSON *doc = cJSON_Parse(out);
+
+	cr_assert(doc, "not JSON: %s", out);
+	return doc;
+}
+
+/*
+ * What a repaired phantom or zombie looks like in the database: VMM failed,
+ * sandbox error, no open event of the sandbox or of the VMM, no reservation,
+ * one audit row; all written by one transaction (same now() everywhere).
+ */
+static void assert_repaired(PGconn *c, long long vmm, const char *action)
+{
+	char sql[2048];
+	PGresult *r;
+
+	snprintf(sql, sizeof(sql),
+		 "SELECT v.state || '|' || s.status"
+		 " || '|' || (SELECT count(*) FROM scale_events e WHERE e.ended_at IS NULL"
+		 "            AND (e.sandbox_id = s.id OR e.vmm_id = v.id))"
+		 " || '|' || (SELECT count(*) FROM scale_events e WHERE e.vmm_id = v.id)"
+		 " || '|' || (SELECT count(*) FROM reservations WHERE vmm_id = v.id)"
+		 " || '|' || (SELECT count(*) FROM audit_log a WHERE a.object_type = 'vmm' AND a.object_id = v.id"
+		 "            AND a.program = 'ghost-reap' AND a.action = '%s'"
+		 "            AND a.after->>'vmm_state' = 'failed' AND a.after->>'sandbox_status' = 'error'"
+		 "            AND a.before->>'vmm_state' = 'running')"
+		 " || '|' || (SELECT count(*) FROM audit_log a WHERE a.object_type = 'vmm' AND a.object_id = v.id"
+		 "            AND a.at = v.time_state_updated AND a.at = s.time_status_updated"
+		 "            AND a.at = ALL (SELECT ended_at FROM scale_events e WHERE e.sandbox_id = s.id))"
+		 " FROM vmms v JOIN sandboxes s ON s.id = v.sandbox_id WHERE v.id = %lld",
+		 action, vmm);
+	r = testdb_exec(c, sql);
+	cr_assert_eq(PQntuples(r), 1, "vmm %lld", vmm);
+	cr_assert_str_eq(PQgetvalue(r, 0, 0), "failed|error|0|1|0|1|1", "vmm %lld: %s", vmm, PQgetvalue(r, 0, 0));
+	PQclear(r);
+}
+
+static long long register_vmm(PGconn *c, const char *sandbox, pid_t pid, unsigned long long start)
+{
+	char p[24], s[24], sql[256];
+	struct testrun r;
+
+	snprintf(p, sizeof(p), "%d", (int)pid);
+	snprintf(s, sizeof(s), "%llu", start);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "register", "--sandbox", sandbox, "--org", "acme",
+		"--worker", "gw", "--memory", "128M", "--vcpus", "1", "--pid", p, "--pid-start-time", s);
+	cr_assert_eq(r.status, 0, "register %s: %s", sandbox, r.err);
+	testrun_free(&r);
+	snprintf(sql, sizeof(sql), "SELECT active_vmm_id FROM sandboxes WHERE name = '%s'", sandbox);
+	return testdb_ll(c, sql);
+}
+
+/* ---- the pure helpers ------------------------------------------------------------------- */
+
+Test(ghost, path_rules)
+{
+	cr_assert(vmops_ghost_path_inside("/run/vmops/w/vmm-7/qmp.sock", "/run/vmops/w/vmm-7"));
+	cr_assert(vmops_ghost_path_inside("/run/vmops/w/vmm-7/qmp.sock", "/run/vmops/w/vmm-7/"));
+	cr_assert(!vmops_ghost_path_inside("/run/vmops/w/vmm-70/qmp.sock", "/run/vmops/w/vmm-7"));
+	cr_assert(!vmops_ghost_path_inside("/run/vmops/w/vmm-7/../../../etc/passwd", "/run/vmops/w/vmm-7"));
+	cr_assert(!vmops_ghost_path_inside("/run/vmops/w/vmm-7/./x", "/run/vmops/w/vmm-7"));
+	cr_assert(!vmops_ghost_path_inside("/run/vmops/w/vmm-7//x", "/run/vmops/w/vmm-7"));
+	cr_assert(!vmops_ghost_path_inside("/run/vmops/w/vmm-7", "/run/vmops/w/vmm-7"));
+	cr_assert(!vmops_ghost_path_inside("/run/vmops/w/vmm-7/", "/run/vmops/w/vmm-7"));
+	cr_assert(!vmops_ghost_path_inside("/etc/passwd", "/"));
+	cr_assert(!vmops_ghost_path_inside("/etc/passwd", ""));
+	cr_assert(!vmops_ghost_path_inside("/a/b", "a"));
+	cr_assert(!vmops_ghost_path_inside("/x/../a/b", "/x/../a"));
+
+	/* a ghost's socket: the VMM's run dir, WORKER/vmm-ID, or its own token */
+	cr_assert(vmops_ghost_socket_removable("/r/w/vmm-7/qmp.sock", 7, "/r/w/vmm-7", "/r/w"));
+	cr_assert(vmops_ghost_socket_removable("/r/w/vmm-7/qmp.sock", 7, NULL, "/r/w"));
+	cr_assert(vmops_ghost_socket_removable("/run/vmops/vmops-vmm-7.qmp", 7, NULL, "/elsewhere"));
+	cr_assert(!vmops_ghost_socket_removable("/run/vmops/vmops-vmm-70.qmp", 7, NULL, "/elsewhere"));
+	cr_assert(!vmops_ghost_socket_removable("/run/vmops/vmops-vmm-8.qmp", 7, NULL, "/r/w"));
+	cr_assert(!vmops_ghost_socket_removable("/r/w/vmm-8/qmp.sock", 7, NULL, "/r/w"));
+	cr_assert(!vmops_ghost_socket_removable("/r/w/qmp.sock", 7, NULL, "/r/w"));
+	cr_assert(!vmops_ghost_socket_removable("/var/lib/postgresql/.s.PGSQL.5432", 7, "/r/w/vmm-7", "/r/w"));
+	cr_assert(!vmops_ghost_socket_removable("/r/w/vmm-7/../../../etc/shadow", 7, "/r/w/vmm-7", "/r/w"));
+	cr_assert(!vmops_ghost_socket_removable("/tmp/vmops-vmm-7/../x.sock", 7, NULL, NULL));
+	cr_assert(!vmops_ghost_socket_removable("relative/vmops-vmm-7.sock", 7, NULL, NULL));
+	cr_assert(!vmops_ghost_socket_removable("", 7, NULL, "/r/w"));
+	cr_assert(!vmops_ghost_socket_removable("/r/w/vmm-7/qmp.sock", -1, NULL, "/r/w"));
+}
+
+Test(ghost, command_line_rules)
+{
+	char *qemu[] = { "qemu-system-x86_64", "-name", "vmops-vmm-7", "-serial", "file:/r/w/vmm-7/serial.log",
+			 "-qmp", "unix:/r/w/vmm-7/qmp.sock,server=on,wait=off",
+			 "-chardev", "socket,id=qga0,path=/r/w/vmm-7/qga.sock,server=on,wait=off", NULL };
+	char *ch[] = { "cloud-hypervisor", "--api-socket", "path=/run/vmops/vmops-vmm-10.sock,fd=-1", NULL };
+	char *ch2[] = { "cloud-hypervisor", "--api-socket=/run/x/api.sock", NULL };
+	char *fc[] = { "firecracker", "--api-sock", "/run/vmops/fc.sock", "--id", "vmops-vmm-8", NULL };
+	char *comma[] = { "qemu", "-qmp", "unix:/r/a,,b/qmp.sock,server=on", NULL };
+	char *other[] = { "qemu", "-drive", "file=/r/wx/disk.img", "-name", "/r/w", NULL };
+	char ctl[PATH_MAX], agent[PATH_MAX];
+
+	cr_assert(vmops_ghost_argv_names_dir(9, qemu, "/r/w"));
+	cr_assert(vmops_ghost_argv_names_dir(9, qemu, "/r/w/vmm-7/"));
+	cr_assert(vmops_ghost_argv_names_dir(9, qemu, "/r"));  /* a parent directory names it too */
+	cr_assert(!vmops_ghost_argv_names_dir(9, qemu, "/r/w/vmm-7/qmp"));
+	cr_assert(!vmops_ghost_argv_names_dir(9, qemu, "/w"));
+	cr_assert(!vmops_ghost_argv_names_dir(9, qemu, "/r/w/vmm-70"));
+	cr_assert(!vmops_ghost_argv_names_dir(5, other, "/r/w"));
+	cr_assert(!vmops_ghost_argv_names_dir(1, qemu, "/r/w"));  /* argv[0] is not searched */
+	cr_assert(vmops_ghost_argv_names_dir(3, ch, "/run/vmops"));
+	cr_assert(vmops_ghost_argv_names_dir(3, fc, "/run/vmops"));
+
+	vmops_ghost_argv_sockets(VMOPS_HV_QEMU, 9, qemu, ctl, sizeof(ctl), agent, sizeof(agent));
+	cr_assert_str_eq(ctl, "/r/w/vmm-7/qmp.sock");
+	cr_assert_str_eq(agent, "/r/w/vmm-7/qga.sock");
+	vmops_ghost_argv_sockets(VMOPS_HV_CLOUD_HYPERVISOR, 3, ch, ctl, sizeof(ctl), agent, sizeof(agent));
+	cr_assert_str_eq(ctl, "/run/vmops/vmops-vmm-10.sock");
+	cr_assert_str_eq(agent, "");
+	vmops_ghost_argv_sockets(VMOPS_HV_CLOUD_HYPERVISOR, 2, ch2, ctl, sizeof(ctl), agent, sizeof(agent));
+	cr_assert_str_eq(ctl, "/run/x/api.sock");
+	vmops_ghost_argv_sockets(VMOPS_HV_FIRECRACKER, 5, fc, ctl, sizeof(ctl), agent, sizeof(agent));
+	cr_assert_str_eq(ctl, "/run/vmops/fc.sock");
+	vmops_ghost_argv_sockets(VMOPS_HV_QEMU, 3, comma, ctl, sizeof(ctl), agent, sizeof(agent));
+	cr_assert_str_eq(ctl, "/r/a,b/qmp.sock");
+	vmops_ghost_argv_sockets(VMOPS_HV_FIRECRACKER, 9, qemu, ctl, sizeof(ctl), agent, sizeof(agent));
+	cr_assert_str_eq(ctl, "");
+}
+
+/* ---- command line: refused before any database contact --------------------------------- */
+
+Test(ghost, bad_input_is_a_usage_error_without_database)
+{
+	char fix[PATH_MAX + 32];
+	static const char *const cases[][6] = {
+		{ "--action", "nuke" },
+		{ "--action", "" },
+		{ "--min-age", "5" },
+		{ "--min-age", "soon" },
+		{ "--min-age", "-1s" },
+		{ "--min-age", "400d" },
+		{ "--grace", "1x" },
+		{ "--grace", "11m" },
+		{ "--worker", "bad name" },
+		{ "--worker", "" },
+		{ "--proc-root", "/nonexistent-vmops-proc" },
+		{ "--proc-root", "/etc/hostname" },
+		{ "--proc-root", "FIX", "--action", "kill" },
+		{ "stray-argument" },
+		{ "--no-such-option" },
+		{ "--min-age" },
+	};
+	static const char *const msgs[] = {
+		"--action: unknown action 'nuke': use log or kill", "--action: unknown action ''",
+		"--min-age", "--min-age", "--min-age", "--min-age: 400d is out of range", "--grace",
+		"--grace: 11m is out of range", "invalid worker name 'bad name'", "invalid worker name ''",
+		"--proc-root /nonexistent-vmops-proc: no such file or directory",
+		"--proc-root /etc/hostname: not a directory",
+		"--action kill: --proc-root", "unexpected argument 'stray-argument'", "--no-such-option",
+		"--min-age",
+	};
+	struct testrun r;
+
+	fixtures(fix, sizeof(fix));
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		/* a database that cannot be reached: contacting it would be exit 5 */
+		/* (no --worker here: popt leaks a string option given twice, and
+		 * ASan would count that; the default worker is a valid name) */
+		const char *argv[16] = { "ghost-reap", "--db", "host=/nonexistent-vmops port=1 dbname=x" };
+		int n = 3;
+
+		for (int k = 0; k < 6 && cases[i][k]; k++)
+			argv[n++] = strcmp(cases[i][k], "FIX") == 0 ? fix : cases[i][k];
+		testrun(&r, argv);
+		cr_assert_eq(r.status, VMOPS_EXIT_USAGE, "case %zu (%s): exit %d: %s", i, cases[i][0], r.status, r.err);
+		cr_assert(strstr(r.err, msgs[i]), "case %zu: %s", i, r.err);
+		cr_assert(strstr(r.err, "Try 'ghost-reap --help' for more information."), "case %zu: %s", i, r.err);
+		cr_assert_eq(testlib_lines(r.err), 2, "case %zu: %s", i, r.err);
+		cr_assert_str_eq(r.out, "", "case %zu", i);
+		testrun_free(&r);
+	}
+
+	/* VMOPS_PROC_ROOT is the default of --proc-root, with the same rule */
+	setenv("VMOPS_PROC_ROOT", fix, 1);
+	TESTRUN(&r, "ghost-reap", "--db", "host=/nonexistent-vmops port=1", "--worker", "w1", "--action", "kill");
+	cr_assert_eq(r.status, VMOPS_EXIT_USAGE, "%s", r.err);
+	cr_assert(strstr(r.err, "VMOPS_PROC_ROOT"), "%s", r.err);
+	testrun_free(&r);
+	/* ... and --proc-root /proc is the live tree: kill is allowed (then the database is contacted) */
+	TESTRUN(&r, "ghost-reap", "--db", "host=/nonexistent-vmops port=1", "--worker", "w1", "--action", "kill",
+		"--proc-root", "/proc");
+	cr_assert_eq(r.status, VMOPS_EXIT_DB, "%s", r.err);
+	testrun_free(&r);
+	unsetenv("VMOPS_PROC_ROOT");
+
+	TESTRUN(&r, "ghost-reap", "--help");
+	cr_assert_eq(r.status, 0);
+	cr_assert(strstr(r.out, "--action ACTION"), "%s", r.out);
+	cr_assert_str_eq(r.err, "");
+	testrun_free(&r);
+}
+
+Test(ghost, unknown_worker_schema_and_database_errors)
+{
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	PGconn *e;
+	char ci_empty[512], host[256];
+	struct testrun r;
+
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "w-none");
+	cr_assert_eq(r.status, VMOPS_EXIT_NOTFOUND, "%s", r.err);
+	cr_assert(strstr(r.err, "ghost-reap: worker w-none does not exist"), "%s", r.err);
+	cr_assert_eq(testlib_lines(r.err), 1, "%s", r.err);
+	cr_assert_str_eq(r.out, "");
+	testrun_free(&r);
+
+	/* default worker: $VMOPS_WORKER, else the host name */
+	PQclear(testdb_exec(c, "INSERT INTO workers (name, memory_mb, vcpus, run_dir)"
+			       " VALUES ('w-env', 1024, 1, '/nonexistent-vmops-run')"));
+	setenv("VMOPS_WORKER", "w-env", 1);
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--json");
+	cr_assert(r.status == 0 || r.status == VMOPS_EXIT_FOUND, "%s", r.err);
+	cr_assert(strstr(r.out, "\"worker\":\t\"w-env\""), "%s", r.out);
+	testrun_free(&r);
+	unsetenv("VMOPS_WORKER");
+	cr_assert_eq(gethostname(host, sizeof(host)), 0);
+	TESTRUN(&r, "ghost-reap", "--db", ci);
+	cr_assert_eq(r.status, VMOPS_EXIT_NOTFOUND, "%s", r.err);
+	cr_assert(strstr(r.err, host), "%s", r.err);
+	testrun_free(&r);
+
+	e = testdb_new(false, ci_empty, sizeof(ci_empty));
+	TESTRUN(&r, "ghost-reap", "--db", ci_empty, "--worker", "w1");
+	cr_assert_eq(r.status, VMOPS_EXIT_SCHEMA, "%s", r.err);
+	testrun_free(&r);
+	TESTRUN(&r, "ghost-reap", "--db", "host=/nonexistent-vmops port=1 dbname=x", "--worker", "w1");
+	cr_assert_eq(r.status, VMOPS_EXIT_DB, "%s", r.err);
+	testrun_free(&r);
+	PQfinish(e);
+	PQfinish(c);
+}
+
+/* ---- the recorded /proc tree ------------------------------------------------------------ */
+
+/*
+ * tests/fixtures/proc (see its README) against this database, worker fx with
+ * run directory /run/vmops (uptime 86400.5 s, USER_HZ 100):
+ *   700  qemu vmops-vmm-7, vmm 7 running with that pid and start   healthy
+ *   800  firecracker vmops-vmm-8 (/run/vmops/fc.sock), vmm 8 destroyed,
+ *        age 5400.5 s >= --min-age 90m                              ghost
+ *   850  cloud-hypervisor vmops-vmm-10, no row, age 4400.5 s         young
+ *   1200 qemu "(deleted)" vmops-vmm-11, no path in /run/vmops        foreign
+ *   1100 the decoy (exe /usr/bin/sleep) and vmm 9 destroyed naming it: not listed
+ *   1300 firecracker without a fleet token: counted, not listed
+ *   vmm 12 pid 900 (Z, parent 1000)                                  zombie
+ *   vmm 13 pid 901 (X)                                               phantom
+ *   vmm 14 pid 1001 recorded with start time 12345 (it is 8400100)   phantom
+ *   vmm 15 pid 4242 (absent)                                         phantom
+ *   vmm 18 pid 4343 (absent), sandbox migrating                      phantom, skipped
+ */
+static const char fixture_sql[] =
+	"INSERT INTO workers (name, memory_mb, vcpus, run_dir) VALUES"
+	" ('fx', 65536, 64, '/run/vmops'), ('fy', 65536, 64, '/run/other');"
+	"INSERT INTO sandboxes (id, name, org_id, status, worker_id, memory_mb, vcpus) OVERRIDING SYSTEM VALUE VALUES"
+	" (7, 'sb-7', 'acme', 'running', 1, 512, 1), (8, 'sb-8', 'acme', 'destroyed', 1, 512, 1),"
+	" (9, 'sb-9', 'acme', 'destroyed', 1, 512, 1), (12, 'sb-12', 'acme', 'running', 1, 512, 1),"
+	" (13, 'sb-13', 'acme', 'running', 1, 512, 1), (14, 'sb-14', 'acme', 'running', 1, 512, 1),"
+	" (15, 'sb-15', 'acme', 'running', 1, 512, 1), (18, 'sb-18', 'acme', 'running', 1, 512, 1);"
+	"INSERT INTO vmms (id, sandbox_id, worker_id, hypervisor, state, pid, pid_start_time, control_socket)"
+	" OVERRIDING SYSTEM VALUE VALUES"
+	" (7, 7, 1, 'qemu', 'running', 700, 8000000, '/run/vmops/vmops-vmm-7.qmp'),"
+	" (8, 8, 1, 'firecracker', 'destroyed', 800, 8100000, '/run/vmops/fc.sock'),"
+	" (9, 9, 1, 'qemu', 'destroyed', 1100, 8500000, NULL),"
+	" (12, 12, 1, 'qemu', 'running', 900, 8300000, NULL),"
+	" (13, 13, 1, 'qemu', 'running', 901, 8350000, NULL),"
+	" (14, 14, 1, 'qemu', 'running', 1001, 12345, NULL),"
+	" (15, 15, 1, 'qemu', 'running', 4242, 100, NULL),"
+	" (18, 18, 1, 'qemu', 'running', 4343, 100, NULL);"
+	"UPDATE sandboxes SET active_vmm_id = id;"
+	"UPDATE sandboxes SET status = 'migrating' WHERE id = 18;"
+	"INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus)"
+	" SELECT id, 1, 512, 1 FROM vmms WHERE state = 'running';"
+	"INSERT INTO scale_events (sandbox_id, org_id, worker_id, vmm_id, memory_mb, vcpus)"
+	" SELECT id, 'acme', 1, id, 512, 1 FROM sandboxes WHERE status IN ('running', 'migrating');";
+
+#define ITEM(vmm, cls, pid, st, age, hv, state, sb, parent, act, detail) \
+	"{\"vmm\":" vmm ",\"class\":\"" cls "\",\"pid\":" pid ",\"start_time\":" st ",\"age_s\":" age \
+	",\"hypervisor\":\"" hv "\",\"state\":" state ",\"sandbox\":" sb ",\"parent\":" parent \
+	",\"action\":\"" act "\",\"detail\":\"" detail "\"}"
+#define SUMMARY(dry, healthy, ghosts, young, phantoms, zombies, foreign, repaired, unfixed) \
+	"\"summary\":{\"worker\":\"fx\",\"action\":\"log\",\"dry_run\":" dry ",\"hypervisors\":5," \
+	"\"healthy\":" healthy ",\"ghosts\":" ghosts ",\"young\":" young ",\"phantoms\":" phantoms \
+	",\"zombies\":" zombies ",\"foreign\":" foreign ",\"killed\":0,\"repaired\":" repaired \
+	",\"unfixed\":" unfixed ",\"errors\":0}"
+
+#define FX_STABLE \
+	ITEM("7", "healthy", "700", "8000000", "6400.5", "qemu", "\"running\"", "\"sb-7\"", "null", "none", "") "," \
+	ITEM("8", "ghost", "800", "8100000", "5400.5", "firecracker", "\"destroyed\"", "\"sb-8\"", "null", "reported", \
+	     "vmm 8 is destroyed in the database") "," \
+	ITEM("10", "young", "850", "8200000", "4400.5", "cloud-hypervisor", "null", "null", "null", "none", \
+	     "vmm 10 is not in the database; younger than --min-age") "," \
+	ITEM("11", "foreign", "1200", "7000000", "16400.5", "qemu", "null", "null", "null", "none", \
+	     "not this worker's: its command line names no path in /run/vmops")
+#define FX_MIGRATING(act, more) \
+	ITEM("18", "phantom", "4343", "100", "null", "qemu", "\"running\"", "\"sb-18\"", "null", act, "process gone" more)
+
+static const char fixture_dry[] = "{\"vmms\":[" FX_STABLE ","
+	ITEM("12", "zombie", "900", "8300000", "3400.5", "qemu", "\"running\"", "\"sb-12\"", "1000", "would-repair",
+	     "zombie: exited, parent pid 1000 has not reaped it") ","
+	ITEM("13", "phantom", "901", "8350000", "2900.5", "qemu", "\"running\"", "\"sb-13\"", "null", "would-repair",
+	     "process dead (state X)") ","
+	ITEM("14", "phantom", "1001", "12345", "null", "qemu", "\"running\"", "\"sb-14\"", "null", "would-repair",
+	     "pid 1001 is another process now (start time 8400100, recorded 12345); not signalled") ","
+	ITEM("15", "phantom", "4242", "100", "null", "qemu", "\"running\"", "\"sb-15\"", "null", "would-repair",
+	     "process gone") ","
+	FX_MIGRATING("would-repair", "") "],"
+	SUMMARY("true", "1", "1", "1", "4", "1", "1", "0", "6") "}";
+
+#define REPAIRED "; vmm failed, sandbox error, 1 scale event(s) closed, reservation deleted"
+static const char fixture_run[] = "{\"vmms\":[" FX_STABLE ","
+	ITEM("12", "zombie", "900", "8300000", "3400.5", "qemu", "\"failed\"", "\"sb-12\"", "1000", "repaired",
+	     "zombie: exited, parent pid 1000 has not reaped it" REPAIRED) ","
+	ITEM("13", "phantom", "901", "8350000", "2900.5", "qemu", "\"failed\"", "\"sb-13\"", "null", "repaired",
+	     "process dead (state X)" REPAIRED) ","
+	ITEM("14", "phantom", "1001", "12345", "null", "qemu", "\"failed\"", "\"sb-14\"", "null", "repaired",
+	     "pid 1001 is another process now (start time 8400100, recorded 12345); not signalled" REPAIRED) ","
+	ITEM("15", "phantom", "4242", "100", "null", "qemu", "\"failed\"", "\"sb-15\"", "null", "repaired",
+	     "process gone" REPAIRED) ","
+	FX_MIGRATING("skipped", "; sandbox sb-18 is migrating: left to vm-migrate") "],"
+	SUMMARY("false", "1", "1", "1", "4", "1", "1", "4", "2") "}";
+
+static const char fixture_again[] = "{\"vmms\":[" FX_STABLE ","
+	FX_MIGRATING("skipped", "; sandbox sb-18 is migrating: left to vm-migrate") "],"
+	SUMMARY("false", "1", "1", "1", "1", "0", "1", "0", "2") "}";
+
+/* stdout must be exactly what lib/output prints for this document. */
+static void assert_json_exact(const char *out, const char *compact)
+{
+	cJSON *doc = cJSON_Parse(compact);
+	char *want;
+
+	cr_assert(doc, "expected JSON does not parse: %s", compact);
+	want = cJSON_Print(doc);
+	cr_assert(want);
+	cr_assert_eq(strlen(out), strlen(want) + 1, "got:\n%s\nwant:\n%s", out, want);
+	cr_assert(strncmp(out, want, strlen(want)) == 0 && out[strlen(want)] == '\n', "got:\n%s\nwant:\n%s", out, want);
+	cJSON_free(want);
+	cJSON_Delete(doc);
+}
+
+Test(ghost, recorded_tree_parsed_exactly)
+{
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	char fix[PATH_MAX + 32], *before, *after;
+	struct testrun r;
+
+	fixtures(fix, sizeof(fix));
+	PQclear(testdb_exec(c, fixture_sql));
+
+	before = snapshot(c);
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--proc-root", fix, "--min-age", "90m",
+		"--dry-run", "--json");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s", r.err);
+	cr_assert_str_eq(r.err, "");
+	assert_json_exact(r.out, fixture_dry);
+	testrun_free(&r);
+	after = snapshot(c);
+	cr_assert_str_eq(after, before, "--dry-run changed the database");
+	free(after);
+	free(before);
+
+	/* VMOPS_PROC_ROOT is the default of --proc-root */
+	setenv("VMOPS_PROC_ROOT", fix, 1);
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--min-age", "90m", "--json");
+	unsetenv("VMOPS_PROC_ROOT");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s", r.err);
+	cr_assert_str_eq(r.err, "");
+	assert_json_exact(r.out, fixture_run);
+	testrun_free(&r);
+	assert_repaired(c, 12, "zombie-repair");
+	assert_repaired(c, 13, "phantom-repair");
+	assert_repaired(c, 14, "phantom-repair");
+	assert_repaired(c, 15, "phantom-repair");
+	/* one transaction each: four distinct commit times */
+	cr_assert_eq(testdb_ll(c, "SELECT count(DISTINCT at) FROM audit_log WHERE program = 'ghost-reap'"), 4);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM audit_log a JOIN vmms v ON v.id = a.object_id"
+				  " WHERE a.object_id = 12 AND a.before->>'pid' = '900'"
+				  " AND a.detail LIKE '%parent pid 1000%'"), 1);
+	/* left alone: the healthy one, the ghost (logged), the migrating one, the decoy's row */
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE (id, state) IN"
+				  " ((7, 'running'), (8, 'destroyed'), (9, 'destroyed'), (18, 'running'))"), 4);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE (id, status) IN"
+				  " ((7, 'running'), (18, 'migrating'))"), 2);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 2);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations WHERE vmm_id IN (7, 18)"), 2);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 2);
+
+	/* a second run repairs nothing more */
+	before = snapshot(c);
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--proc-root", fix, "--min-age", "90m", "--json");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s", r.err);
+	assert_json_exact(r.out, fixture_again);
+	testrun_free(&r);
+	after = snapshot(c);
+	cr_assert_str_eq(after, before);
+	free(after);
+	free(before);
+
+	/* text output: one line per item and the summary */
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--proc-root", fix, "--min-age", "90m");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s", r.err);
+	cr_assert(strstr(r.out, "VMM  CLASS"), "%s", r.out);
+	cr_assert(strstr(r.out, "  8  ghost     800     8100000   5400.5  firecracker"), "%s", r.out);
+	cr_assert(strstr(r.out, "\nunfixed:     2\n"), "%s", r.out);
+	testrun_free(&r);
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--proc-root", fix, "--min-age", "90m", "-q");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s", r.err);
+	cr_assert_str_eq(r.out, "");
+	testrun_free(&r);
+
+	/* --min-age 2h: the ghost is young too; nothing unfixed but the migrating phantom */
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--proc-root", fix, "--min-age", "2h", "--json");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s", r.err);
+	cr_assert(strstr(r.out, "\"young\":\t2"), "%s", r.out);
+	cr_assert(strstr(r.out, "\"unfixed\":\t1"), "%s", r.out);
+	testrun_free(&r);
+	/* the migration ends: the phantom is repaired, everything is fixed: exit 0 */
+	PQclear(testdb_exec(c, "UPDATE sandboxes SET status = 'running' WHERE id = 18"));
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--proc-root", fix, "--min-age", "2h", "--json");
+	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert(strstr(r.out, "\"repaired\":\t1"), "%s", r.out);
+	testrun_free(&r);
+	assert_repaired(c, 18, "phantom-repair");
+	PQfinish(c);
+}
+
+/* ---- fixture processes: zombie, decoy, pid reuse, another fleet's QEMU ------------------- */
+
+/* A helper that forks a child and never waits for it: the child becomes a zombie. */
+static pid_t start_zombie(pid_t *helper, long long token)
+{
+	int fds[2];
+	pid_t h, z = 0;
+
+	cr_assert_eq(pipe(fds), 0);
+	h = fork();
+	cr_assert(h >= 0);
+	if (h == 0) {
+		char tok[40];
+		pid_t c;
+
+		setpgid(0, 0);
+		signal(SIGCHLD, SIG_DFL);  /* not SIG_IGN: that would reap it */
+		snprintf(tok, sizeof(tok), "vmops-vmm-%lld", token);
+		c = fork();
+		if (c == 0) {
+			execl("/bin/sh", "qemu-system-x86_64", "-c", "exit 0", "-name", tok, (char *)NULL);
+			_exit(0);
+		}
+		if (write(fds[1], &c, sizeof(c)) != (ssize_t)sizeof(c))
+			_exit(1);
+		for (;;)
+			pause();
+	}
+	setpgid(h, h);
+	groups[ngroups++] = h;
+	close(fds[1]);
+	cr_assert_eq(read(fds[0], &z, sizeof(z)), (ssize_t)sizeof(z));
+	close(fds[0]);
+	for (int i = 0; i < 100 && state_of(z) != 'Z'; i++)
+		usleep(20000);
+	cr_assert_eq(state_of(z), 'Z', "pid %d did not become a zombie", (int)z);
+	*helper = h;
+	return z;
+}
+
+Test(ghost, zombie_decoy_pid_reuse_and_another_fleet, .fini = teardown)
+{
+	PGconn *c = fleet();
+	char link[300], sock[320], dir[300], tok[40], qmp[400], other[300];
+	pid_t helper, zombie, decoy, sleeper, foreign = 0;
+	unsigned long long zstart, sstart, dstart, fstart = 0;
+	long long vz, vs;
+	struct testrun r;
+	cJSON *doc;
+	const cJSON *it;
+
+	/* the zombie: its VMM row names its pid and start time */
+	zombie = start_zombie(&helper, 4001);
+	zstart = start_of(zombie);
+	vz = register_vmm(c, "sb-zombie", zombie, zstart);
+
+	/* pid reuse: a live process, recorded with another start time */
+	{
+		const char *argv[] = { "sleep", "300", NULL };
+		sleeper = start_group("/bin/sleep", argv);
+	}
+	for (int i = 0; i < 100 && state_of(sleeper) != 'S'; i++)
+		usleep(20000);
+	sstart = start_of(sleeper);
+	vs = register_vmm(c, "sb-reused", sleeper, sstart - 1);
+
+	/* the decoy: named like QEMU (comm, argv[0]), with a fleet token and a
+	 * socket in this worker's run directory, but its executable is a shell */
+	snprintf(dir, sizeof(dir), "%s/vmm-77", wrun);
+	cr_assert_eq(mkdir(dir, 0700), 0);
+	snprintf(sock, sizeof(sock), "%s/qmp.sock", dir);
+	make_socket(sock);
+	snprintf(link, sizeof(link), "%s/qemu-system-x86_64", rundir);
+	cr_assert_eq(symlink("/bin/sh", link), 0);
+	snprintf(qmp, sizeof(qmp), "unix:%s,server=on,wait=off", sock);
+	{
+		const char *argv[] = { "qemu-system-x86_64", "-c", "sleep 300; :", "-name", "vmops-vmm-77",
+				       "-qmp", qmp, NULL };
+		decoy = start_group(link, argv);
+	}
+	for (int i = 0; i < 100 && state_of(decoy) != 'S'; i++)
+		usleep(20000);
+	dstart = start_of(decoy);
+	{
+		char comm[64] = "", path[64];
+		FILE *f;
+
+		snprintf(path, sizeof(path), "/proc/%d/comm", (int)decoy);
+		f = fopen(path, "r");
+		cr_assert(f);
+		cr_assert(fgets(comm, sizeof(comm), f));
+		fclose(f);
+		cr_assert_str_eq(comm, "qemu-system-x86\n", "the decoy does not look like QEMU");
+	}
+	/* ... and the database even knows vmm 77's row as destroyed, naming the decoy */
+	{
+		char sql[1200];
+
+		snprintf(sql, sizeof(sql),
+			 "INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
+			 " VALUES ('sb-decoy', 'acme', 'destroyed', 1, 128, 1);"
+			 "INSERT INTO vmms (id, sandbox_id, worker_id, hypervisor, state, pid, pid_start_time, control_socket, run_dir)"
+			 " OVERRIDING SYSTEM VALUE SELECT 77, id, 1, 'qemu', 'destroyed', %d, %llu, '%s', '%s'"
+			 " FROM sandboxes WHERE name = 'sb-decoy'",
+			 (int)decoy, dstart, sock, dir);
+		PQclear(testdb_exec(c, sql));
+	}
+
+	/* another fleet's real QEMU on this host, carrying the zombie's vmm id:
+	 * the token alone must not make it this worker's */
+	if (access("/usr/bin/qemu-system-x86_64", X_OK) == 0) {
+		snprintf(other, sizeof(other), "%s/other-fleet", rundir);
+		cr_assert_eq(mkdir(other, 0700), 0);
+		snprintf(qmp, sizeof(qmp), "unix:%s/qmp.sock,server=on,wait=off", other);
+		snprintf(tok, sizeof(tok), "vmops-vmm-%lld", vz);
+		{
+			const char *argv[] = { "qemu-system-x86_64", "-name", tok, "-machine", "none", "-nodefaults",
+					       "-no-user-config", "-display", "none", "-S", "-qmp", qmp, NULL };
+			foreign = start_group("/usr/bin/qemu-system-x86_64", argv);
+		}
+		for (int i = 0; i < 200; i++) {
+			char p[400];
+			snprintf(p, sizeof(p), "%s/qmp.sock", other);
+			if (is_socket(p))
+				break;
+			usleep(50000);
+		}
+		fstart = start_of(foreign);
+	}
+
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s",
+		"--grace", "1s", "--json");
+	cr_assert_eq(r.status, 0, "exit %d\n%s\n%s", r.status, r.out, r.err);
+	doc = parse(r.out);
+
+	it = item(doc, vz, zombie);
+	cr_assert(it, "no zombie in %s", r.out);
+	cr_assert_str_eq(str(it, "class"), "zombie");
+	cr_assert_eq(num(it, "parent"), helper, "%s", r.out);
+	cr_assert_str_eq(str(it, "action"), "repaired");
+	cr_assert_eq(num(it, "start_time"), (long long)zstart);
+
+	it = item(doc, vs, sleeper);
+	cr_assert(it, "no pid-reuse phantom in %s", r.out);
+	cr_assert_str_eq(str(it, "class"), "phantom");
+	cr_assert_str_eq(str(it, "action"), "repaired");
+	cr_assert(strstr(str(it, "detail"), "is another process now"), "%s", r.out);
+
+	cr_assert_null(item(doc, -1, decoy), "the decoy was listed: %s", r.out);
+	cr_assert_null(item(doc, 77, 0), "the decoy was listed: %s", r.out);
+	if (foreign) {
+		it = item(doc, vz, foreign);
+		cr_assert(it, "no foreign QEMU in %s", r.out);
+		cr_assert_str_eq(str(it, "class"), "foreign");
+		cr_assert_str_eq(str(it, "action"), "none");
+	}
+	cJSON_Delete(doc);
+	testrun_free(&r);
+
+	assert_repaired(c, vz, "zombie-repair");
+	assert_repaired(c, vs, "phantom-repair");
+	cr_assert_eq(testdb_ll(c, "SELECT count(DISTINCT at) FROM audit_log WHERE program = 'ghost-reap'"), 2);
+
+	/* never signalled: the decoy, the process that reused a recorded pid, the other fleet's QEMU */
+	cr_assert_eq(state_of(decoy), 'S');
+	cr_assert_eq(start_of(decoy), dstart);
+	cr_assert(is_socket(sock), "the decoy's socket was removed");
+	cr_assert_eq(state_of(sleeper), 'S');
+	cr_assert_eq(start_of(sleeper), sstart);
+	if (foreign) {
+		char st = state_of(foreign);
+		cr_assert(st == 'S' || st == 'R', "the other fleet's QEMU is %c", st);
+		cr_assert_eq(start_of(foreign), fstart);
+	}
+	cr_assert_eq(state_of(zombie), 'Z', "the zombie's parent is ours to kill, not ghost-reap's");
+
+	/* a second run finds nothing of this worker's */
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s", "--json");
+	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert(strstr(r.out, "\"repaired\":\t0"), "%s", r.out);
+	cr_assert(strstr(r.out, "\"killed\":\t0"), "%s", r.out);
+	testrun_free(&r);
+	cr_assert_eq(state_of(decoy), 'S');
+	PQfinish(c);
+}
+
+/* ---- real QEMU ---------------------------------------------------------------------------- */
+
+static void need_qemu(void)
+{
+	if (!getenv("VMOPS_TEST_KERNEL") || !*getenv("VMOPS_TEST_KERNEL") || !getenv("VMOPS_TEST_INITRD") ||
+	    !*getenv("VMOPS_TEST_INITRD"))
+		cr_skip_test("no test guest (VMOPS_TEST_KERNEL/VMOPS_TEST_INITRD unset)");
+}
+
+/* vm-fleet launch, in the background: returns the vm-fleet pid. */
+static pid_t launch_bg(const char *sandbox)
+{
+	char spec[300], path[512];
+	FILE *f;
+	pid_t pid;
+
+	snprintf(spec, sizeof(spec), "%s/%s.json", rundir, sandbox);
+	f = fopen(spec, "w");
+	cr_assert(f);
+	fprintf(f, "{\"hypervisor\":\"qemu\",\"memory_mb\":160,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
+		   "\"cmdline\":\"console=ttyS0 vmops.dirty_mb=16\",\"accel\":\"tcg\"}\n",
+		getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"));
+	fclose(f);
+	snprintf(path, sizeof(path), "%s/vm-fleet", getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin");
+	pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		char log[300];
+		int fd;
+
+		snprintf(log, sizeof(log), "%s/%s.launch.log", rundir, sandbox);
+		fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execl(path, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", sandbox, "--org", "acme",
+		      "--worker", "gw", "--spec", spec, "--wait", "120s", (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+static void wait_launch(pid_t pid, const char *sandbox)
+{
+	char log[300], text[2048];
+	FILE *f;
+	int st, rc;
+
+	for (int attempt = 1;; attempt++) {
+		while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+			;
+		rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+		text[0] = '\0';
+		snprintf(log, sizeof(log), "%s/%s.launch.log", rundir, sandbox);
+		if ((f = fopen(log, "r"))) {
+			text[fread(text, 1, sizeof(text) - 1, f)] = '\0';
+			fclose(f);
+		}
+		/* Concurrent launches on one worker can deadlock in the database
+		 * (and vm-fleet's retries run in lockstep): a failed launch leaves
+		 * nothing behind, so launch again, alone. */
+		if (rc == 0 || !strstr(text, "deadlock detected") || attempt == 3)
+			break;
+		pid = launch_bg(sandbox);
+	}
+	cr_assert_eq(rc, 0, "launch %s: exit %d: %s", sandbox, rc, text);
+}
+
+static long last_heartbeat(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char line[512];
+	long n = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		long k;
+		const char *p = strstr(line, "HEARTBEAT ");
+
+		if (p && sscanf(p, "HEARTBEAT %ld", &k) == 1)
+			n = k;
+	}
+	fclose(f);
+	return n;
+}
+
+static long wait_heartbeat(const char *path, long above, int timeout_s)
+{
+	for (int i = 0; i < timeout_s * 10; i++) {
+		long n = last_heartbeat(path);
+
+		if (n > above)
+			return n;
+		usleep(100000);
+	}
+	cr_assert_fail("no heartbeat above %ld in %s within %ds", above, path, timeout_s);
+	return -1;
+}
+
+struct vm {
+	const char *sandbox;
+	long long vmm, pid, start;
+	char run_dir[300];
+};
+
+static void vm_load(PGconn *c, struct vm *v)
+{
+	char sql[256];
+	PGresult *r;
+
+	snprintf(sql, sizeof(sql), "SELECT v.id, v.pid, v.pid_start_time, v.run_dir FROM sandboxes s"
+		 " JOIN vmms v ON v.id = s.active_vmm_id WHERE s.name = '%s'", v->sandbox);
+	r = testdb_exec(c, sql);
+	cr_assert_eq(PQntuples(r), 1);
+	v->vmm = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+	v->pid = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+	v->start = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+	snprintf(v->run_dir, sizeof(v->run_dir), "%s", PQgetvalue(r, 0, 3));
+	PQclear(r);
+}
+
+static bool alive(const struct vm *v)
+{
+	return vmops_proc_check("/proc", (pid_t)v->pid, (unsigned long long)v->start, NULL, NULL) == VMOPS_PROC_ALIVE;
+}
+
+Test(ghost, real_qemu_healthy_ghost_and_phantom, .timeout = 240, .fini = teardown)
+{
+	PGconn *c;
+	struct vm keep = { .sandbox = "keep" }, ghost = { .sandbox = "ghost" }, phantom = { .sandbox = "phantom" };
+	char serial[400], qmp[400], qga[400], *before, *after;
+	const char *gone_class = "phantom";
+	long long bogus;
+	pid_t l1, l2, l3;
+	struct testrun r;
+	cJSON *doc;
+	const cJSON *it;
+	long hb;
+
+	need_qemu();
+	c = fleet();
+	l1 = launch_bg("keep");
+	l2 = launch_bg("ghost");
+	l3 = launch_bg("phantom");
+	wait_launch(l1, "keep");
+	wait_launch(l2, "ghost");
+	wait_launch(l3, "phantom");
+	vm_load(c, &keep);
+	vm_load(c, &ghost);
+	vm_load(c, &phantom);
+	snprintf(serial, sizeof(serial), "%s/serial.log", keep.run_dir);
+	snprintf(qmp, sizeof(qmp), "%s/qmp.sock", ghost.run_dir);
+	snprintf(qga, sizeof(qga), "%s/qga.sock", ghost.run_dir);
+
+	/* healthy: nothing to do */
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s", "--json");
+	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	doc = parse(r.out);
+	cr_assert_str_eq(str(item(doc, keep.vmm, keep.pid), "class"), "healthy");
+	cr_assert_str_eq(str(item(doc, ghost.vmm, ghost.pid), "class"), "healthy");
+	cr_assert_str_eq(str(item(doc, phantom.vmm, phantom.pid), "class"), "healthy");
+	cJSON_Delete(doc);
+	testrun_free(&r);
+
+	/* the ghost: recorded destroyed, but its process still runs */
+	{
+		char sql[512];
+
+		snprintf(sql, sizeof(sql), "UPDATE vmms SET state = 'destroyed' WHERE id = %lld;"
+			 "DELETE FROM reservations WHERE vmm_id = %lld;"
+			 "UPDATE sandboxes SET status = 'destroyed' WHERE name = 'ghost'", ghost.vmm, ghost.vmm);
+		PQclear(testdb_exec(c, sql));
+	}
+	/* the phantom: killed behind the database's back */
+	cr_assert_eq(kill((pid_t)phantom.pid, SIGKILL), 0);
+	for (int i = 0; i < 100 && state_of((pid_t)phantom.pid) == 'S'; i++)
+		usleep(20000);
+	for (int i = 0; i < 100 && state_of((pid_t)phantom.pid) != '\0'; i++)
+		usleep(100000);  /* orphans are reaped by init, eventually */
+	if (state_of((pid_t)phantom.pid) == 'Z')
+		gone_class = "zombie";
+	/* pid reuse: a VMM row recording keep's pid with another start time */
+	bogus = register_vmm(c, "sb-bogus", (pid_t)keep.pid, (unsigned long long)keep.start + 1);
+
+	/* 1. --dry-run: would kill, would repair; nothing changes */
+	before = snapshot(c);
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s",
+		"--dry-run", "--json");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s\n%s", r.out, r.err);
+	doc = parse(r.out);
+	it = item(doc, ghost.vmm, ghost.pid);
+	cr_assert_str_eq(str(it, "class"), "ghost", "%s", r.out);
+	cr_assert_str_eq(str(it, "action"), "would-kill");
+	cr_assert_str_eq(str(item(doc, phantom.vmm, phantom.pid), "action"), "would-repair");
+	cr_assert_str_eq(str(item(doc, bogus, keep.pid), "action"), "would-repair");
+	cJSON_Delete(doc);
+	testrun_free(&r);
+	after = snapshot(c);
+	cr_assert_str_eq(after, before);
+	free(after);
+	free(before);
+	cr_assert(alive(&ghost));
+
+	/* 2. --min-age longer than the ghost's age: left alone; the phantoms are repaired */
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "1h", "--json");
+	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	doc = parse(r.out);
+	it = item(doc, ghost.vmm, ghost.pid);
+	cr_assert_str_eq(str(it, "class"), "young", "%s", r.out);
+	cr_assert_str_eq(str(it, "action"), "none");
+	it = item(doc, phantom.vmm, phantom.pid);
+	cr_assert_str_eq(str(it, "class"), gone_class, "%s", r.out);
+	cr_assert_str_eq(str(it, "action"), "repaired");
+	it = item(doc, bogus, keep.pid);
+	cr_assert_str_eq(str(it, "class"), "phantom", "%s", r.out);
+	cr_assert_str_eq(str(it, "action"), "repaired");
+	cr_assert_str_eq(str(item(doc, keep.vmm, keep.pid), "class"), "healthy");
+	cJSON_Delete(doc);
+	testrun_free(&r);
+	cr_assert(alive(&ghost), "a young ghost was killed");
+	cr_assert(is_socket(qmp));
+	assert_repaired(c, phantom.vmm, strcmp(gone_class, "zombie") ? "phantom-repair" : "zombie-repair");
+	assert_repaired(c, bogus, "phantom-repair");
+
+	/* 3. --action log: reported, found and not fixed */
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--min-age", "0s", "--json");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s\n%s", r.out, r.err);
+	doc = parse(r.out);
+	cr_assert_str_eq(str(item(doc, ghost.vmm, ghost.pid), "action"), "reported", "%s", r.out);
+	cJSON_Delete(doc);
+	testrun_free(&r);
+	cr_assert(alive(&ghost));
+
+	/* 4. --action kill: stopped, it cannot act on SIGTERM (nor remove its own
+	 * sockets): SIGKILL after the grace, then ghost-reap removes them */
+	cr_assert_eq(kill((pid_t)ghost.pid, SIGSTOP), 0);
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s",
+		"--grace", "1s", "--json");
+	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	doc = parse(r.out);
+	it = item(doc, ghost.vmm, ghost.pid);
+	cr_assert_str_eq(str(it, "class"), "ghost", "%s", r.out);
+	cr_assert_str_eq(str(it, "action"), "killed");
+	cr_assert(strstr(str(it, "detail"), "SIGKILL after 1000 ms grace"), "%s", r.out);
+	cr_assert(strstr(str(it, "detail"), "removed"), "%s", r.out);
+	cr_assert_str_eq(str(item(doc, keep.vmm, keep.pid), "class"), "healthy");
+	cJSON_Delete(doc);
+	testrun_free(&r);
+	cr_assert(!alive(&ghost), "the ghost still runs");
+	cr_assert(!is_socket(qmp), "%s was not removed", qmp);
+	cr_assert(!is_socket(qga), "%s was not removed", qga);
+
+	/* 5. nothing left to do, and the healthy VM ran on throughout */
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s", "--json");
+	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert(strstr(r.out, "\"killed\":\t0"), "%s", r.out);
+	cr_assert(strstr(r.out, "\"repaired\":\t0"), "%s", r.out);
+	testrun_free(&r);
+	cr_assert(alive(&keep));
+	hb = wait_heartbeat(serial, 0, 120);
+	wait_heartbeat(serial, hb, 30);
+	cr_assert(alive(&keep));
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE name = 'keep' AND status = 'running'"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
+				  " WHERE s.name = 'keep' AND e.ended_at IS NULL"), 1);
+	PQfinish(c);
+}
