@@ -139,16 +139,7 @@ int main(int argc, const char **argv)
 	int rc;
 
 	prog_init("ghost-reap");
-	ctx = poptGetContext(prog_name, argc, argv, options, 0);
-	if (vmops_cli_parse(ctx, NULL, NULL, &err) < 0)
-		usage_error("%s", err.msg);
-	if (vmops_cli.help) {
-		usage();
-		poptFreeContext(ctx);
-		return VMOPS_EXIT_OK;
-	}
-	if (vmops_cli.version)
-		print_version();
+	ctx = prog_parse(argc, argv, options, usage);
 	left = poptGetArgs(ctx);
 	if (left && left[0])
 		usage_error("unexpected argument '%s'", left[0]);

@@ -6,8 +6,7 @@
  *
  *   main():
  *     prog_init("vm-x", argc, argv);
- *     parse options (popt) -> on a usage error: usage_error(...)
- *     if (vmops_cli.help) { usage(); return 0; }  if (vmops_cli.version) print_version();
+ *     ctx = prog_parse(argc, argv, options, usage);   (usage errors, -h, -V)
  *     validate values -> usage_error(...)           (no database contact before this)
  *     connect, check schema -> die_err(&err)
  *     act, fill a struct vmops_output, print_output(out)
@@ -107,6 +106,31 @@ static inline void print_output(const struct vmops_output *o)
 		fprintf(stderr, "%s: write error: %s\n", prog_name, strerror(errno ? errno : EIO));
 		exit(VMOPS_EXIT_FAILURE);
 	}
+}
+
+/*
+ * Parse the command line with popt the same way in every program:
+ * a bad option is a usage error, -h prints usage() and exits 0, -V prints
+ * the version.  Returns the context (free it with poptFreeContext).
+ */
+static inline poptContext prog_parse(int argc, const char **argv,
+				     const struct poptOption *options, void (*usage)(void))
+{
+	struct vmops_error err = { 0 };
+	poptContext ctx = poptGetContext(prog_name, argc, argv, options, 0);
+
+	if (vmops_cli_parse(ctx, NULL, NULL, &err) < 0)
+		usage_error("%s", err.msg);
+	if (vmops_cli.help) {
+		usage();
+		poptFreeContext(ctx);
+		exit(VMOPS_EXIT_OK);
+	}
+	if (vmops_cli.version) {
+		poptFreeContext(ctx);
+		print_version();
+	}
+	return ctx;
 }
 
 /* The EXIT STATUS text shared by every --help. */

@@ -218,16 +218,7 @@ int main(int argc, const char **argv)
 	int rc;
 
 	prog_init("vm-migrate");
-	ctx = poptGetContext(prog_name, argc, argv, options, 0);
-	if (vmops_cli_parse(ctx, NULL, NULL, &err) < 0)
-		usage_error("%s", err.msg);
-	if (vmops_cli.help) {
-		usage();
-		poptFreeContext(ctx);
-		return VMOPS_EXIT_OK;
-	}
-	if (vmops_cli.version)
-		print_version();
+	ctx = prog_parse(argc, argv, options, usage);
 	args = poptGetArgs(ctx);
 	if (args && args[0]) {
 		sandbox = args[0];
