@@ -15,11 +15,21 @@
  * not true, as soon as one sandbox has no active VMM, and would reap nothing.
  * $1: only VMMs whose state changed at least $1 milliseconds ago.
  */
-#define ABANDONED \
+#define ABANDONED_WHERE(ref) \
 	" v.state IN ('destroyed', 'failed') AND v.time_deleted IS NULL" \
 	" AND v.time_state_updated <= now() - $1::bigint * interval '1 millisecond'" \
-	" AND NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.active_vmm_id = v.id)" \
-	" AND NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.target_vmm_id = v.id)"
+	" AND NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.active_vmm_id = v.id" ref("s.active_vmm_id") ")" \
+	" AND NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.target_vmm_id = v.id" ref("s.target_vmm_id") ")"
+#define NO_BOUND(col) ""
+#define ABANDONED ABANDONED_WHERE(NO_BOUND)
+/*
+ * The claim's keyset bound repeated on the sandboxes side.  Implied by
+ * `x = v.id AND v.id > $2`, but the planner does not derive it: without it
+ * the anti joins merge-scan sandboxes_active_vmm_idx from its first entry at
+ * every batch, which makes a run quadratic in its number of batches.
+ */
+#define AFTER_BOUND(col) " AND " col " > $2"
+#define AT_BOUND(col) " AND " col " = $2"
 
 /*
  * Claim the next batch: the lowest ids above the keyset position that no
@@ -29,29 +39,33 @@
  */
 static const char claim_sql[] =
 	"WITH c AS ("
-	" SELECT v.id FROM vmms v"
-	"  WHERE" ABANDONED " AND v.id > $2"
+	" SELECT v.id, v.ctid AS tid FROM vmms v"
+	"  WHERE" ABANDONED_WHERE(AFTER_BOUND) " AND v.id > $2"
 	"  ORDER BY v.id LIMIT $3"
 	"  FOR NO KEY UPDATE OF v SKIP LOCKED)"
-	" SELECT count(*), coalesce(max(id), $2), coalesce(array_agg(id ORDER BY id)::text, '{}') FROM c";
+	" SELECT count(*), coalesce(max(id), $2), coalesce(array_agg(id ORDER BY id)::text, '{}'),"
+	"  coalesce(array_agg(tid)::text, '{}') FROM c";
 
 /* Claim one VMM (the fallback after a failed batch). */
 static const char claim_one_sql[] =
 	"WITH c AS ("
-	" SELECT v.id FROM vmms v"
-	"  WHERE" ABANDONED " AND v.id = $2"
+	" SELECT v.id, v.ctid AS tid FROM vmms v"
+	"  WHERE" ABANDONED_WHERE(AT_BOUND) " AND v.id = $2"
 	"  LIMIT $3"
 	"  FOR NO KEY UPDATE OF v SKIP LOCKED)"
-	" SELECT count(*), coalesce(max(id), $2), coalesce(array_agg(id ORDER BY id)::text, '{}') FROM c";
+	" SELECT count(*), coalesce(max(id), $2), coalesce(array_agg(id ORDER BY id)::text, '{}'),"
+	"  coalesce(array_agg(tid)::text, '{}') FROM c";
 
 /*
  * Reap the claimed VMMs: delete their reservations, set time_deleted only
  * where it is still NULL (RETURNING tells us which rows this run deleted),
  * and write one audit row per VMM, in one statement of the batch's
- * transaction.  $4 < id <= $5 is the claimed id range and the state test
- * repeats the claim's: together they steer the UPDATE onto the small
- * vmms_abandoned_idx, where `time_deleted IS NULL` alone lets the planner
- * scan every live VMM through vmms_worker_live_idx.
+ * transaction.  $4 are the claimed rows' ctids: we hold their row locks,
+ * so they cannot move, and a TID scan goes straight to them (an index scan
+ * bounded by the claimed id range fetched the same 1,000 scattered heap
+ * pages a second time).  Should a row have moved anyway, READ COMMITTED
+ * follows it to its latest version and rechecks the conditions, which
+ * repeat the claim's.
  */
 static const char reap_sql[] =
 	"WITH res AS ("
@@ -59,7 +73,7 @@ static const char reap_sql[] =
 	"  RETURNING r.vmm_id, r.worker_id, r.memory_mb, r.vcpus),"
 	" upd AS ("
 	"  UPDATE vmms v SET time_deleted = now()"
-	"   WHERE v.id > $4 AND v.id <= $5 AND v.id = ANY ($1::bigint[])"
+	"   WHERE v.ctid = ANY ($4::tid[])"
 	"     AND v.state IN ('destroyed', 'failed') AND v.time_deleted IS NULL"
 	"  RETURNING v.id, v.state, v.sandbox_id, v.worker_id, v.time_deleted),"
 	" aud AS ("
@@ -86,6 +100,7 @@ struct batch {
 	bool claimed_ok;
 	long long claimed, max_id, deleted, reservations;
 	char *ids;              /* "{1,2,3}" */
+	char *tids;             /* their ctids, "{\"(0,1)\",...}" */
 };
 
 static int batch_tx(PGconn *c, void *data, struct vmops_error *e)
@@ -99,6 +114,8 @@ static int batch_tx(PGconn *c, void *data, struct vmops_error *e)
 	b->max_id = b->after;
 	free(b->ids);
 	b->ids = NULL;
+	free(b->tids);
+	b->tids = NULL;
 
 	if (vmops_db_x(c, e, "SELECT set_config('lock_timeout', $1, true)", b->lock_timeout) < 0)
 		return -1;
@@ -108,7 +125,7 @@ static int batch_tx(PGconn *c, void *data, struct vmops_error *e)
 		return vmops_err_prefix(e, "claiming abandoned vmms");
 	b->claimed = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
 	b->max_id = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
-	if (!(b->ids = strdup(PQgetvalue(r, 0, 2))))
+	if (!(b->ids = strdup(PQgetvalue(r, 0, 2))) || !(b->tids = strdup(PQgetvalue(r, 0, 3))))
 		return vmops_err(e, VMOPS_EXIT_FAILURE, "out of memory");
 	b->claimed_ok = true;
 	if (b->claimed == 0)
@@ -116,8 +133,7 @@ static int batch_tx(PGconn *c, void *data, struct vmops_error *e)
 	PQclear(r);
 	r = vmops_db_q(c, e, reap_sql, b->ids, vmops_db_actor(),
 		       b->o->program ? b->o->program : "vmm-reap",
-		       vmops_db_ll(after, b->claim == claim_one_sql ? b->after - 1 : b->after),
-		       vmops_db_ll(want, b->max_id));
+		       b->tids);
 	if (!r)
 		return -1;
 	b->deleted = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
@@ -164,6 +180,7 @@ static int reap_one_by_one(PGconn *c, const struct vmops_reap_opts *o, const cha
 		one.after = id;
 		if (vmops_db_tx(c, VMOPS_READ_COMMITTED, batch_tx, &one, &err) < 0) {
 			free(one.ids);
+			free(one.tids);
 			if (fatal(&err)) {
 				*e = err;
 				return -1;
@@ -176,6 +193,7 @@ static int reap_one_by_one(PGconn *c, const struct vmops_reap_opts *o, const cha
 		}
 		account(st, &one);
 		free(one.ids);
+		free(one.tids);
 	}
 	return 0;
 }
@@ -222,6 +240,7 @@ int vmops_reap(PGconn *c, const struct vmops_reap_opts *o, struct vmops_reap_sta
 		if (vmops_db_tx(c, VMOPS_READ_COMMITTED, batch_tx, &b, &err) < 0) {
 			if (fatal(&err) || !b.claimed_ok) {
 				free(b.ids);
+				free(b.tids);
 				*e = err;
 				return -1;
 			}
@@ -229,6 +248,7 @@ int vmops_reap(PGconn *c, const struct vmops_reap_opts *o, struct vmops_reap_sta
 				   after, err.msg, b.claimed);
 			if (reap_one_by_one(c, o, b.ids, st, e) < 0) {
 				free(b.ids);
+				free(b.tids);
 				return -1;
 			}
 			st->batches++;
@@ -238,6 +258,7 @@ int vmops_reap(PGconn *c, const struct vmops_reap_opts *o, struct vmops_reap_sta
 				   st->batches, b.claimed, b.deleted, b.reservations);
 		}
 		free(b.ids);
+		free(b.tids);
 		if (b.claimed == 0)
 			break;
 		after = b.max_id;
