@@ -155,8 +155,8 @@ install: all
 	install -m 755 $(PROG_BIN) $(DESTDIR)$(BINDIR)/
 	for p in $(BUILT_PROGRAMS); do \
 		install -m 644 man/$$p.1 $(DESTDIR)$(MANDIR)/man1/; \
-		install -m 644 completions/bash/$$p $(DESTDIR)$(BASHCOMPDIR)/; \
-		install -m 644 completions/zsh/_$$p $(DESTDIR)$(ZSHCOMPDIR)/; \
+		install -m 644 completions/$$p.bash $(DESTDIR)$(BASHCOMPDIR)/$$p; \
+		install -m 644 completions/$$p.zsh $(DESTDIR)$(ZSHCOMPDIR)/_$$p; \
 	done
 	install -m 644 man/vmops.7 $(DESTDIR)$(MANDIR)/man7/
 

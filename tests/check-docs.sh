@@ -22,7 +22,7 @@ codes=$(sed -n 's/^[[:space:]]*VMOPS_EXIT_[A-Z]* *= *\([0-9][0-9]*\),.*/\1/p' li
 for b in "$bindir"/*; do
 	[ -x "$b" ] || continue
 	p=$(basename "$b")
-	man=man/$p.1 bash=completions/bash/$p zsh=completions/zsh/_$p
+	man=man/$p.1 bash=completions/$p.bash zsh=completions/$p.zsh
 	help=$("$b" --help 2>&1 | longopts)
 	for f in "$man" "$bash" "$zsh"; do
 		if [ ! -f "$f" ]; then bad "$p: $f is missing"; continue; fi
@@ -58,11 +58,11 @@ for m in man/*.[17]; do
 	w=$(mandoc -Tlint -W warning "$m" 2>&1)
 	if [ -n "$w" ]; then bad "mandoc -Tlint $m:"; echo "$w"; else ok; fi
 done
-for z in completions/zsh/_*; do
+for z in completions/*.zsh; do
 	[ -f "$z" ] || continue
 	zsh -n "$z" 2>/dev/null && ok || bad "zsh -n $z"
 done
-for c in completions/bash/*; do
+for c in completions/*.bash; do
 	[ -f "$c" ] || continue
 	bash -n "$c" && ok || bad "bash -n $c"
 done
