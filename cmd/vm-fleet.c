@@ -11,6 +11,7 @@
 #include "db.h"
 #include "fleet.h"
 #include "parse.h"
+#include "proc.h"
 #include "prog.h"
 #include "schema.h"
 #include "spec.h"
@@ -477,24 +478,11 @@ static char *read_file(const char *path)
 
 static long long proc_start_time(long long pid)
 {
-	char path[64], buf[1024], *p;
-	unsigned long long st = 0;
-	FILE *f;
-	size_t n;
+	struct vmops_proc_stat st;
 
-	snprintf(path, sizeof(path), "/proc/%lld/stat", pid);
-	if (!(f = fopen(path, "re")))
+	if (vmops_proc_read_stat(VMOPS_PROC_ROOT_DEFAULT, (pid_t)pid, &st, NULL) < 0)
 		return -1;
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	if (!(p = strrchr(buf, ')')))
-		return -1;
-	/* after ')': state(3) ... starttime is field 22, i.e. the 20th after ')' */
-	if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
-		   &st) != 1)
-		return -1;
-	return (long long)st;
+	return (long long)st.starttime;
 }
 
 static int cmd_register(PGconn *c, const char **args)
@@ -542,19 +530,7 @@ static int cmd_register(PGconn *c, const char **args)
 	return VMOPS_EXIT_OK;
 }
 
-static uint64_t duration_ms(const char *what, const char *v, uint64_t dflt)
-{
-	struct vmops_error err = { 0 };
-	uint64_t ms;
-
-	if (!v)
-		return dflt;
-	if (vmops_parse_duration(v, &ms, &err) < 0)
-		usage_error("--%s: %s", what, err.msg);
-	if (ms == 0 || ms > 24ULL * 3600 * 1000)
-		usage_error("--%s: %s is out of range (more than 0, at most 24h)", what, v);
-	return ms;
-}
+#define DAY_MS (24ULL * 3600 * 1000)
 
 static enum vmops_accel accel_opt(void)
 {
@@ -591,7 +567,7 @@ static int cmd_launch(PGconn *c, const char **args)
 	q.org = opt.org;
 	q.worker = opt.worker;
 	q.spec_json = launch_spec_text;
-	q.ready_timeout_ms = (int)duration_ms("wait", opt.wait, 30000);
+	q.ready_timeout_ms = (int)opt_duration("wait", opt.wait, 30000, 1, DAY_MS);
 	q.auto_accel = accel_opt();
 	q.dry_run = vmops_cli.dry_run;
 	if (vmops_vm_launch(c, &q, &res, &err) < 0)
@@ -617,7 +593,7 @@ static int cmd_destroy(PGconn *c, const char **args)
 	struct vmops_destroy_res res;
 	struct vmops_error err = { 0 };
 
-	if (vmops_vm_destroy(c, args[0], (int)duration_ms("timeout", opt.timeout, 30000),
+	if (vmops_vm_destroy(c, args[0], (int)opt_duration("timeout", opt.timeout, 30000, 1, DAY_MS),
 			     vmops_cli.dry_run, &res, &err) < 0)
 		die_err(&err);
 	print_result("destroyed", cols, ARRAY_SIZE(cols),
@@ -682,14 +658,14 @@ static void validate(const struct command *cmd, const char **args)
 		need(opt.spec, "spec");
 		if (!vmops_fleet_valid_name(opt.sandbox))
 			usage_error("invalid sandbox name '%s': letters, digits, '.', '_', '-', at most 63", opt.sandbox);
-		duration_ms("wait", opt.wait, 30000);
+		opt_duration("wait", opt.wait, 30000, 1, DAY_MS);
 		accel_opt();
 		launch_spec_text = read_file(opt.spec);
 		if (!(spec = vmops_spec_parse(launch_spec_text, (size_t)-1, &err)))
 			usage_error("--spec %s: %s", opt.spec, err.msg);
 		vmops_spec_free(spec);
 	} else if (cmd->run == cmd_destroy) {
-		duration_ms("timeout", opt.timeout, 30000);
+		opt_duration("timeout", opt.timeout, 30000, 1, DAY_MS);
 	}
 }
 

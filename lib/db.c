@@ -202,6 +202,19 @@ int vmops_db_exec(PGconn *c, struct vmops_error *e, const char *sql, int nparams
 	return 0;
 }
 
+unsigned vmops_db_jitter_ms(unsigned max)
+{
+	/* Private state: the library does not reseed the program's rand(). */
+	static unsigned seed;
+
+	if (!seed) {
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		seed = ((unsigned)getpid() ^ (unsigned)now.tv_nsec) | 1u;
+	}
+	return max ? (unsigned)rand_r(&seed) % max : 0;
+}
+
 static bool retryable(const struct vmops_error *e)
 {
 	return strcmp(e->sqlstate, "40001") == 0 || strcmp(e->sqlstate, "40P01") == 0;
@@ -216,15 +229,6 @@ int vmops_db_tx(PGconn *c, enum vmops_isolation iso, vmops_tx_fn fn, void *data,
 		[VMOPS_SERIALIZABLE] = "BEGIN ISOLATION LEVEL SERIALIZABLE",
 	};
 	const int attempts = 5;
-	static bool seeded;
-
-	/* Concurrent processes must not retry in lockstep. */
-	if (!seeded) {
-		struct timespec now;
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		srand((unsigned)getpid() ^ (unsigned)now.tv_nsec);
-		seeded = true;
-	}
 	for (int i = 1;; i++) {
 		struct vmops_error local = { 0 };
 		int rc;
@@ -245,7 +249,7 @@ int vmops_db_tx(PGconn *c, enum vmops_isolation iso, vmops_tx_fn fn, void *data,
 		}
 		vmops_debug("transaction: %s; retrying (attempt %d of %d)", local.msg, i + 1, attempts);
 		{
-			struct timespec ts = { 0, (long)(rand() % 50 + 10 * i) * 1000000L };
+			struct timespec ts = { 0, (long)(vmops_db_jitter_ms(50) + 10u * (unsigned)i) * 1000000L };
 			nanosleep(&ts, NULL);
 		}
 	}

@@ -69,6 +69,9 @@ typedef int (*vmops_tx_fn)(PGconn *c, void *data, struct vmops_error *e);
 int vmops_db_tx(PGconn *c, enum vmops_isolation iso, vmops_tx_fn fn, void *data,
 		struct vmops_error *e);
 
+/* Random 0..max-1 ms, different per process: backoff for contended retries. */
+unsigned vmops_db_jitter_ms(unsigned max);
+
 /* Text of an integer for a query parameter. */
 const char *vmops_db_ll(char buf[static 24], long long v);
 

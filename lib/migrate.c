@@ -278,7 +278,7 @@ static int claim_target(PGconn *c, struct claim *a, struct vmops_migrate_report 
 						 a->o->sandbox);
 			}
 			vmops_debug("target claim lost a race (%s); choosing again", ce.msg);
-			sleep_ms(50 + (uint64_t)(rand() % 200));
+			sleep_ms(50 + vmops_db_jitter_ms(200));
 			continue;
 		}
 		if (!a->none) {
@@ -456,24 +456,6 @@ static int record_receiver(PGconn *c, long long vmm_id, const struct vmops_vmm_i
 			  i->control_socket, i->agent_socket, i->run_dir);
 }
 
-static int mkdir_parents(const char *dir, struct vmops_error *e)
-{
-	char tmp[PATH_MAX];
-
-	snprintf(tmp, sizeof(tmp), "%s", dir);
-	for (char *p = tmp + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-			return vmops_err(e, VMOPS_EXIT_FAILURE, "mkdir %s: %s", tmp, strerror(errno));
-		*p = '/';
-	}
-	if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-		return vmops_err(e, VMOPS_EXIT_FAILURE, "mkdir %s: %s", tmp, strerror(errno));
-	return 0;
-}
-
 int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_migrate_report *r,
 		  struct vmops_error *e)
 {
@@ -489,7 +471,7 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 	uint64_t start = now_ms(), deadline, last_move, last_renew, last_report = 0;
 	uint64_t last_transferred = 0, last_remaining = UINT64_MAX, rate_t0;
 	uint64_t rate_b0 = 0;
-	bool sent = false, switched = false;
+	bool sent = false;
 	char uri[300], rdir[PATH_MAX];
 	int rc = -1;
 
@@ -587,7 +569,7 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 
 	/* The receiver: same spec, -incoming, listening on the target's migration address. */
 	snprintf(rdir, sizeof(rdir), "%.4000s/vmm-%lld", cl.run_dir, cl.target_vmm_id);
-	if (mkdir_parents(cl.run_dir, e) < 0)
+	if (vmops_vm_mkdir_p(cl.run_dir, e) < 0)
 		goto fail;
 	lo.run_dir = rdir;
 	lo.vmm_id = (uint64_t)cl.target_vmm_id;
@@ -660,7 +642,6 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 		if (strcmp(p.status, "completed") == 0) {
 			r->downtime_ms = p.downtime_ms;
 			f.downtime_ms = p.downtime_ms;
-			switched = true;
 			break;
 		}
 		if (strcmp(p.status, "failed") == 0 || strcmp(p.status, "cancelled") == 0) {
@@ -795,7 +776,6 @@ fail:
 			vmops_warn("migration %lld: recording the failure: %s", cl.migration_id, fe.msg);
 	}
 	*e = xe;
-	(void)switched;
 
 out:
 	r->wall_ms = now_ms() - start;

@@ -29,7 +29,7 @@ int vmops_vm_worker_run_dir(const char *worker_run_dir, const char *worker, char
 	return 0;
 }
 
-static int mkdir_p(const char *path, struct vmops_error *e)
+int vmops_vm_mkdir_p(const char *path, struct vmops_error *e)
 {
 	char tmp[PATH_MAX];
 
@@ -199,7 +199,7 @@ int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
 	opts.binary = req->binary;
 	opts.auto_accel = req->auto_accel;
 	h = NULL;
-	if (mkdir_p(r.worker_run_dir, &herr) == 0 && (h = vmops_hv_launch(spec, &opts, &herr)) &&
+	if (vmops_vm_mkdir_p(r.worker_run_dir, &herr) == 0 && (h = vmops_hv_launch(spec, &opts, &herr)) &&
 	    vmops_hv_wait_ready(h, req->ready_timeout_ms, &herr) == 0) {
 		struct running_ctx rc = { &r, vmops_hv_info(h), -1 };
 		res->info = *vmops_hv_info(h);

@@ -43,6 +43,9 @@ int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
 int vmops_vm_worker_run_dir(const char *worker_run_dir, const char *worker, char *buf,
 			    size_t len, struct vmops_error *e);
 
+/* mkdir -p: parents 0755, the last component 0700 (run directories). */
+int vmops_vm_mkdir_p(const char *path, struct vmops_error *e);
+
 /* Load what the database records about a VMM into `info`. */
 int vmops_vm_load_info(PGconn *c, long long vmm_id, struct vmops_vmm_info *info,
 		       struct vmops_error *e);
