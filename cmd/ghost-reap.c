@@ -60,22 +60,6 @@ static void usage(void)
 	printf("\nFor more details see ghost-reap(1).\n");
 }
 
-static uint64_t duration(const char *name, const char *v, uint64_t dflt, uint64_t max)
-{
-	struct vmops_error err = { 0 };
-	char buf[32];
-	uint64_t ms;
-
-	if (!v)
-		return dflt;
-	if (vmops_parse_duration(v, &ms, &err) < 0)
-		usage_error("--%s: %s", name, err.msg);
-	if (ms > max)
-		usage_error("--%s: %s is out of range (at most %s)", name, v,
-			    vmops_format_duration(max, buf, sizeof(buf)));
-	return ms;
-}
-
 /* strerror, lowercased for messages ("no such file or directory"). */
 static const char *lower_strerror(int e)
 {
@@ -162,8 +146,8 @@ int main(int argc, const char **argv)
 		go.action = VMOPS_GHOST_KILL;
 	else
 		usage_error("--action: unknown action '%s': use log or kill", opt.action);
-	go.min_age_ms = duration("min-age", opt.min_age, VMOPS_GHOST_MIN_AGE_DEFAULT_MS, MIN_AGE_MAX_MS);
-	go.grace_ms = (unsigned)duration("grace", opt.grace, VMOPS_GHOST_GRACE_DEFAULT_MS, GRACE_MAX_MS);
+	go.min_age_ms = opt_duration("min-age", opt.min_age, VMOPS_GHOST_MIN_AGE_DEFAULT_MS, 0, MIN_AGE_MAX_MS);
+	go.grace_ms = (unsigned)opt_duration("grace", opt.grace, VMOPS_GHOST_GRACE_DEFAULT_MS, 0, GRACE_MAX_MS);
 	go.proc_root = opt.proc_root;
 	if (!go.proc_root && getenv("VMOPS_PROC_ROOT") && *getenv("VMOPS_PROC_ROOT")) {
 		go.proc_root = getenv("VMOPS_PROC_ROOT");

@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,7 @@
 #include "log.h"
 #include "macro.h"
 #include "output.h"
+#include "parse.h"
 
 #ifndef VMOPS_VERSION
 #define VMOPS_VERSION "0.0.0"
@@ -131,6 +133,28 @@ static inline poptContext prog_parse(int argc, const char **argv,
 		print_version();
 	}
 	return ctx;
+}
+
+/*
+ * A duration option ("90s", "1h30m") in milliseconds, in [min_ms, max_ms];
+ * dflt when not given.  Anything else is a usage error naming the option.
+ */
+static inline uint64_t opt_duration(const char *name, const char *v, uint64_t dflt,
+				    uint64_t min_ms, uint64_t max_ms)
+{
+	struct vmops_error err = { 0 };
+	char lo[32], hi[32];
+	uint64_t ms;
+
+	if (!v)
+		return dflt;
+	if (vmops_parse_duration(v, &ms, &err) < 0)
+		usage_error("--%s: %s", name, err.msg);
+	if (ms < min_ms || ms > max_ms)
+		usage_error("--%s: %s is out of range (%s to %s)", name, v,
+			    vmops_format_duration(min_ms, lo, sizeof(lo)),
+			    vmops_format_duration(max_ms, hi, sizeof(hi)));
+	return ms;
 }
 
 /* The EXIT STATUS text shared by every --help. */

@@ -196,8 +196,7 @@ int main(int argc, const char **argv)
 		usage_error("unexpected argument '%s'", left[0]);
 
 	/* Validate everything before any database contact. */
-	if (opt.grace && vmops_parse_duration(opt.grace, &grace, &err) < 0)
-		usage_error("--grace: %s", err.msg);
+	grace = opt_duration("grace", opt.grace, grace, 0, 7ULL * 24 * 3600 * 1000);
 	if (opt.tolerance) {
 		char t[64];
 		size_t n = strlen(opt.tolerance);

@@ -65,26 +65,14 @@ static void usage(void)
 	       "see vm-migrate(1) and vmops(7).\n");
 }
 
+#define WEEK_MS (7ULL * 24 * 3600 * 1000)
+
 static volatile sig_atomic_t stop;
 
 static void on_signal(int sig)
 {
 	(void)sig;
 	stop = 1;
-}
-
-static uint64_t duration(const char *what, const char *v, uint64_t dflt, bool zero_ok)
-{
-	struct vmops_error err = { 0 };
-	uint64_t ms;
-
-	if (!v)
-		return dflt;
-	if (vmops_parse_duration(v, &ms, &err) < 0)
-		usage_error("--%s: %s", what, err.msg);
-	if ((!zero_ok && ms == 0) || ms > 7ULL * 24 * 3600 * 1000)
-		usage_error("--%s: %s is out of range", what, v);
-	return ms;
 }
 
 static bool tty;
@@ -239,15 +227,13 @@ int main(int argc, const char **argv)
 			usage_error("--connections: %s", err.msg);
 		mo.connections = (unsigned)n;
 	}
-	mo.wait_target_ms = duration("wait-target", opt.wait_target, VMOPS_MIGRATE_DEFAULT_WAIT_TARGET_MS, true);
-	mo.timeout_per_gib_ms = duration("timeout-per-gib", opt.timeout_per_gib,
-					 VMOPS_MIGRATE_DEFAULT_TIMEOUT_PER_GIB_MS, false);
-	mo.progress_timeout_ms = duration("progress-timeout", opt.progress_timeout,
-					  VMOPS_MIGRATE_DEFAULT_PROGRESS_TIMEOUT_MS, false);
-	mo.lease_ms = duration("lease", opt.lease, VMOPS_MIGRATE_DEFAULT_LEASE_MS, false);
-	if (mo.lease_ms < 3000)
-		usage_error("--lease: %s is too short (at least 3s)", opt.lease);
-	mo.rtt_s = (double)duration("rtt", opt.rtt, 1, true) / 1000.0;
+	mo.wait_target_ms = opt_duration("wait-target", opt.wait_target, VMOPS_MIGRATE_DEFAULT_WAIT_TARGET_MS, 0, WEEK_MS);
+	mo.timeout_per_gib_ms = opt_duration("timeout-per-gib", opt.timeout_per_gib,
+					     VMOPS_MIGRATE_DEFAULT_TIMEOUT_PER_GIB_MS, 1, WEEK_MS);
+	mo.progress_timeout_ms = opt_duration("progress-timeout", opt.progress_timeout,
+					      VMOPS_MIGRATE_DEFAULT_PROGRESS_TIMEOUT_MS, 1, WEEK_MS);
+	mo.lease_ms = opt_duration("lease", opt.lease, VMOPS_MIGRATE_DEFAULT_LEASE_MS, 3000, WEEK_MS);
+	mo.rtt_s = (double)opt_duration("rtt", opt.rtt, 1, 0, 60000) / 1000.0;
 	if (opt.downtime_limit) {
 		if (vmops_parse_int(opt.downtime_limit, 1, 2000000, &n, &err) < 0)
 			usage_error("--downtime-limit: %s", err.msg);

@@ -76,10 +76,8 @@ int main(int argc, const char **argv)
 		usage_error("--batch: %s", err.msg);
 	if (opt.limit && vmops_parse_int(opt.limit, 1, LLONG_MAX, &ro.limit, &err) < 0)
 		usage_error("--limit: %s", err.msg);
-	if (opt.older_than && vmops_parse_duration(opt.older_than, &ro.older_than_ms, &err) < 0)
-		usage_error("--older-than: %s", err.msg);
-	if (ro.older_than_ms > (uint64_t)LLONG_MAX)
-		usage_error("--older-than: invalid duration '%s': too large", opt.older_than);
+	ro.older_than_ms = opt_duration("older-than", opt.older_than, ro.older_than_ms, 0,
+					 3650ULL * 24 * 3600 * 1000);
 	ro.dry_run = vmops_cli.dry_run;
 
 	c = vmops_db_connect(vmops_cli.db, prog_name, &err);
