@@ -14,26 +14,9 @@
 static char ci[512];
 static char rundir[256];
 
-static void need_qemu(void)
-{
-	if (!getenv("VMOPS_TEST_KERNEL") || !*getenv("VMOPS_TEST_KERNEL") || !getenv("VMOPS_TEST_INITRD"))
-		cr_skip_test("no test guest (VMOPS_TEST_KERNEL/VMOPS_TEST_INITRD unset)");
-}
-
-static int kill_ours(const struct vmops_proc_info *i, void *data)
-{
-	for (int k = 0; k < i->argc; k++)
-		if (strstr(i->argv[k], (const char *)data)) {
-			kill(i->stat.pid, SIGKILL);
-			break;
-		}
-	return 0;
-}
-
 static void kill_test_vms(void)
 {
-	if (rundir[0])
-		(void)vmops_proc_scan("/proc", VMOPS_PROC_SCAN_HV_ONLY, kill_ours, rundir, NULL);
+	testlib_kill_vms_under(rundir);
 }
 
 static PGconn *fleet(void)
@@ -81,7 +64,7 @@ Test(fleet, launch_records_identity_reservation_and_billing, .timeout = 120, .fi
 	struct testrun r;
 	long long pid, start;
 
-	need_qemu();
+	testlib_need_qemu();
 	TESTRUN(&r, "vm-fleet", "--db", ci, "--json", "launch", "--sandbox", "sb1", "--org", "acme",
 		"--worker", "w1", "--spec", spec("sb1", "qemu", getenv("VMOPS_TEST_KERNEL"), 192));
 	cr_assert_eq(r.status, 0, "%s", r.err);
@@ -126,7 +109,7 @@ Test(fleet, failed_launches_change_nothing, .timeout = 120, .fini = kill_test_vm
 	struct testrun r;
 	char *before, *after;
 
-	need_qemu();
+	testlib_need_qemu();
 	before = snapshot(c);
 	/* the kernel does not exist: QEMU exits at once */
 	TESTRUN(&r, "vm-fleet", "--db", ci, "launch", "--sandbox", "sb1", "--org", "acme", "--worker", "w1",

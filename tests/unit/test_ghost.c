@@ -80,16 +80,6 @@ static PGconn *fleet(void)
 	return c;
 }
 
-static int kill_ours(const struct vmops_proc_info *i, void *data)
-{
-	for (int k = 0; k < i->argc; k++)
-		if (strstr(i->argv[k], (const char *)data)) {
-			kill(i->stat.pid, SIGKILL);
-			break;
-		}
-	return 0;
-}
-
 /* Teardown, also after a failed assertion: nothing this test started outlives it. */
 static void teardown(void)
 {
@@ -103,7 +93,7 @@ static void teardown(void)
 	if (rundir[0]) {
 		char cmd[300];
 
-		(void)vmops_proc_scan("/proc", VMOPS_PROC_SCAN_HV_ONLY, kill_ours, rundir, NULL);
+		testlib_kill_vms_under(rundir);
 		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", rundir);
 		if (system(cmd) != 0)
 			fprintf(stderr, "teardown: %s failed\n", cmd);
@@ -834,15 +824,6 @@ Test(ghost, zombie_decoy_pid_reuse_and_another_fleet, .fini = teardown)
 	PQfinish(c);
 }
 
-/* ---- real QEMU ---------------------------------------------------------------------------- */
-
-static void need_qemu(void)
-{
-	if (!getenv("VMOPS_TEST_KERNEL") || !*getenv("VMOPS_TEST_KERNEL") || !getenv("VMOPS_TEST_INITRD") ||
-	    !*getenv("VMOPS_TEST_INITRD"))
-		cr_skip_test("no test guest (VMOPS_TEST_KERNEL/VMOPS_TEST_INITRD unset)");
-}
-
 /* vm-fleet launch, in the background: returns the vm-fleet pid. */
 static pid_t launch_bg(const char *sandbox)
 {
@@ -877,60 +858,21 @@ static pid_t launch_bg(const char *sandbox)
 
 static void wait_launch(pid_t pid, const char *sandbox)
 {
-	char log[300], text[2048];
+	char log[300], text[2048] = "";
 	FILE *f;
 	int st, rc;
 
-	for (int attempt = 1;; attempt++) {
-		while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-			;
-		rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-		text[0] = '\0';
-		snprintf(log, sizeof(log), "%s/%s.launch.log", rundir, sandbox);
-		if ((f = fopen(log, "r"))) {
-			text[fread(text, 1, sizeof(text) - 1, f)] = '\0';
-			fclose(f);
-		}
-		/* Concurrent launches on one worker can deadlock in the database
-		 * (and vm-fleet's retries run in lockstep): a failed launch leaves
-		 * nothing behind, so launch again, alone. */
-		if (rc == 0 || !strstr(text, "deadlock detected") || attempt == 3)
-			break;
-		pid = launch_bg(sandbox);
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	snprintf(log, sizeof(log), "%s/%s.launch.log", rundir, sandbox);
+	if ((f = fopen(log, "r"))) {
+		text[fread(text, 1, sizeof(text) - 1, f)] = '\0';
+		fclose(f);
 	}
+	/* Concurrent launches on one worker must all succeed (no retry here:
+	 * a deadlock in admission would be a bug, and this test would hide it). */
 	cr_assert_eq(rc, 0, "launch %s: exit %d: %s", sandbox, rc, text);
-}
-
-static long last_heartbeat(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	char line[512];
-	long n = -1;
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		long k;
-		const char *p = strstr(line, "HEARTBEAT ");
-
-		if (p && sscanf(p, "HEARTBEAT %ld", &k) == 1)
-			n = k;
-	}
-	fclose(f);
-	return n;
-}
-
-static long wait_heartbeat(const char *path, long above, int timeout_s)
-{
-	for (int i = 0; i < timeout_s * 10; i++) {
-		long n = last_heartbeat(path);
-
-		if (n > above)
-			return n;
-		usleep(100000);
-	}
-	cr_assert_fail("no heartbeat above %ld in %s within %ds", above, path, timeout_s);
-	return -1;
 }
 
 struct vm {
@@ -973,7 +915,7 @@ Test(ghost, real_qemu_healthy_ghost_and_phantom, .timeout = 240, .fini = teardow
 	const cJSON *it;
 	long hb;
 
-	need_qemu();
+	testlib_need_qemu();
 	c = fleet();
 	l1 = launch_bg("keep");
 	l2 = launch_bg("ghost");
@@ -1093,8 +1035,8 @@ Test(ghost, real_qemu_healthy_ghost_and_phantom, .timeout = 240, .fini = teardow
 	cr_assert(strstr(r.out, "\"repaired\":\t0"), "%s", r.out);
 	testrun_free(&r);
 	cr_assert(alive(&keep));
-	hb = wait_heartbeat(serial, 0, 120);
-	wait_heartbeat(serial, hb, 30);
+	hb = testlib_wait_heartbeat(serial, 0, 120, NULL);
+	testlib_wait_heartbeat(serial, hb, 30, NULL);
 	cr_assert(alive(&keep));
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE name = 'keep' AND status = 'running'"), 1);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"

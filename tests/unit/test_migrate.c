@@ -23,12 +23,6 @@
 static char ci[512];
 static char rundir[256];
 
-static void need_qemu(void)
-{
-	if (!getenv("VMOPS_TEST_KERNEL") || !*getenv("VMOPS_TEST_KERNEL") || !getenv("VMOPS_TEST_INITRD"))
-		cr_skip_test("no test guest (VMOPS_TEST_KERNEL/VMOPS_TEST_INITRD unset)");
-}
-
 /* Workers w1, w2 (and w3 draining) with their own run directories. */
 static PGconn *fleet(long long mem_mb)
 {
@@ -60,12 +54,11 @@ static void write_spec(const char *path, int mem_mb)
 
 static void launch(const char *sandbox, const char *worker, int mem_mb)
 {
-	char spec[300], mem[16];
+	char spec[300];
 	struct testrun r;
 
 	snprintf(spec, sizeof(spec), "%s/%s.json", rundir, sandbox);
 	write_spec(spec, mem_mb);
-	(void)mem;
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", sandbox, "--org", "acme",
 		"--worker", worker, "--spec", spec);
 	cr_assert_eq(r.status, 0, "launch %s: %s", sandbox, r.err);
@@ -84,43 +77,6 @@ static void serial_of(PGconn *c, const char *sandbox, char *buf, size_t len)
 	cr_assert_eq(PQntuples(r), 1);
 	snprintf(buf, len, "%s/serial.log", PQgetvalue(r, 0, 0));
 	PQclear(r);
-}
-
-/* Last "HEARTBEAT n checksum" of a serial log; n = -1 if none. */
-static long last_heartbeat(const char *path, char sum[64])
-{
-	FILE *f = fopen(path, "r");
-	char line[512];
-	long n = -1;
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		long k;
-		char s[64];
-		const char *p = strstr(line, "HEARTBEAT ");
-		/* only whole lines: the guest may be writing the last one right now */
-		if (p && strchr(p, '\n') && sscanf(p, "HEARTBEAT %ld %63s", &k, s) == 2 &&
-		    strlen(s) == 32) {
-			n = k;
-			if (sum)
-				snprintf(sum, 64, "%s", s);
-		}
-	}
-	fclose(f);
-	return n;
-}
-
-static long wait_heartbeat(const char *path, long above, int timeout_s, char sum[64])
-{
-	for (int i = 0; i < timeout_s * 10; i++) {
-		long n = last_heartbeat(path, sum);
-		if (n > above)
-			return n;
-		usleep(100000);
-	}
-	cr_assert_fail("no heartbeat above %ld in %s within %ds", above, path, timeout_s);
-	return -1;
 }
 
 static void assert_guest_healthy(const char *path)
@@ -208,21 +164,10 @@ static void assert_gone(long long pid, long long start)
 	cr_assert_neq(st, VMOPS_PROC_ALIVE, "process %lld is still running", pid);
 }
 
-static int kill_ours(const struct vmops_proc_info *i, void *data)
-{
-	for (int k = 0; k < i->argc; k++)
-		if (strstr(i->argv[k], (const char *)data)) {
-			kill(i->stat.pid, SIGKILL);
-			break;
-		}
-	return 0;
-}
-
 /* Teardown, also after a failed assertion: no VM of this test outlives it. */
 static void kill_test_vms(void)
 {
-	if (rundir[0])
-		(void)vmops_proc_scan("/proc", VMOPS_PROC_SCAN_HV_ONLY, kill_ours, rundir, NULL);
+	testlib_kill_vms_under(rundir);
 }
 
 /* ---- without QEMU ---------------------------------------------------------------------- */
@@ -313,7 +258,7 @@ Test(migrate, dry_run_chooses_by_capacity_and_changes_nothing, .fini = kill_test
 	struct testrun r;
 	char *before, *after;
 
-	need_qemu();  /* the source must answer on its QMP socket */
+	testlib_need_qemu();  /* the source must answer on its QMP socket */
 	launch("sb1", "w1", 192);
 	PQclear(testdb_exec(c, "INSERT INTO workers (name, memory_mb, vcpus) VALUES ('w4', 65536, 64)"));
 	before = snapshot(c);
@@ -338,7 +283,7 @@ Test(migrate, no_target_waits_then_gives_up, .timeout = 60, .fini = kill_test_vm
 	char *before, *after;
 	time_t t0;
 
-	need_qemu();
+	testlib_need_qemu();
 	launch("sb1", "w1", 192);
 	/* w2 is full */
 	PQclear(testdb_exec(c, "INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
@@ -377,10 +322,10 @@ Test(migrate, live_with_one_and_four_connections, .timeout = 240, .fini = kill_t
 	long n;
 	long long src_pid, src_start;
 
-	need_qemu();
+	testlib_need_qemu();
 	launch("sb1", "w1", 256);
 	serial_of(c, "sb1", log1, sizeof(log1));
-	wait_heartbeat(log1, 2, 90, sum0);
+	testlib_wait_heartbeat(log1, 2, 90, sum0);
 	src_pid = testdb_ll(c, "SELECT pid FROM vmms WHERE id = 1");
 	src_start = testdb_ll(c, "SELECT pid_start_time FROM vmms WHERE id = 1");
 
@@ -392,8 +337,8 @@ Test(migrate, live_with_one_and_four_connections, .timeout = 240, .fini = kill_t
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE id = 1 AND state = 'destroyed'"), 1);
 	assert_gone(src_pid, src_start);
 	serial_of(c, "sb1", log2, sizeof(log2));
-	n = wait_heartbeat(log2, 0, 60, sum);
-	wait_heartbeat(log2, n + 2, 60, sum);
+	n = testlib_wait_heartbeat(log2, 0, 60, sum);
+	testlib_wait_heartbeat(log2, n + 2, 60, sum);
 	cr_assert_str_eq(sum, sum0, "guest memory changed across the migration");
 	assert_guest_healthy(log2);
 
@@ -407,8 +352,8 @@ Test(migrate, live_with_one_and_four_connections, .timeout = 240, .fini = kill_t
 	assert_moved(c, "sb1", "w1");
 	assert_gone(src_pid, src_start);
 	serial_of(c, "sb1", log1, sizeof(log1));
-	n = wait_heartbeat(log1, 0, 60, sum);
-	wait_heartbeat(log1, n + 2, 60, sum);
+	n = testlib_wait_heartbeat(log1, 0, 60, sum);
+	testlib_wait_heartbeat(log1, n + 2, 60, sum);
 	cr_assert_str_eq(sum, sum0, "guest memory changed across the migration");
 	assert_guest_healthy(log1);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'completed'"), 2);
@@ -438,18 +383,18 @@ Test(migrate, target_killed_mid_transfer, .timeout = 180, .fini = kill_test_vms)
 	pid_t mig;
 	int rc;
 
-	need_qemu();
+	testlib_need_qemu();
 	launch("sb1", "w1", 256);
 	serial_of(c, "sb1", log1, sizeof(log1));
-	wait_heartbeat(log1, 2, 90, sum0);
+	testlib_wait_heartbeat(log1, 2, 90, sum0);
 	snprintf(out, sizeof(out), "%s/mig.out", rundir);
 	mig = slow_migration(c, out, "30s");
 	kill((pid_t)testdb_ll(c, "SELECT pid FROM vmms WHERE id = 2"), SIGKILL);
 	rc = wait_exit(mig);
 	cr_assert_eq(rc, VMOPS_EXIT_HYPERVISOR, "vm-migrate exit %d", rc);
 	/* the source keeps running, on w1, billed once */
-	n = wait_heartbeat(log1, 0, 10, sum);
-	wait_heartbeat(log1, n + 2, 60, sum);
+	n = testlib_wait_heartbeat(log1, 0, 10, sum);
+	testlib_wait_heartbeat(log1, n + 2, 60, sum);
 	cr_assert_str_eq(sum, sum0);
 	assert_moved(c, "sb1", "w1");
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations WHERE vmm_id = 2"), 0,
@@ -474,10 +419,10 @@ Test(migrate, killed_vm_migrate_then_recover, .timeout = 180, .fini = kill_test_
 	long n;
 	pid_t mig;
 
-	need_qemu();
+	testlib_need_qemu();
 	launch("sb1", "w1", 256);
 	serial_of(c, "sb1", log1, sizeof(log1));
-	wait_heartbeat(log1, 2, 90, sum0);
+	testlib_wait_heartbeat(log1, 2, 90, sum0);
 	snprintf(out, sizeof(out), "%s/mig.out", rundir);
 	mig = slow_migration(c, out, "3s");
 	rpid = testdb_ll(c, "SELECT pid FROM vmms WHERE id = 2");
@@ -502,8 +447,8 @@ Test(migrate, killed_vm_migrate_then_recover, .timeout = 180, .fini = kill_test_
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE state IN ('running', 'starting', 'migrating')"), 1);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'failed' AND error LIKE 'lease expired%'"), 1);
 	assert_moved(c, "sb1", "w1");
-	n = wait_heartbeat(log1, 0, 10, sum);
-	wait_heartbeat(log1, n + 2, 60, sum);
+	n = testlib_wait_heartbeat(log1, 0, 10, sum);
+	testlib_wait_heartbeat(log1, n + 2, 60, sum);
 	cr_assert_str_eq(sum, sum0);
 	/* and the sandbox can migrate again */
 	TESTRUN(&r, "vm-migrate", "--db", ci, "-q", "sb1", "--to", "w2");
@@ -522,12 +467,12 @@ Test(migrate, four_at_once_to_one_target_run_one_after_another, .timeout = 400, 
 	pid_t pids[4];
 	char out[300], log[512];
 
-	need_qemu();
+	testlib_need_qemu();
 	for (int i = 0; i < 4; i++)
 		launch(names[i], "w1", 160);
 	for (int i = 0; i < 4; i++) {
 		serial_of(c, names[i], log, sizeof(log));
-		wait_heartbeat(log, 1, 180, NULL);
+		testlib_wait_heartbeat(log, 1, 180, NULL);
 	}
 	setenv("VMOPS_TEST_POLL_SCALE", "10", 1);
 	for (int i = 0; i < 4; i++) {
@@ -564,10 +509,10 @@ Test(migrate, timeout_and_sigint_leave_the_source_running, .timeout = 240, .fini
 	pid_t mig;
 	int rc;
 
-	need_qemu();
+	testlib_need_qemu();
 	launch("sb1", "w1", 256);
 	serial_of(c, "sb1", log1, sizeof(log1));
-	wait_heartbeat(log1, 2, 90, sum0);
+	testlib_wait_heartbeat(log1, 2, 90, sum0);
 
 	/* 256 MiB at 4 MiB/s cannot finish in 2 s per GiB (0.5 s here) */
 	TESTRUN(&r, "vm-migrate", "--db", ci, "sb1", "--to", "w2", "--max-bandwidth", "4M/s",
@@ -589,8 +534,8 @@ Test(migrate, timeout_and_sigint_leave_the_source_running, .timeout = 240, .fini
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'cancelled'"), 1);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 1);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE state = 'destroyed'"), 2);
-	n = wait_heartbeat(log1, 0, 10, sum);
-	wait_heartbeat(log1, n + 2, 60, sum);
+	n = testlib_wait_heartbeat(log1, 0, 10, sum);
+	testlib_wait_heartbeat(log1, n + 2, 60, sum);
 	cr_assert_str_eq(sum, sum0);
 	assert_guest_healthy(log1);
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "sb1");

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "proc.h"
 #include "testlib.h"
 
 PGconn *testdb_new(bool with_schema, char *conninfo, size_t len)
@@ -151,4 +152,64 @@ size_t testlib_lines(const char *s)
 	for (; s && *s; s++)
 		n += *s == '\n';
 	return n;
+}
+
+void testlib_need_qemu(void)
+{
+	const char *k = getenv("VMOPS_TEST_KERNEL"), *i = getenv("VMOPS_TEST_INITRD");
+
+	if (!k || !*k || !i || !*i)
+		cr_skip_test("no test guest (VMOPS_TEST_KERNEL/VMOPS_TEST_INITRD unset)");
+}
+
+static int kill_if_under(const struct vmops_proc_info *i, void *data)
+{
+	for (int k = 0; k < i->argc; k++)
+		if (strstr(i->argv[k], (const char *)data)) {
+			kill(i->stat.pid, SIGKILL);
+			break;
+		}
+	return 0;
+}
+
+void testlib_kill_vms_under(const char *dir)
+{
+	if (dir && *dir)
+		(void)vmops_proc_scan("/proc", VMOPS_PROC_SCAN_HV_ONLY, kill_if_under, (void *)(uintptr_t)dir, NULL);
+}
+
+long testlib_last_heartbeat(const char *path, char sum[64])
+{
+	FILE *f = fopen(path, "r");
+	char line[512];
+	long n = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		long k;
+		char s[64];
+		const char *p = strstr(line, "HEARTBEAT ");
+
+		if (p && strchr(p, '\n') && sscanf(p, "HEARTBEAT %ld %63s", &k, s) == 2 && strlen(s) == 32) {
+			n = k;
+			if (sum)
+				snprintf(sum, 64, "%s", s);
+		}
+	}
+	fclose(f);
+	return n;
+}
+
+long testlib_wait_heartbeat(const char *path, long above, int timeout_s, char sum[64])
+{
+	for (int i = 0; i < timeout_s * 10; i++) {
+		long n = testlib_last_heartbeat(path, sum);
+
+		if (n > above)
+			return n;
+		usleep(100000);
+	}
+	cr_assert_fail("no heartbeat above %ld in %s within %ds", above, path, timeout_s);
+	return -1;
 }

@@ -38,6 +38,20 @@ void testrun(struct testrun *r, const char *const *argv);
 void testrun_free(struct testrun *r);
 #define TESTRUN(r, ...) testrun((r), (const char *const[]){ __VA_ARGS__, NULL })
 
+/* Real-QEMU cases: skip unless the suite built the test guest. */
+void testlib_need_qemu(void);
+
+/* SIGKILL every hypervisor process whose argv mentions `dir` (a test's own
+ * run directory): a .fini teardown that also runs after a failed assertion. */
+void testlib_kill_vms_under(const char *dir);
+
+/* Last "HEARTBEAT n checksum" of a guest's serial log, complete lines only
+ * (the guest may be writing the last one); n = -1 if none.  `sum`, if not
+ * NULL, receives the 32-hex checksum. */
+long testlib_last_heartbeat(const char *path, char sum[64]);
+/* Wait until a heartbeat above `above` appears (cr_assert_fail on timeout). */
+long testlib_wait_heartbeat(const char *path, long above, int timeout_s, char sum[64]);
+
 /* Count of '\n' in s. */
 size_t testlib_lines(const char *s);
 
