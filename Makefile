@@ -27,9 +27,21 @@ BUILT_PROGRAMS = $(patsubst cmd/%.c,%,$(wildcard cmd/*.c))
 DEB_PACKAGES = build-essential autoconf automake pkg-config libpq-dev postgresql \
 	libcjson-dev libarchive-dev libcurl4-openssl-dev libpopt-dev libcriterion-dev \
 	mandoc bash-completion zsh qemu-system-x86 linux-image-amd64 busybox-static \
-	cpio valgrind clang
+	cpio valgrind clang qemu-guest-agent hyperfine iperf3 python3 iproute2
 
--include config.mk
+# Goals that must work on a fresh machine before autoconf or any library is
+# installed.  For these the top-level make never reads config.mk: it runs
+# `deps` and then a sub-make for the real work, which configures itself.
+# So nothing depends on the order in which make remakes included files.
+FRONT_GOALS = check demo bench deps clean distclean
+ifeq ($(MAKECMDGOALS),)
+NEED_CONFIG = yes
+else ifneq ($(filter-out $(FRONT_GOALS),$(MAKECMDGOALS)),)
+NEED_CONFIG = yes
+endif
+ifeq ($(NEED_CONFIG),yes)
+include config.mk
+endif
 
 WARN = -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-prototypes \
 	-Wpointer-arith -Wcast-qual -Wvla -Wno-unused-parameter
@@ -46,7 +58,7 @@ TESTLIB_SRC = $(filter-out $(TEST_SRC),$(wildcard tests/unit/*.c))
 TESTLIB_OBJ = $(patsubst tests/unit/%.c,$(BUILDDIR)/tests/%.o,$(TESTLIB_SRC))
 PROG_BIN = $(addprefix $(BINOUT)/,$(BUILT_PROGRAMS))
 
-.PHONY: all deps check check-unit check-san check-cli check-docs demo bench \
+.PHONY: all deps check check-run demo demo-run bench bench-run \
 	install uninstall fuzz clean distclean tests guest
 .DELETE_ON_ERROR:
 
@@ -58,9 +70,12 @@ build-all: $(BUILDDIR)/libvmops.a $(PROG_BIN)
 # ---- configuration -------------------------------------------------------
 
 config.mk: configure config.mk.in
+	@command -v pkg-config >/dev/null || $(MAKE) --no-print-directory deps
 	./configure $(CONFIGURE_FLAGS) >/dev/null
 
+# A plain `make` on a fresh clone installs autoconf itself.
 configure: configure.ac
+	@command -v aclocal >/dev/null || $(MAKE) --no-print-directory deps
 	aclocal && autoconf && rm -rf autom4te.cache
 
 deps:
@@ -123,7 +138,10 @@ guest:
 
 # The whole suite runs inside one throwaway PostgreSQL cluster
 # (tests/pgcluster.sh: temp dir, UNIX socket only, removed even on failure).
-check: deps config.mk
+check: deps
+	@$(MAKE) --no-print-directory check-run
+
+check-run: config.mk
 	@$(MAKE) --no-print-directory tests
 	@echo "check: clang -Werror build"
 	@$(MAKE) --no-print-directory -s BUILDDIR=build-clang BINOUT=build-clang/bin CC=clang WERROR=-Werror build-all
@@ -131,12 +149,16 @@ check: deps config.mk
 		SAN_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" tests
 	@tests/run-all.sh
 
-demo: deps config.mk
-	@$(MAKE) --no-print-directory all
+demo: deps
+	@$(MAKE) --no-print-directory demo-run
+
+demo-run: all
 	@tests/demo.sh
 
-bench: deps config.mk
-	@$(MAKE) --no-print-directory all
+bench: deps
+	@$(MAKE) --no-print-directory bench-run
+
+bench-run: all
 	@tests/bench/run.sh
 
 fuzz:
