@@ -1,0 +1,18 @@
+#!/bin/sh
+# Run one Criterion suite (or a few) against a throwaway PostgreSQL, with the
+# test guest built: the quick loop while working on one area.
+#   tests/run-one.sh test_migrate [criterion options, e.g. --filter 'migrate/*']
+# Build first with `make tests`.  Uses build/ and bin/ of this tree.
+set -eu
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+if [ -z "${VMOPS_TEST_PGHOST:-}" ]; then
+	exec tests/pgcluster.sh "$0" "$@"
+fi
+suite=$1; shift
+psql -qAtX -c "CREATE DATABASE vmops_template" >/dev/null
+bin/vm-fleet --db "dbname=vmops_template" -q init
+if [ -z "${VMOPS_SKIP_QEMU:-}" ]; then
+	eval "$(tests/guest/build-guest.sh "$top/build/guest" 2>/dev/null | grep '^VMOPS_TEST_[A-Z]*=' | sed 's/^/export /')"
+fi
+VMOPS_BIN_DIR="$top/bin" "build/tests/$suite" "$@"
