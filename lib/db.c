@@ -95,38 +95,90 @@ static void first_line(char *s)
 		s[--n] = '\0';
 }
 
+/*
+ * Connection-level defaults, so that a network partition or a dead server is
+ * noticed in tens of seconds rather than after the kernel's two hours.  They
+ * come before "dbname" in the keyword list, so the same keywords in --db win
+ * (libpq: the expanded connection string overrides earlier keywords).  They
+ * only matter for TCP connections; libpq ignores them on a UNIX socket.
+ */
+static const char *const conn_defaults[][2] = {
+	{ "keepalives", "1" },
+	{ "keepalives_idle", "10" },
+	{ "keepalives_interval", "5" },
+	{ "keepalives_count", "3" },
+	{ "tcp_user_timeout", "30000" },
+};
+#define N_CONN_DEFAULTS (sizeof(conn_defaults) / sizeof(conn_defaults[0]))
+
+/* Parse --db; true if it (or PGCONNECT_TIMEOUT) sets connect_timeout. */
+static int check_conninfo(const char *conninfo, bool *has_timeout, struct vmops_error *e)
+{
+	char msg[VMOPS_ERRMSG_MAX], red[VMOPS_ERRMSG_MAX];
+	char *perr = NULL;
+	PQconninfoOption *opts;
+
+	*has_timeout = getenv("PGCONNECT_TIMEOUT") != NULL;
+	if (!conninfo || !*conninfo)
+		return 0;
+	opts = PQconninfoParse(conninfo, &perr);
+	if (!opts) {
+		snprintf(msg, sizeof(msg), "%s", perr ? perr : "out of memory");
+		PQfreemem(perr);
+		first_line(msg);
+		vmops_db_redact(msg, red, sizeof(red));
+		vmops_err(e, VMOPS_EXIT_USAGE, "invalid --db connection string: %s", red);
+		return -1;
+	}
+	for (PQconninfoOption *o = opts; o->keyword; o++)
+		if (strcmp(o->keyword, "connect_timeout") == 0 && o->val && *o->val)
+			*has_timeout = true;
+	PQconninfoFree(opts);
+	return 0;
+}
+
+/*
+ * Session timeouts, set only where nobody configured them (pg_settings
+ * source 'default'): options= in --db, PGOPTIONS, ALTER ROLE/DATABASE SET
+ * and postgresql.conf all win.  A statement or lock wait cannot stall a
+ * program for hours, and a client that stalls inside a transaction does not
+ * hold its row locks (a lease, a worker's admission lock) for ever.
+ */
+static int apply_session_defaults(PGconn *c, struct vmops_error *e)
+{
+	static const char sql[] =
+		"SELECT set_config(name, v, false) FROM (VALUES "
+		"('statement_timeout', '5min'), ('lock_timeout', '30s'), "
+		"('idle_in_transaction_session_timeout', '2min')) AS d(name, v) "
+		"JOIN pg_settings USING (name) WHERE source = 'default'";
+
+	return vmops_db_exec(c, e, sql, 0, NULL);
+}
+
 PGconn *vmops_db_connect(const char *conninfo, const char *program, struct vmops_error *e)
 {
-	const char *keys[] = { "dbname", "fallback_application_name", "connect_timeout", NULL };
-	const char *vals[] = { conninfo && *conninfo ? conninfo : NULL, program, NULL, NULL };
+	const char *keys[N_CONN_DEFAULTS + 4], *vals[N_CONN_DEFAULTS + 4];
 	char where[512], msg[VMOPS_ERRMSG_MAX], red[VMOPS_ERRMSG_MAX];
-	char *perr = NULL;
+	bool has_timeout;
+	size_t n = 0;
 	PGconn *c;
 
-	bool has_timeout = getenv("PGCONNECT_TIMEOUT") != NULL;
-
-	if (conninfo && *conninfo) {
-		PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
-		if (opts) {
-			for (PQconninfoOption *o = opts; o->keyword; o++)
-				if (strcmp(o->keyword, "connect_timeout") == 0 && o->val && *o->val)
-					has_timeout = true;
-		}
-		if (!opts) {
-			snprintf(msg, sizeof(msg), "%s", perr ? perr : "out of memory");
-			PQfreemem(perr);
-			first_line(msg);
-			vmops_db_redact(msg, red, sizeof(red));
-			vmops_err(e, VMOPS_EXIT_USAGE, "invalid --db connection string: %s", red);
-			return NULL;
-		}
-		PQconninfoFree(opts);
+	if (check_conninfo(conninfo, &has_timeout, e) < 0)
+		return NULL;
+	for (size_t i = 0; i < N_CONN_DEFAULTS; i++, n++) {
+		keys[n] = conn_defaults[i][0];
+		vals[n] = conn_defaults[i][1];
 	}
 	/* The user's connect_timeout (in --db or PGCONNECT_TIMEOUT) wins; else do not hang forever. */
-	if (!has_timeout)
-		vals[2] = "10";
-	else
-		keys[2] = NULL;
+	if (!has_timeout) {
+		keys[n] = "connect_timeout";
+		vals[n++] = "10";
+	}
+	keys[n] = "dbname";
+	vals[n++] = conninfo && *conninfo ? conninfo : NULL;
+	keys[n] = "fallback_application_name";
+	vals[n++] = program;
+	keys[n] = vals[n] = NULL;
 	c = PQconnectdbParams(keys, vals, 1);
 	if (!c) {
 		vmops_err(e, VMOPS_EXIT_DB, "database: out of memory");
@@ -143,6 +195,10 @@ PGconn *vmops_db_connect(const char *conninfo, const char *program, struct vmops
 		return NULL;
 	}
 	PQsetNoticeProcessor(c, NULL, NULL);
+	if (apply_session_defaults(c, e) < 0) {
+		PQfinish(c);
+		return NULL;
+	}
 	return c;
 }
 

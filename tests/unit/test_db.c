@@ -139,3 +139,62 @@ Test(db, parameters_are_never_interpolated)
 	PQclear(r);
 	PQfinish(c);
 }
+
+static void show(PGconn *c, const char *name, const char *want)
+{
+	char sql[128];
+	PGresult *r;
+
+	snprintf(sql, sizeof(sql), "SHOW %s", name);
+	r = testdb_exec(c, sql);
+	cr_assert_str_eq(PQgetvalue(r, 0, 0), want, "%s", name);
+	PQclear(r);
+}
+
+static const char *conn_opt(PGconn *c, const char *kw, char *buf, size_t len)
+{
+	PQconninfoOption *o = PQconninfo(c);
+
+	buf[0] = '\0';
+	for (PQconninfoOption *p = o; p && p->keyword; p++)
+		if (!strcmp(p->keyword, kw) && p->val)
+			snprintf(buf, len, "%s", p->val);
+	PQconninfoFree(o);
+	return buf;
+}
+
+/* Timeouts so that a stalled peer cannot hold a program (or its locks) for
+ * hours: set by default, and the user's own settings always win. */
+Test(db, session_timeouts_default_and_user_override)
+{
+	struct vmops_error e = { 0 };
+	char buf[64], dsn[700];
+	PGconn *base = testdb_new(false, ci, sizeof(ci));
+	PGconn *c = vmops_db_connect(ci, "test", &e);
+
+	cr_assert_not_null(c, "%s", e.msg);
+	show(c, "statement_timeout", "5min");
+	show(c, "lock_timeout", "30s");
+	show(c, "idle_in_transaction_session_timeout", "2min");
+	cr_assert_str_eq(conn_opt(c, "keepalives_idle", buf, sizeof(buf)), "10");
+	cr_assert_str_eq(conn_opt(c, "tcp_user_timeout", buf, sizeof(buf)), "30000");
+	PQfinish(c);
+
+	snprintf(dsn, sizeof(dsn), "%s keepalives_idle=99 options='-c statement_timeout=7s'", ci);
+	c = vmops_db_connect(dsn, "test", &e);
+	cr_assert_not_null(c, "%s", e.msg);
+	show(c, "statement_timeout", "7s");
+	show(c, "lock_timeout", "30s");
+	cr_assert_str_eq(conn_opt(c, "keepalives_idle", buf, sizeof(buf)), "99");
+	PQfinish(c);
+
+	/* A database-level setting (the DBA's) is not overridden either. */
+	PQclear(testdb_exec(base, "DO $$ BEGIN EXECUTE format("
+				  "'ALTER DATABASE %I SET lock_timeout = ''3s''', current_database()); END $$"));
+	c = vmops_db_connect(ci, "test", &e);
+	cr_assert_not_null(c, "%s", e.msg);
+	show(c, "lock_timeout", "3s");
+	show(c, "statement_timeout", "5min");
+	PQfinish(c);
+	PQfinish(base);
+}

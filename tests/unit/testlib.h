@@ -38,8 +38,11 @@ void testrun(struct testrun *r, const char *const *argv);
 void testrun_free(struct testrun *r);
 #define TESTRUN(r, ...) testrun((r), (const char *const[]){ __VA_ARGS__, NULL })
 
-/* Real-QEMU cases: skip unless the suite built the test guest. */
+/* Real-QEMU cases: fail without the test guest, unless VMOPS_SKIP_QEMU=1
+ * (then skip) or VMOPS_QEMU_CASES=elsewhere (a pass that leaves them to the
+ * plain pass).  testlib_missing() is the same decision for any real part. */
 void testlib_need_qemu(void);
+void testlib_missing(const char *what);
 
 /* SIGKILL every hypervisor process whose argv mentions `dir` (a test's own
  * run directory): a .fini teardown that also runs after a failed assertion. */
