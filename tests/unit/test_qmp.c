@@ -775,13 +775,9 @@ static void qemu_init(void)
 	const char *tmp = getenv("TMPDIR");
 
 	setup_logging();
+	testlib_need_qemu();
 	kernel_path = getenv("VMOPS_TEST_KERNEL");
 	initrd_path = getenv("VMOPS_TEST_INITRD");
-	if (!kernel_path || !*kernel_path || !initrd_path || !*initrd_path)
-		cr_skip_test("real-QEMU test skipped: set VMOPS_TEST_KERNEL and VMOPS_TEST_INITRD "
-			     "(tests/guest/build-guest.sh DIR prints them)");
-	if (access(kernel_path, R_OK) || access(initrd_path, R_OK))
-		cr_skip_test("real-QEMU test skipped: %s or %s not readable", kernel_path, initrd_path);
 	if (!tmp || !*tmp || strlen(tmp) > 40)
 		tmp = "/tmp";
 	snprintf(lock, sizeof(lock), "%s/vmops-test-qemu.lock", tmp);
@@ -1115,7 +1111,8 @@ Test(qemu, lifecycle_and_local_migration)
 			cr_assert_eq(vmops_qga_cmd(g, "guest-no-such-command", NULL, NULL, 5000, &err), -1);
 			cr_assert(strstr(err.msg, "CommandNotFound"), "%s", err.msg);
 		} else {
-			cr_log_warn("guest has no qemu-ga: guest agent checks skipped");
+			testlib_missing("the test guest has no qemu-ga (install qemu-guest-agent, "
+					"then rebuild it with make guest)");
 		}
 	}
 
