@@ -36,6 +36,7 @@
 #include "qga.h"
 #include "qmp.h"
 #include "spec.h"
+#include "testlib.h"
 
 static int64_t now_ms(void)
 {
