@@ -31,8 +31,8 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM
 
 if ! command -v hyperfine >/dev/null; then
-	echo "bench-ghost: hyperfine is not installed: skipped"
-	exit 0
+	echo "bench-ghost: hyperfine is not installed (make bench installs it): failed" >&2
+	exit 1
 fi
 
 PGOPTIONS=-cclient_min_messages=warning psql -qAtX -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
