@@ -111,6 +111,44 @@ static const char *const conn_defaults[][2] = {
 };
 #define N_CONN_DEFAULTS (sizeof(conn_defaults) / sizeof(conn_defaults[0]))
 
+static bool keyword_like(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!(islower((unsigned char)p[i]) || p[i] == '_'))
+			return false;
+	return n > 0;
+}
+
+/*
+ * libpq's parse errors quote pieces of the connection string: `missing "="
+ * after "secret"` for "password=my secret".  Any quoted piece may be part of
+ * a password, so only keyword-like pieces of "invalid connection option"
+ * survive; every other quoted piece becomes "***".
+ */
+static void mask_fragments(char *msg)
+{
+	bool option = strstr(msg, "invalid connection option") != NULL;
+	char out[VMOPS_ERRMSG_MAX];
+	size_t o = 0;
+
+	for (const char *p = msg; *p && o + 8 < sizeof(out);) {
+		const char *q = *p == '"' ? strchr(p + 1, '"') : NULL;
+		size_t n = q ? (size_t)(q - p - 1) : 0;
+
+		if (!q) {
+			out[o++] = *p++;
+			continue;
+		}
+		if ((n == 1 && p[1] == '=') || (option && keyword_like(p + 1, n)))
+			o += (size_t)snprintf(out + o, sizeof(out) - o, "%.*s", (int)(n + 2), p);
+		else
+			o += (size_t)snprintf(out + o, sizeof(out) - o, "\"***\"");
+		p = q + 1;
+	}
+	out[o < sizeof(out) ? o : sizeof(out) - 1] = '\0';
+	strcpy(msg, out);
+}
+
 /* Parse --db; true if it (or PGCONNECT_TIMEOUT) sets connect_timeout. */
 static int check_conninfo(const char *conninfo, bool *has_timeout, struct vmops_error *e)
 {
@@ -126,6 +164,7 @@ static int check_conninfo(const char *conninfo, bool *has_timeout, struct vmops_
 		snprintf(msg, sizeof(msg), "%s", perr ? perr : "out of memory");
 		PQfreemem(perr);
 		first_line(msg);
+		mask_fragments(msg);
 		vmops_db_redact(msg, red, sizeof(red));
 		vmops_err(e, VMOPS_EXIT_USAGE, "invalid --db connection string: %s", red);
 		return -1;
@@ -153,6 +192,19 @@ static int apply_session_defaults(PGconn *c, struct vmops_error *e)
 		"JOIN pg_settings USING (name) WHERE source = 'default'";
 
 	return vmops_db_exec(c, e, sql, 0, NULL);
+}
+
+/* Server notices and warnings go to the program's log callback (shown with
+ * -v), never straight to stderr, and never with a password in them. */
+static void on_notice(void *arg, const char *message)
+{
+	char msg[VMOPS_ERRMSG_MAX], red[VMOPS_ERRMSG_MAX];
+
+	(void)arg;
+	snprintf(msg, sizeof(msg), "%s", message);
+	first_line(msg);
+	vmops_db_redact(msg, red, sizeof(red));
+	vmops_debug("database: %s", red);
 }
 
 PGconn *vmops_db_connect(const char *conninfo, const char *program, struct vmops_error *e)
@@ -194,7 +246,7 @@ PGconn *vmops_db_connect(const char *conninfo, const char *program, struct vmops
 		PQfinish(c);
 		return NULL;
 	}
-	PQsetNoticeProcessor(c, NULL, NULL);
+	PQsetNoticeProcessor(c, on_notice, NULL);
 	if (apply_session_defaults(c, e) < 0) {
 		PQfinish(c);
 		return NULL;

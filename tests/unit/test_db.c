@@ -198,3 +198,19 @@ Test(db, session_timeouts_default_and_user_override)
 	PQfinish(c);
 	PQfinish(base);
 }
+
+/* libpq quotes pieces of a malformed string back: none may be a password's. */
+Test(db, malformed_conninfo_never_echoes_password_pieces)
+{
+	struct vmops_error e = { 0 };
+	PGconn *c = vmops_db_connect("host=x password=my secret", "test", &e);
+
+	cr_assert_null(c);
+	cr_assert_eq(e.code, VMOPS_EXIT_USAGE);
+	cr_assert_null(strstr(e.msg, "secret"), "%s", e.msg);
+	cr_assert(strstr(e.msg, "missing \"=\""), "%s", e.msg);
+	c = vmops_db_connect("host=x password='unterminated sec", "test", &e);
+	cr_assert_null(c);
+	cr_assert_null(strstr(e.msg, "sec"), "%s", e.msg);
+	cr_assert_eq(e.code, VMOPS_EXIT_USAGE);
+}
