@@ -1,12 +1,51 @@
 #!/bin/sh
 # Runs one CLI case with its helpers.  In a case:
 #   run CMD ARGS...   print "$ CMD ARGS", its stdout and stderr, "[exit N]"
+#   runs CMD ARGS...  the same with the streams apart and the arguments
+#                     quoted where needed: "$ CMD ARGS", stdout as is, then
+#                     each stderr line as "stderr: LINE", "[exit N]".  With
+#                     --json among ARGS, a stdout that is not empty must be
+#                     exactly one JSON document, else the line
+#                     "[stdout is not one JSON document]" follows it.
 #   sql "SQL"         print the query and its result (psql -At)
 # $DB is the case's own fresh database; vm-fleet init is not run for you.
+# $NODB is a database that does not exist: a usage error must come before
+# any connection (reaching for it would be exit 5, not 2).
+# Cases run from the top of the tree, so tests/fixtures/... is a stable
+# path.  A case masks what varies from run to run (times, durations, its
+# own processes' pids and sockets) by piping run/runs through sed.
+NODB="host=/nonexistent-vmops port=1"
 run() {
 	echo "\$ $*"
 	"$@" 2>&1
 	echo "[exit $?]"
+}
+# An argument as a shell would need it: 'quoted' unless plain.
+shq() {
+	case $1 in
+	'' | *[!A-Za-z0-9_./=:@%+,-]*) printf "'%s'" "$(printf %s "$1" | sed "s/'/'\\\\''/g")" ;;
+	*) printf %s "$1" ;;
+	esac
+}
+runs() {
+	_out=$(mktemp)
+	_err=$(mktemp)
+	_line='$'
+	for _a in "$@"; do _line="$_line $(shq "$_a")"; done
+	echo "$_line"
+	"$@" >"$_out" 2>"$_err"
+	_rc=$?
+	cat "$_out"
+	for _a in "$@"; do
+		if [ "$_a" = --json ] && [ -s "$_out" ]; then
+			python3 -c 'import json, sys; json.load(sys.stdin)' <"$_out" 2>/dev/null ||
+				echo "[stdout is not one JSON document]"
+			break
+		fi
+	done
+	sed 's/^/stderr: /' "$_err"
+	echo "[exit $_rc]"
+	rm -f "$_out" "$_err"
 }
 sql() {
 	echo "sql> $1"
