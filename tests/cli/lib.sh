@@ -15,6 +15,10 @@
 # path.  A case masks what varies from run to run (times, durations, its
 # own processes' pids and sockets) by piping run/runs through sed.
 NODB="host=/nonexistent-vmops port=1"
+# The JSON check: Debian's python3 (a dependency) when there, as a version
+# manager's shim may take a second to start.
+PYTHON3=python3
+[ -x /usr/bin/python3 ] && PYTHON3=/usr/bin/python3
 run() {
 	echo "\$ $*"
 	"$@" 2>&1
@@ -38,7 +42,7 @@ runs() {
 	cat "$_out"
 	for _a in "$@"; do
 		if [ "$_a" = --json ] && [ -s "$_out" ]; then
-			python3 -c 'import json, sys; json.load(sys.stdin)' <"$_out" 2>/dev/null ||
+			"$PYTHON3" -c 'import json, sys; json.load(sys.stdin)' <"$_out" 2>/dev/null ||
 				echo "[stdout is not one JSON document]"
 			break
 		fi
