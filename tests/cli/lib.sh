@@ -24,35 +24,35 @@ run() {
 	"$@" 2>&1
 	echo "[exit $?]"
 }
-# An argument as a shell would need it: 'quoted' unless plain.
-shq() {
-	case $1 in
-	'' | *[!A-Za-z0-9_./=:@%+,-]*) printf "'%s'" "$(printf %s "$1" | sed "s/'/'\\\\''/g")" ;;
-	*) printf %s "$1" ;;
-	esac
-}
+_tmp=$(mktemp -d)
 runs() {
-	_out=$(mktemp)
-	_err=$(mktemp)
 	_line='$'
-	for _a in "$@"; do _line="$_line $(shq "$_a")"; done
-	echo "$_line"
-	"$@" >"$_out" 2>"$_err"
-	_rc=$?
-	cat "$_out"
 	for _a in "$@"; do
-		if [ "$_a" = --json ] && [ -s "$_out" ]; then
-			"$PYTHON3" -c 'import json, sys; json.load(sys.stdin)' <"$_out" 2>/dev/null ||
+		case $_a in
+		*"'"*) _line="$_line '$(printf %s "$_a" | sed "s/'/'\\\\''/g")'" ;;
+		'' | *[!A-Za-z0-9_./=:@%+,-]*) _line="$_line '$_a'" ;;
+		*) _line="$_line $_a" ;;
+		esac
+	done
+	echo "$_line"
+	"$@" >"$_tmp/out" 2>"$_tmp/err"
+	_rc=$?
+	cat "$_tmp/out"
+	for _a in "$@"; do
+		if [ "$_a" = --json ] && [ -s "$_tmp/out" ]; then
+			"$PYTHON3" -c 'import json, sys; json.load(sys.stdin)' <"$_tmp/out" 2>/dev/null ||
 				echo "[stdout is not one JSON document]"
 			break
 		fi
 	done
-	sed 's/^/stderr: /' "$_err"
+	while IFS= read -r _l || [ -n "$_l" ]; do
+		echo "stderr: $_l"
+	done <"$_tmp/err"
 	echo "[exit $_rc]"
-	rm -f "$_out" "$_err"
 }
 sql() {
 	echo "sql> $1"
 	psql -qAtX -d "$DB" -c "$1" 2>&1
 }
 . "$1"
+rm -rf "$_tmp"
