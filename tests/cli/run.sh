@@ -3,6 +3,9 @@
 # a fresh database; its transcript (commands, stdout, stderr, exit codes),
 # with the throwaway cluster's socket dir and port masked, must equal
 # tests/expected/NAME.out.  VMOPS_UPDATE_GOLDEN=1 rewrites the golden files.
+# Helpers for cases: tests/cli/lib.sh.  PROG-usage cases are bad command
+# lines (no database contact), PROG-basic ones real runs on fixture rows.
+#   tests/cli/run.sh [GLOB]      e.g. 'parity-*'; default: every case
 # Ends with "cli: N passed, N failed".
 set -u
 top=$(cd "$(dirname "$0")/../.." && pwd)
