@@ -246,13 +246,13 @@ int vmops_reap(PGconn *c, const struct vmops_reap_opts *o, struct vmops_reap_sta
 			}
 			vmops_info("batch after vmm %lld failed (%s): reaping its %lld vmms one by one",
 				   after, err.msg, b.claimed);
+			/* each VMM that commits counts as a batch of its own (account) */
 			if (reap_one_by_one(c, o, b.ids, st, e) < 0) {
 				free(b.ids);
 				free(b.tids);
 				return -1;
 			}
-			st->batches++;
-		} else {
+		} else if (b.claimed) {
 			account(st, &b);
 			vmops_info("batch %lld: %lld vmms claimed, %lld deleted, %lld reservations deleted",
 				   st->batches, b.claimed, b.deleted, b.reservations);
