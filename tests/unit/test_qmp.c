@@ -36,6 +36,7 @@
 #include "qga.h"
 #include "qmp.h"
 #include "spec.h"
+#include "testlib.h"
 
 static int64_t now_ms(void)
 {
@@ -806,8 +807,7 @@ static struct vmops_spec *test_spec(unsigned dirty_mb, bool free_page_hint)
 		accel = "tcg";
 	snprintf(json, sizeof(json),
 		 "{\"hypervisor\":\"qemu\",\"memory_mb\":256,\"vcpus\":1,\"kernel\":\"%s\","
-		 "\"initrd\":\"%s\",\"cmdline\":\"console=ttyS0 loglevel=4 vmops.dirty_mb=%u "
-		 "vmops.check_every=2\","
+		 "\"initrd\":\"%s\",\"cmdline\":\"console=ttyS0 loglevel=4 vmops.dirty_mb=%u\","
 		 "\"balloon\":{\"free_page_hint\":%s},\"accel\":\"%s\"}",
 		 kernel_path, initrd_path, dirty_mb, free_page_hint ? "true" : "false", accel);
 	s = vmops_spec_parse(json, (size_t)-1, &err);
@@ -844,63 +844,16 @@ static void forget(struct vmops_hv *h)
 	vmops_hv_free(h);
 }
 
-struct serial_state {
-	bool ready;
-	long last_n;             /* last heartbeat number, -1 if none */
-	char checksum[64];       /* from the ready line or the last heartbeat */
-	bool mismatch;           /* CHECKSUM-MISMATCH or a heartbeat with another checksum */
-	char bad[128];           /* first Oops / BUG: / panic line */
-};
-
-static void read_serial(const char *path, struct serial_state *s)
-{
-	FILE *f = fopen(path, "re");
-	char line[1024];
-
-	memset(s, 0, sizeof(*s));
-	s->last_n = -1;
-	if (!f)
-		return;
-	while (fgets(line, sizeof(line), f)) {
-		long n;
-		char sum[64];
-
-		if (!strncmp(line, "VMOPS-GUEST-READY", 17)) {
-			const char *c = strstr(line, "checksum=");
-
-			s->ready = true;
-			if (c && sscanf(c + 9, "%63s", sum) == 1) {
-				if (s->checksum[0] && strcmp(s->checksum, sum))
-					s->mismatch = true;
-				snprintf(s->checksum, sizeof(s->checksum), "%s", sum);
-			}
-		} else if (sscanf(line, "HEARTBEAT %ld %63s", &n, sum) == 2) {
-			s->last_n = n;
-			if (s->checksum[0] && strcmp(s->checksum, sum))
-				s->mismatch = true;
-			snprintf(s->checksum, sizeof(s->checksum), "%s", sum);
-		} else if (strstr(line, "CHECKSUM-MISMATCH")) {
-			s->mismatch = true;
-		}
-		if (!s->bad[0] && (strstr(line, "Oops") || strstr(line, "BUG:") ||
-				   strstr(line, "panic") || strstr(line, "Kernel panic"))) {
-			line[strcspn(line, "\r\n")] = '\0';
-			snprintf(s->bad, sizeof(s->bad), "%.127s", line);
-		}
-	}
-	fclose(f);
-}
-
-/* Wait until the guest printed its ready marker and a heartbeat > after. */
-static void wait_heartbeat(struct vmops_hv *h, long after, int timeout_ms, struct serial_state *s)
+/* Wait until the guest printed a heartbeat > after; *s: its serial log. */
+static void wait_heartbeat(struct vmops_hv *h, long after, int timeout_ms, struct testlib_guest *s)
 {
 	int64_t deadline = now_ms() + timeout_ms;
 
 	for (;;) {
-		read_serial(vmops_hv_info(h)->serial_log, s);
-		cr_assert(!s->bad[0], "vmm %llu: guest says: %s",
-			  (unsigned long long)vmops_hv_info(h)->vmm_id, s->bad);
-		if (s->last_n > after)
+		testlib_guest_read(vmops_hv_info(h)->serial_log, s);
+		cr_assert(!s->trouble[0], "vmm %llu: guest says: %s",
+			  (unsigned long long)vmops_hv_info(h)->vmm_id, s->trouble);
+		if (s->last.n > after)
 			return;
 		cr_assert(vmops_hv_is_alive(h), "vmm %llu died (see %s)",
 			  (unsigned long long)vmops_hv_info(h)->vmm_id, vmops_hv_info(h)->stderr_log);
@@ -963,20 +916,20 @@ static void migrate_wait(struct vmops_hv *src, int timeout_ms, struct vmops_migr
 	}
 }
 
-/* Migrate src to a fresh receiver; check the guest carries on there. */
+/* Migrate src to a fresh receiver; check the guest, which booted with
+ * static checksum `boot`, carries on there. */
 static struct vmops_hv *migrate(struct vmops_hv *src, const struct vmops_spec *spec,
-				const char *name, uint64_t id, unsigned conns)
+				const char *name, uint64_t id, unsigned conns, const char *boot)
 {
 	struct vmops_error err = { 0 };
 	struct vmops_migrate_params mp = { .connections = conns, .downtime_limit_ms = 300 };
 	struct vmops_migrate_progress p;
-	struct serial_state before, after;
+	struct testlib_guest before;
 	struct vmops_vm_status st;
 	struct vmops_hv *dst;
 	int64_t t0;
 
 	dst = receiver(spec, name, id, conns);
-	read_serial(vmops_hv_info(src)->serial_log, &before);
 	t0 = now_ms();
 	cr_assert_eq(vmops_hv_send(src, vmops_hv_info(dst)->incoming_uri, &mp, &err), 0, "%s", err.msg);
 	migrate_wait(src, 60000, &p);
@@ -1004,13 +957,13 @@ static struct vmops_hv *migrate(struct vmops_hv *src, const struct vmops_spec *s
 	}
 
 	/*
-	 * The guest continues on the target: higher heartbeats, same checksum,
-	 * and (two heartbeats on) its own check of the random file passed.
+	 * The guest continues on the target from the source's last heartbeat:
+	 * the static region as at boot, the dirtier's passes verified, every
+	 * heartbeat OK.
 	 */
-	read_serial(vmops_hv_info(src)->serial_log, &before);
-	wait_heartbeat(dst, before.last_n + 2, 20000, &after);
-	cr_assert(!after.mismatch, "checksum changed on the target");
-	cr_assert_str_eq(after.checksum, before.checksum);
+	testlib_guest_read(vmops_hv_info(src)->serial_log, &before);
+	cr_assert_geq(before.last.n, 1, "no heartbeat on the source");
+	testlib_assert_guest_continues(vmops_hv_info(dst)->serial_log, boot, &before.last, 30, NULL);
 	return dst;
 }
 
@@ -1055,9 +1008,11 @@ Test(qemu, lifecycle_and_local_migration)
 {
 	struct vmops_error err = { 0 };
 	struct vmops_spec *spec = test_spec(8, false);
-	struct serial_state s, s2;
+	struct testlib_guest s, s2;
+	struct testlib_beat b0;
 	struct vmops_vm_status st;
 	struct vmops_hv *a, *b, *c;
+	char boot[33];
 	unsigned long long start;
 	char path[64], cmdline[4096];
 	ssize_t n;
@@ -1089,8 +1044,15 @@ Test(qemu, lifecycle_and_local_migration)
 	cr_assert(st.running);
 	cr_assert_eq(vmops_hv_supports_multifd(a, &err), 1, "%s", err.msg);
 
-	wait_heartbeat(a, 1, 60000, &s);
+	/* Without vmops.corrupt_after the guest's checks all pass. */
+	wait_heartbeat(a, 2, 60000, &s);
 	cr_assert(s.ready);
+	cr_assert_eq(strlen(s.boot_sum), 32);
+	snprintf(boot, sizeof(boot), "%s", s.boot_sum);
+	b0 = s.first;
+	testlib_assert_guest_continues(vmops_hv_info(a)->serial_log, boot, &b0, 30, &s);
+	cr_assert_eq(s.mismatches, 0);
+	cr_assert(s.last.static_ok && s.last.pass_ok && s.last.bad == 0 && s.last.pass > 0);
 
 	/* Guest agent, if the guest has one. */
 	{
@@ -1124,19 +1086,19 @@ Test(qemu, lifecycle_and_local_migration)
 	cr_assert_eq(vmops_hv_status(a, &st, &err), 0, "%s", err.msg);
 	cr_assert_str_eq(st.status, "paused");
 	cr_assert(!st.running);
-	read_serial(vmops_hv_info(a)->serial_log, &s);
+	testlib_guest_read(vmops_hv_info(a)->serial_log, &s);
 	sleep_ms(1500);
-	read_serial(vmops_hv_info(a)->serial_log, &s2);
-	cr_assert_eq(s2.last_n, s.last_n, "heartbeats while paused");
+	testlib_guest_read(vmops_hv_info(a)->serial_log, &s2);
+	cr_assert_eq(s2.last.n, s.last.n, "heartbeats while paused");
 	cr_assert_eq(vmops_hv_resume(a, &err), 0, "%s", err.msg);
 	cr_assert_eq(vmops_hv_status(a, &st, &err), 0, "%s", err.msg);
 	cr_assert_str_eq(st.status, "running");
-	wait_heartbeat(a, s.last_n, 10000, &s2);
+	wait_heartbeat(a, s.last.n, 10000, &s2);
 
 	/* a -> b, one connection; then b -> c, two (multifd). */
-	b = migrate(a, spec, "b", 91002, 1);
+	b = migrate(a, spec, "b", 91002, 1, boot);
 	destroy(a);
-	c = migrate(b, spec, "c", 91003, 2);
+	c = migrate(b, spec, "c", 91003, 2, boot);
 	destroy(b);
 	destroy(c);
 	vmops_spec_free(spec);
@@ -1149,14 +1111,16 @@ Test(qemu, target_killed_mid_transfer)
 	struct vmops_spec *spec = test_spec(16, true);
 	struct vmops_migrate_params slow = { .connections = 1, .max_bandwidth = 8u << 20 };
 	struct vmops_migrate_progress p;
-	struct serial_state s, s2;
+	struct testlib_guest s;
 	struct vmops_vm_status st;
 	struct vmops_hv *src, *dst, *dst2;
+	char boot[33];
 	int64_t deadline;
 	pid_t dpid;
 
 	src = launch(spec, "src", 92001);
 	wait_heartbeat(src, 1, 60000, &s);
+	snprintf(boot, sizeof(boot), "%s", s.boot_sum);
 
 	dst = receiver(spec, "dst", 92002, 1);
 	dpid = vmops_hv_info(dst)->pid;
@@ -1180,9 +1144,8 @@ Test(qemu, target_killed_mid_transfer)
 	/* The source keeps running. */
 	cr_assert_eq(vmops_hv_status(src, &st, &err), 0, "%s", err.msg);
 	cr_assert_str_eq(st.status, "running");
-	read_serial(vmops_hv_info(src)->serial_log, &s);
-	wait_heartbeat(src, s.last_n, 10000, &s2);
-	cr_assert(!s2.mismatch);
+	testlib_guest_read(vmops_hv_info(src)->serial_log, &s);
+	testlib_assert_guest_continues(vmops_hv_info(src)->serial_log, boot, &s.last, 30, NULL);
 
 	/* The dead receiver is reaped by destroy; its status call fails cleanly. */
 	cr_assert(!vmops_hv_is_alive(dst));
@@ -1191,8 +1154,9 @@ Test(qemu, target_killed_mid_transfer)
 	destroy(dst);
 
 	/* A retry to a fresh receiver works. */
-	dst2 = migrate(src, spec, "dst2", 92003, 1);
+	dst2 = migrate(src, spec, "dst2", 92003, 1, boot);
 	destroy(src);
 	destroy(dst2);
 	vmops_spec_free(spec);
 }
+
