@@ -796,7 +796,7 @@ static void qemu_init(void)
 
 TestSuite(qemu, .init = qemu_init, .fini = qemu_fini, .timeout = 240);
 
-static struct vmops_spec *test_spec(unsigned dirty_mb, bool free_page_hint)
+static struct vmops_spec *test_spec_with(unsigned dirty_mb, bool free_page_hint, const char *extra)
 {
 	struct vmops_error err = { 0 };
 	const char *accel = getenv("VMOPS_TEST_ACCEL");
@@ -807,12 +807,18 @@ static struct vmops_spec *test_spec(unsigned dirty_mb, bool free_page_hint)
 		accel = "tcg";
 	snprintf(json, sizeof(json),
 		 "{\"hypervisor\":\"qemu\",\"memory_mb\":256,\"vcpus\":1,\"kernel\":\"%s\","
-		 "\"initrd\":\"%s\",\"cmdline\":\"console=ttyS0 loglevel=4 vmops.dirty_mb=%u\","
+		 "\"initrd\":\"%s\",\"cmdline\":\"console=ttyS0 loglevel=4 vmops.dirty_mb=%u%s%s\","
 		 "\"balloon\":{\"free_page_hint\":%s},\"accel\":\"%s\"}",
-		 kernel_path, initrd_path, dirty_mb, free_page_hint ? "true" : "false", accel);
+		 kernel_path, initrd_path, dirty_mb, *extra ? " " : "", extra,
+		 free_page_hint ? "true" : "false", accel);
 	s = vmops_spec_parse(json, (size_t)-1, &err);
 	cr_assert_not_null(s, "%s", err.msg);
 	return s;
+}
+
+static struct vmops_spec *test_spec(unsigned dirty_mb, bool free_page_hint)
+{
+	return test_spec_with(dirty_mb, free_page_hint, "");
 }
 
 static void opts_for(struct vmops_hv_launch_opts *o, const char *name, uint64_t id, char *dir,
@@ -1160,3 +1166,183 @@ Test(qemu, target_killed_mid_transfer)
 	vmops_spec_free(spec);
 }
 
+/*
+ * vmops.corrupt_after=N: after N heartbeats the guest inverts one byte of
+ * its static region and one of the dirtier's seed.  Its checks must say so:
+ * the heartbeats from N+1 on report the failures, CHECKSUM-MISMATCH lines
+ * appear for both, and the post-migration assertion would refuse the log.
+ */
+Test(qemu, guest_memory_check_detects_corruption)
+{
+	struct vmops_spec *spec = test_spec_with(4, false, "vmops.corrupt_after=3");
+	struct testlib_beat before = { .n = 0 };
+	struct testlib_guest s;
+	struct vmops_hv *a;
+	char why[1024];
+	int64_t deadline;
+
+	a = launch(spec, "corrupt", 93001);
+	wait_heartbeat(a, 3, 120000, &s);
+	cr_assert(s.ready);
+	cr_assert_eq(strlen(s.boot_sum), 32);
+	deadline = now_ms() + 30000;
+	while (s.first_static_failed < 0 || s.first_pass_failed < 0 || s.last.n < 6) {
+		cr_assert_lt(now_ms(), deadline, "no failed check reported: first static failure %ld, first "
+			     "pass failure %ld, last beat %ld", s.first_static_failed, s.first_pass_failed, s.last.n);
+		sleep_ms(200);
+		wait_heartbeat(a, 0, 1000, &s);
+	}
+	/* Beats 1..3 were clean; from 4 on the static region is reported bad. */
+	cr_assert_eq(s.first_static_failed, 4, "first static failure at beat %ld", s.first_static_failed);
+	cr_assert_gt(s.first_pass_failed, 3, "first pass failure at beat %ld", s.first_pass_failed);
+	cr_assert(!s.last.static_ok && !s.last.pass_ok && s.last.bad > 0, "HEARTBEAT %ld static_ok=%d "
+		  "pass_ok=%d bad=%ld", s.last.n, s.last.static_ok, s.last.pass_ok, s.last.bad);
+	cr_assert_str_neq(s.last.static_sum, s.boot_sum);
+	cr_assert_gt(s.static_changed, 0);
+	cr_assert_geq(s.mismatches, 2, "%ld CHECKSUM-MISMATCH lines", s.mismatches);
+	cr_assert(strstr(s.mismatch, "CHECKSUM-MISMATCH static beat=4 "), "%s", s.mismatch);
+	{
+		FILE *f = fopen(vmops_hv_info(a)->serial_log, "re");
+		char line[1024];
+		bool dirty = false;
+
+		while (f && fgets(line, sizeof(line), f))
+			dirty |= strstr(line, "CHECKSUM-MISMATCH dirty ") != NULL;
+		if (f)
+			fclose(f);
+		cr_assert(dirty, "no CHECKSUM-MISMATCH dirty line");
+	}
+	cr_assert_eq(testlib_guest_check(&s, s.boot_sum, &before, 3, why, sizeof(why)), -1);
+	cr_log_info("the post-migration check refuses this log: %s", why);
+	destroy(a);
+	vmops_spec_free(spec);
+}
+
+/* ======================================================================= */
+/* The serial log parser (a fake log, no QEMU)                               */
+/* ======================================================================= */
+
+#define SUM_A "0123456789abcdef0123456789abcdef"
+#define SUM_B "fedcba9876543210fedcba9876543210"
+
+static const char *fake_log(const char *text)
+{
+	static char path[64];
+	int fd;
+
+	snprintf(path, sizeof(path), "/tmp/vmops-serial.XXXXXX");
+	fd = mkstemp(path);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	return path;
+}
+
+Test(guestlog, markers_after_console_junk)
+{
+	/* What the serial log of a real boot looks like (see TESTBED.md). */
+	const char *path = fake_log(
+		"\033c\033[?7l\033[2J\033[0mSeaBIOS (version 1.16.2-debian-1.16.2-1)\r\n"
+		"Booting from ROM...\r\n"
+		"Probing EDD (edd=off to disable)... ok\033[?7l\033[2JVMOPS-GUEST-READY static_mb=4 "
+		"dirty_mb=16 corrupt_after=0 static=" SUM_A "\r\n"
+		"HEARTBEAT 1 static=" SUM_A " static_ok=1 pass=0 pass_ok=1 bad=0\r\n"
+		"[    3.1] random: crng init done\033[0mHEARTBEAT 2 static=" SUM_A " static_ok=1 pass=2 pass_ok=1 bad=0\r\n"
+		"HEARTBEAT 3 static=" SUM_A " static_ok=1 pass=4 pass_ok=1 bad=0\r\n"
+		"HEARTBEAT 4 static=" SUM_A " static_ok=1 pa");
+	struct testlib_guest g;
+	struct testlib_beat before = { .n = 1, .pass = 0 };
+	char why[512];
+
+	testlib_guest_read(path, &g);
+	unlink(path);
+	cr_assert(g.ready);
+	cr_assert_str_eq(g.boot_sum, SUM_A);
+	cr_assert_eq(g.beats, 3, "the unfinished last line counts");
+	cr_assert_eq(g.first.n, 1);
+	cr_assert_eq(g.last.n, 3);
+	cr_assert_eq(g.last.pass, 4);
+	cr_assert(g.last.static_ok && g.last.pass_ok);
+	cr_assert_eq(g.failed_beats + g.static_changed + g.mismatches, 0);
+	cr_assert_eq(g.trouble[0], '\0', "%s", g.trouble);
+	cr_assert_eq(testlib_guest_check(&g, SUM_A, &before, 2, why, sizeof(why)), 1, "%s", why);
+	cr_assert_eq(testlib_guest_check(&g, SUM_A, &before, 3, why, sizeof(why)), 0, "not enough beats yet");
+	before.pass = 4;
+	cr_assert_eq(testlib_guest_check(&g, SUM_A, &before, 1, why, sizeof(why)), 0, "no new pass yet");
+	cr_assert_eq(testlib_guest_check(&g, SUM_B, &before, 1, why, sizeof(why)), -1);
+	cr_assert(strstr(why, "booted"), "%s", why);
+}
+
+Test(guestlog, heartbeat_parser)
+{
+	struct testlib_beat b;
+
+	cr_assert(testlib_parse_heartbeat("junk\033[2JHEARTBEAT 12 static=" SUM_B " static_ok=0 pass=7 "
+					  "pass_ok=0 bad=3\r\n", &b));
+	cr_assert_eq(b.n, 12);
+	cr_assert_str_eq(b.static_sum, SUM_B);
+	cr_assert(!b.static_ok && !b.pass_ok);
+	cr_assert_eq(b.pass, 7);
+	cr_assert_eq(b.bad, 3);
+	/* the old format, truncated lines and bad values are not heartbeats */
+	cr_assert_not(testlib_parse_heartbeat("HEARTBEAT 3 " SUM_A, &b));
+	cr_assert_not(testlib_parse_heartbeat("HEARTBEAT 3 static=" SUM_A " static_ok=1 pass=1", &b));
+	cr_assert_not(testlib_parse_heartbeat("HEARTBEAT 3 static=0123 static_ok=1 pass=1 pass_ok=1 bad=0", &b));
+	cr_assert_not(testlib_parse_heartbeat("HEARTBEAT 3 static=" SUM_A " static_ok=2 pass=1 pass_ok=1 bad=0", &b));
+	cr_assert_not(testlib_parse_heartbeat("HEARTBEAT 3 static=" SUM_A " static_ok=1 pass=1 pass_ok=1 bad=0x", &b));
+	cr_assert_not(testlib_parse_heartbeat("no heartbeat here", &b));
+}
+
+Test(guestlog, failures_are_reported)
+{
+	struct testlib_beat before = { .n = 2, .pass = 1 };
+	struct testlib_guest g;
+	char why[512];
+	const char *path;
+
+	/* a target's log (no READY line) whose static region changed */
+	path = fake_log("HEARTBEAT 3 static=" SUM_A " static_ok=1 pass=2 pass_ok=1 bad=0\n"
+			"xx CHECKSUM-MISMATCH static beat=4 got=" SUM_B " want=" SUM_A "\n"
+			"HEARTBEAT 4 static=" SUM_B " static_ok=0 pass=3 pass_ok=1 bad=1\n");
+	testlib_guest_read(path, &g);
+	unlink(path);
+	cr_assert_not(g.ready);
+	cr_assert_eq(g.beats, 2);
+	cr_assert_eq(g.failed_beats, 1);
+	cr_assert_eq(g.first_static_failed, 4);
+	cr_assert_eq(g.first_pass_failed, -1);
+	cr_assert_eq(g.static_changed, 1);
+	cr_assert_eq(g.mismatches, 1);
+	cr_assert(!strncmp(g.mismatch, "xx CHECKSUM-MISMATCH static", 27), "%s", g.mismatch);
+	cr_assert_eq(testlib_guest_check(&g, SUM_A, &before, 1, why, sizeof(why)), -1);
+	cr_assert(strstr(why, "CHECKSUM-MISMATCH"), "%s", why);
+
+	/* a failed dirtier pass between two beats: only the counter shows it */
+	path = fake_log("HEARTBEAT 3 static=" SUM_A " static_ok=1 pass=2 pass_ok=1 bad=0\n"
+			"HEARTBEAT 4 static=" SUM_A " static_ok=1 pass=5 pass_ok=1 bad=1\n");
+	testlib_guest_read(path, &g);
+	unlink(path);
+	cr_assert_eq(g.failed_beats, 1);
+	cr_assert_eq(testlib_guest_check(&g, SUM_A, &before, 1, why, sizeof(why)), -1);
+	cr_assert(strstr(why, "failed check"), "%s", why);
+
+	/* a kernel oops on the target */
+	path = fake_log("HEARTBEAT 3 static=" SUM_A " static_ok=1 pass=2 pass_ok=1 bad=0\n"
+			"[   9.0] BUG: unable to handle page fault for address: 0000\n");
+	testlib_guest_read(path, &g);
+	unlink(path);
+	cr_assert(strstr(g.trouble, "BUG: unable"), "%s", g.trouble);
+	cr_assert_eq(testlib_guest_check(&g, SUM_A, &before, 1, why, sizeof(why)), -1);
+
+	/* heartbeats that start again: a rebooted guest */
+	path = fake_log("HEARTBEAT 1 static=" SUM_A " static_ok=1 pass=2 pass_ok=1 bad=0\n");
+	testlib_guest_read(path, &g);
+	unlink(path);
+	cr_assert_eq(testlib_guest_check(&g, SUM_A, &before, 1, why, sizeof(why)), -1);
+	cr_assert(strstr(why, "start again"), "%s", why);
+
+	/* and a missing log is an empty one */
+	testlib_guest_read("/nonexistent-vmops/serial.log", &g);
+	cr_assert_eq(g.beats, 0);
+	cr_assert_eq(g.last.n, -1);
+}
