@@ -16,16 +16,47 @@
 #   VMOPS_TEST_INITRD=OUTDIR/initrd.img
 # so a harness can `eval "$(build-guest.sh DIR | tail -n 2)"`.
 #
-# Guest kernel command line (besides console=ttyS0):
-#   vmops.dirty_mb=N        size of the random file and of the rewrite loop
-#                           (default 64; 0 disables dirtying)
-#   vmops.dirty_pause_us=N  pause between two rewrites (default 0)
-#   vmops.check_every=N     verify the random file every N heartbeats (default 5)
+# The cache key covers this whole script, so any change to the /init below
+# (it is a here-document in this file) rebuilds cached guests.
 #
-# Serial console lines printed by the guest:
-#   VMOPS-GUEST-READY dirty_mb=N checksum=C   once set up
-#   HEARTBEAT <n> <checksum>                  every second
-#   CHECKSUM-MISMATCH <n> <now> <expected>    if the random file changed
+# What the guest does: it fills a static region (/tmp/a, random) and
+# re-measures its md5 on every heartbeat; a background dirtier rewrites
+# dirty_mb of data in passes, pass p writing content that is a function of p
+# (8 random seed blocks, rotated by p), and verifies every pass it wrote
+# against md5s taken at boot.  Each heartbeat prints what was measured.
+#
+# Guest kernel command line (besides console=ttyS0):
+#   vmops.static_mb=N       size of the static region (default 4, at least 1;
+#                           md5 under TCG runs at about 60 MB/s)
+#   vmops.dirty_mb=N        size of the dirtier's data, twice in memory: the
+#                           seed and the rewritten copy (default 64; 0: no
+#                           dirtier)
+#   vmops.dirty_pause_us=N  pause between two dirtier passes (default 0)
+#   vmops.corrupt_after=N   after N heartbeats, invert one byte of the static
+#                           region and one of the dirtier's seed (simulated
+#                           memory corruption; default 0: never)
+#
+# Serial console lines printed by the guest (kernel output and terminal
+# escapes may precede a marker on the same line: match anywhere in a line):
+#   VMOPS-GUEST-READY static_mb=S dirty_mb=D corrupt_after=C static=<md5>
+#       once set up; <md5> is the static region's boot checksum
+#   HEARTBEAT <n> static=<md5> static_ok=<0|1> pass=<p> pass_ok=<0|1> bad=<k>
+#       about every second, n = 1, 2, ...:
+#       static     md5 of the static region, measured at this beat
+#       static_ok  1 if it equals the boot checksum
+#       pass       the dirtier's last verified pass (0: none yet, or no dirtier)
+#       pass_ok    1 if that pass verified
+#       bad        failed checks since boot (static beats + dirtier passes);
+#                  a healthy guest says static_ok=1 pass_ok=1 bad=0 forever
+#   CHECKSUM-MISMATCH static beat=<n> got=<md5> want=<md5>
+#       on every beat whose static region does not match
+#   CHECKSUM-MISMATCH dirty beat=<n> failed_passes=<k> pass=<p> block=<b> got=<md5> want=<md5>
+#       at the first beat after more dirtier passes failed (details of the
+#       newest failed pass's first bad block)
+#   VMOPS-GUEST-ERROR <what>
+#       setting up failed (e.g. the regions do not fit in the guest's memory)
+#   VMOPS-GUEST: ...
+#       informational
 #
 # Environment: VMOPS_GUEST_KERNEL_VERSION picks a kernel other than the
 # newest one in /boot.
@@ -157,46 +188,95 @@ fi
 
 cat >init <<'EOF'
 #!/bin/sh
+# The test guest's /init: see the header of tests/guest/build-guest.sh.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# /tmp holds the static region and the dirtier's data (the default, half
+# of RAM, is too small for dirty_mb=64 in a 256 MiB guest).
+mount -t tmpfs -o mode=1777,size=90% tmpfs /tmp
 mount -t tmpfs -o mode=755 tmpfs /run
 
+static_mb=4
 dirty_mb=64
 dirty_pause_us=0
-check_every=5
+corrupt_after=0
 for arg in $(cat /proc/cmdline); do
 	case $arg in
-	vmops.dirty_mb=*) dirty_mb=${arg#vmops.dirty_mb=} ;;
-	vmops.dirty_pause_us=*) dirty_pause_us=${arg#vmops.dirty_pause_us=} ;;
-	vmops.check_every=*) check_every=${arg#vmops.check_every=} ;;
+	vmops.static_mb=*) static_mb=${arg#*=} ;;
+	vmops.dirty_mb=*) dirty_mb=${arg#*=} ;;
+	vmops.dirty_pause_us=*) dirty_pause_us=${arg#*=} ;;
+	vmops.corrupt_after=*) corrupt_after=${arg#*=} ;;
 	esac
 done
+case $static_mb in '' | 0 | *[!0-9]*) static_mb=4 ;; esac
 case $dirty_mb in '' | *[!0-9]*) dirty_mb=64 ;; esac
 case $dirty_pause_us in '' | *[!0-9]*) dirty_pause_us=0 ;; esac
-case $check_every in '' | 0 | *[!0-9]*) check_every=5 ;; esac
+case $corrupt_after in '' | *[!0-9]*) corrupt_after=0 ;; esac
 
 for m in $(cat /lib/modules/order); do
 	insmod /lib/modules/$m.ko 2>/dev/null || echo "VMOPS-GUEST: insmod $m failed"
 done
 
-if [ "$dirty_mb" -gt 0 ]; then
-	dd if=/dev/urandom of=/tmp/a bs=1M count=$dirty_mb 2>/dev/null
-else
-	: >/tmp/a
-fi
-sum=$(md5sum /tmp/a | cut -d' ' -f1)
+# The static region: written once, its md5 re-measured on every heartbeat.
+dd if=/dev/urandom of=/tmp/a bs=1M count=$static_mb 2>/dev/null ||
+	echo "VMOPS-GUEST-ERROR cannot write the static region ($static_mb MiB)"
+set -- $(md5sum /tmp/a)
+boot=$1
 
+# The dirtier's seed: 8 random blocks of dirty_mb/8 MiB, and their md5s.
+# Pass p writes block (j + p) % 8 of the seed as block j of /tmp/b, so what
+# a pass writes is a function of its number (and stale pages from an earlier
+# pass do not verify), then checks every block it wrote against the seed's
+# boot-time md5s.  Its state, "<pass> <ok> <failed passes> [detail]", is in
+# /run/pass for the heartbeat loop, the only writer to the console.
+blocks=8
+bfiles="/tmp/b/0 /tmp/b/1 /tmp/b/2 /tmp/b/3 /tmp/b/4 /tmp/b/5 /tmp/b/6 /tmp/b/7"
 if [ "$dirty_mb" -gt 0 ]; then
-	(
-		while :; do
-			cat /tmp/a >/tmp/b
-			[ "$dirty_pause_us" -gt 0 ] && usleep "$dirty_pause_us"
-		done
-	) </dev/null >/dev/null 2>&1 &
+	mkdir -p /tmp/seed /tmp/b
+	i=0
+	while [ $i -lt $blocks ]; do
+		dd if=/dev/urandom of=/tmp/seed/$i bs=128k count=$dirty_mb 2>/dev/null ||
+			echo "VMOPS-GUEST-ERROR cannot write the dirtier's seed ($dirty_mb MiB)"
+		i=$((i + 1))
+	done
+	set -- $(cd /tmp/seed && md5sum 0 1 2 3 4 5 6 7)
+	i=0
+	while [ $i -lt $blocks ]; do
+		eval "want$i=\$1"
+		shift 2
+		i=$((i + 1))
+	done
 fi
+
+dirtier() {
+	p=0 bad=0 last=
+	while :; do
+		p=$((p + 1))
+		j=0
+		while [ $j -lt $blocks ]; do
+			cp /tmp/seed/$(((j + p) % blocks)) /tmp/b/$j
+			j=$((j + 1))
+		done
+		set -- $(md5sum $bfiles)
+		ok=1 j=0
+		while [ $j -lt $blocks ]; do
+			eval "want=\$want$(((j + p) % blocks))"
+			if [ "${1:-}" != "$want" ]; then
+				[ $ok = 0 ] || last="pass=$p block=$j got=${1:-none} want=$want"
+				ok=0
+			fi
+			[ $# -ge 2 ] && shift 2
+			j=$((j + 1))
+		done
+		[ $ok = 1 ] || bad=$((bad + 1))
+		echo "$p $ok $bad $last" >/run/pass.new
+		mv -f /run/pass.new /run/pass
+		[ "$dirty_pause_us" -gt 0 ] && usleep "$dirty_pause_us"
+	done
+}
+[ "$dirty_mb" -gt 0 ] && dirtier </dev/null >/dev/null 2>&1 &
 
 if [ -x /usr/sbin/qemu-ga ]; then
 	mkdir -p /dev/virtio-ports /run/qga
@@ -219,17 +299,46 @@ if [ -x /usr/sbin/qemu-ga ]; then
 	fi
 fi
 
-echo "VMOPS-GUEST-READY dirty_mb=$dirty_mb checksum=$sum"
+# FILE OFFSET: invert one byte in place (vmops.corrupt_after).
+flip() {
+	set -- "$1" "$2" $(dd if="$1" bs=1 skip="$2" count=1 2>/dev/null | od -An -tu1)
+	printf "\\$(printf %o $(($3 ^ 255)))" | dd of="$1" bs=1 seek="$2" count=1 conv=notrunc 2>/dev/null
+}
+corrupt() {
+	flip /tmp/a $((static_mb * 524288 + 7))
+	[ "$dirty_mb" -gt 0 ] && flip /tmp/seed/3 $((dirty_mb * 65536 + 7))
+	echo "VMOPS-GUEST: corrupted one byte of the static region and of the dirtier's seed"
+}
+# Uptime in centiseconds, into $now (no fork).
+now_cs() {
+	read -r up _ </proc/uptime
+	now=$((${up%.*} * 100 + 1${up#*.} - 100))
+}
 
-n=0
+echo "VMOPS-GUEST-READY static_mb=$static_mb dirty_mb=$dirty_mb corrupt_after=$corrupt_after static=$boot"
+
+n=0 sbad=0 seen=0
 while :; do
+	now_cs
+	t0=$now
 	n=$((n + 1))
-	if [ $((n % check_every)) -eq 0 ]; then
-		now=$(md5sum /tmp/a | cut -d' ' -f1)
-		[ "$now" = "$sum" ] || echo "CHECKSUM-MISMATCH $n $now $sum"
+	[ "$corrupt_after" -gt 0 ] && [ $n -eq $((corrupt_after + 1)) ] && corrupt
+	set -- $(md5sum /tmp/a)
+	sum=${1:-none} sok=1
+	if [ "$sum" != "$boot" ]; then
+		sok=0 sbad=$((sbad + 1))
+		echo "CHECKSUM-MISMATCH static beat=$n got=$sum want=$boot"
 	fi
-	echo "HEARTBEAT $n $sum"
-	sleep 1
+	pass=0 pok=1 pbad=0 detail=
+	[ -f /run/pass ] && read -r pass pok pbad detail </run/pass
+	if [ "${pbad:-0}" -gt $seen ]; then
+		echo "CHECKSUM-MISMATCH dirty beat=$n failed_passes=$pbad $detail"
+		seen=$pbad
+	fi
+	echo "HEARTBEAT $n static=$sum static_ok=$sok pass=${pass:-0} pass_ok=${pok:-0} bad=$((sbad + ${pbad:-0}))"
+	now_cs
+	left=$((100 - (now - t0)))
+	[ $left -gt 0 ] && usleep $((left * 10000))
 done
 EOF
 chmod 755 init

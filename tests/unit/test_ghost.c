@@ -913,7 +913,7 @@ Test(ghost, real_qemu_healthy_ghost_and_phantom, .timeout = 240, .fini = teardow
 	struct testrun r;
 	cJSON *doc;
 	const cJSON *it;
-	long hb;
+	struct testlib_guest g;
 
 	testlib_need_qemu();
 	c = fleet();
@@ -1035,8 +1035,8 @@ Test(ghost, real_qemu_healthy_ghost_and_phantom, .timeout = 240, .fini = teardow
 	cr_assert(strstr(r.out, "\"repaired\":\t0"), "%s", r.out);
 	testrun_free(&r);
 	cr_assert(alive(&keep));
-	hb = testlib_wait_heartbeat(serial, 0, 120, NULL);
-	testlib_wait_heartbeat(serial, hb, 30, NULL);
+	testlib_wait_heartbeat(serial, 0, 120, &g);
+	testlib_assert_guest_continues(serial, NULL, &g.last, 30, NULL);
 	cr_assert(alive(&keep));
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE name = 'keep' AND status = 'running'"), 1);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"

@@ -792,7 +792,7 @@ static void qemu_init(void)
 
 TestSuite(qemu, .init = qemu_init, .fini = qemu_fini, .timeout = 240);
 
-static struct vmops_spec *test_spec(unsigned dirty_mb, bool free_page_hint)
+static struct vmops_spec *test_spec_with(unsigned dirty_mb, bool free_page_hint, const char *extra)
 {
 	struct vmops_error err = { 0 };
 	const char *accel = getenv("VMOPS_TEST_ACCEL");
@@ -803,13 +803,18 @@ static struct vmops_spec *test_spec(unsigned dirty_mb, bool free_page_hint)
 		accel = "tcg";
 	snprintf(json, sizeof(json),
 		 "{\"hypervisor\":\"qemu\",\"memory_mb\":256,\"vcpus\":1,\"kernel\":\"%s\","
-		 "\"initrd\":\"%s\",\"cmdline\":\"console=ttyS0 loglevel=4 vmops.dirty_mb=%u "
-		 "vmops.check_every=2\","
+		 "\"initrd\":\"%s\",\"cmdline\":\"console=ttyS0 loglevel=4 vmops.dirty_mb=%u%s%s\","
 		 "\"balloon\":{\"free_page_hint\":%s},\"accel\":\"%s\"}",
-		 kernel_path, initrd_path, dirty_mb, free_page_hint ? "true" : "false", accel);
+		 kernel_path, initrd_path, dirty_mb, *extra ? " " : "", extra,
+		 free_page_hint ? "true" : "false", accel);
 	s = vmops_spec_parse(json, (size_t)-1, &err);
 	cr_assert_not_null(s, "%s", err.msg);
 	return s;
+}
+
+static struct vmops_spec *test_spec(unsigned dirty_mb, bool free_page_hint)
+{
+	return test_spec_with(dirty_mb, free_page_hint, "");
 }
 
 static void opts_for(struct vmops_hv_launch_opts *o, const char *name, uint64_t id, char *dir,
@@ -841,63 +846,16 @@ static void forget(struct vmops_hv *h)
 	vmops_hv_free(h);
 }
 
-struct serial_state {
-	bool ready;
-	long last_n;             /* last heartbeat number, -1 if none */
-	char checksum[64];       /* from the ready line or the last heartbeat */
-	bool mismatch;           /* CHECKSUM-MISMATCH or a heartbeat with another checksum */
-	char bad[128];           /* first Oops / BUG: / panic line */
-};
-
-static void read_serial(const char *path, struct serial_state *s)
-{
-	FILE *f = fopen(path, "re");
-	char line[1024];
-
-	memset(s, 0, sizeof(*s));
-	s->last_n = -1;
-	if (!f)
-		return;
-	while (fgets(line, sizeof(line), f)) {
-		long n;
-		char sum[64];
-
-		if (!strncmp(line, "VMOPS-GUEST-READY", 17)) {
-			const char *c = strstr(line, "checksum=");
-
-			s->ready = true;
-			if (c && sscanf(c + 9, "%63s", sum) == 1) {
-				if (s->checksum[0] && strcmp(s->checksum, sum))
-					s->mismatch = true;
-				snprintf(s->checksum, sizeof(s->checksum), "%s", sum);
-			}
-		} else if (sscanf(line, "HEARTBEAT %ld %63s", &n, sum) == 2) {
-			s->last_n = n;
-			if (s->checksum[0] && strcmp(s->checksum, sum))
-				s->mismatch = true;
-			snprintf(s->checksum, sizeof(s->checksum), "%s", sum);
-		} else if (strstr(line, "CHECKSUM-MISMATCH")) {
-			s->mismatch = true;
-		}
-		if (!s->bad[0] && (strstr(line, "Oops") || strstr(line, "BUG:") ||
-				   strstr(line, "panic") || strstr(line, "Kernel panic"))) {
-			line[strcspn(line, "\r\n")] = '\0';
-			snprintf(s->bad, sizeof(s->bad), "%.127s", line);
-		}
-	}
-	fclose(f);
-}
-
-/* Wait until the guest printed its ready marker and a heartbeat > after. */
-static void wait_heartbeat(struct vmops_hv *h, long after, int timeout_ms, struct serial_state *s)
+/* Wait until the guest printed a heartbeat > after; *s: its serial log. */
+static void wait_heartbeat(struct vmops_hv *h, long after, int timeout_ms, struct testlib_guest *s)
 {
 	int64_t deadline = now_ms() + timeout_ms;
 
 	for (;;) {
-		read_serial(vmops_hv_info(h)->serial_log, s);
-		cr_assert(!s->bad[0], "vmm %llu: guest says: %s",
-			  (unsigned long long)vmops_hv_info(h)->vmm_id, s->bad);
-		if (s->last_n > after)
+		testlib_guest_read(vmops_hv_info(h)->serial_log, s);
+		cr_assert(!s->trouble[0], "vmm %llu: guest says: %s",
+			  (unsigned long long)vmops_hv_info(h)->vmm_id, s->trouble);
+		if (s->last.n > after)
 			return;
 		cr_assert(vmops_hv_is_alive(h), "vmm %llu died (see %s)",
 			  (unsigned long long)vmops_hv_info(h)->vmm_id, vmops_hv_info(h)->stderr_log);
@@ -960,20 +918,20 @@ static void migrate_wait(struct vmops_hv *src, int timeout_ms, struct vmops_migr
 	}
 }
 
-/* Migrate src to a fresh receiver; check the guest carries on there. */
+/* Migrate src to a fresh receiver; check the guest, which booted with
+ * static checksum `boot`, carries on there. */
 static struct vmops_hv *migrate(struct vmops_hv *src, const struct vmops_spec *spec,
-				const char *name, uint64_t id, unsigned conns)
+				const char *name, uint64_t id, unsigned conns, const char *boot)
 {
 	struct vmops_error err = { 0 };
 	struct vmops_migrate_params mp = { .connections = conns, .downtime_limit_ms = 300 };
 	struct vmops_migrate_progress p;
-	struct serial_state before, after;
+	struct testlib_guest before;
 	struct vmops_vm_status st;
 	struct vmops_hv *dst;
 	int64_t t0;
 
 	dst = receiver(spec, name, id, conns);
-	read_serial(vmops_hv_info(src)->serial_log, &before);
 	t0 = now_ms();
 	cr_assert_eq(vmops_hv_send(src, vmops_hv_info(dst)->incoming_uri, &mp, &err), 0, "%s", err.msg);
 	migrate_wait(src, 60000, &p);
@@ -1001,13 +959,13 @@ static struct vmops_hv *migrate(struct vmops_hv *src, const struct vmops_spec *s
 	}
 
 	/*
-	 * The guest continues on the target: higher heartbeats, same checksum,
-	 * and (two heartbeats on) its own check of the random file passed.
+	 * The guest continues on the target from the source's last heartbeat:
+	 * the static region as at boot, the dirtier's passes verified, every
+	 * heartbeat OK.
 	 */
-	read_serial(vmops_hv_info(src)->serial_log, &before);
-	wait_heartbeat(dst, before.last_n + 2, 20000, &after);
-	cr_assert(!after.mismatch, "checksum changed on the target");
-	cr_assert_str_eq(after.checksum, before.checksum);
+	testlib_guest_read(vmops_hv_info(src)->serial_log, &before);
+	cr_assert_geq(before.last.n, 1, "no heartbeat on the source");
+	testlib_assert_guest_continues(vmops_hv_info(dst)->serial_log, boot, &before.last, 30, NULL);
 	return dst;
 }
 
@@ -1052,9 +1010,11 @@ Test(qemu, lifecycle_and_local_migration)
 {
 	struct vmops_error err = { 0 };
 	struct vmops_spec *spec = test_spec(8, false);
-	struct serial_state s, s2;
+	struct testlib_guest s, s2;
+	struct testlib_beat b0;
 	struct vmops_vm_status st;
 	struct vmops_hv *a, *b, *c;
+	char boot[33];
 	unsigned long long start;
 	char path[64], cmdline[4096];
 	ssize_t n;
@@ -1086,8 +1046,15 @@ Test(qemu, lifecycle_and_local_migration)
 	cr_assert(st.running);
 	cr_assert_eq(vmops_hv_supports_multifd(a, &err), 1, "%s", err.msg);
 
-	wait_heartbeat(a, 1, 60000, &s);
+	/* Without vmops.corrupt_after the guest's checks all pass. */
+	wait_heartbeat(a, 2, 60000, &s);
 	cr_assert(s.ready);
+	cr_assert_eq(strlen(s.boot_sum), 32);
+	snprintf(boot, sizeof(boot), "%s", s.boot_sum);
+	b0 = s.first;
+	testlib_assert_guest_continues(vmops_hv_info(a)->serial_log, boot, &b0, 30, &s);
+	cr_assert_eq(s.mismatches, 0);
+	cr_assert(s.last.static_ok && s.last.pass_ok && s.last.bad == 0 && s.last.pass > 0);
 
 	/* Guest agent, if the guest has one. */
 	{
@@ -1122,19 +1089,19 @@ Test(qemu, lifecycle_and_local_migration)
 	cr_assert_eq(vmops_hv_status(a, &st, &err), 0, "%s", err.msg);
 	cr_assert_str_eq(st.status, "paused");
 	cr_assert(!st.running);
-	read_serial(vmops_hv_info(a)->serial_log, &s);
+	testlib_guest_read(vmops_hv_info(a)->serial_log, &s);
 	sleep_ms(1500);
-	read_serial(vmops_hv_info(a)->serial_log, &s2);
-	cr_assert_eq(s2.last_n, s.last_n, "heartbeats while paused");
+	testlib_guest_read(vmops_hv_info(a)->serial_log, &s2);
+	cr_assert_eq(s2.last.n, s.last.n, "heartbeats while paused");
 	cr_assert_eq(vmops_hv_resume(a, &err), 0, "%s", err.msg);
 	cr_assert_eq(vmops_hv_status(a, &st, &err), 0, "%s", err.msg);
 	cr_assert_str_eq(st.status, "running");
-	wait_heartbeat(a, s.last_n, 10000, &s2);
+	wait_heartbeat(a, s.last.n, 10000, &s2);
 
 	/* a -> b, one connection; then b -> c, two (multifd). */
-	b = migrate(a, spec, "b", 91002, 1);
+	b = migrate(a, spec, "b", 91002, 1, boot);
 	destroy(a);
-	c = migrate(b, spec, "c", 91003, 2);
+	c = migrate(b, spec, "c", 91003, 2, boot);
 	destroy(b);
 	destroy(c);
 	vmops_spec_free(spec);
@@ -1147,14 +1114,16 @@ Test(qemu, target_killed_mid_transfer)
 	struct vmops_spec *spec = test_spec(16, true);
 	struct vmops_migrate_params slow = { .connections = 1, .max_bandwidth = 8u << 20 };
 	struct vmops_migrate_progress p;
-	struct serial_state s, s2;
+	struct testlib_guest s;
 	struct vmops_vm_status st;
 	struct vmops_hv *src, *dst, *dst2;
+	char boot[33];
 	int64_t deadline;
 	pid_t dpid;
 
 	src = launch(spec, "src", 92001);
 	wait_heartbeat(src, 1, 60000, &s);
+	snprintf(boot, sizeof(boot), "%s", s.boot_sum);
 
 	dst = receiver(spec, "dst", 92002, 1);
 	dpid = vmops_hv_info(dst)->pid;
@@ -1178,9 +1147,8 @@ Test(qemu, target_killed_mid_transfer)
 	/* The source keeps running. */
 	cr_assert_eq(vmops_hv_status(src, &st, &err), 0, "%s", err.msg);
 	cr_assert_str_eq(st.status, "running");
-	read_serial(vmops_hv_info(src)->serial_log, &s);
-	wait_heartbeat(src, s.last_n, 10000, &s2);
-	cr_assert(!s2.mismatch);
+	testlib_guest_read(vmops_hv_info(src)->serial_log, &s);
+	testlib_assert_guest_continues(vmops_hv_info(src)->serial_log, boot, &s.last, 30, NULL);
 
 	/* The dead receiver is reaped by destroy; its status call fails cleanly. */
 	cr_assert(!vmops_hv_is_alive(dst));
@@ -1189,8 +1157,189 @@ Test(qemu, target_killed_mid_transfer)
 	destroy(dst);
 
 	/* A retry to a fresh receiver works. */
-	dst2 = migrate(src, spec, "dst2", 92003, 1);
+	dst2 = migrate(src, spec, "dst2", 92003, 1, boot);
 	destroy(src);
 	destroy(dst2);
 	vmops_spec_free(spec);
+}
+
+/*
+ * vmops.corrupt_after=N: after N heartbeats the guest inverts one byte of
+ * its static region and one of the dirtier's seed.  Its checks must say so:
+ * the heartbeats from N+1 on report the failures, CHECKSUM-MISMATCH lines
+ * appear for both, and the post-migration assertion would refuse the log.
+ */
+Test(qemu, guest_memory_check_detects_corruption)
+{
+	struct vmops_spec *spec = test_spec_with(4, false, "vmops.corrupt_after=3");
+	struct testlib_beat before = { .n = 0 };
+	struct testlib_guest s;
+	struct vmops_hv *a;
+	char why[1024];
+	int64_t deadline;
+
+	a = launch(spec, "corrupt", 93001);
+	wait_heartbeat(a, 3, 120000, &s);
+	cr_assert(s.ready);
+	cr_assert_eq(strlen(s.boot_sum), 32);
+	deadline = now_ms() + 30000;
+	while (s.first_static_failed < 0 || s.first_pass_failed < 0 || s.last.n < 6) {
+		cr_assert_lt(now_ms(), deadline, "no failed check reported: first static failure %ld, first "
+			     "pass failure %ld, last beat %ld", s.first_static_failed, s.first_pass_failed, s.last.n);
+		sleep_ms(200);
+		wait_heartbeat(a, 0, 1000, &s);
+	}
+	/* Beats 1..3 were clean; from 4 on the static region is reported bad. */
+	cr_assert_eq(s.first_static_failed, 4, "first static failure at beat %ld", s.first_static_failed);
+	cr_assert_gt(s.first_pass_failed, 3, "first pass failure at beat %ld", s.first_pass_failed);
+	cr_assert(!s.last.static_ok && !s.last.pass_ok && s.last.bad > 0, "HEARTBEAT %ld static_ok=%d "
+		  "pass_ok=%d bad=%ld", s.last.n, s.last.static_ok, s.last.pass_ok, s.last.bad);
+	cr_assert_str_neq(s.last.static_sum, s.boot_sum);
+	cr_assert_gt(s.static_changed, 0);
+	cr_assert_geq(s.mismatches, 2, "%ld CHECKSUM-MISMATCH lines", s.mismatches);
+	cr_assert(strstr(s.mismatch, "CHECKSUM-MISMATCH static beat=4 "), "%s", s.mismatch);
+	{
+		FILE *f = fopen(vmops_hv_info(a)->serial_log, "re");
+		char line[1024];
+		bool dirty = false;
+
+		while (f && fgets(line, sizeof(line), f))
+			dirty |= strstr(line, "CHECKSUM-MISMATCH dirty ") != NULL;
+		if (f)
+			fclose(f);
+		cr_assert(dirty, "no CHECKSUM-MISMATCH dirty line");
+	}
+	cr_assert_eq(testlib_guest_check(&s, s.boot_sum, &before, 3, why, sizeof(why)), -1);
+	cr_log_info("the post-migration check refuses this log: %s", why);
+	destroy(a);
+	vmops_spec_free(spec);
+}
+
+/* ======================================================================= */
+/* The serial log parser (a fake log, no QEMU)                               */
+/* ======================================================================= */
+
+#define SUM_A "0123456789abcdef0123456789abcdef"
+#define SUM_B "fedcba9876543210fedcba9876543210"
+
+static const char *fake_log(const char *text)
+{
+	static char path[64];
+	int fd;
+
+	snprintf(path, sizeof(path), "/tmp/vmops-serial.XXXXXX");
+	fd = mkstemp(path);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	return path;
+}
+
+Test(guestlog, markers_after_console_junk)
+{
+	/* What the serial log of a real boot looks like (see TESTBED.md). */
+	const char *path = fake_log(
+		"\033c\033[?7l\033[2J\033[0mSeaBIOS (version 1.16.2-debian-1.16.2-1)\r\n"
+		"Booting from ROM...\r\n"
+		"Probing EDD (edd=off to disable)... ok\033[?7l\033[2JVMOPS-GUEST-READY static_mb=4 "
+		"dirty_mb=16 corrupt_after=0 static=" SUM_A "\r\n"
+		"HEARTBEAT 1 static=" SUM_A " static_ok=1 pass=0 pass_ok=1 bad=0\r\n"
+		"[    3.1] random: crng init done\033[0mHEARTBEAT 2 static=" SUM_A " static_ok=1 pass=2 pass_ok=1 bad=0\r\n"
+		"HEARTBEAT 3 static=" SUM_A " static_ok=1 pass=4 pass_ok=1 bad=0\r\n"
+		"HEARTBEAT 4 static=" SUM_A " static_ok=1 pa");
+	struct testlib_guest g;
+	struct testlib_beat before = { .n = 1, .pass = 0 };
+	char why[512];
+
+	testlib_guest_read(path, &g);
+	unlink(path);
+	cr_assert(g.ready);
+	cr_assert_str_eq(g.boot_sum, SUM_A);
+	cr_assert_eq(g.beats, 3, "the unfinished last line counts");
+	cr_assert_eq(g.first.n, 1);
+	cr_assert_eq(g.last.n, 3);
+	cr_assert_eq(g.last.pass, 4);
+	cr_assert(g.last.static_ok && g.last.pass_ok);
+	cr_assert_eq(g.failed_beats + g.static_changed + g.mismatches, 0);
+	cr_assert_eq(g.trouble[0], '\0', "%s", g.trouble);
+	cr_assert_eq(testlib_guest_check(&g, SUM_A, &before, 2, why, sizeof(why)), 1, "%s", why);
+	cr_assert_eq(testlib_guest_check(&g, SUM_A, &before, 3, why, sizeof(why)), 0, "not enough beats yet");
+	before.pass = 4;
+	cr_assert_eq(testlib_guest_check(&g, SUM_A, &before, 1, why, sizeof(why)), 0, "no new pass yet");
+	cr_assert_eq(testlib_guest_check(&g, SUM_B, &before, 1, why, sizeof(why)), -1);
+	cr_assert(strstr(why, "booted"), "%s", why);
+}
+
+Test(guestlog, heartbeat_parser)
+{
+	struct testlib_beat b;
+
+	cr_assert(testlib_parse_heartbeat("junk\033[2JHEARTBEAT 12 static=" SUM_B " static_ok=0 pass=7 "
+					  "pass_ok=0 bad=3\r\n", &b));
+	cr_assert_eq(b.n, 12);
+	cr_assert_str_eq(b.static_sum, SUM_B);
+	cr_assert(!b.static_ok && !b.pass_ok);
+	cr_assert_eq(b.pass, 7);
+	cr_assert_eq(b.bad, 3);
+	/* the old format, truncated lines and bad values are not heartbeats */
+	cr_assert_not(testlib_parse_heartbeat("HEARTBEAT 3 " SUM_A, &b));
+	cr_assert_not(testlib_parse_heartbeat("HEARTBEAT 3 static=" SUM_A " static_ok=1 pass=1", &b));
+	cr_assert_not(testlib_parse_heartbeat("HEARTBEAT 3 static=0123 static_ok=1 pass=1 pass_ok=1 bad=0", &b));
+	cr_assert_not(testlib_parse_heartbeat("HEARTBEAT 3 static=" SUM_A " static_ok=2 pass=1 pass_ok=1 bad=0", &b));
+	cr_assert_not(testlib_parse_heartbeat("HEARTBEAT 3 static=" SUM_A " static_ok=1 pass=1 pass_ok=1 bad=0x", &b));
+	cr_assert_not(testlib_parse_heartbeat("no heartbeat here", &b));
+}
+
+Test(guestlog, failures_are_reported)
+{
+	struct testlib_beat before = { .n = 2, .pass = 1 };
+	struct testlib_guest g;
+	char why[512];
+	const char *path;
+
+	/* a target's log (no READY line) whose static region changed */
+	path = fake_log("HEARTBEAT 3 static=" SUM_A " static_ok=1 pass=2 pass_ok=1 bad=0\n"
+			"xx CHECKSUM-MISMATCH static beat=4 got=" SUM_B " want=" SUM_A "\n"
+			"HEARTBEAT 4 static=" SUM_B " static_ok=0 pass=3 pass_ok=1 bad=1\n");
+	testlib_guest_read(path, &g);
+	unlink(path);
+	cr_assert_not(g.ready);
+	cr_assert_eq(g.beats, 2);
+	cr_assert_eq(g.failed_beats, 1);
+	cr_assert_eq(g.first_static_failed, 4);
+	cr_assert_eq(g.first_pass_failed, -1);
+	cr_assert_eq(g.static_changed, 1);
+	cr_assert_eq(g.mismatches, 1);
+	cr_assert(!strncmp(g.mismatch, "xx CHECKSUM-MISMATCH static", 27), "%s", g.mismatch);
+	cr_assert_eq(testlib_guest_check(&g, SUM_A, &before, 1, why, sizeof(why)), -1);
+	cr_assert(strstr(why, "CHECKSUM-MISMATCH"), "%s", why);
+
+	/* a failed dirtier pass between two beats: only the counter shows it */
+	path = fake_log("HEARTBEAT 3 static=" SUM_A " static_ok=1 pass=2 pass_ok=1 bad=0\n"
+			"HEARTBEAT 4 static=" SUM_A " static_ok=1 pass=5 pass_ok=1 bad=1\n");
+	testlib_guest_read(path, &g);
+	unlink(path);
+	cr_assert_eq(g.failed_beats, 1);
+	cr_assert_eq(testlib_guest_check(&g, SUM_A, &before, 1, why, sizeof(why)), -1);
+	cr_assert(strstr(why, "failed check"), "%s", why);
+
+	/* a kernel oops on the target */
+	path = fake_log("HEARTBEAT 3 static=" SUM_A " static_ok=1 pass=2 pass_ok=1 bad=0\n"
+			"[   9.0] BUG: unable to handle page fault for address: 0000\n");
+	testlib_guest_read(path, &g);
+	unlink(path);
+	cr_assert(strstr(g.trouble, "BUG: unable"), "%s", g.trouble);
+	cr_assert_eq(testlib_guest_check(&g, SUM_A, &before, 1, why, sizeof(why)), -1);
+
+	/* heartbeats that start again: a rebooted guest */
+	path = fake_log("HEARTBEAT 1 static=" SUM_A " static_ok=1 pass=2 pass_ok=1 bad=0\n");
+	testlib_guest_read(path, &g);
+	unlink(path);
+	cr_assert_eq(testlib_guest_check(&g, SUM_A, &before, 1, why, sizeof(why)), -1);
+	cr_assert(strstr(why, "start again"), "%s", why);
+
+	/* and a missing log is an empty one */
+	testlib_guest_read("/nonexistent-vmops/serial.log", &g);
+	cr_assert_eq(g.beats, 0);
+	cr_assert_eq(g.last.n, -1);
 }

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -200,38 +201,167 @@ void testlib_kill_vms_under(const char *dir)
 		(void)vmops_proc_scan("/proc", VMOPS_PROC_SCAN_HV_ONLY, kill_if_under, (void *)(uintptr_t)dir, NULL);
 }
 
-long testlib_last_heartbeat(const char *path, char sum[64])
+bool testlib_parse_heartbeat(const char *line, struct testlib_beat *b)
 {
-	FILE *f = fopen(path, "r");
-	char line[512];
-	long n = -1;
+	bool found = false;
 
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		long k;
-		char s[64];
-		const char *p = strstr(line, "HEARTBEAT ");
+	for (const char *p = line; (p = strstr(p, "HEARTBEAT ")); p++) {
+		struct testlib_beat t = { 0 };
+		int sok, pok, used = 0;
 
-		if (p && strchr(p, '\n') && sscanf(p, "HEARTBEAT %ld %63s", &k, s) == 2 && strlen(s) == 32) {
-			n = k;
-			if (sum)
-				snprintf(sum, 64, "%s", s);
-		}
+		if (sscanf(p, "HEARTBEAT %ld static=%32[0-9a-f] static_ok=%d pass=%ld pass_ok=%d bad=%ld%n",
+			   &t.n, t.static_sum, &sok, &t.pass, &pok, &t.bad, &used) != 6 || !used)
+			continue;
+		if (p[used] && !strchr(" \t\r\n", p[used]))
+			continue;
+		if (t.n < 1 || strlen(t.static_sum) != 32 || (sok != 0 && sok != 1) || t.pass < 0 ||
+		    (pok != 0 && pok != 1) || t.bad < 0)
+			continue;
+		t.static_ok = sok;
+		t.pass_ok = pok;
+		*b = t;
+		found = true;
 	}
-	fclose(f);
-	return n;
+	return found;
 }
 
-long testlib_wait_heartbeat(const char *path, long above, int timeout_s, char sum[64])
+void testlib_guest_read(const char *path, struct testlib_guest *g)
 {
-	for (int i = 0; i < timeout_s * 10; i++) {
-		long n = testlib_last_heartbeat(path, sum);
+	FILE *f;
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t len;
 
-		if (n > above)
-			return n;
+	memset(g, 0, sizeof(*g));
+	g->first.n = g->last.n = -1;
+	g->first_static_failed = g->first_pass_failed = -1;
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	while ((len = getline(&line, &cap, f)) > 0 && line[len - 1] == '\n') {
+		struct testlib_beat b;
+		const char *r;
+
+		line[strcspn(line, "\r\n")] = '\0';
+		if ((r = strstr(line, "VMOPS-GUEST-READY"))) {
+			const char *s = strstr(r, " static=");
+
+			g->ready = true;
+			if (s && sscanf(s + 8, "%32[0-9a-f]", g->boot_sum) != 1)
+				g->boot_sum[0] = '\0';
+		}
+		if (testlib_parse_heartbeat(line, &b)) {
+			const char *ref;
+
+			if (!g->beats++)
+				g->first = b;
+			g->last = b;
+			ref = g->boot_sum[0] ? g->boot_sum : g->first.static_sum;
+			g->static_changed += strcmp(b.static_sum, ref) != 0;
+			g->failed_beats += !b.static_ok || !b.pass_ok || b.bad > 0;
+			if (!b.static_ok && g->first_static_failed < 0)
+				g->first_static_failed = b.n;
+			if (!b.pass_ok && g->first_pass_failed < 0)
+				g->first_pass_failed = b.n;
+		}
+		if (strstr(line, "CHECKSUM-MISMATCH") && !g->mismatches++)
+			snprintf(g->mismatch, sizeof(g->mismatch), "%s", line);
+		if (!g->trouble[0] && (strstr(line, "Oops") || strstr(line, "BUG:") || strstr(line, "panic") ||
+				       strstr(line, "VMOPS-GUEST-ERROR")))
+			snprintf(g->trouble, sizeof(g->trouble), "%s", line);
+	}
+	free(line);
+	fclose(f);
+}
+
+long testlib_wait_heartbeat(const char *path, long above, int timeout_s, struct testlib_guest *out)
+{
+	struct testlib_guest g;
+
+	for (int i = 0; i < timeout_s * 10; i++) {
+		testlib_guest_read(path, &g);
+		cr_assert(!g.trouble[0], "%s: the guest says: %s", path, g.trouble);
+		if (g.last.n > above) {
+			if (out)
+				*out = g;
+			return g.last.n;
+		}
 		usleep(100000);
 	}
 	cr_assert_fail("no heartbeat above %ld in %s within %ds", above, path, timeout_s);
 	return -1;
+}
+
+__attribute__((format(printf, 3, 4)))
+static int check_failed(char *why, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, len, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+int testlib_guest_check(const struct testlib_guest *g, const char *boot_sum,
+			const struct testlib_beat *before, long min_beats, char *why, size_t len)
+{
+	long since;
+
+	if (g->trouble[0])
+		return check_failed(why, len, "the guest says: %s", g->trouble);
+	if (g->mismatches)
+		return check_failed(why, len, "%ld CHECKSUM-MISMATCH line(s), the first: %s", g->mismatches,
+				    g->mismatch);
+	if (g->failed_beats)
+		return check_failed(why, len, "%ld heartbeat(s) report a failed check (first static failure at "
+				    "beat %ld, first pass failure at beat %ld; last: HEARTBEAT %ld static_ok=%d "
+				    "pass=%ld pass_ok=%d bad=%ld)", g->failed_beats, g->first_static_failed,
+				    g->first_pass_failed, g->last.n, g->last.static_ok, g->last.pass,
+				    g->last.pass_ok, g->last.bad);
+	if (g->ready && strcmp(g->boot_sum, boot_sum))
+		return check_failed(why, len, "the guest booted (again?) with static checksum %s, expected %s",
+				    g->boot_sum, boot_sum);
+	if (!g->beats)
+		return 0;
+	if (strcmp(g->first.static_sum, boot_sum) || g->static_changed)
+		return check_failed(why, len, "static checksum %s at beat %ld, %s at beat %ld (%ld beat(s) "
+				    "differ); the guest booted with %s", g->first.static_sum, g->first.n,
+				    g->last.static_sum, g->last.n, g->static_changed, boot_sum);
+	if (!g->ready && g->first.n <= before->n)
+		return check_failed(why, len, "heartbeats start again at %ld (the guest was at %ld)",
+				    g->first.n, before->n);
+	since = g->last.n - before->n;
+	if (since > g->beats)
+		since = g->beats;
+	if (since < min_beats)
+		return 0;
+	if (before->pass > 0 && g->last.pass <= before->pass)
+		return 0;
+	return 1;
+}
+
+void testlib_assert_guest_continues(const char *path, const char *boot_sum,
+				    const struct testlib_beat *before, int timeout_s,
+				    struct testlib_guest *out)
+{
+	struct testlib_guest g;
+	char why[1024];
+
+	for (int i = 0;; i++) {
+		int rc;
+
+		testlib_guest_read(path, &g);
+		cr_assert(boot_sum || g.ready, "%s: no VMOPS-GUEST-READY line and no boot checksum given", path);
+		rc = testlib_guest_check(&g, boot_sum ? boot_sum : g.boot_sum, before, 3, why, sizeof(why));
+		cr_assert_geq(rc, 0, "%s: %s", path, why);
+		if (rc > 0)
+			break;
+		cr_assert_lt(i, timeout_s * 10, "%s: the guest did not go on within %d s: last heartbeat %ld "
+			     "(dirtier pass %ld), before %ld (pass %ld)", path, timeout_s, g.last.n, g.last.pass,
+			     before->n, before->pass);
+		usleep(100000);
+	}
+	if (out)
+		*out = g;
 }

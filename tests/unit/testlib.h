@@ -48,12 +48,70 @@ void testlib_missing(const char *what);
  * run directory): a .fini teardown that also runs after a failed assertion. */
 void testlib_kill_vms_under(const char *dir);
 
-/* Last "HEARTBEAT n checksum" of a guest's serial log, complete lines only
- * (the guest may be writing the last one); n = -1 if none.  `sum`, if not
- * NULL, receives the 32-hex checksum. */
-long testlib_last_heartbeat(const char *path, char sum[64]);
-/* Wait until a heartbeat above `above` appears (cr_assert_fail on timeout). */
-long testlib_wait_heartbeat(const char *path, long above, int timeout_s, char sum[64]);
+/*
+ * The test guest's serial log (tests/guest/build-guest.sh documents the
+ * lines).  Markers may appear anywhere in a line: kernel output and
+ * terminal escapes share the serial console.
+ */
+struct testlib_beat {
+	long n;                /* heartbeat number; -1: none */
+	char static_sum[33];   /* md5 of the static region, measured at this beat */
+	bool static_ok;        /* the guest found it equal to its boot checksum */
+	long pass;             /* the dirtier's last verified pass; 0: none */
+	bool pass_ok;          /* that pass verified */
+	long bad;              /* failed checks since boot */
+};
+
+/* A heartbeat anywhere in `line` (all fields, well formed): true and *b. */
+bool testlib_parse_heartbeat(const char *line, struct testlib_beat *b);
+
+struct testlib_guest {
+	bool ready;                       /* VMOPS-GUEST-READY seen */
+	char boot_sum[33];                /* its static=: the boot checksum, "" if not seen */
+	long beats;                       /* heartbeat lines */
+	struct testlib_beat first, last;  /* n = -1: none */
+	long failed_beats;                /* beats with static_ok=0, pass_ok=0 or bad>0 */
+	long first_static_failed;         /* n of the first beat with static_ok=0, -1: none */
+	long first_pass_failed;           /* n of the first beat with pass_ok=0, -1: none */
+	long static_changed;              /* beats whose static= differs from boot_sum
+					     (from the first beat's if no READY line) */
+	long mismatches;                  /* CHECKSUM-MISMATCH lines */
+	char mismatch[256];               /* the first of them */
+	char trouble[256];                /* first Oops, BUG:, panic or VMOPS-GUEST-ERROR line */
+};
+
+/* Read a serial log, complete lines only (the guest may be writing the
+ * last one); a missing file reads as an empty log. */
+void testlib_guest_read(const char *path, struct testlib_guest *g);
+
+/* Wait until a heartbeat above `above` appears (cr_assert_fail on timeout);
+ * returns its number.  `g`, if not NULL, receives the log's state. */
+long testlib_wait_heartbeat(const char *path, long above, int timeout_s, struct testlib_guest *g);
+
+/*
+ * Is `g` (a log read after a migration, or the source's own log after a
+ * failed one) a healthy continuation of the guest that booted with static
+ * checksum `boot_sum` and was last seen at heartbeat `before`?  Returns
+ * -1 with the reason in `why` if something is wrong: a CHECKSUM-MISMATCH,
+ * Oops, BUG:, panic or VMOPS-GUEST-ERROR line, a heartbeat reporting a
+ * failed check, a static checksum other than `boot_sum`.  Otherwise 1 once
+ * it went on far enough (`min_beats` heartbeats after `before`, and a
+ * dirtier pass after before->pass if that was not 0), else 0.
+ */
+int testlib_guest_check(const struct testlib_guest *g, const char *boot_sum,
+			const struct testlib_beat *before, long min_beats, char *why, size_t len);
+
+/*
+ * The assertion after a migration: the guest whose log is `path` goes on
+ * (three heartbeats after `before` within `timeout_s`, the dirtier
+ * verifying new passes), its static checksum equals `boot_sum` (NULL: the
+ * READY line of this same log) and every heartbeat in the log reports OK,
+ * with no CHECKSUM-MISMATCH, Oops, BUG: or panic.  `g`, if not NULL,
+ * receives the log's state (g->last: the `before` of a next migration).
+ */
+void testlib_assert_guest_continues(const char *path, const char *boot_sum,
+				    const struct testlib_beat *before, int timeout_s,
+				    struct testlib_guest *g);
 
 /* Count of '\n' in s. */
 size_t testlib_lines(const char *s);
