@@ -100,6 +100,13 @@ SELECT v.id, v.worker_id, s.memory_mb, s.vcpus
  WHERE v.time_deleted IS NULL
  ORDER BY v.id;
 
+-- The workers' reserved totals (schema v3), which the triggers would have
+-- kept: what vmm-reap releases must have been reserved.
+UPDATE workers w SET reserved_memory_mb = r.mem, reserved_vcpus = r.cpu
+  FROM (SELECT worker_id, sum(memory_mb) AS mem, sum(vcpus) AS cpu
+          FROM reservations GROUP BY worker_id) r
+ WHERE r.worker_id = w.id;
+
 -- 100 events per sandbox, back to back, each an hour, offset by (7i mod 60)
 -- minutes; the last is open for running sandboxes, else ends at t_end.
 -- Written hour by hour, as a ledger grows (the last hour's events are at

@@ -305,17 +305,16 @@ Test(reap, four_concurrent_reapers_on_200k, .timeout = 240)
 
 	/* 200k abandoned VMMs (every third reserved), plus 150 referenced ones that must stay. */
 	PQclear(testdb_exec(c,
-		"INSERT INTO workers (name, memory_mb, vcpus) SELECT 'w' || i, 1048576, 4096 FROM generate_series(1, 10) i;"
+		"INSERT INTO workers (name, memory_mb, vcpus) SELECT 'w' || i, 4194304, 65536 FROM generate_series(1, 10) i;"
 		"INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
 		" SELECT 's' || i, 'o', 'running', 1 + i % 10, 1024, 1 FROM generate_series(1, 100) i;"
 		"INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)"
 		" SELECT 1 + i % 100, 1 + i % 10, 'qemu', CASE WHEN i % 7 = 0 THEN 'failed' ELSE 'destroyed' END"
 		" FROM generate_series(1, 200150) i;"
 		"UPDATE sandboxes s SET active_vmm_id = s.id * 2, target_vmm_id = CASE WHEN s.id % 2 = 0 THEN s.id * 2 - 1 END;"
-		"SET session_replication_role = replica;"  /* bulk fixture: skip per-row admission */
+		/* admitted per statement and worker, like the reaper's deletes are released */
 		"INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus)"
 		" SELECT id, worker_id, 256, 1 FROM vmms WHERE id % 3 = 0;"
-		"RESET session_replication_role;"
 		"ANALYZE;"));
 	/* referenced: active 2,4,...,200 and target 3,7,11,...,199 */
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms v WHERE NOT EXISTS (SELECT 1 FROM sandboxes s"
@@ -356,6 +355,10 @@ Test(reap, four_concurrent_reapers_on_200k, .timeout = 240)
 	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE time_deleted IS NULL"), 150);
 	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM reservations"),
 		     testdb_ll(c, "SELECT count(*) FROM vmms WHERE id <= 200 AND id % 3 = 0 AND time_deleted IS NULL"));
+	/* the workers' reserved totals followed every batch of every reaper */
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM workers w WHERE (w.reserved_memory_mb, w.reserved_vcpus) <>"
+				  " (SELECT coalesce(sum(memory_mb), 0), coalesce(sum(vcpus), 0) FROM reservations r"
+				  "  WHERE r.worker_id = w.id)"), 0);
 	PQfinish(c);
 }
 
