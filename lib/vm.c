@@ -10,6 +10,7 @@
 #include "exitcodes.h"
 #include "fleet.h"
 #include "log.h"
+#include "proc.h"
 #include "vm.h"
 
 int vmops_vm_worker_run_dir(const char *worker_run_dir, const char *worker, char *buf,
@@ -311,14 +312,22 @@ int vmops_vm_destroy(PGconn *c, const char *sandbox, int timeout_ms, bool dry_ru
 				}
 				vmops_hv_free(h);
 			} else {
+				struct vmops_error ce = { 0 };
+				int live;
+
 				vmops_debug("vmm %lld: control socket does not answer; checking the process", d.vmm_id);
-				char st = 0;
-				unsigned long long start = 0;
-				if (vmops_hv_proc_stat(info.pid, &st, &start) == 0 && start == info.start_time &&
-				    st != 'Z' && st != 'X')
+				live = vmops_proc_check(NULL, info.pid, info.start_time, NULL, &ce);
+				if (live == VMOPS_PROC_ALIVE)
 					return vmops_err(e, VMOPS_EXIT_HYPERVISOR,
 							 "sandbox %s: vmm %lld (pid %d) runs but its control socket %s does not answer; not destroying it blind",
 							 sandbox, d.vmm_id, (int)info.pid, info.control_socket);
+				if (live == VMOPS_PROC_UNKNOWN)
+					return vmops_err(e, VMOPS_EXIT_CONFLICT,
+							 "sandbox %s: vmm %lld: pid %d is alive, no start time is recorded and the control socket %s does not answer: cannot tell whether it is this vmm; nothing done",
+							 sandbox, d.vmm_id, (int)info.pid, info.control_socket);
+				if (live < 0)
+					return vmops_err(e, VMOPS_EXIT_FAILURE, "sandbox %s: vmm %lld: %s; nothing done",
+							 sandbox, d.vmm_id, ce.msg);
 			}
 		}
 	}
