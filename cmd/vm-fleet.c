@@ -4,6 +4,7 @@
  * schema, workers, sandboxes and their VMMs.
  */
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -545,6 +546,30 @@ static enum vmops_accel accel_opt(void)
 
 static char *launch_spec_text;
 
+static volatile sig_atomic_t launch_interrupted;
+
+static void on_launch_signal(int sig)
+{
+	(void)sig;
+	launch_interrupted = 1;
+}
+
+/* SIGINT, SIGTERM and SIGHUP stop a launch cleanly (lib/vm.c undoes it). */
+static void catch_launch_signals(void)
+{
+	static const int sigs[] = { SIGINT, SIGTERM, SIGHUP };
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_launch_signal;
+	sigemptyset(&sa.sa_mask);
+	for (size_t i = 0; i < ARRAY_SIZE(sigs); i++)
+		sigaddset(&sa.sa_mask, sigs[i]);
+	sa.sa_flags = SA_RESTART;
+	for (size_t i = 0; i < ARRAY_SIZE(sigs); i++)
+		sigaction(sigs[i], &sa, NULL);
+}
+
 static int cmd_launch(PGconn *c, const char **args)
 {
 	static const struct vmops_column cols[] = {
@@ -570,6 +595,7 @@ static int cmd_launch(PGconn *c, const char **args)
 	q.ready_timeout_ms = (int)opt_duration("wait", opt.wait, 30000, 1, DAY_MS);
 	q.auto_accel = accel_opt();
 	q.dry_run = vmops_cli.dry_run;
+	q.interrupted = &launch_interrupted;
 	if (vmops_vm_launch(c, &q, &res, &err) < 0)
 		die_err(&err);
 	print_result("launched", cols, ARRAY_SIZE(cols),
@@ -752,6 +778,8 @@ int main(int argc, const char **argv)
 		if (ncargs < cmd->nargs)
 			usage_error("%s: expected %s", cmd->name, cmd->args);
 		validate(cmd, cargs);
+		if (cmd->run == cmd_launch)
+			catch_launch_signals();
 		c = connect_db(cmd->needs_schema);
 		rc = cmd->run(c, cargs);
 		PQfinish(c);
