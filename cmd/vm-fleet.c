@@ -11,6 +11,7 @@
 
 #include "db.h"
 #include "fleet.h"
+#include "host.h"
 #include "parse.h"
 #include "proc.h"
 #include "prog.h"
@@ -22,7 +23,7 @@ static struct {
 	const char *memory, *vcpus, *address, *transport, *run_dir, *ports;
 	const char *sandbox, *org, *worker, *hypervisor, *status, *disk;
 	const char *pid, *pid_start_time, *control_socket, *agent_socket, *spec;
-	const char *wait, *accel, *timeout;
+	const char *wait, *accel, *timeout, *host_id;
 } opt;
 
 static struct poptOption top_options[] = {
@@ -48,6 +49,16 @@ static struct poptOption worker_add_options[] = {
 	{ "transport", '\0', POPT_ARG_STRING, &opt.transport, 0, "how vmops reaches the worker: local", "KIND" },
 	{ "run-dir", '\0', POPT_ARG_STRING, &opt.run_dir, 0, "directory for VMM sockets and logs on the worker", "DIR" },
 	{ "ports", '\0', POPT_ARG_STRING, &opt.ports, 0, "migration port range (default 49152-49407)", "MIN-MAX" },
+	{ "host-id", '\0', POPT_ARG_STRING, &opt.host_id, 0,
+	  "identity of the worker's host (default: this host's, $VMOPS_HOST_ID or /etc/machine-id)", "ID" },
+	VMOPS_DRY_RUN_OPTION,
+	VMOPS_COMMON_OPTIONS,
+	POPT_TABLEEND
+};
+
+static struct poptOption set_host_options[] = {
+	{ "host-id", '\0', POPT_ARG_STRING, &opt.host_id, 0,
+	  "the identity to record (default: this host's, $VMOPS_HOST_ID or /etc/machine-id)", "ID" },
 	VMOPS_DRY_RUN_OPTION,
 	VMOPS_COMMON_OPTIONS,
 	POPT_TABLEEND
@@ -120,6 +131,7 @@ static int cmd_status(PGconn *c, const char **args);
 static int cmd_worker_add(PGconn *c, const char **args);
 static int cmd_worker_list(PGconn *c, const char **args);
 static int cmd_worker_set_state(PGconn *c, const char **args);
+static int cmd_worker_set_host(PGconn *c, const char **args);
 static int cmd_list(PGconn *c, const char **args);
 static int cmd_register(PGconn *c, const char **args);
 static int cmd_launch(PGconn *c, const char **args);
@@ -132,6 +144,8 @@ static const struct command commands[] = {
 	{ "worker list", "", "list workers with reserved capacity", plain_options, 0, cmd_worker_list, true },
 	{ "worker set-state", "NAME STATE", "set a worker active, draining, drained or terminated",
 	  set_state_options, 2, cmd_worker_set_state, true },
+	{ "worker set-host", "NAME", "record which host a worker is (ghost-reap checks it)",
+	  set_host_options, 1, cmd_worker_set_host, true },
 	{ "list", "", "list sandboxes with their worker and VMM", list_options, 0, cmd_list, true },
 	{ "register", "--sandbox NAME --org ORG --worker NAME --memory SIZE --vcpus N",
 	  "record a VMM that another system launched", register_options, 0, cmd_register, true },
@@ -350,10 +364,12 @@ static int cmd_worker_add(PGconn *c, const char **args)
 		{ "name", VMOPS_COL_STRING, 0, 0 },
 		{ "memory_mb", VMOPS_COL_INT, 0, 0 },
 		{ "vcpus", VMOPS_COL_INT, 0, 0 },
+		{ "host_id", VMOPS_COL_STRING, 0, 0 },
 		{ "dry_run", VMOPS_COL_BOOL, 0, 0 },
 	};
 	struct vmops_worker_spec w = { .name = args[0] };
 	struct vmops_error err = { 0 };
+	char here[VMOPS_HOST_ID_MAX];
 	long long id = -1;
 
 	w.memory_mb = size_mb("memory", opt.memory);
@@ -363,13 +379,23 @@ static int cmd_worker_add(PGconn *c, const char **args)
 	w.run_dir = opt.run_dir;
 	if (opt.ports)
 		parse_ports(opt.ports, &w.port_min, &w.port_max);
+	w.host_id = opt.host_id;
+	if (!w.host_id) {
+		/* transport local: the worker is this host */
+		if (vmops_host_id(getenv(VMOPS_HOST_ID_ENV), here, sizeof(here), &err) == 0)
+			w.host_id = here;
+		else
+			vmops_warn("%s; worker %s gets no host identity: run 'vm-fleet worker set-host %s' on its host",
+				   err.msg, w.name, w.name);
+		vmops_err_clear(&err);
+	}
 	if (vmops_fleet_worker_add(c, &w, vmops_cli.dry_run, &id, &err) < 0)
 		die_err(&err);
 	if (vmops_cli.dry_run)
 		id = -1;
 	print_result("worker", cols, ARRAY_SIZE(cols),
-		     (long long[]){ id, 0, w.memory_mb, w.vcpus, vmops_cli.dry_run },
-		     (const char *[]){ NULL, w.name, NULL, NULL, NULL });
+		     (long long[]){ id, 0, w.memory_mb, w.vcpus, 0, vmops_cli.dry_run },
+		     (const char *[]){ NULL, w.name, NULL, NULL, w.host_id, NULL });
 	return VMOPS_EXIT_OK;
 }
 
@@ -401,6 +427,7 @@ static int cmd_worker_list(PGconn *c, const char **args)
 		{ "sandboxes", VMOPS_COL_INT, VMOPS_COL_RIGHT, 0 },
 		{ "address", VMOPS_COL_STRING, 0, 0 },
 		{ "transport", VMOPS_COL_STRING, 0, 0 },
+		{ "host_id", VMOPS_COL_STRING, 0, 0 },
 	};
 	struct vmops_error err = { 0 };
 	_cleanup_pgresult_ PGresult *r = vmops_fleet_worker_list(c, &err);
@@ -427,6 +454,30 @@ static int cmd_worker_set_state(PGconn *c, const char **args)
 		die_err(&err);
 	print_result("worker", cols, ARRAY_SIZE(cols), (long long[]){ 0, 0, 0, vmops_cli.dry_run },
 		     (const char *[]){ args[0], old, args[1], NULL });
+	return VMOPS_EXIT_OK;
+}
+
+static int cmd_worker_set_host(PGconn *c, const char **args)
+{
+	static const struct vmops_column cols[] = {
+		{ "name", VMOPS_COL_STRING, 0, 0 },
+		{ "old_host_id", VMOPS_COL_STRING, 0, 0 },
+		{ "host_id", VMOPS_COL_STRING, 0, 0 },
+		{ "dry_run", VMOPS_COL_BOOL, 0, 0 },
+	};
+	struct vmops_error err = { 0 };
+	char here[VMOPS_HOST_ID_MAX], old[VMOPS_HOST_ID_MAX] = "";
+	const char *id = opt.host_id;
+
+	if (!id) {
+		if (vmops_host_id(getenv(VMOPS_HOST_ID_ENV), here, sizeof(here), &err) < 0)
+			die_err(&err);
+		id = here;
+	}
+	if (vmops_fleet_worker_set_host(c, args[0], id, vmops_cli.dry_run, old, &err) < 0)
+		die_err(&err);
+	print_result("worker", cols, ARRAY_SIZE(cols), (long long[]){ 0, 0, 0, vmops_cli.dry_run },
+		     (const char *[]){ args[0], old[0] ? old : NULL, id, NULL });
 	return VMOPS_EXIT_OK;
 }
 
@@ -646,6 +697,15 @@ static void validate(const struct command *cmd, const char **args)
 			long long lo, hi;
 			parse_ports(opt.ports, &lo, &hi);
 		}
+		if (opt.host_id && !vmops_host_id_valid(opt.host_id))
+			usage_error("--host-id: invalid host identity '%s': 1 to 128 of letters, digits, '.', '_', ':', '-'",
+				    opt.host_id);
+	} else if (cmd->run == cmd_worker_set_host) {
+		if (!vmops_fleet_valid_name(args[0]))
+			usage_error("invalid worker name '%s': letters, digits, '.', '_', '-', at most 63", args[0]);
+		if (opt.host_id && !vmops_host_id_valid(opt.host_id))
+			usage_error("--host-id: invalid host identity '%s': 1 to 128 of letters, digits, '.', '_', ':', '-'",
+				    opt.host_id);
 	} else if (cmd->run == cmd_list) {
 		if (opt.status && !valid_status(opt.status))
 			usage_error("--status: invalid status '%s': use pending, running, migrating, hibernated, stopped, error or destroyed",

@@ -21,6 +21,8 @@ enum vmops_exit {
 	VMOPS_EXIT_CONFLICT    = 10, /* refused by the database: invariant, capacity, state */
 	VMOPS_EXIT_NOTFOUND    = 11, /* named worker/sandbox/VMM does not exist */
 	VMOPS_EXIT_INTERRUPTED = 12, /* stopped by SIGINT/SIGTERM after cleaning up */
+	VMOPS_EXIT_WRONG_HOST  = 13, /* this host is not (or cannot be shown to be) the
+	                                worker named: host identity differs or is unknown */
 };
 
 /* Short stable name of an exit code ("ok", "usage", ...), for --json. */
