@@ -19,6 +19,7 @@
 #include "parse.h"
 #include "prog.h"
 #include "schema.h"
+#include "vm.h"
 
 #define MIN_AGE_MAX_MS (365ull * 24 * 3600 * 1000)
 #define GRACE_MAX_MS (10ull * 60 * 1000)

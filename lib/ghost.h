@@ -83,9 +83,6 @@
 
 #define VMOPS_GHOST_MIN_AGE_DEFAULT_MS (5ull * 60 * 1000)
 #define VMOPS_GHOST_GRACE_DEFAULT_MS 5000u
-/* Longer than any launch takes to record running (vm-fleet launch --wait
- * defaults to 30 s) or to remove what it wrote. */
-#define VMOPS_STARTING_TIMEOUT_DEFAULT_MS (10ull * 60 * 1000)
 
 enum vmops_ghost_action {
 	VMOPS_GHOST_LOG = 0,   /* report ghosts, touch nothing */
@@ -122,7 +119,8 @@ struct vmops_ghost_opts {
 	const char *host_id;           /* this host's identity (host.h); required when live */
 	bool repair_from_recording;    /* !live: repair phantoms and zombies anyway */
 	uint64_t min_age_ms;
-	uint64_t starting_timeout_ms;  /* a VMM starting this long was abandoned */
+	uint64_t starting_timeout_ms;  /* a VMM starting this long was abandoned
+	                                  (VMOPS_STARTING_TIMEOUT_DEFAULT_MS, vm.h) */
 	enum vmops_ghost_action action;
 	unsigned grace_ms;             /* SIGTERM to SIGKILL */
 	bool dry_run;

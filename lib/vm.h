@@ -32,6 +32,13 @@ struct vmops_launch_req {
 	volatile sig_atomic_t *interrupted;
 };
 
+/*
+ * How long a VMM may stay `starting` before ghost-reap and usage-parity take
+ * its launch for abandoned (--starting-timeout): far longer than a launch
+ * takes to record it running or to remove it (launch waits 30 s by default).
+ */
+#define VMOPS_STARTING_TIMEOUT_DEFAULT_MS (10ull * 60 * 1000)
+
 struct vmops_launch_res {
 	long long sandbox_id, vmm_id, worker_id, scale_event_id;
 	struct vmops_vmm_info info;

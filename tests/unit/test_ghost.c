@@ -1387,6 +1387,24 @@ Test(ghost, abandoned_launch_is_stopped_after_starting_timeout, .timeout = 300, 
 	free(before);
 	free(after);
 	cr_assert(alive(&a) && alive(&b) && alive(&u));
+	/* usage-parity sees them too: pending, a live VMM, nothing billed */
+	TESTRUN(&r, "usage-parity", "--db", ci, "--from", "2001-01-01", "--to", "2001-01-02", "--starting-timeout", "1s",
+		"--json");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s%s", r.out, r.err);
+	doc = parse(r.out);
+	{
+		const cJSON *f;
+		int n = 0;
+
+		cJSON_ArrayForEach(f, cJSON_GetObjectItemCaseSensitive(doc, "findings")) {
+			cr_assert_str_eq(str(f, "category"), "pending_live_vmm", "%s", r.out);
+			cr_assert(strstr(str(f, "detail"), "run ghost-reap on gw"), "%s", r.out);
+			n++;
+		}
+		cr_assert_eq(n, 3, "%s", r.out);
+	}
+	cJSON_Delete(doc);
+	testrun_free(&r);
 
 	/* --action kill: stopped (pidfd, start time checked), then repaired:
 	 * VMM failed, sandbox error, reservation gone; the unknown one untouched */
@@ -1418,6 +1436,9 @@ Test(ghost, abandoned_launch_is_stopped_after_starting_timeout, .timeout = 300, 
 	assert_stale_repaired(c, &u);
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s",
 		"--starting-timeout", "1s");
+	cr_assert_eq(r.status, VMOPS_EXIT_OK, "%s%s", r.out, r.err);
+	testrun_free(&r);
+	TESTRUN(&r, "usage-parity", "--db", ci, "--from", "2001-01-01", "--to", "2001-01-02", "--starting-timeout", "1s");
 	cr_assert_eq(r.status, VMOPS_EXIT_OK, "%s%s", r.out, r.err);
 	testrun_free(&r);
 	PQfinish(c);
