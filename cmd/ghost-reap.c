@@ -15,15 +15,18 @@
 #include "db.h"
 #include "fleet.h"
 #include "ghost.h"
+#include "host.h"
 #include "parse.h"
 #include "prog.h"
 #include "schema.h"
+#include "vm.h"
 
 #define MIN_AGE_MAX_MS (365ull * 24 * 3600 * 1000)
 #define GRACE_MAX_MS (10ull * 60 * 1000)
 
 static struct {
-	const char *worker, *min_age, *action, *grace, *proc_root;
+	const char *worker, *min_age, *action, *grace, *proc_root, *starting_timeout;
+	int repair_from_recording;
 } opt;
 
 static struct poptOption options[] = {
@@ -35,8 +38,12 @@ static struct poptOption options[] = {
 	  "what to do with ghosts: log or kill (default log)", "ACTION" },
 	{ "grace", '\0', POPT_ARG_STRING, &opt.grace, 0,
 	  "kill: time between SIGTERM and SIGKILL (default 5s)", "DUR" },
+	{ "starting-timeout", '\0', POPT_ARG_STRING, &opt.starting_timeout, 0,
+	  "a VMM starting for longer was abandoned by its launch (default 10m)", "DUR" },
 	{ "proc-root", '\0', POPT_ARG_STRING, &opt.proc_root, 0,
 	  "read processes from this /proc tree (default $VMOPS_PROC_ROOT, else /proc)", "DIR" },
+	{ "repair-from-recording", '\0', POPT_ARG_NONE, &opt.repair_from_recording, 0,
+	  "with a recorded --proc-root: repair the phantoms it shows (default: report only)", NULL },
 	VMOPS_DRY_RUN_OPTION,
 	VMOPS_COMMON_OPTIONS,
 	POPT_TABLEEND
@@ -47,16 +54,22 @@ static void usage(void)
 	printf("Usage:\n %s [options]\n\n", prog_name);
 	printf("Reconcile the hypervisor processes on this worker with the database.\n"
 	       "Ghosts: hypervisor processes of this worker that the database does not\n"
-	       "know, or knows as destroyed; logged, or killed with --action kill (SIGTERM,\n"
-	       "grace, SIGKILL, never a reused pid).  Phantoms and zombies: VMMs the\n"
-	       "database has as running whose process is gone, dead, a zombie or another\n"
+	       "know, or knows as destroyed, and those of VMMs starting for longer than\n"
+	       "--starting-timeout; logged, or killed with --action kill (SIGTERM, grace,\n"
+	       "SIGKILL, never a reused pid).  Phantoms and zombies: VMMs the database has\n"
+	       "as running or starting whose process is gone, dead, a zombie or another\n"
 	       "process; the VMM is marked failed and its sandbox error (billing closed),\n"
-	       "one transaction per VMM.\n\n"
+	       "one transaction per VMM.  Unknown: a VMM whose process cannot be told\n"
+	       "from another (no start time recorded); never acted on.\n\n"
+	       "Nothing is done unless this host is the worker's host (its identity,\n"
+	       "$VMOPS_HOST_ID or /etc/machine-id, is the one 'vm-fleet worker set-host'\n"
+	       "recorded); a recorded --proc-root is only reported on.\n\n"
 	       "Options:\n");
 	vmops_cli_print_options(stdout, options);
-	printf("\nExit status: 0 nothing found, or all of it repaired or killed; 1 an action\n"
-	       "failed; 2 usage; 3 problems found and not fixed; 5 database unreachable;\n"
-	       "6 schema; 11 unknown worker; see vmops(7).\n");
+	printf("\nExit status: 0 nothing found; 3 problems found and not all fixed (also when\n"
+	       "a kill or repair failed); 4 problems found and all fixed; 1 failure;\n"
+	       "2 usage; 5 database unreachable; 6 schema; 11 unknown worker; 13 this host\n"
+	       "is not the worker's; see vmops(7).\n");
 	printf("\nFor more details see ghost-reap(1).\n");
 }
 
@@ -105,17 +118,19 @@ int main(int argc, const char **argv)
 		{ "phantoms", VMOPS_COL_INT, 0, 0 },
 		{ "zombies", VMOPS_COL_INT, 0, 0 },
 		{ "foreign", VMOPS_COL_INT, 0, 0 },
+		{ "unknown", VMOPS_COL_INT, 0, 0 },
 		{ "killed", VMOPS_COL_INT, 0, 0 },
 		{ "repaired", VMOPS_COL_INT, 0, 0 },
 		{ "unfixed", VMOPS_COL_INT, 0, 0 },
 		{ "errors", VMOPS_COL_INT, 0, 0 },
+		{ "status", VMOPS_COL_STRING, 0, 0 },
 	};
 	struct vmops_ghost_opts go = { .program = "ghost-reap" };
 	struct vmops_ghost_report rep;
 	struct vmops_error err = { 0 };
 	struct vmops_output *o;
 	struct vmops_section *s;
-	char host[256];
+	char host[256], host_id[VMOPS_HOST_ID_MAX];
 	const char **left, *root_from = "--proc-root";
 	struct stat sb;
 	poptContext ctx;
@@ -147,6 +162,8 @@ int main(int argc, const char **argv)
 	else
 		usage_error("--action: unknown action '%s': use log or kill", opt.action);
 	go.min_age_ms = opt_duration("min-age", opt.min_age, VMOPS_GHOST_MIN_AGE_DEFAULT_MS, 0, MIN_AGE_MAX_MS);
+	go.starting_timeout_ms = opt_duration("starting-timeout", opt.starting_timeout,
+					      VMOPS_STARTING_TIMEOUT_DEFAULT_MS, 0, MIN_AGE_MAX_MS);
 	go.grace_ms = (unsigned)opt_duration("grace", opt.grace, VMOPS_GHOST_GRACE_DEFAULT_MS, 0, GRACE_MAX_MS);
 	go.proc_root = opt.proc_root;
 	if (!go.proc_root && getenv("VMOPS_PROC_ROOT") && *getenv("VMOPS_PROC_ROOT")) {
@@ -163,7 +180,19 @@ int main(int argc, const char **argv)
 	if (go.action == VMOPS_GHOST_KILL && !go.live)
 		usage_error("--action kill: %s %s is a recorded tree, not this host's /proc: its processes cannot be signalled",
 			    root_from, go.proc_root);
+	if (opt.repair_from_recording && go.live)
+		usage_error("--repair-from-recording: %s %s is this host's live /proc, not a recording", root_from,
+			    go.proc_root);
+	go.repair_from_recording = opt.repair_from_recording;
 	go.dry_run = vmops_cli.dry_run;
+	/* The live /proc is read as the worker's only if this host is it. */
+	if (go.live) {
+		if (vmops_host_id(getenv(VMOPS_HOST_ID_ENV), host_id, sizeof(host_id), &err) < 0) {
+			vmops_err_prefix(&err, "worker %s", go.worker);
+			die_err(&err);
+		}
+		go.host_id = host_id;
+	}
 
 	c = vmops_db_connect(vmops_cli.db, prog_name, &err);
 	if (!c || vmops_schema_check(c, &err) < 0)
@@ -222,23 +251,27 @@ int main(int argc, const char **argv)
 	vmops_set_int(s, 7, rep.phantoms);
 	vmops_set_int(s, 8, rep.zombies);
 	vmops_set_int(s, 9, rep.foreign);
-	vmops_set_int(s, 10, rep.killed);
-	vmops_set_int(s, 11, rep.repaired);
-	vmops_set_int(s, 12, rep.unfixed);
-	vmops_set_int(s, 13, rep.errors);
+	vmops_set_int(s, 10, rep.unknown);
+	vmops_set_int(s, 11, rep.killed);
+	vmops_set_int(s, 12, rep.repaired);
+	vmops_set_int(s, 13, rep.unfixed);
+	vmops_set_int(s, 14, rep.errors);
+	/* The audit programs' convention (usage-parity's): 0 clean, 3 found and
+	 * not all fixed (a failed kill or repair included), 4 all fixed. */
+	if (rep.problems == 0)
+		rc = VMOPS_EXIT_OK;
+	else if (rep.unfixed == 0)
+		rc = VMOPS_EXIT_FIXED;
+	else
+		rc = VMOPS_EXIT_FOUND;
+	vmops_set_str(s, 15, rc == VMOPS_EXIT_OK ? "clean" : rc == VMOPS_EXIT_FIXED ? "fixed" : "found");
 	if (!vmops_cli.quiet || vmops_cli.json)
 		print_output(o);
 	vmops_output_free(o);
 	poptFreeContext(ctx);
 
-	if (rep.errors) {
+	if (rep.errors)
 		fprintf(stderr, "%s: %lld action(s) failed; see the detail column\n", prog_name, rep.errors);
-		rc = VMOPS_EXIT_FAILURE;
-	} else if (rep.unfixed) {
-		rc = VMOPS_EXIT_FOUND;
-	} else {
-		rc = VMOPS_EXIT_OK;
-	}
 	vmops_ghost_report_free(&rep);
 	return rc;
 }

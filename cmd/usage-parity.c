@@ -14,9 +14,10 @@
 #include "parse.h"
 #include "prog.h"
 #include "schema.h"
+#include "vm.h"
 
 static struct {
-	const char *from, *to, *grace, *tolerance;
+	const char *from, *to, *grace, *tolerance, *starting_timeout;
 	int fix;
 } opt;
 
@@ -29,6 +30,8 @@ static struct poptOption options[] = {
 	  "the default window ends at least DUR ago (default 5m)", "DUR" },
 	{ "tolerance", '\0', POPT_ARG_STRING, &opt.tolerance, 0,
 	  "per-org usage difference allowed, in percent (default 2)", "PCT" },
+	{ "starting-timeout", '\0', POPT_ARG_STRING, &opt.starting_timeout, 0,
+	  "a pending sandbox's VMM starting for longer was abandoned (default 10m)", "DUR" },
 	{ "fix", '\0', POPT_ARG_NONE, &opt.fix, 0,
 	  "repair what is safe, each repair in its own transaction", NULL },
 	VMOPS_DRY_RUN_OPTION,
@@ -41,8 +44,10 @@ static void usage(void)
 	printf("Usage:\n %s [options]\n\n", prog_name);
 	printf("Find billing drift: open scale events for sandboxes that are stopped, on\n"
 	       "terminated workers or whose VMM is dead; events at the wrong size; running\n"
-	       "sandboxes without an open event; overlapping events; and per-org GB\xc2\xb7s in a\n"
-	       "window that differs from the usage samples.  With --fix, repair what is safe.\n\n"
+	       "sandboxes without an open event; pending sandboxes whose VMM runs, or has\n"
+	       "been starting for longer than --starting-timeout (reported, for ghost-reap);\n"
+	       "overlapping events; and per-org GB\xc2\xb7s in a window that differs from the\n"
+	       "usage samples.  With --fix, repair what is safe.\n\n"
 	       "TIME is now, now-DUR, @EPOCH or YYYY-MM-DD[THH:MM[:SS]][Z|+HH:MM] (UTC unless\n"
 	       "an offset is given).\n\n"
 	       "Options:\n");
@@ -222,6 +227,8 @@ int main(int argc, const char **argv)
 		char a[40], b[40];
 		usage_error("--from %s is not before --to %s", iso(po.from, a, sizeof(a)), iso(po.to, b, sizeof(b)));
 	}
+	po.starting_timeout_ms = opt_duration("starting-timeout", opt.starting_timeout,
+					      VMOPS_STARTING_TIMEOUT_DEFAULT_MS, 0, 365ULL * 24 * 3600 * 1000);
 	po.fix = opt.fix;
 	po.dry_run = vmops_cli.dry_run;
 

@@ -4,12 +4,14 @@
  * schema, workers, sandboxes and their VMMs.
  */
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "db.h"
 #include "fleet.h"
+#include "host.h"
 #include "parse.h"
 #include "proc.h"
 #include "prog.h"
@@ -21,7 +23,7 @@ static struct {
 	const char *memory, *vcpus, *address, *transport, *run_dir, *ports;
 	const char *sandbox, *org, *worker, *hypervisor, *status, *disk;
 	const char *pid, *pid_start_time, *control_socket, *agent_socket, *spec;
-	const char *wait, *accel, *timeout;
+	const char *wait, *accel, *timeout, *host_id;
 } opt;
 
 static struct poptOption top_options[] = {
@@ -47,6 +49,16 @@ static struct poptOption worker_add_options[] = {
 	{ "transport", '\0', POPT_ARG_STRING, &opt.transport, 0, "how vmops reaches the worker: local", "KIND" },
 	{ "run-dir", '\0', POPT_ARG_STRING, &opt.run_dir, 0, "directory for VMM sockets and logs on the worker", "DIR" },
 	{ "ports", '\0', POPT_ARG_STRING, &opt.ports, 0, "migration port range (default 49152-49407)", "MIN-MAX" },
+	{ "host-id", '\0', POPT_ARG_STRING, &opt.host_id, 0,
+	  "identity of the worker's host (default: this host's, $VMOPS_HOST_ID or /etc/machine-id)", "ID" },
+	VMOPS_DRY_RUN_OPTION,
+	VMOPS_COMMON_OPTIONS,
+	POPT_TABLEEND
+};
+
+static struct poptOption set_host_options[] = {
+	{ "host-id", '\0', POPT_ARG_STRING, &opt.host_id, 0,
+	  "the identity to record (default: this host's, $VMOPS_HOST_ID or /etc/machine-id)", "ID" },
 	VMOPS_DRY_RUN_OPTION,
 	VMOPS_COMMON_OPTIONS,
 	POPT_TABLEEND
@@ -119,6 +131,7 @@ static int cmd_status(PGconn *c, const char **args);
 static int cmd_worker_add(PGconn *c, const char **args);
 static int cmd_worker_list(PGconn *c, const char **args);
 static int cmd_worker_set_state(PGconn *c, const char **args);
+static int cmd_worker_set_host(PGconn *c, const char **args);
 static int cmd_list(PGconn *c, const char **args);
 static int cmd_register(PGconn *c, const char **args);
 static int cmd_launch(PGconn *c, const char **args);
@@ -131,6 +144,8 @@ static const struct command commands[] = {
 	{ "worker list", "", "list workers with reserved capacity", plain_options, 0, cmd_worker_list, true },
 	{ "worker set-state", "NAME STATE", "set a worker active, draining, drained or terminated",
 	  set_state_options, 2, cmd_worker_set_state, true },
+	{ "worker set-host", "NAME", "record which host a worker is (ghost-reap checks it)",
+	  set_host_options, 1, cmd_worker_set_host, true },
 	{ "list", "", "list sandboxes with their worker and VMM", list_options, 0, cmd_list, true },
 	{ "register", "--sandbox NAME --org ORG --worker NAME --memory SIZE --vcpus N",
 	  "record a VMM that another system launched", register_options, 0, cmd_register, true },
@@ -349,10 +364,12 @@ static int cmd_worker_add(PGconn *c, const char **args)
 		{ "name", VMOPS_COL_STRING, 0, 0 },
 		{ "memory_mb", VMOPS_COL_INT, 0, 0 },
 		{ "vcpus", VMOPS_COL_INT, 0, 0 },
+		{ "host_id", VMOPS_COL_STRING, 0, 0 },
 		{ "dry_run", VMOPS_COL_BOOL, 0, 0 },
 	};
 	struct vmops_worker_spec w = { .name = args[0] };
 	struct vmops_error err = { 0 };
+	char here[VMOPS_HOST_ID_MAX];
 	long long id = -1;
 
 	w.memory_mb = size_mb("memory", opt.memory);
@@ -362,13 +379,23 @@ static int cmd_worker_add(PGconn *c, const char **args)
 	w.run_dir = opt.run_dir;
 	if (opt.ports)
 		parse_ports(opt.ports, &w.port_min, &w.port_max);
+	w.host_id = opt.host_id;
+	if (!w.host_id) {
+		/* transport local: the worker is this host */
+		if (vmops_host_id(getenv(VMOPS_HOST_ID_ENV), here, sizeof(here), &err) == 0)
+			w.host_id = here;
+		else
+			vmops_warn("%s; worker %s gets no host identity: run 'vm-fleet worker set-host %s' on its host",
+				   err.msg, w.name, w.name);
+		vmops_err_clear(&err);
+	}
 	if (vmops_fleet_worker_add(c, &w, vmops_cli.dry_run, &id, &err) < 0)
 		die_err(&err);
 	if (vmops_cli.dry_run)
 		id = -1;
 	print_result("worker", cols, ARRAY_SIZE(cols),
-		     (long long[]){ id, 0, w.memory_mb, w.vcpus, vmops_cli.dry_run },
-		     (const char *[]){ NULL, w.name, NULL, NULL, NULL });
+		     (long long[]){ id, 0, w.memory_mb, w.vcpus, 0, vmops_cli.dry_run },
+		     (const char *[]){ NULL, w.name, NULL, NULL, w.host_id, NULL });
 	return VMOPS_EXIT_OK;
 }
 
@@ -400,6 +427,7 @@ static int cmd_worker_list(PGconn *c, const char **args)
 		{ "sandboxes", VMOPS_COL_INT, VMOPS_COL_RIGHT, 0 },
 		{ "address", VMOPS_COL_STRING, 0, 0 },
 		{ "transport", VMOPS_COL_STRING, 0, 0 },
+		{ "host_id", VMOPS_COL_STRING, 0, 0 },
 	};
 	struct vmops_error err = { 0 };
 	_cleanup_pgresult_ PGresult *r = vmops_fleet_worker_list(c, &err);
@@ -426,6 +454,30 @@ static int cmd_worker_set_state(PGconn *c, const char **args)
 		die_err(&err);
 	print_result("worker", cols, ARRAY_SIZE(cols), (long long[]){ 0, 0, 0, vmops_cli.dry_run },
 		     (const char *[]){ args[0], old, args[1], NULL });
+	return VMOPS_EXIT_OK;
+}
+
+static int cmd_worker_set_host(PGconn *c, const char **args)
+{
+	static const struct vmops_column cols[] = {
+		{ "name", VMOPS_COL_STRING, 0, 0 },
+		{ "old_host_id", VMOPS_COL_STRING, 0, 0 },
+		{ "host_id", VMOPS_COL_STRING, 0, 0 },
+		{ "dry_run", VMOPS_COL_BOOL, 0, 0 },
+	};
+	struct vmops_error err = { 0 };
+	char here[VMOPS_HOST_ID_MAX], old[VMOPS_HOST_ID_MAX] = "";
+	const char *id = opt.host_id;
+
+	if (!id) {
+		if (vmops_host_id(getenv(VMOPS_HOST_ID_ENV), here, sizeof(here), &err) < 0)
+			die_err(&err);
+		id = here;
+	}
+	if (vmops_fleet_worker_set_host(c, args[0], id, vmops_cli.dry_run, old, &err) < 0)
+		die_err(&err);
+	print_result("worker", cols, ARRAY_SIZE(cols), (long long[]){ 0, 0, 0, vmops_cli.dry_run },
+		     (const char *[]){ args[0], old[0] ? old : NULL, id, NULL });
 	return VMOPS_EXIT_OK;
 }
 
@@ -545,6 +597,30 @@ static enum vmops_accel accel_opt(void)
 
 static char *launch_spec_text;
 
+static volatile sig_atomic_t launch_interrupted;
+
+static void on_launch_signal(int sig)
+{
+	(void)sig;
+	launch_interrupted = 1;
+}
+
+/* SIGINT, SIGTERM and SIGHUP stop a launch cleanly (lib/vm.c undoes it). */
+static void catch_launch_signals(void)
+{
+	static const int sigs[] = { SIGINT, SIGTERM, SIGHUP };
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_launch_signal;
+	sigemptyset(&sa.sa_mask);
+	for (size_t i = 0; i < ARRAY_SIZE(sigs); i++)
+		sigaddset(&sa.sa_mask, sigs[i]);
+	sa.sa_flags = SA_RESTART;
+	for (size_t i = 0; i < ARRAY_SIZE(sigs); i++)
+		sigaction(sigs[i], &sa, NULL);
+}
+
 static int cmd_launch(PGconn *c, const char **args)
 {
 	static const struct vmops_column cols[] = {
@@ -570,6 +646,7 @@ static int cmd_launch(PGconn *c, const char **args)
 	q.ready_timeout_ms = (int)opt_duration("wait", opt.wait, 30000, 1, DAY_MS);
 	q.auto_accel = accel_opt();
 	q.dry_run = vmops_cli.dry_run;
+	q.interrupted = &launch_interrupted;
 	if (vmops_vm_launch(c, &q, &res, &err) < 0)
 		die_err(&err);
 	print_result("launched", cols, ARRAY_SIZE(cols),
@@ -620,6 +697,15 @@ static void validate(const struct command *cmd, const char **args)
 			long long lo, hi;
 			parse_ports(opt.ports, &lo, &hi);
 		}
+		if (opt.host_id && !vmops_host_id_valid(opt.host_id))
+			usage_error("--host-id: invalid host identity '%s': 1 to 128 of letters, digits, '.', '_', ':', '-'",
+				    opt.host_id);
+	} else if (cmd->run == cmd_worker_set_host) {
+		if (!vmops_fleet_valid_name(args[0]))
+			usage_error("invalid worker name '%s': letters, digits, '.', '_', '-', at most 63", args[0]);
+		if (opt.host_id && !vmops_host_id_valid(opt.host_id))
+			usage_error("--host-id: invalid host identity '%s': 1 to 128 of letters, digits, '.', '_', ':', '-'",
+				    opt.host_id);
 	} else if (cmd->run == cmd_list) {
 		if (opt.status && !valid_status(opt.status))
 			usage_error("--status: invalid status '%s': use pending, running, migrating, hibernated, stopped, error or destroyed",
@@ -752,6 +838,8 @@ int main(int argc, const char **argv)
 		if (ncargs < cmd->nargs)
 			usage_error("%s: expected %s", cmd->name, cmd->args);
 		validate(cmd, cargs);
+		if (cmd->run == cmd_launch)
+			catch_launch_signals();
 		c = connect_db(cmd->needs_schema);
 		rc = cmd->run(c, cargs);
 		PQfinish(c);

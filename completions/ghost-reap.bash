@@ -26,6 +26,10 @@ _ghost_reap()
 		COMPREPLY=($(compgen -W '1s 5s 10s 30s' -- "$cur"))
 		return
 		;;
+	--starting-timeout)
+		COMPREPLY=($(compgen -W '5m 10m 30m 1h' -- "$cur"))
+		return
+		;;
 	--proc-root)
 		COMPREPLY=($(compgen -d -- "$cur"))
 		return
@@ -36,7 +40,7 @@ _ghost_reap()
 	esac
 	$split && return
 
-	local opts='--worker --min-age --action --grace --proc-root --dry-run --db --json --verbose -v --quiet -q --help -h --version -V'
+	local opts='--worker --min-age --action --grace --starting-timeout --proc-root --repair-from-recording --dry-run --db --json --verbose -v --quiet -q --help -h --version -V'
 	COMPREPLY=($(compgen -W "$opts" -- "$cur"))
 } &&
 	complete -F _ghost_reap ghost-reap

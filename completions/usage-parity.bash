@@ -26,13 +26,17 @@ _usage_parity()
 		COMPREPLY=($(compgen -W '0 1 2 5 10' -- "$cur"))
 		return
 		;;
+	--starting-timeout)
+		COMPREPLY=($(compgen -W '5m 10m 30m 1h' -- "$cur"))
+		return
+		;;
 	--db)
 		return
 		;;
 	esac
 	$split && return
 
-	local opts='--from --to --grace --tolerance --fix --dry-run --db --json --verbose -v --quiet -q --help -h --version -V'
+	local opts='--from --to --grace --tolerance --starting-timeout --fix --dry-run --db --json --verbose -v --quiet -q --help -h --version -V'
 	COMPREPLY=($(compgen -W "$opts" -- "$cur"))
 } &&
 	complete -F _usage_parity usage-parity

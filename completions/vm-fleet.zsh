@@ -53,6 +53,7 @@ _vm-fleet() {
     'add:add a worker'
     'list:list workers with reserved capacity'
     'set-state:set a worker active, draining, drained or terminated'
+    'set-host:record which host a worker is (ghost-reap checks it)'
   )
 
   _arguments -C -A '-*' $common ': :->command' '*:: :->args' && ret=0
@@ -122,7 +123,8 @@ _vm-fleet() {
             '--address=[address migration traffic goes to (default 127.0.0.1)]:address:_hosts' \
             '--transport=[how vmops reaches the worker]:transport:(local)' \
             '--run-dir=[directory for VMM sockets and logs on the worker]:directory:_directories' \
-            '--ports=[migration port range (default 49152-49407)]:port range MIN-MAX: ' && ret=0
+            '--ports=[migration port range (default 49152-49407)]:port range MIN-MAX: ' \
+            '--host-id=[identity of the worker'\''s host (default: this host'\''s)]:host identity: ' && ret=0
           ;;
         list)
           _arguments $common && ret=0
@@ -131,6 +133,11 @@ _vm-fleet() {
           _arguments $common $dry_run \
             ':worker:_vm-fleet_workers' \
             ":state:($worker_states)" && ret=0
+          ;;
+        set-host)
+          _arguments $common $dry_run \
+            ':worker:_vm-fleet_workers' \
+            '--host-id=[the identity to record (default: this host'\''s)]:host identity: ' && ret=0
           ;;
         *)
           _message "unknown worker command: $sub"

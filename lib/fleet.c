@@ -7,6 +7,7 @@
 #include "db.h"
 #include "exitcodes.h"
 #include "fleet.h"
+#include "host.h"
 
 bool vmops_fleet_valid_name(const char *s)
 {
@@ -57,15 +58,17 @@ static int worker_add_tx(PGconn *c, void *data, struct vmops_error *e)
 	char mem[24], cpu[24], pmin[24], pmax[24];
 	_cleanup_pgresult_ PGresult *r = NULL;
 
+	if (w->host_id && !vmops_host_id_valid(w->host_id))
+		return vmops_err(e, VMOPS_EXIT_USAGE, "invalid host identity '%.200s'", w->host_id);
 	r = vmops_db_q(c, e,
 		       "INSERT INTO workers (name, memory_mb, vcpus, migration_address, transport, run_dir,"
-		       " port_min, port_max)"
+		       " port_min, port_max, host_id)"
 		       " VALUES ($1, $2, $3, coalesce($4, '127.0.0.1'), coalesce($5, 'local'), $6,"
-		       " coalesce($7::int, 49152), coalesce($8::int, 49407))"
+		       " coalesce($7::int, 49152), coalesce($8::int, 49407), $9)"
 		       " RETURNING id, row_to_json(workers)::text AS j",
 		       w->name, vmops_db_ll(mem, w->memory_mb), vmops_db_ll(cpu, w->vcpus), w->address,
 		       w->transport, w->run_dir, w->port_min ? vmops_db_ll(pmin, w->port_min) : NULL,
-		       w->port_max ? vmops_db_ll(pmax, w->port_max) : NULL);
+		       w->port_max ? vmops_db_ll(pmax, w->port_max) : NULL, w->host_id);
 	if (!r) {
 		if (strcmp(e->sqlstate, "23505") == 0)
 			return vmops_err(e, VMOPS_EXIT_CONFLICT, "worker %s already exists", w->name);
@@ -116,7 +119,7 @@ PGresult *vmops_fleet_worker_list(PGconn *c, struct vmops_error *e)
 		"  coalesce(r.mem, 0) AS reserved_memory_mb, coalesce(r.cpu, 0) AS reserved_vcpus,"
 		"  (SELECT count(*) FROM sandboxes s WHERE s.worker_id = w.id"
 		"     AND s.status IN ('pending', 'running', 'migrating')) AS sandboxes,"
-		"  w.migration_address AS address, w.transport"
+		"  w.migration_address AS address, w.transport, w.host_id"
 		" FROM workers w"
 		" LEFT JOIN (SELECT worker_id, sum(memory_mb) AS mem, sum(vcpus) AS cpu"
 		"            FROM reservations GROUP BY worker_id) r ON r.worker_id = w.id"
@@ -168,6 +171,55 @@ int vmops_fleet_worker_set_state(PGconn *c, const char *name, const char *state,
 		return -1;
 	if (old_state)
 		memcpy(old_state, a.old, sizeof(a.old));
+	return 0;
+}
+
+struct set_host_ctx {
+	const char *name, *host_id;
+	bool dry_run;
+	char old[VMOPS_HOST_ID_MAX];
+};
+
+static int set_host_tx(PGconn *c, void *data, struct vmops_error *e)
+{
+	struct set_host_ctx *a = data;
+	_cleanup_pgresult_ PGresult *r = NULL, *u = NULL;
+	const char *old;
+	long long id;
+
+	r = vmops_db_q(c, e, "SELECT id, host_id, row_to_json(workers)::text AS j FROM workers"
+			     " WHERE name = $1 FOR UPDATE", a->name);
+	if (!r)
+		return -1;
+	if (PQntuples(r) == 0)
+		return vmops_err(e, VMOPS_EXIT_NOTFOUND, "worker %s does not exist", a->name);
+	id = vmops_db_get_ll(r, 0, "id", -1);
+	old = vmops_db_get(r, 0, "host_id");
+	snprintf(a->old, sizeof(a->old), "%s", old ? old : "");
+	u = vmops_db_q(c, e, "UPDATE workers SET host_id = $2 WHERE id = $1"
+			     " RETURNING row_to_json(workers)::text AS j", vmops_db_get(r, 0, "id"), a->host_id);
+	if (!u)
+		return vmops_err_prefix(e, "worker %s", a->name);
+	if (strcmp(a->old, a->host_id ? a->host_id : "") != 0 &&
+	    vmops_audit(c, "vm-fleet", "worker-set-host", "worker", id, vmops_db_get(r, 0, "j"),
+			vmops_db_get(u, 0, "j"), NULL, e) < 0)
+		return -1;
+	if (a->dry_run)
+		return vmops_err(e, VMOPS_EXIT_OK, "dry run");
+	return 0;
+}
+
+int vmops_fleet_worker_set_host(PGconn *c, const char *name, const char *host_id, bool dry_run,
+				char *old_host_id, struct vmops_error *e)
+{
+	struct set_host_ctx a = { name, host_id, dry_run, "" };
+
+	if (host_id && !vmops_host_id_valid(host_id))
+		return vmops_err(e, VMOPS_EXIT_USAGE, "invalid host identity '%.200s'", host_id);
+	if (run_tx(c, set_host_tx, &a, e) < 0)
+		return -1;
+	if (old_host_id)
+		memcpy(old_host_id, a.old, sizeof(a.old));
 	return 0;
 }
 

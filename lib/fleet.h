@@ -16,6 +16,7 @@ struct vmops_worker_spec {
 	const char *transport;  /* "local" (NULL) or "ssh" */
 	const char *run_dir;    /* may be NULL */
 	long long port_min, port_max;  /* 0: defaults */
+	const char *host_id;    /* the worker's host identity (host.h); NULL: none recorded */
 };
 
 /* Is `s` a valid worker/sandbox name (what the schema's CHECK accepts)? */
@@ -27,13 +28,21 @@ int vmops_fleet_worker_add(PGconn *c, const struct vmops_worker_spec *w, bool dr
 			   long long *id, struct vmops_error *e);
 
 /* Workers with their reserved capacity. Columns: id name state memory_mb
- * vcpus reserved_memory_mb reserved_vcpus sandboxes address transport. */
+ * vcpus reserved_memory_mb reserved_vcpus sandboxes address transport
+ * host_id. */
 PGresult *vmops_fleet_worker_list(PGconn *c, struct vmops_error *e);
 
 /* Change a worker's state (+ audit row); the database refuses drained or
  * terminated while sandboxes remain.  `old_state` receives the previous one. */
 int vmops_fleet_worker_set_state(PGconn *c, const char *name, const char *state,
 				 bool dry_run, char old_state[16], struct vmops_error *e);
+
+/* Record (or replace, or with NULL clear) the identity of a worker's host
+ * (+ audit row when it changes).  `old_host_id` (VMOPS_HOST_ID_MAX bytes,
+ * may be NULL) receives the previous one, "" if none.  Unknown worker:
+ * NOTFOUND; an invalid identity: USAGE. */
+int vmops_fleet_worker_set_host(PGconn *c, const char *name, const char *host_id, bool dry_run,
+				char *old_host_id, struct vmops_error *e);
 
 /* Sandboxes with their worker and active VMM.  Filters may be NULL. */
 PGresult *vmops_fleet_sandbox_list(PGconn *c, const char *worker, const char *status,

@@ -240,6 +240,7 @@ const char *vmops_ghost_class_name(enum vmops_ghost_class cls)
 	case VMOPS_GHOST_PHANTOM: return "phantom";
 	case VMOPS_GHOST_ZOMBIE: return "zombie";
 	case VMOPS_GHOST_FOREIGN: return "foreign";
+	case VMOPS_GHOST_UNKNOWN: return "unknown";
 	}
 	return "?";
 }
@@ -285,6 +286,7 @@ struct vmm_row {
 	char hypervisor[20];
 	char sandbox[64];
 	double state_age;
+	bool migrating;                 /* its sandbox is migrating, or a migration names it */
 	bool matched;                   /* a scanned process is this row's process */
 };
 
@@ -293,6 +295,8 @@ enum ghost_reason {
 	REASON_UNKNOWN,        /* no row */
 	REASON_DEAD_ROW,       /* destroyed, failed or deleted */
 	REASON_OTHER_PROCESS,  /* live row of this worker naming another process */
+	REASON_STALE_START,    /* the process of a VMM starting for too long: its
+	                          launch was abandoned */
 };
 
 struct work {
@@ -308,6 +312,7 @@ struct ctx {
 	const char *root;
 	long long worker_id;
 	char worker_run_dir[PATH_MAX];
+	bool may_repair;                /* live /proc, or told to trust the recording */
 	double uptime;
 	struct proc_ent *procs;
 	size_t nprocs, capprocs;
@@ -437,7 +442,10 @@ static int load_rows(struct ctx *x, struct vmops_error *e)
 		       "SELECT v.id, v.worker_id, w.name AS worker, v.state, v.time_deleted IS NOT NULL AS deleted,"
 		       " v.pid, v.pid_start_time, v.control_socket, v.agent_socket, v.run_dir, v.hypervisor,"
 		       " s.name AS sandbox,"
-		       " extract(epoch FROM now() - v.time_state_updated)::float8 AS state_age"
+		       " extract(epoch FROM now() - v.time_state_updated)::float8 AS state_age,"
+		       " (s.status = 'migrating' OR EXISTS (SELECT 1 FROM migrations m"
+		       "   WHERE (m.source_vmm_id = v.id OR m.target_vmm_id = v.id)"
+		       "   AND m.state IN ('queued', 'preparing', 'transferring', 'switching'))) AS migrating"
 		       " FROM vmms v JOIN workers w ON w.id = v.worker_id JOIN sandboxes s ON s.id = v.sandbox_id"
 		       " WHERE (v.worker_id = $1 AND v.time_deleted IS NULL"
 		       "        AND v.state IN ('starting', 'running', 'migrating'))"
@@ -472,6 +480,7 @@ static int load_rows(struct ctx *x, struct vmops_error *e)
 #undef COPY
 		v = vmops_db_get(r, i, "state_age");
 		w->state_age = v ? strtod(v, NULL) : 0;
+		w->migrating = !strcmp(vmops_db_get(r, i, "migrating"), "t");
 	}
 	return 0;
 }
@@ -513,6 +522,36 @@ static struct vmm_row *row_by_process(struct ctx *x, const struct proc_ent *p)
 
 /* ---- classification ------------------------------------------------------- */
 
+/* A VMM starting for longer than the bound: whoever launched it is gone
+ * (a launch records running, or removes it, well within that time).  Not a
+ * migration's: those are vm-migrate's to judge. */
+static bool stale_start(const struct ctx *x, const struct vmm_row *r)
+{
+	return !strcmp(r->state, "starting") && !r->migrating &&
+	       r->state_age * 1000.0 >= (double)x->o->starting_timeout_ms;
+}
+
+/* The process p is the (recorded or token-named) process of starting VMM r
+ * that has been starting too long: a ghost, to stop before r is repaired. */
+static int add_stale(struct ctx *x, struct proc_ent *p, struct vmm_row *r, struct vmops_error *e)
+{
+	struct work *w;
+
+	r->matched = true;
+	if (!(w = add_work(x, VMOPS_GHOST_GHOST, p, r, e)))
+		return -1;
+	w->reason = REASON_STALE_START;
+	if (!p) {
+		w->it.pid = (pid_t)r->pid;
+		w->it.start_time = r->start;
+		w->it.age_s = round2(r->state_age > 0 ? r->state_age : 0);
+	}
+	snprintf(w->it.detail, sizeof(w->it.detail),
+		 "vmm %lld has been starting for %.0f s (more than --starting-timeout): its launch was abandoned",
+		 r->id, r->state_age);
+	return 0;
+}
+
 static int classify_process(struct ctx *x, struct proc_ent *p, struct vmops_error *e)
 {
 	struct vmm_row *r = row_by_process(x, p);
@@ -520,6 +559,8 @@ static int classify_process(struct ctx *x, struct proc_ent *p, struct vmops_erro
 	bool mine;
 
 	if (r) {
+		if (stale_start(x, r))
+			return add_stale(x, p, r, e);
 		r->matched = true;
 		if (!(w = add_work(x, VMOPS_GHOST_HEALTHY, p, r, e)))
 			return -1;
@@ -544,10 +585,22 @@ static int classify_process(struct ctx *x, struct proc_ent *p, struct vmops_erro
 	}
 	if (r && !r->deleted && !dead_state(r->state) && r->pid < 0) {
 		/* a starting VMM whose pid is not recorded yet */
+		if (stale_start(x, r))
+			return add_stale(x, p, r, e);
 		r->matched = true;
 		if (!(w = add_work(x, VMOPS_GHOST_HEALTHY, p, r, e)))
 			return -1;
 		snprintf(w->it.detail, sizeof(w->it.detail), "pid not recorded yet");
+		return 0;
+	}
+	if (r && !r->deleted && !dead_state(r->state) && r->pid == p->pid && r->start <= 0) {
+		/* its pid, but no start time to prove it is its process */
+		r->matched = true;
+		if (!(w = add_work(x, VMOPS_GHOST_UNKNOWN, p, r, e)))
+			return -1;
+		snprintf(w->it.detail, sizeof(w->it.detail),
+			 "vmm %lld records pid %d without a start time: cannot tell whether this is its process; nothing done",
+			 r->id, (int)p->pid);
 		return 0;
 	}
 	if (!(w = add_work(x, VMOPS_GHOST_GHOST, p, r, e)))
@@ -593,7 +646,10 @@ static int classify_row(struct ctx *x, struct vmm_row *r, struct vmops_error *e)
 			 r->state, r->id, young ? "; changed state less than --min-age ago" : "");
 		return 0;
 	}
-	live = vmops_proc_check(x->root, (pid_t)r->pid, (unsigned long long)r->start, &st, &ce);
+	/* a NULL start time is as unknown as 0 */
+	live = vmops_proc_check(x->root, (pid_t)r->pid, r->start > 0 ? (unsigned long long)r->start : 0, &st, &ce);
+	if (live == VMOPS_PROC_ALIVE && stale_start(x, r))
+		return add_stale(x, NULL, r, e);
 	if (!(w = add_work(x, VMOPS_GHOST_HEALTHY, NULL, r, e)))
 		return -1;
 	w->it.pid = (pid_t)r->pid;
@@ -601,6 +657,13 @@ static int classify_row(struct ctx *x, struct vmm_row *r, struct vmops_error *e)
 	switch (live) {
 	case VMOPS_PROC_ALIVE:
 		w->it.age_s = round2(vmops_proc_age_at(x->uptime, st.starttime));
+		break;
+	case VMOPS_PROC_UNKNOWN:
+		w->it.cls = VMOPS_GHOST_UNKNOWN;
+		w->it.age_s = round2(vmops_proc_age_at(x->uptime, st.starttime));
+		snprintf(w->it.detail, sizeof(w->it.detail),
+			 "pid %lld is alive and no start time is recorded: cannot tell whether it is this vmm; nothing done",
+			 r->pid);
 		break;
 	case VMOPS_PROC_DEAD:
 		if (st.state == 'Z') {
@@ -626,15 +689,44 @@ static int classify_row(struct ctx *x, struct vmm_row *r, struct vmops_error *e)
 		break;
 	default:
 		/* cannot tell: report it, act on nothing */
-		w->it.cls = VMOPS_GHOST_PHANTOM;
-		w->it.act = VMOPS_GHOST_ACT_FAILED;
-		snprintf(w->it.detail, sizeof(w->it.detail), "cannot check pid %lld: %.400s", r->pid, ce.msg);
+		w->it.cls = VMOPS_GHOST_UNKNOWN;
+		snprintf(w->it.detail, sizeof(w->it.detail), "cannot check pid %lld: %.400s; nothing done", r->pid,
+			 ce.msg);
 		break;
 	}
 	return 0;
 }
 
 /* ---- acting on ghosts ----------------------------------------------------- */
+
+/* A stale starting VMM still as it was read, still starting too long? */
+static int stale_recheck(struct ctx *x, struct work *w, struct vmops_error *e)
+{
+	_cleanup_pgresult_ PGresult *r = NULL;
+	const struct vmm_row *row = w->r;
+	char vid[24];
+
+	r = vmops_db_q(x->c, e,
+		       "SELECT v.state, v.pid, v.pid_start_time, v.worker_id, v.time_deleted IS NULL AS live,"
+		       " extract(epoch FROM now() - v.time_state_updated)::float8 * 1000 AS age_ms,"
+		       " (s.status = 'migrating' OR EXISTS (SELECT 1 FROM migrations m"
+		       "   WHERE (m.source_vmm_id = v.id OR m.target_vmm_id = v.id)"
+		       "   AND m.state IN ('queued', 'preparing', 'transferring', 'switching'))) AS migrating"
+		       " FROM vmms v JOIN sandboxes s ON s.id = v.sandbox_id WHERE v.id = $1",
+		       vmops_db_ll(vid, row->id));
+	if (!r)
+		return -1;
+	if (PQntuples(r) == 1 && !strcmp(vmops_db_get(r, 0, "state"), "starting") &&
+	    !strcmp(vmops_db_get(r, 0, "live"), "t") && !strcmp(vmops_db_get(r, 0, "migrating"), "f") &&
+	    vmops_db_get_ll(r, 0, "worker_id", -1) == row->worker_id &&
+	    vmops_db_get_ll(r, 0, "pid", -1) == row->pid &&
+	    vmops_db_get_ll(r, 0, "pid_start_time", -1) == row->start &&
+	    strtod(vmops_db_get(r, 0, "age_ms"), NULL) >= (double)x->o->starting_timeout_ms)
+		return 0;
+	snprintf(w->it.detail, sizeof(w->it.detail), "vmm %lld changed since it was read (now %s); not signalled",
+		 row->id, PQntuples(r) == 1 ? vmops_db_get(r, 0, "state") : "gone");
+	return 1;
+}
 
 /* Is the ghost still a ghost in the database?  0 yes, 1 no (detail set), -1. */
 static int ghost_recheck(struct ctx *x, struct work *w, struct vmops_error *e)
@@ -643,9 +735,11 @@ static int ghost_recheck(struct ctx *x, struct work *w, struct vmops_error *e)
 	char vid[24];
 	const struct proc_ent *p = w->p;
 	const char *state;
-	long long pid, start;
+	long long pid;
 	bool deleted;
 
+	if (w->reason == REASON_STALE_START)
+		return stale_recheck(x, w, e);
 	r = vmops_db_q(x->c, e, "SELECT state, time_deleted IS NOT NULL AS deleted, worker_id, pid, pid_start_time"
 				" FROM vmms WHERE id = $1", vmops_db_ll(vid, p->vmm_id));
 	if (!r)
@@ -660,12 +754,12 @@ static int ghost_recheck(struct ctx *x, struct work *w, struct vmops_error *e)
 	state = vmops_db_get(r, 0, "state");
 	deleted = !strcmp(vmops_db_get(r, 0, "deleted"), "t");
 	pid = vmops_db_get_ll(r, 0, "pid", -1);
-	start = vmops_db_get_ll(r, 0, "pid_start_time", -1);
 	if (deleted || dead_state(state))
 		return 0;
-	/* live: still a ghost only if it names another process, as it did */
+	/* live: still a ghost only if it names another pid, as it did (the same
+	 * pid with another or no start time is not proof enough) */
 	if (w->reason == REASON_OTHER_PROCESS && pid >= 0 && vmops_db_get_ll(r, 0, "worker_id", -1) == x->worker_id &&
-	    !(pid == p->pid && (unsigned long long)start == p->start))
+	    pid != p->pid)
 		return 0;
 	snprintf(w->it.detail, sizeof(w->it.detail), "vmm %lld is %s in the database now; not signalled",
 		 p->vmm_id, state);
@@ -692,7 +786,7 @@ static void remove_socket(struct ctx *x, struct work *w, const char *path)
 
 	if (!path[0])
 		return;
-	if (!vmops_ghost_socket_removable(path, w->p->vmm_id, w->r ? w->r->run_dir : NULL,
+	if (!vmops_ghost_socket_removable(path, w->it.vmm_id, w->r ? w->r->run_dir : NULL,
 					  x->worker_run_dir)) {
 		append(w, "; kept %s (not in the vmm's run directory)", path);
 		return;
@@ -713,11 +807,15 @@ static void remove_socket(struct ctx *x, struct work *w, const char *path)
 	append(w, "; removed %s", path);
 }
 
+static int repair_phantom(struct ctx *x, struct work *w, struct vmops_error *e);
+
 static int kill_ghost(struct ctx *x, struct work *w, struct vmops_error *e)
 {
 	struct vmops_proc_term_outcome out;
 	struct vmops_error ke = { 0 };
-	char control[PATH_MAX], agent[PATH_MAX];
+	char control[PATH_MAX] = "", agent[PATH_MAX] = "";
+	pid_t pid = w->p ? w->p->pid : w->it.pid;
+	unsigned long long start = w->p ? w->p->start : (unsigned long long)(w->it.start_time > 0 ? w->it.start_time : 0);
 	int r;
 
 	r = ghost_recheck(x, w, e);
@@ -727,7 +825,9 @@ static int kill_ghost(struct ctx *x, struct work *w, struct vmops_error *e)
 		w->it.act = VMOPS_GHOST_ACT_SKIPPED;
 		return 0;
 	}
-	r = vmops_proc_terminate(w->p->pid, w->p->start, x->o->grace_ms, &out, &ke);
+	/* pidfd, start time checked once it is open: a reused pid (or one
+	 * without a start time) is refused, never signalled */
+	r = vmops_proc_terminate(pid, start, x->o->grace_ms, &out, &ke);
 	if (r == VMOPS_PROC_SIG_REFUSED) {
 		w->it.act = VMOPS_GHOST_ACT_SKIPPED;
 		snprintf(w->it.detail, sizeof(w->it.detail), "%.500s", ke.msg);
@@ -736,7 +836,7 @@ static int kill_ghost(struct ctx *x, struct work *w, struct vmops_error *e)
 	if (r != VMOPS_PROC_SIG_SENT) {
 		w->it.act = VMOPS_GHOST_ACT_FAILED;
 		append(w, "; kill: %s", ke.msg);
-		vmops_warn("ghost pid %d (vmm %lld): %s", (int)w->p->pid, w->p->vmm_id, ke.msg);
+		vmops_warn("ghost pid %d (vmm %lld): %s", (int)pid, w->it.vmm_id, ke.msg);
 		return 0;
 	}
 	w->it.act = VMOPS_GHOST_ACT_KILLED;
@@ -754,9 +854,10 @@ static int kill_ghost(struct ctx *x, struct work *w, struct vmops_error *e)
 		append(w, "; SIGKILL after %u ms grace", x->o->grace_ms);
 		break;
 	}
-	vmops_info("killed ghost pid %d (vmm %lld)", (int)w->p->pid, w->p->vmm_id);
-	vmops_ghost_argv_sockets(w->p->hv, w->p->argc, w->p->argv, control, sizeof(control), agent,
-				 sizeof(agent));
+	vmops_info("killed ghost pid %d (vmm %lld)", (int)pid, w->it.vmm_id);
+	if (w->p)
+		vmops_ghost_argv_sockets(w->p->hv, w->p->argc, w->p->argv, control, sizeof(control), agent,
+					 sizeof(agent));
 	if (w->r && w->r->control_socket[0])
 		snprintf(control, sizeof(control), "%s", w->r->control_socket);
 	if (w->r && w->r->agent_socket[0])
@@ -764,6 +865,13 @@ static int kill_ghost(struct ctx *x, struct work *w, struct vmops_error *e)
 	remove_socket(x, w, control);
 	if (strcmp(agent, control) != 0)
 		remove_socket(x, w, agent);
+	if (w->reason == REASON_STALE_START) {
+		/* its process is gone now: the abandoned VMM is a phantom to repair */
+		if (repair_phantom(x, w, e) < 0)
+			return -1;
+		if (w->it.act == VMOPS_GHOST_ACT_REPAIRED)
+			w->it.act = VMOPS_GHOST_ACT_KILLED;
+	}
 	return 0;
 }
 
@@ -876,6 +984,7 @@ static int repair_tx(PGconn *c, void *data, struct vmops_error *e)
 		 a->sandbox_error ? "error" : status, a->events_closed,
 		 a->reservation_deleted ? "true" : "false");
 	return vmops_audit(c, a->x->o->program ? a->x->o->program : "ghost-reap",
+			   a->w->reason == REASON_STALE_START ? "stale-start-repair" :
 			   a->w->it.cls == VMOPS_GHOST_ZOMBIE ? "zombie-repair" : "phantom-repair",
 			   "vmm", r->id, before, after, a->w->it.detail, e);
 }
@@ -925,12 +1034,29 @@ static int cmp_work(const void *a, const void *b)
 static int lookup_worker(struct ctx *x, struct vmops_error *e)
 {
 	_cleanup_pgresult_ PGresult *r = NULL;
+	const char *recorded;
 
-	r = vmops_db_q(x->c, e, "SELECT id, run_dir FROM workers WHERE name = $1", x->o->worker);
+	r = vmops_db_q(x->c, e, "SELECT id, run_dir, host_id FROM workers WHERE name = $1", x->o->worker);
 	if (!r)
 		return -1;
 	if (PQntuples(r) == 0)
 		return vmops_err(e, VMOPS_EXIT_NOTFOUND, "worker %s does not exist", x->o->worker);
+	/* This /proc must be the worker's before anything is judged from it. */
+	recorded = vmops_db_get(r, 0, "host_id");
+	if (x->o->live) {
+		if (!x->o->host_id || !*x->o->host_id)
+			return vmops_err(e, VMOPS_EXIT_WRONG_HOST,
+					 "worker %s: this host's identity is unknown, so it cannot be shown to be that worker; nothing done",
+					 x->o->worker);
+		if (!recorded)
+			return vmops_err(e, VMOPS_EXIT_WRONG_HOST,
+					 "worker %s has no host identity recorded: run 'vm-fleet worker set-host %s' on its host; nothing done",
+					 x->o->worker, x->o->worker);
+		if (strcmp(recorded, x->o->host_id) != 0)
+			return vmops_err(e, VMOPS_EXIT_WRONG_HOST,
+					 "this host (%.130s) is not worker %s (host %.130s); nothing done",
+					 x->o->host_id, x->o->worker, recorded);
+	}
 	x->worker_id = vmops_db_get_ll(r, 0, "id", -1);
 	return vmops_vm_worker_run_dir(vmops_db_get(r, 0, "run_dir"), x->o->worker, x->worker_run_dir,
 				       sizeof(x->worker_run_dir), e);
@@ -945,6 +1071,7 @@ static void count(struct vmops_ghost_report *rep, const struct vmops_ghost_item 
 	case VMOPS_GHOST_PHANTOM: rep->phantoms++; break;
 	case VMOPS_GHOST_ZOMBIE: rep->zombies++; break;
 	case VMOPS_GHOST_FOREIGN: rep->foreign++; break;
+	case VMOPS_GHOST_UNKNOWN: rep->unknown++; break;
 	}
 	switch (it->act) {
 	case VMOPS_GHOST_ACT_KILLED: rep->killed++; break;
@@ -952,7 +1079,8 @@ static void count(struct vmops_ghost_report *rep, const struct vmops_ghost_item 
 	case VMOPS_GHOST_ACT_FAILED: rep->errors++; break;
 	default: break;
 	}
-	if (it->cls == VMOPS_GHOST_GHOST || it->cls == VMOPS_GHOST_PHANTOM || it->cls == VMOPS_GHOST_ZOMBIE) {
+	if (it->cls == VMOPS_GHOST_GHOST || it->cls == VMOPS_GHOST_PHANTOM || it->cls == VMOPS_GHOST_ZOMBIE ||
+	    it->cls == VMOPS_GHOST_UNKNOWN) {
 		rep->problems++;
 		if (it->act != VMOPS_GHOST_ACT_KILLED && it->act != VMOPS_GHOST_ACT_REPAIRED)
 			rep->unfixed++;
@@ -981,6 +1109,7 @@ int vmops_ghost_reap(PGconn *c, const struct vmops_ghost_opts *o, struct vmops_g
 	if (o->action == VMOPS_GHOST_KILL && !o->live)
 		return vmops_err(e, VMOPS_EXIT_USAGE,
 				 "--action kill needs the live /proc: %s is a recorded tree", x.root);
+	x.may_repair = o->live || o->repair_from_recording;
 	if (lookup_worker(&x, e) < 0)
 		goto out;
 
@@ -1023,10 +1152,15 @@ int vmops_ghost_reap(PGconn *c, const struct vmops_ghost_opts *o, struct vmops_g
 			else if (kill_ghost(&x, w, e) < 0)
 				goto out;
 		} else if (w->it.cls == VMOPS_GHOST_PHANTOM || w->it.cls == VMOPS_GHOST_ZOMBIE) {
-			if (o->dry_run)
+			if (!x.may_repair) {
+				/* a recording may be stale or another host's */
+				w->it.act = VMOPS_GHOST_ACT_REPORTED;
+				append(w, "; read from a recorded tree: not repaired (--repair-from-recording)");
+			} else if (o->dry_run) {
 				w->it.act = VMOPS_GHOST_ACT_WOULD_REPAIR;
-			else if (repair_phantom(&x, w, e) < 0)
+			} else if (repair_phantom(&x, w, e) < 0) {
 				goto out;
+			}
 		}
 	}
 	r = 0;

@@ -9,10 +9,13 @@
  *
  *   healthy  a process that is the one a live VMM row records (same pid and
  *            start time), or a starting VMM whose pid is not recorded yet
- *            and whose process carries its id
+ *            and whose process carries its id; a starting VMM only while it
+ *            has been starting for less than starting_timeout_ms
  *   ghost    a process of this worker whose VMM the database does not know,
  *            knows as destroyed, failed or deleted, or records as another
- *            process; old enough (min_age_ms) to be acted on
+ *            process; old enough (min_age_ms) to be acted on.  Also the
+ *            process of a VMM that has been starting for starting_timeout_ms
+ *            or more (not a migration's): its launch was abandoned
  *   young    a ghost younger than min_age_ms (it may be a launch in
  *            progress), or a starting VMM with no process that changed state
  *            less than min_age_ms ago: left alone, not a problem
@@ -25,6 +28,10 @@
  *            directory nor the VMM's, or the VMM is live on another worker):
  *            another worker or another fleet on the same host.  Reported,
  *            never touched, not a problem.
+ *   unknown  a live VMM whose process identity cannot be established: a live
+ *            process holds its recorded pid but no start time is recorded
+ *            (or /proc could not be read).  Unknown never triggers an
+ *            action: reported, never signalled, never repaired; a problem.
  *
  * A process belongs to this worker when it is the recorded process of one of
  * the worker's VMMs, or when its command line carries vmops-vmm-<id> and
@@ -33,6 +40,13 @@
  * directory recorded for VMM <id> on this worker.  The token alone is not
  * enough: VMM ids are per database, and two fleets (or two workers of one
  * fleet, as in tests) can share a host.
+ *
+ * Before anything: on the live /proc, this host must be the worker's host:
+ * opts->host_id (this host's identity, see host.h) must equal the worker's
+ * recorded host_id, else VMOPS_EXIT_WRONG_HOST and nothing is done (a run
+ * on the wrong host would take every VMM of the worker for a phantom).  A
+ * recorded tree (!live) is not checked, and its phantoms and zombies are
+ * only reported unless opts->repair_from_recording says to trust it.
  *
  * Actions.  Ghosts: VMOPS_GHOST_LOG reports them; VMOPS_GHOST_KILL re-reads
  * the VMM row (still a ghost?), then terminates the process through a pidfd
@@ -46,7 +60,12 @@
  * failed, its reservation is deleted (a dead process holds no memory), its
  * sandbox becomes error if this VMM is the sandbox's active or target VMM
  * (the database then closes the sandbox's billing), any still open scale
- * event of this VMM is closed, and an audit row is written.
+ * event of this VMM is closed, and an audit row is written.  The process of
+ * an abandoned start is terminated like a ghost (after its row is re-read:
+ * still starting, same process, still too long), and its VMM is then
+ * repaired like a phantom (audit action stale-start-repair); with
+ * VMOPS_GHOST_LOG it is only reported: a VMM whose process runs keeps its
+ * reservation.
  *
  * Nothing here prints or exits.
  */
@@ -77,12 +96,14 @@ enum vmops_ghost_class {
 	VMOPS_GHOST_PHANTOM,
 	VMOPS_GHOST_ZOMBIE,
 	VMOPS_GHOST_FOREIGN,
+	VMOPS_GHOST_UNKNOWN,
 };
 
 /* What was done about one item. */
 enum vmops_ghost_act {
-	VMOPS_GHOST_ACT_NONE = 0,      /* healthy, young, foreign */
-	VMOPS_GHOST_ACT_REPORTED,      /* ghost, --action log */
+	VMOPS_GHOST_ACT_NONE = 0,      /* healthy, young, foreign, unknown */
+	VMOPS_GHOST_ACT_REPORTED,      /* ghost, --action log; phantom/zombie of a
+	                                  recorded tree without repair_from_recording */
 	VMOPS_GHOST_ACT_WOULD_KILL,    /* ghost, --action kill --dry-run */
 	VMOPS_GHOST_ACT_KILLED,        /* ghost terminated (or found exited) */
 	VMOPS_GHOST_ACT_WOULD_REPAIR,  /* phantom/zombie, --dry-run */
@@ -95,7 +116,11 @@ struct vmops_ghost_opts {
 	const char *worker;            /* worker name (required) */
 	const char *proc_root;         /* NULL or "": /proc */
 	bool live;                     /* proc_root is this host's live /proc */
+	const char *host_id;           /* this host's identity (host.h); required when live */
+	bool repair_from_recording;    /* !live: repair phantoms and zombies anyway */
 	uint64_t min_age_ms;
+	uint64_t starting_timeout_ms;  /* a VMM starting this long was abandoned
+	                                  (VMOPS_STARTING_TIMEOUT_DEFAULT_MS, vm.h) */
 	enum vmops_ghost_action action;
 	unsigned grace_ms;             /* SIGTERM to SIGKILL */
 	bool dry_run;
@@ -122,9 +147,9 @@ struct vmops_ghost_report {
 	struct vmops_ghost_item *items;  /* sorted by vmm_id (none last), then pid */
 	size_t n;
 	long long hypervisors;           /* hypervisor processes seen (by executable) */
-	long long healthy, ghosts, young, phantoms, zombies, foreign;
+	long long healthy, ghosts, young, phantoms, zombies, foreign, unknown;
 	long long killed, repaired;
-	long long problems;              /* ghosts + phantoms + zombies */
+	long long problems;              /* ghosts + phantoms + zombies + unknown */
 	long long unfixed;               /* problems not killed or repaired */
 	long long errors;                /* actions that failed */
 };
@@ -132,7 +157,8 @@ struct vmops_ghost_report {
 /*
  * Reconcile.  Returns 0 when the run completed (failed actions are counted
  * in rep->errors and described in their items), or -1 with `e` filled when
- * it could not (worker unknown: NOTFOUND; /proc unreadable; database).
+ * it could not (worker unknown: NOTFOUND; this host not the worker's:
+ * WRONG_HOST, before anything is read or done; /proc unreadable; database).
  * VMOPS_GHOST_KILL without opts->live is a usage error.  `rep` is valid in
  * both cases; free it with vmops_ghost_report_free().
  */

@@ -13,11 +13,13 @@
 #include "exitcodes.h"
 #include "hv.h"
 #include "log.h"
+#include "proc.h"
 
 struct vmops_hv {
 	const struct vmops_hv_driver *drv;
 	struct vmops_vmm_info info;
 	bool gone;          /* process known to have exited (and been reaped) */
+	volatile sig_atomic_t *interrupted;  /* from the launch options; may be NULL */
 	void *priv;
 };
 
@@ -68,6 +70,7 @@ struct vmops_hv *vmops_hv_launch(const struct vmops_spec *spec,
 
 	if (!h)
 		return NULL;
+	h->interrupted = opts->interrupted;
 	if (h->drv->launch(h, spec, opts, false, err) < 0) {
 		vmops_hv_free(h);
 		return NULL;
@@ -85,6 +88,7 @@ struct vmops_hv *vmops_hv_prepare_incoming(const struct vmops_spec *spec,
 
 	if (!h)
 		return NULL;
+	h->interrupted = opts->interrupted;
 	if (h->drv->launch(h, spec, opts, true, err) < 0) {
 		vmops_hv_free(h);
 		return NULL;
@@ -204,77 +208,92 @@ void vmops_hv_freep(struct vmops_hv **h)
 
 /* --- processes ----------------------------------------------------------------- */
 
-int vmops_hv_proc_stat(pid_t pid, char *state, unsigned long long *start_time)
+enum liveness { LIVE_DEAD, LIVE_ALIVE, LIVE_UNKNOWN };
+
+static const char *kind_of(const struct vmops_hv *h)
 {
-	char path[64], buf[4096], *p, *f;
-	ssize_t n;
-	int fd, field;
+	return h->info.kind;
+}
 
-	if (pid <= 0)
-		return -1;
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = '\0';
-	/* comm (field 2) may contain anything, ')' included: parse after the last one. */
-	p = strrchr(buf, ')');
-	if (!p || p[1] != ' ')
-		return -1;
-	p += 2;
-	if (state)
-		*state = *p;
-	/* p is field 3; field 22 is 19 fields further. */
-	for (field = 3, f = p; field < 22; field++) {
-		f = strchr(f, ' ');
-		if (!f)
-			return -1;
-		f++;
-	}
-	if (start_time) {
-		char *end;
+/*
+ * Is the VMM's process there?  Our own unreaped child cannot have its pid
+ * reused, so waitpid() answers for it.  Anything else goes by pid and start
+ * time through vmops_proc_check(); without a recorded start time a live pid
+ * is unknown.  Only a certain death marks the handle gone.
+ */
+static enum liveness liveness(struct vmops_hv *h)
+{
+	struct vmops_error e = { 0 };
+	int r;
 
-		errno = 0;
-		*start_time = strtoull(f, &end, 10);
-		if (errno || end == f)
-			return -1;
+	if (h->gone || h->info.pid <= 0)
+		return LIVE_DEAD;
+	if (h->info.is_child) {
+		int status;
+		pid_t w = waitpid(h->info.pid, &status, WNOHANG);
+
+		if (w == 0)
+			return LIVE_ALIVE;
+		if (w == h->info.pid)
+			vmops_debug("%s vmm %llu: pid %d exited (status 0x%x)", kind_of(h),
+				    (unsigned long long)h->info.vmm_id, (int)h->info.pid, status);
+		if (w == h->info.pid || (w < 0 && errno == ECHILD)) {
+			h->gone = true;
+			return LIVE_DEAD;
+		}
+		/* waitpid failed otherwise: ask /proc */
 	}
-	return 0;
+	r = vmops_proc_check(NULL, h->info.pid, h->info.start_time, NULL, &e);
+	switch (r) {
+	case VMOPS_PROC_ALIVE:
+		return LIVE_ALIVE;
+	case VMOPS_PROC_DEAD:
+	case VMOPS_PROC_REUSED:
+		/* gone, or a zombie nobody reaps, or the pid is another process now */
+		if (!h->info.is_child)
+			h->gone = true;
+		return LIVE_DEAD;
+	case VMOPS_PROC_UNKNOWN:
+		return LIVE_UNKNOWN;
+	default:
+		vmops_debug("%s vmm %llu: %s", kind_of(h), (unsigned long long)h->info.vmm_id, e.msg);
+		return LIVE_UNKNOWN;
+	}
 }
 
 bool vmops_hv_is_alive(struct vmops_hv *h)
 {
-	unsigned long long st;
-	char state;
+	return liveness(h) != LIVE_DEAD;
+}
 
-	if (h->gone || h->info.pid <= 0)
-		return false;
-	if (h->info.is_child) {
-		int status;
-		pid_t r = waitpid(h->info.pid, &status, WNOHANG);
+bool vmops_hv_interrupted(const struct vmops_hv *h)
+{
+	return h->interrupted && *h->interrupted;
+}
 
-		if (r == h->info.pid || (r < 0 && errno == ECHILD)) {
-			if (r == h->info.pid)
-				vmops_debug("%s vmm %llu: pid %d exited (status 0x%x)", h->info.kind,
-					    (unsigned long long)h->info.vmm_id, (int)h->info.pid, status);
-			h->gone = true;
-			return false;
-		}
+int vmops_hv_adopt_child(struct vmops_hv *h, pid_t pid, struct vmops_error *err)
+{
+	struct vmops_proc_stat st;
+	struct vmops_error e = { 0 }, ke = { 0 };
+	int status;
+
+	h->info.pid = pid;
+	h->info.is_child = true;
+	h->info.start_time = 0;
+	if (vmops_proc_read_stat(NULL, pid, &st, &e) == 0 && st.starttime) {
+		h->info.start_time = st.starttime;
+		return 0;
 	}
-	if (vmops_hv_proc_stat(h->info.pid, &state, &st) < 0)
-		goto gone;
-	if (state == 'Z' || state == 'X')
-		return false;   /* dead, though not reaped (yet) */
-	if (h->info.start_time && st != h->info.start_time)
-		goto gone;      /* the pid was reused */
-	return true;
-gone:
+	if (vmops_proc_signal_child(pid, SIGKILL, &ke) == VMOPS_PROC_SIG_ERROR)
+		vmops_warn("%s vmm %llu: pid %d: %s", kind_of(h), (unsigned long long)h->info.vmm_id,
+			   (int)pid, ke.msg);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
 	h->gone = true;
-	return false;
+	return vmops_err(err, VMOPS_EXIT_HYPERVISOR,
+			 "%s vmm %llu: pid %d: cannot read its start time (%s): stopped it, since it could not be signalled safely later",
+			 kind_of(h), (unsigned long long)h->info.vmm_id, (int)pid,
+			 e.msg[0] ? e.msg : "start time 0");
 }
 
 static void sleep_ms(int ms)
@@ -293,12 +312,13 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Wait up to ms for the process to be certainly gone. */
 static bool wait_gone(struct vmops_hv *h, int ms)
 {
 	int64_t deadline = mono_ms() + ms;
 
 	for (;;) {
-		if (!vmops_hv_is_alive(h))
+		if (liveness(h) == LIVE_DEAD)
 			return true;
 		if (mono_ms() >= deadline)
 			return false;
@@ -309,33 +329,47 @@ static bool wait_gone(struct vmops_hv *h, int ms)
 int vmops_hv_stop_process(struct vmops_hv *h, bool already_asked, int timeout_ms,
 			  struct vmops_error *err)
 {
-	int polite, term;
+	struct vmops_proc_term_outcome out;
+	struct vmops_error pe = { 0 };
+	unsigned long long vid = (unsigned long long)h->info.vmm_id;
+	int polite, r;
 
 	if (timeout_ms <= 0)
 		timeout_ms = 1;
 	polite = already_asked ? timeout_ms / 2 : 0;
-	term = (timeout_ms - polite) / 2;
 	if (wait_gone(h, polite))
 		goto gone;
-	/* vmops_hv_is_alive() just checked pid and start time. */
-	vmops_debug("%s vmm %llu: sending SIGTERM to pid %d", h->info.kind,
-		    (unsigned long long)h->info.vmm_id, (int)h->info.pid);
-	kill(h->info.pid, SIGTERM);
-	if (wait_gone(h, term))
+	if (liveness(h) == LIVE_UNKNOWN)
+		return vmops_err(err, VMOPS_EXIT_CONFLICT,
+				 "%s vmm %llu: pid %d is alive and no start time is recorded: cannot tell whether it is this vmm; not signalled",
+				 kind_of(h), vid, (int)h->info.pid);
+	vmops_debug("%s vmm %llu: terminating pid %d (start time %llu)", kind_of(h), vid,
+		    (int)h->info.pid, h->info.start_time);
+	r = vmops_proc_terminate(h->info.pid, h->info.start_time,
+				 (unsigned)(timeout_ms - polite > 1 ? (timeout_ms - polite) / 2 : 1), &out, &pe);
+	if (r == VMOPS_PROC_SIG_REFUSED) {
+		/* the pid is another process's now: ours had exited; nothing sent */
+		vmops_debug("%s vmm %llu: %s", kind_of(h), vid, pe.msg);
+		h->gone = !h->info.is_child;
 		goto gone;
-	vmops_debug("%s vmm %llu: sending SIGKILL to pid %d", h->info.kind,
-		    (unsigned long long)h->info.vmm_id, (int)h->info.pid);
-	kill(h->info.pid, SIGKILL);
-	if (wait_gone(h, timeout_ms - polite - term > 1000 ? timeout_ms - polite - term : 1000))
-		goto gone;
-	return vmops_err(err, VMOPS_EXIT_TIMEOUT, "%s vmm %llu: pid %d still alive after SIGKILL",
-			 h->info.kind, (unsigned long long)h->info.vmm_id, (int)h->info.pid);
+	}
+	if (r != VMOPS_PROC_SIG_SENT) {
+		*err = pe;
+		if (!err->code)
+			err->code = VMOPS_EXIT_FAILURE;
+		return vmops_err_prefix(err, "%s vmm %llu", kind_of(h), vid);
+	}
+	if (out.how == VMOPS_PROC_TERM_KILL)
+		vmops_debug("%s vmm %llu: pid %d needed SIGKILL", kind_of(h), vid, (int)h->info.pid);
 gone:
 	/* A zombie child of ours: reap it now. */
 	if (h->info.is_child && !h->gone) {
 		int status;
+		pid_t w;
 
-		if (waitpid(h->info.pid, &status, 0) == h->info.pid || errno == ECHILD)
+		while ((w = waitpid(h->info.pid, &status, 0)) < 0 && errno == EINTR)
+			;
+		if (w == h->info.pid || errno == ECHILD)
 			h->gone = true;
 	}
 	return 0;

@@ -22,13 +22,20 @@
  * says 0 for either, use 1.  A failed or cancelled migration leaves the
  * source running.  Freeing a
  * handle (vmops_hv_free) closes connections but never stops the VMM; only
- * vmops_hv_destroy does.  Signals are sent only to the recorded pid while
- * its start time still matches (PID reuse).
+ * vmops_hv_destroy does.
+ *
+ * Signals go only through lib/proc's pidfd helpers: to the recorded pid
+ * while its start time still matches (PID reuse), checked again once the
+ * pidfd is open.  A VMM whose start time is not known (0) and whose pid
+ * belongs to a live process is "unknown": it counts as alive (it is never
+ * declared dead) and it is never signalled; destroying it works only
+ * through its control socket, else fails with VMOPS_EXIT_CONFLICT.
  */
 #ifndef VMOPS_HV_H
 #define VMOPS_HV_H
 
 #include <limits.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -67,6 +74,9 @@ struct vmops_hv_launch_opts {
 	enum vmops_accel auto_accel;
 	/* Kill the VMM when the launching thread exits (tests only). */
 	bool die_with_parent;
+	/* When it becomes nonzero (a signal handler sets it), waits for the
+	 * VMM (wait_ready) give up with VMOPS_EXIT_INTERRUPTED.  May be NULL. */
+	volatile sig_atomic_t *interrupted;
 };
 
 struct vmops_migrate_params {
@@ -177,8 +187,12 @@ int vmops_hv_pause(struct vmops_hv *h, struct vmops_error *err);
 int vmops_hv_resume(struct vmops_hv *h, struct vmops_error *err);
 int vmops_hv_status(struct vmops_hv *h, struct vmops_vm_status *st, struct vmops_error *err);
 int vmops_hv_supports_multifd(struct vmops_hv *h, struct vmops_error *err);
-/* Is the VMM process alive: exists, not a zombie, same start time.  Reaps it if our child. */
+/* Is the VMM process alive: exists, not a zombie, same start time.  Reaps it
+ * if our child.  A live process at a pid recorded without a start time is
+ * unknown, and counts as alive here (see the top of this file). */
 bool vmops_hv_is_alive(struct vmops_hv *h);
+/* Has the launch options' interrupted flag been raised? */
+bool vmops_hv_interrupted(const struct vmops_hv *h);
 const struct vmops_vmm_info *vmops_hv_info(const struct vmops_hv *h);
 const struct vmops_hv_driver *vmops_hv_get_driver(const struct vmops_hv *h);
 /* Close connections and free the handle; the VMM keeps running. */
@@ -196,15 +210,20 @@ void *vmops_hv_priv(const struct vmops_hv *h);
 void vmops_hv_set_priv(struct vmops_hv *h, void *priv);
 
 /*
- * Process helpers shared by drivers.  vmops_hv_proc_stat reads the state
- * letter and start time (field 22) of /proc/PID/stat; returns -1 if the
- * process does not exist.
+ * After fork: record the child's start time (/proc/PID/stat field 22) in the
+ * handle.  If it cannot be read the child is killed (through a pidfd; an
+ * unreaped child's pid cannot be reused) and reaped, and -1 returned: a VMM
+ * is never recorded without the start time that makes signalling it safe.
  */
-int vmops_hv_proc_stat(pid_t pid, char *state, unsigned long long *start_time);
+int vmops_hv_adopt_child(struct vmops_hv *h, pid_t pid, struct vmops_error *err);
 /*
- * Wait for the VMM process to go away, escalating: wait grace share of
- * timeout_ms, SIGTERM, wait, SIGKILL, wait.  `already_asked` says a polite
- * request (QMP quit) was sent.  Returns 0 once gone, -1 (TIMEOUT) if not.
+ * Wait for the VMM process to go away, escalating: wait a share of
+ * timeout_ms if `already_asked` (a polite request, QMP quit, was sent), then
+ * vmops_proc_terminate() (SIGTERM through a pidfd after the start time is
+ * checked, grace, SIGKILL).  Returns 0 once gone (or once its pid is another
+ * process's: then the VMM had gone), -1 with TIMEOUT if it outlived SIGKILL,
+ * -1 with CONFLICT if its identity is unknown (no start time) and it did not
+ * go by itself: it was not signalled.
  */
 int vmops_hv_stop_process(struct vmops_hv *h, bool already_asked, int timeout_ms,
 			  struct vmops_error *err);

@@ -456,8 +456,11 @@ child_fail:
 			  errstr(child_errno, eb, sizeof(eb)));
 		goto out;
 	}
-	if (vmops_hv_proc_stat(pid, NULL, &info->start_time) < 0)
-		info->start_time = 0;
+	/* Its start time, or it is stopped: signalling it later needs it. */
+	if (vmops_hv_adopt_child(h, pid, err) < 0) {
+		info->pid = 0;
+		goto out;
+	}
 	vmops_debug(VMM_FMT ": started pid %d (start time %llu)%s", VMM_ARG(h), (int)pid,
 		    info->start_time, incoming ? " as migration receiver" : "");
 	r = 0;
@@ -498,6 +501,10 @@ static int connect_qmp(struct vmops_hv *h, int timeout_ms, struct vmops_error *e
 		for (;;) {
 			if (!vmops_hv_is_alive(h))
 				return exited_error(h, err);
+			if (vmops_hv_interrupted(h))
+				return vmops_err(err, VMOPS_EXIT_INTERRUPTED,
+						 VMM_FMT ": interrupted while waiting for its control socket",
+						 VMM_ARG(h));
 			if (stat(info->control_socket, &st) == 0 && S_ISSOCK(st.st_mode))
 				break;
 			if (remaining_ms(deadline) == 0)
@@ -598,6 +605,9 @@ static int qemu_wait_ready(struct vmops_hv *h, int timeout_ms, struct vmops_erro
 		return -1;
 	if (query_status(h, &st, err) < 0)
 		return -1;
+	if (vmops_hv_interrupted(h))
+		return vmops_err(err, VMOPS_EXIT_INTERRUPTED, VMM_FMT ": interrupted while waiting for it",
+				 VMM_ARG(h));
 	if (!strcmp(st.status, "internal-error") || !strcmp(st.status, "guest-panicked") ||
 	    !strcmp(st.status, "shutdown"))
 		return vmops_err(err, VMOPS_EXIT_HYPERVISOR, VMM_FMT ": vm is in state %s",

@@ -11,6 +11,12 @@
  *   open_vmm_dead           open event whose VMM is destroyed or failed
  *   size_mismatch           open event whose memory or vCPUs differ from the sandbox
  *   missing_event           running (or migrating) sandbox without an open event
+ *   pending_live_vmm        pending sandbox without an open event whose VMM is
+ *                           running or migrating, or has been starting for
+ *                           longer than starting_timeout_ms: a launch that
+ *                           never finished, maybe running unbilled.  Not
+ *                           fixable here: whether its process runs is known
+ *                           only on its worker (ghost-reap stops or repairs it)
  *   overlap                 two events of one sandbox that overlap in time
  *                           (events that intersect the window)
  *   org_usage               per-org GB·s in the window, ledger against usage
@@ -36,6 +42,7 @@ enum vmops_parity_category {
 	VMOPS_PARITY_OPEN_VMM_DEAD,
 	VMOPS_PARITY_SIZE_MISMATCH,
 	VMOPS_PARITY_MISSING_EVENT,
+	VMOPS_PARITY_PENDING_LIVE_VMM,
 	VMOPS_PARITY_OVERLAP,
 	VMOPS_PARITY_ORG_USAGE,
 	VMOPS_PARITY_NCATEGORIES,
@@ -60,6 +67,7 @@ void vmops_parity_default_window(time_t now, uint64_t grace_ms, time_t *from, ti
 struct vmops_parity_opts {
 	time_t from, to;          /* the window [from, to) */
 	double tolerance_pct;     /* org_usage: flag when |ledger - usage| > pct% of the larger */
+	uint64_t starting_timeout_ms; /* pending_live_vmm: a VMM starting this long was abandoned */
 	bool fix;                 /* repair what is safe, each repair in its own transaction */
 	bool dry_run;             /* with fix: run each repair, then roll it back */
 	const char *program;      /* for audit rows; NULL: "usage-parity" */

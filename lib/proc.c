@@ -887,6 +887,13 @@ int vmops_proc_check(const char *root, pid_t pid, unsigned long long expected_st
 		return VMOPS_PROC_DEAD;
 	if (st)
 		*st = s;
+	if (!expected_starttime) {
+		/* nothing to compare: whoever holds the pid, a dead one means the
+		 * process meant has exited; a live one may or may not be it */
+		if (s.state == 'Z' || s.state == 'X' || s.state == 'x')
+			return VMOPS_PROC_DEAD;
+		return VMOPS_PROC_UNKNOWN;
+	}
 	if (s.starttime != expected_starttime)
 		return VMOPS_PROC_REUSED;
 	if (s.state == 'Z' || s.state == 'X' || s.state == 'x')
@@ -922,6 +929,12 @@ static int open_verified(pid_t pid, unsigned long long starttime, int *pidfd,
 	*pidfd = -1;
 	if (pid <= 0)
 		return vmops_err(err, VMOPS_EXIT_FAILURE, "invalid pid %d", (int)pid);
+	if (!starttime) {
+		vmops_err(err, VMOPS_EXIT_CONFLICT,
+			  "pid %d: no start time recorded: cannot tell whether it is the process meant; not signalled",
+			  (int)pid);
+		return VMOPS_PROC_SIG_REFUSED;
+	}
 	snprintf(what, sizeof(what), "pid %d: pidfd_open", (int)pid);
 	fd = sys_pidfd_open(pid);
 	if (fd < 0) {
@@ -973,6 +986,23 @@ int vmops_proc_signal(pid_t pid, unsigned long long expected_starttime, int sig,
 	r = open_verified(pid, expected_starttime, &fd, &st, err);
 	if (r != VMOPS_PROC_SIG_SENT)
 		return r;
+	return send_sig(fd, pid, sig, err);
+}
+
+int vmops_proc_signal_child(pid_t pid, int sig, struct vmops_error *err)
+{
+	_cleanup_close_ int fd = -1;
+	char what[64];
+
+	if (pid <= 0)
+		return vmops_err(err, VMOPS_EXIT_FAILURE, "invalid pid %d", (int)pid);
+	fd = sys_pidfd_open(pid);
+	if (fd < 0) {
+		if (errno == ESRCH)
+			return VMOPS_PROC_SIG_GONE;
+		snprintf(what, sizeof(what), "pid %d: pidfd_open", (int)pid);
+		return errno_err(err, errno, what);
+	}
 	return send_sig(fd, pid, sig, err);
 }
 

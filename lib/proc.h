@@ -27,6 +27,12 @@
  * one is a different process.  Signalling goes through a pidfd and re-checks
  * the start time after the pidfd is open, so a reused pid is never signalled.
  *
+ * A start time of 0 means "not recorded" (no process vmops manages started
+ * in the first clock tick after boot): identity is then unknown, and unknown
+ * is never taken for alive, for dead or for a licence to signal.
+ * vmops_proc_check() says VMOPS_PROC_UNKNOWN for a live process at such a
+ * pid, and vmops_proc_signal()/vmops_proc_terminate() refuse to signal it.
+ *
  * All functions that can fail return -1 (or a documented negative code) and
  * fill the struct vmops_error; err->code is VMOPS_EXIT_NOTFOUND when the
  * process (or the file asked for) does not exist.  Nothing here prints or
@@ -71,6 +77,9 @@ enum vmops_proc_liveness {
 	VMOPS_PROC_ALIVE = 0,               /* there, same start time, not Z/X */
 	VMOPS_PROC_DEAD = 1,                /* absent, or state Z or X */
 	VMOPS_PROC_REUSED = 2,              /* there, but start time differs */
+	VMOPS_PROC_UNKNOWN = 3,             /* expected start time 0 (not recorded)
+	                                       and a live process has that pid: it
+	                                       may or may not be the one meant */
 };
 
 /* Results of vmops_proc_signal() and vmops_proc_terminate(). */
@@ -78,8 +87,10 @@ enum vmops_proc_sigres {
 	VMOPS_PROC_SIG_SENT = 0,            /* signal delivered (terminate: done) */
 	VMOPS_PROC_SIG_GONE = 1,            /* no such process: nothing sent */
 	VMOPS_PROC_SIG_ERROR = -1,          /* err filled */
-	VMOPS_PROC_SIG_REFUSED = -2,        /* pid is another process now; err
-	                                       filled, code VMOPS_EXIT_CONFLICT */
+	VMOPS_PROC_SIG_REFUSED = -2,        /* pid is another process now, or no
+	                                       start time was given (identity
+	                                       unknown); err filled, code
+	                                       VMOPS_EXIT_CONFLICT */
 };
 
 /* How vmops_proc_terminate() ended. */
@@ -187,20 +198,31 @@ int vmops_proc_scan(const char *root, unsigned flags, vmops_proc_scan_fn fn, voi
  * stat that was read; st->state is '\0' when the process is absent.  A pid
  * whose start time differs is REUSED even when that other process is a
  * zombie; a zombie with the expected start time is DEAD and st->ppid names
- * the parent that has not reaped it.  Returns the enum vmops_proc_liveness,
- * or -1 with err filled (unreadable or malformed stat). */
+ * the parent that has not reaped it.  An expected start time of 0 (not
+ * recorded): absent, zombie or dead is DEAD (whichever process held the pid,
+ * the one meant has exited), anything else is UNKNOWN.  Returns the enum
+ * vmops_proc_liveness, or -1 with err filled (unreadable or malformed
+ * stat). */
 int vmops_proc_check(const char *root, pid_t pid, unsigned long long expected_starttime,
 		     struct vmops_proc_stat *st, struct vmops_error *err);
 
 /* Live system only (reads /proc).  Opens a pidfd for pid, then re-reads the
  * start time and checks that the pidfd's process still exists (so the stat
  * read was of that process), and only if the start time is the expected one
- * sends sig through the pidfd.  Returns an enum vmops_proc_sigres:
+ * sends sig through the pidfd.  An expected start time of 0 is refused
+ * before anything is opened.  Returns an enum vmops_proc_sigres:
  * SENT, GONE, ERROR (-1) or REFUSED (-2, the process was not touched). */
 int vmops_proc_signal(pid_t pid, unsigned long long expected_starttime, int sig,
 		      struct vmops_error *err);
 
-/* Live system only.  Verified as in vmops_proc_signal(), then SIGTERM, wait
+/* Live system only.  Send sig, through a pidfd, to pid, which must be a child
+ * of the calling process that it has not reaped yet: such a pid cannot be
+ * reused, so no start time is needed (for a freshly forked child whose start
+ * time could not be read).  Returns SENT, GONE or ERROR. */
+int vmops_proc_signal_child(pid_t pid, int sig, struct vmops_error *err);
+
+/* Live system only.  Verified as in vmops_proc_signal() (a start time of 0
+ * is refused), then SIGTERM, wait
  * up to grace_ms for the exit (poll on the pidfd, which works for processes
  * that are not our children), then SIGKILL and wait up to
  * VMOPS_PROC_KILL_WAIT_MS.  An exited process that its parent has not reaped

@@ -10,6 +10,7 @@
 #include "exitcodes.h"
 #include "fleet.h"
 #include "log.h"
+#include "proc.h"
 #include "vm.h"
 
 int vmops_vm_worker_run_dir(const char *worker_run_dir, const char *worker, char *buf,
@@ -104,6 +105,33 @@ static int reserve_tx(PGconn *c, void *data, struct vmops_error *e)
 	return 0;
 }
 
+struct pid_ctx {
+	const struct reserve_ctx *r;
+	const struct vmops_vmm_info *info;
+};
+
+/* Between fork and ready: the process is recorded on the starting VMM. */
+static int record_pid_tx(PGconn *c, void *data, struct vmops_error *e)
+{
+	const struct pid_ctx *a = data;
+	const struct reserve_ctx *r = a->r;
+	const struct vmops_vmm_info *i = a->info;
+	char vid[24], pid[24], st[24];
+	_cleanup_pgresult_ PGresult *u = NULL;
+
+	u = vmops_db_q(c, e, "UPDATE vmms SET pid = $2, pid_start_time = $3, control_socket = $4,"
+			     " agent_socket = nullif($5, ''), run_dir = $6"
+			     " WHERE id = $1 AND state = 'starting' AND time_deleted IS NULL RETURNING id",
+		       vmops_db_ll(vid, r->vmm_id), vmops_db_ll(pid, i->pid),
+		       vmops_db_ll(st, (long long)i->start_time), i->control_socket, i->agent_socket,
+		       i->run_dir);
+	if (!u)
+		return -1;
+	if (PQntuples(u) != 1)
+		return vmops_err(e, VMOPS_EXIT_CONFLICT, "vmm %lld is no longer starting in the database", r->vmm_id);
+	return 0;
+}
+
 struct running_ctx {
 	struct reserve_ctx *r;
 	const struct vmops_vmm_info *info;
@@ -116,18 +144,26 @@ static int running_tx(PGconn *c, void *data, struct vmops_error *e)
 	struct running_ctx *a = data;
 	const struct vmops_vmm_info *i = a->info;
 	char sid[24], vid[24], wid[24], pid[24], st[24], mem[24], cpu[24];
-	_cleanup_pgresult_ PGresult *ev = NULL;
+	_cleanup_pgresult_ PGresult *u = NULL, *ev = NULL;
 
 	vmops_db_ll(sid, a->r->sandbox_id);
 	vmops_db_ll(vid, a->r->vmm_id);
 	vmops_db_ll(wid, a->r->worker_id);
 	vmops_db_ll(mem, a->r->spec->memory_mb);
 	vmops_db_ll(cpu, a->r->spec->vcpus);
-	if (vmops_db_x(c, e, "UPDATE vmms SET state = 'running', pid = $2, pid_start_time = $3,"
-			     " control_socket = $4, agent_socket = nullif($5, ''), run_dir = $6 WHERE id = $1",
+	/* Still ours and still starting: ghost-reap may have judged it abandoned. */
+	u = vmops_db_q(c, e, "UPDATE vmms SET state = 'running', pid = $2, pid_start_time = $3,"
+			     " control_socket = $4, agent_socket = nullif($5, ''), run_dir = $6"
+			     " WHERE id = $1 AND state = 'starting' AND time_deleted IS NULL RETURNING id",
 		       vid, vmops_db_ll(pid, i->pid), vmops_db_ll(st, (long long)i->start_time),
-		       i->control_socket, i->agent_socket, i->run_dir) < 0 ||
-	    vmops_db_x(c, e, "UPDATE sandboxes SET status = 'running', active_vmm_id = $2, target_vmm_id = NULL"
+		       i->control_socket, i->agent_socket, i->run_dir);
+	if (!u)
+		return -1;
+	if (PQntuples(u) != 1)
+		return vmops_err(e, VMOPS_EXIT_CONFLICT,
+				 "vmm %lld is no longer starting in the database (ghost-reap judged the launch abandoned?)",
+				 a->r->vmm_id);
+	if (vmops_db_x(c, e, "UPDATE sandboxes SET status = 'running', active_vmm_id = $2, target_vmm_id = NULL"
 			     " WHERE id = $1", sid, vid) < 0)
 		return -1;
 	ev = vmops_db_q(c, e,
@@ -143,6 +179,7 @@ static int running_tx(PGconn *c, void *data, struct vmops_error *e)
 struct failed_ctx {
 	struct reserve_ctx *r;
 	const char *why;
+	bool interrupted;
 };
 
 /*
@@ -161,7 +198,13 @@ static int launch_failed_tx(PGconn *c, void *data, struct vmops_error *e)
 	    vmops_db_x(c, e, "DELETE FROM vmms WHERE id = $1", vid) < 0 ||
 	    vmops_db_x(c, e, "DELETE FROM sandboxes WHERE id = $1", sid) < 0)
 		return -1;
-	return vmops_audit(c, "vm-fleet", "launch-failed", "sandbox", -1, NULL, NULL, a->why, e);
+	return vmops_audit(c, "vm-fleet", a->interrupted ? "launch-interrupted" : "launch-failed", "sandbox", -1,
+			   NULL, NULL, a->why, e);
+}
+
+static bool interrupted(const struct vmops_launch_req *req)
+{
+	return req->interrupted && *req->interrupted;
 }
 
 int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
@@ -171,7 +214,8 @@ int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
 	struct reserve_ctx r = { .req = req };
 	struct vmops_hv_launch_opts opts = { 0 };
 	struct vmops_error herr = { 0 }, ferr = { 0 };
-	struct vmops_hv *h;
+	struct vmops_hv *h = NULL;
+	bool stopped = false;
 
 	memset(res, 0, sizeof(*res));
 	res->sandbox_id = res->vmm_id = res->scale_event_id = -1;
@@ -182,6 +226,9 @@ int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
 		return vmops_err(e, VMOPS_EXIT_HYPERVISOR, "launch spec: hypervisor %s is not supported by this build",
 				 spec->hypervisor);
 	r.spec = spec;
+	if (interrupted(req))
+		return vmops_err(e, VMOPS_EXIT_INTERRUPTED, "launch of sandbox %s on worker %s: interrupted; nothing done",
+				 req->sandbox, req->worker);
 	if (vmops_db_tx(c, VMOPS_READ_COMMITTED, reserve_tx, &r, e) < 0) {
 		if (req->dry_run && e->code == VMOPS_EXIT_OK) {
 			vmops_err_clear(e);
@@ -198,33 +245,73 @@ int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
 	opts.vmm_id = (uint64_t)r.vmm_id;
 	opts.binary = req->binary;
 	opts.auto_accel = req->auto_accel;
-	h = NULL;
-	if (vmops_vm_mkdir_p(r.worker_run_dir, &herr) == 0 && (h = vmops_hv_launch(spec, &opts, &herr)) &&
-	    vmops_hv_wait_ready(h, req->ready_timeout_ms, &herr) == 0) {
+	opts.interrupted = req->interrupted;
+	/* Every step checks the flag: an interruption undoes whatever was done. */
+	if (interrupted(req)) {
+		vmops_err(&herr, VMOPS_EXIT_INTERRUPTED, "interrupted before the hypervisor was started");
+		goto undo;
+	}
+	if (vmops_vm_mkdir_p(r.worker_run_dir, &herr) < 0 || !(h = vmops_hv_launch(spec, &opts, &herr)))
+		goto undo;
+	{
+		struct pid_ctx pc = { &r, vmops_hv_info(h) };
+
+		if (vmops_db_tx(c, VMOPS_READ_COMMITTED, record_pid_tx, &pc, &herr) < 0)
+			goto stop;
+	}
+	if (vmops_hv_wait_ready(h, req->ready_timeout_ms, &herr) < 0)
+		goto stop;
+	if (interrupted(req)) {
+		vmops_err(&herr, VMOPS_EXIT_INTERRUPTED, "interrupted before it was recorded as running");
+		goto stop;
+	}
+	{
 		struct running_ctx rc = { &r, vmops_hv_info(h), -1 };
+
 		res->info = *vmops_hv_info(h);
-		if (vmops_db_tx(c, VMOPS_READ_COMMITTED, running_tx, &rc, e) == 0) {
+		/* The commit point: after it the launch is whole, interrupted or not. */
+		if (vmops_db_tx(c, VMOPS_READ_COMMITTED, running_tx, &rc, &herr) == 0) {
 			res->scale_event_id = rc.event_id;
 			vmops_hv_free(h);
 			return 0;
 		}
-		/* Could not record it: do not leave an unrecorded VM running. */
-		herr = *e;
 	}
-	if (h) {
-		struct vmops_error derr = { 0 };
-		if (vmops_hv_destroy(h, 10000, &derr) < 0)
-			vmops_warn("vmm %lld: could not stop the failed launch: %s", r.vmm_id, derr.msg);
-		vmops_hv_free(h);
-	}
+stop:
+	/* Do not leave an unrecorded VM running: stop it before the rows go. */
 	{
-		struct failed_ctx fc = { &r, herr.msg };
+		struct vmops_error derr = { 0 };
+
+		if (vmops_hv_destroy(h, 10000, &derr) < 0) {
+			/* It may still hold its memory: keep its reservation and its
+			 * starting row (pid recorded) for ghost-reap to finish. */
+			vmops_hv_free(h);
+			*e = herr;
+			if (!e->code)
+				e->code = VMOPS_EXIT_HYPERVISOR;
+			return vmops_err_prefix(e, "launch of sandbox %s on worker %s: vmm %lld could not be stopped (%.300s),"
+						" left as starting for ghost-reap",
+						req->sandbox, req->worker, r.vmm_id, derr.msg);
+		}
+		vmops_hv_free(h);
+		stopped = true;
+	}
+undo:
+	{
+		struct failed_ctx fc = { &r, herr.msg, herr.code == VMOPS_EXIT_INTERRUPTED };
+
 		if (vmops_db_tx(c, VMOPS_READ_COMMITTED, launch_failed_tx, &fc, &ferr) < 0)
 			vmops_warn("vmm %lld: could not record the failed launch: %s", r.vmm_id, ferr.msg);
 	}
 	*e = herr;
 	if (!e->code)
 		e->code = VMOPS_EXIT_HYPERVISOR;
+	if (e->code == VMOPS_EXIT_INTERRUPTED && !ferr.msg[0]) {
+		char m[VMOPS_ERRMSG_MAX];
+
+		snprintf(m, sizeof(m), "%s", e->msg);
+		vmops_err(e, VMOPS_EXIT_INTERRUPTED, "%.700s; %s", m,
+			  stopped ? "the hypervisor was stopped and nothing is recorded" : "nothing is recorded");
+	}
 	return vmops_err_prefix(e, "launch of sandbox %s on worker %s", req->sandbox, req->worker);
 }
 
@@ -311,14 +398,22 @@ int vmops_vm_destroy(PGconn *c, const char *sandbox, int timeout_ms, bool dry_ru
 				}
 				vmops_hv_free(h);
 			} else {
+				struct vmops_error ce = { 0 };
+				int live;
+
 				vmops_debug("vmm %lld: control socket does not answer; checking the process", d.vmm_id);
-				char st = 0;
-				unsigned long long start = 0;
-				if (vmops_hv_proc_stat(info.pid, &st, &start) == 0 && start == info.start_time &&
-				    st != 'Z' && st != 'X')
+				live = vmops_proc_check(NULL, info.pid, info.start_time, NULL, &ce);
+				if (live == VMOPS_PROC_ALIVE)
 					return vmops_err(e, VMOPS_EXIT_HYPERVISOR,
 							 "sandbox %s: vmm %lld (pid %d) runs but its control socket %s does not answer; not destroying it blind",
 							 sandbox, d.vmm_id, (int)info.pid, info.control_socket);
+				if (live == VMOPS_PROC_UNKNOWN)
+					return vmops_err(e, VMOPS_EXIT_CONFLICT,
+							 "sandbox %s: vmm %lld: pid %d is alive, no start time is recorded and the control socket %s does not answer: cannot tell whether it is this vmm; nothing done",
+							 sandbox, d.vmm_id, (int)info.pid, info.control_socket);
+				if (live < 0)
+					return vmops_err(e, VMOPS_EXIT_FAILURE, "sandbox %s: vmm %lld: %s; nothing done",
+							 sandbox, d.vmm_id, ce.msg);
 			}
 		}
 	}

@@ -9,6 +9,7 @@
 #define VMOPS_VM_H
 
 #include <libpq-fe.h>
+#include <signal.h>
 #include <stdbool.h>
 
 #include "error.h"
@@ -24,7 +25,19 @@ struct vmops_launch_req {
 	enum vmops_accel auto_accel;
 	const char *binary;      /* NULL: the driver's default */
 	bool dry_run;            /* validate and admit, launch nothing, write nothing */
+	/* Set (nonzero) by the program's signal handler: the launch stops where
+	 * it is, stops the hypervisor if it started, and removes what it wrote
+	 * (VMOPS_EXIT_INTERRUPTED).  Once the running state is committed the
+	 * launch is whole and the flag is ignored.  May be NULL. */
+	volatile sig_atomic_t *interrupted;
 };
+
+/*
+ * How long a VMM may stay `starting` before ghost-reap and usage-parity take
+ * its launch for abandoned (--starting-timeout): far longer than a launch
+ * takes to record it running or to remove it (launch waits 30 s by default).
+ */
+#define VMOPS_STARTING_TIMEOUT_DEFAULT_MS (10ull * 60 * 1000)
 
 struct vmops_launch_res {
 	long long sandbox_id, vmm_id, worker_id, scale_event_id;
@@ -32,9 +45,16 @@ struct vmops_launch_res {
 };
 
 /*
- * Launch.  Failure leaves the database as it was (what was reserved is
- * removed again; only an audit row says it was tried).  A missing worker is NOTFOUND, no room is
- * CONFLICT, the hypervisor failing to start is HYPERVISOR.
+ * Launch: reserve (sandbox pending, VMM starting, reservation) in one
+ * transaction; start the hypervisor and record its pid and start time on
+ * the starting VMM; wait for it; then VMM running, sandbox running and the
+ * open scale event in one transaction.  Failure or interruption stops the
+ * hypervisor first, then leaves the database as it was (what was reserved
+ * is removed again; only an audit row, launch-failed or launch-interrupted,
+ * says it was tried).  If the hypervisor cannot be stopped, its rows stay
+ * (VMM starting with its pid, reservation held) for ghost-reap.  A missing
+ * worker is NOTFOUND, no room is CONFLICT, the hypervisor failing to start
+ * is HYPERVISOR, an interruption INTERRUPTED.
  */
 int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
 		    struct vmops_launch_res *res, struct vmops_error *e);

@@ -4,7 +4,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "exitcodes.h"
@@ -155,6 +157,208 @@ Test(fleet, failed_launches_change_nothing, .timeout = 120, .fini = kill_test_vm
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "sb1");
 	cr_assert_eq(r.status, 0, "%s", r.err);
 	testrun_free(&r);
+	free(before);
+	free(after);
+	PQfinish(c);
+}
+
+/* What is live: sandboxes not destroyed / VMMs not destroyed or failed /
+ * reservations / open scale events. */
+static char *live_snapshot(PGconn *c)
+{
+	PGresult *r = testdb_exec(c,
+		"SELECT (SELECT count(*) FROM sandboxes WHERE status <> 'destroyed') || '/' ||"
+		" (SELECT count(*) FROM vmms WHERE state NOT IN ('destroyed', 'failed')) || '/' ||"
+		" (SELECT count(*) FROM reservations) || '/' ||"
+		" (SELECT count(*) FROM scale_events WHERE ended_at IS NULL)");
+	char *s = strdup(PQgetvalue(r, 0, 0));
+
+	PQclear(r);
+	return s;
+}
+
+/* Hypervisor processes (not zombies) whose command line names `dir`. */
+static int count_hv(const struct vmops_proc_info *i, void *data)
+{
+	void **a = data;
+
+	if (i->stat.state == 'Z' || i->stat.state == 'X')
+		return 0;
+	for (int k = 0; k < i->argc; k++)
+		if (strstr(i->argv[k], (const char *)a[0])) {
+			++*(int *)a[1];
+			break;
+		}
+	return 0;
+}
+
+static int live_vms_under(const char *dir)
+{
+	int n = 0;
+	void *a[2] = { (void *)(uintptr_t)dir, &n };
+
+	cr_assert_eq(vmops_proc_scan("/proc", VMOPS_PROC_SCAN_HV_ONLY, count_hv, a, NULL), 0);
+	return n;
+}
+
+/* Wait until the launch has recorded its process on the starting VMM. */
+static long long wait_pid_recorded(PGconn *c, const char *sandbox, pid_t launcher)
+{
+	char sql[256];
+
+	snprintf(sql, sizeof(sql), "SELECT coalesce((SELECT v.pid FROM vmms v JOIN sandboxes s ON s.id = v.sandbox_id"
+		 " WHERE s.name = '%s' AND v.state = 'starting' AND v.pid IS NOT NULL), -1)", sandbox);
+	for (int i = 0; i < 600; i++) {
+		long long pid = testdb_ll(c, sql);
+		int st;
+
+		if (pid > 0)
+			return pid;
+		cr_assert_eq(waitpid(launcher, &st, WNOHANG), 0, "vm-fleet launch ended early (status 0x%x)", st);
+		usleep(100000);
+	}
+	cr_assert_fail("vm-fleet launch did not record a pid for %s within 60 s", sandbox);
+	return -1;
+}
+
+static void use_qemu_hiding_qmp(void)
+{
+	char path[8192];
+
+	snprintf(path, sizeof(path), "%s:%s", testlib_qemu_hiding_qmp(rundir), getenv("PATH"));
+	setenv("PATH", path, 1);
+}
+
+/*
+ * SIGINT, SIGTERM or SIGHUP while `vm-fleet launch` waits for a QEMU whose
+ * guest runs but whose control socket never appears: the program stops the
+ * QEMU, removes the sandbox, VMM and reservation it wrote (nothing billed,
+ * nothing half-done; an audit row says so) and exits 12.
+ */
+Test(fleet, interrupted_launch_stops_qemu_and_records_nothing, .timeout = 400, .fini = kill_test_vms)
+{
+	static const int sigs[] = { SIGINT, SIGTERM, SIGHUP };
+	PGconn *c = fleet();
+
+	testlib_need_qemu();
+	use_qemu_hiding_qmp();
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+		struct testproc p;
+		struct testrun r;
+		char name[32], *snap;
+		long long pid, start;
+
+		snprintf(name, sizeof(name), "int%zu", i);
+		TESTRUN_START(&p, "vm-fleet", "--db", ci, "launch", "--sandbox", name, "--org", "acme", "--worker", "w1",
+			      "--wait", "10m", "--spec", spec(name, "qemu", getenv("VMOPS_TEST_KERNEL"), 192));
+		pid = wait_pid_recorded(c, name, p.pid);
+		start = testdb_ll(c, "SELECT pid_start_time FROM vmms WHERE pid IS NOT NULL");
+		cr_assert_eq(vmops_proc_check("/proc", (pid_t)pid, (unsigned long long)start, NULL, NULL),
+			     VMOPS_PROC_ALIVE);
+		if (sigs[i] == SIGINT) {
+			/* the guest itself is up: a real VM is being thrown away */
+			PGresult *q = testdb_exec(c, "SELECT run_dir || '/serial.log' FROM vmms");
+			testlib_wait_heartbeat(PQgetvalue(q, 0, 0), 0, 180, NULL);
+			PQclear(q);
+		}
+		cr_assert_eq(kill(p.pid, sigs[i]), 0);
+		testrun_finish(&p, &r);
+		cr_assert_eq(r.status, VMOPS_EXIT_INTERRUPTED, "signal %d: exit %d: %s", sigs[i], r.status, r.err);
+		cr_expect_eq(testlib_lines(r.err), 1, "%s", r.err);
+		cr_expect(strstr(r.err, "interrupted") && strstr(r.err, "nothing is recorded"), "%s", r.err);
+		testrun_free(&r);
+		cr_assert_neq(vmops_proc_check("/proc", (pid_t)pid, (unsigned long long)start, NULL, NULL),
+			      VMOPS_PROC_ALIVE, "signal %d: the QEMU survived", sigs[i]);
+		cr_assert_eq(live_vms_under(rundir), 0, "signal %d: a QEMU survived", sigs[i]);
+		snap = snapshot(c);
+		cr_assert_str_eq(snap, "0/0/0/0", "signal %d: rows left behind (sandboxes/vmms/reservations/events)",
+				 sigs[i]);
+		free(snap);
+	}
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE action = 'launch-interrupted'"), 3);
+	PQfinish(c);
+}
+
+/*
+ * A signal at any moment of a real launch: all or nothing.  Either the
+ * launch completed (exit 0: the QEMU runs and is recorded, reserved and
+ * billed), or nothing runs and nothing is recorded.
+ */
+Test(fleet, signal_at_any_moment_of_a_launch_is_all_or_nothing, .timeout = 400, .fini = kill_test_vms)
+{
+	static const int delays_ms[] = { 0, 20, 60, 120, 250, 400, 700, 1200, 2500 };
+	PGconn *c = fleet();
+	int completed = 0, undone = 0;
+
+	testlib_need_qemu();
+	for (size_t i = 0; i < sizeof(delays_ms) / sizeof(delays_ms[0]); i++) {
+		struct testproc p;
+		struct testrun r;
+		char name[32], *snap;
+
+		snprintf(name, sizeof(name), "any%zu", i);
+		TESTRUN_START(&p, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", name, "--org", "acme",
+			      "--worker", "w1", "--spec", spec(name, "qemu", getenv("VMOPS_TEST_KERNEL"), 192));
+		usleep((useconds_t)delays_ms[i] * 1000);
+		kill(p.pid, i % 2 ? SIGINT : SIGTERM);
+		testrun_finish(&p, &r);
+		snap = live_snapshot(c);
+		if (r.status == 0) {
+			completed++;
+			cr_assert_str_eq(snap, "1/1/1/1", "after %d ms: %s", delays_ms[i], r.err);
+			cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes s JOIN vmms v ON v.id = s.active_vmm_id"
+						  " JOIN scale_events e ON e.vmm_id = v.id AND e.ended_at IS NULL"
+						  " WHERE s.status = 'running' AND v.state = 'running'"), 1);
+			cr_assert_eq(live_vms_under(rundir), 1);
+			testrun_free(&r);
+			TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", name);
+			cr_assert_eq(r.status, 0, "%s", r.err);
+		} else {
+			undone++;
+			/* 12 once the handlers are set; killed by the signal before that */
+			cr_assert(r.status == VMOPS_EXIT_INTERRUPTED || r.status == 128 + SIGTERM ||
+				  r.status == 128 + SIGINT, "after %d ms: exit %d: %s", delays_ms[i], r.status, r.err);
+			cr_assert_str_eq(snap, "0/0/0/0", "after %d ms: exit %d: rows left live", delays_ms[i], r.status);
+			cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status <> 'destroyed'"), 0);
+			cr_assert_eq(live_vms_under(rundir), 0, "after %d ms: exit %d: a QEMU survived", delays_ms[i],
+				     r.status);
+		}
+		free(snap);
+		testrun_free(&r);
+	}
+	cr_log_info("signal during launch: %d completed, %d undone", completed, undone);
+	cr_expect_gt(undone, 0);
+	PQfinish(c);
+}
+
+/* vm-fleet destroy never stops (or forgets) a VMM whose identity is unknown. */
+Test(fleet, destroy_refuses_a_vmm_without_start_time, .timeout = 120, .fini = kill_test_vms)
+{
+	PGconn *c = fleet();
+	struct testrun r;
+	long long pid, start;
+	char *before, *after;
+
+	testlib_need_qemu();
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", "sb1", "--org", "acme",
+		"--worker", "w1", "--spec", spec("sb1", "qemu", getenv("VMOPS_TEST_KERNEL"), 192));
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	testrun_free(&r);
+	pid = testdb_ll(c, "SELECT pid FROM vmms");
+	start = testdb_ll(c, "SELECT pid_start_time FROM vmms");
+	/* as recorded by a system that could not read the start time, with a
+	 * control socket that does not answer */
+	PQclear(testdb_exec(c, "UPDATE vmms SET pid_start_time = 0, control_socket = '/nonexistent-vmops/qmp.sock'"));
+	before = snapshot(c);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "destroy", "sb1");
+	cr_assert_eq(r.status, VMOPS_EXIT_CONFLICT, "exit %d: %s", r.status, r.err);
+	cr_expect(strstr(r.err, "no start time"), "%s", r.err);
+	testrun_free(&r);
+	cr_assert_eq(vmops_proc_check("/proc", (pid_t)pid, (unsigned long long)start, NULL, NULL), VMOPS_PROC_ALIVE,
+		     "the VMM was stopped blind");
+	after = snapshot(c);
+	cr_assert_str_eq(after, before);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'running'"), 1);
 	free(before);
 	free(after);
 	PQfinish(c);

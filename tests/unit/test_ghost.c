@@ -30,6 +30,7 @@
 
 #include "exitcodes.h"
 #include "ghost.h"
+#include "host.h"
 #include "proc.h"
 #include "testlib.h"
 
@@ -64,18 +65,24 @@ static void fixtures(char *buf, size_t len)
 	cr_assert_eq(access(buf, R_OK), 0, "fixture %s: %s", buf, strerror(errno));
 }
 
-/* A database with worker gw whose run directory is this test's. */
+/* This "host", as far as ghost-reap and vm-fleet are told (VMOPS_HOST_ID). */
+#define HOST_ID "ghost-test-host"
+
+/* A database with worker gw whose run directory is this test's, on this host. */
 static PGconn *fleet(void)
 {
 	PGconn *c = testdb_new(true, ci, sizeof(ci));
 	char sql[1024];
+
+	setenv("VMOPS_HOST_ID", HOST_ID, 1);
 
 	snprintf(rundir, sizeof(rundir), "/tmp/vmops-gr.XXXXXX");
 	cr_assert(mkdtemp(rundir));
 	snprintf(wrun, sizeof(wrun), "%s/w", rundir);
 	cr_assert_eq(mkdir(wrun, 0700), 0);
 	snprintf(sql, sizeof(sql),
-		 "INSERT INTO workers (name, memory_mb, vcpus, run_dir) VALUES ('gw', 8192, 16, '%s')", wrun);
+		 "INSERT INTO workers (name, memory_mb, vcpus, run_dir, host_id) VALUES ('gw', 8192, 16, '%s', '" HOST_ID "')",
+		 wrun);
 	PQclear(testdb_exec(c, sql));
 	return c;
 }
@@ -350,6 +357,9 @@ Test(ghost, bad_input_is_a_usage_error_without_database)
 		{ "--proc-root", "/nonexistent-vmops-proc" },
 		{ "--proc-root", "/etc/hostname" },
 		{ "--proc-root", "FIX", "--action", "kill" },
+		{ "--repair-from-recording" },
+		{ "--proc-root", "/proc", "--repair-from-recording" },
+		{ "--starting-timeout", "soon" },
 		{ "stray-argument" },
 		{ "--no-such-option" },
 		{ "--min-age" },
@@ -360,7 +370,9 @@ Test(ghost, bad_input_is_a_usage_error_without_database)
 		"--grace: 11m is out of range", "invalid worker name 'bad name'", "invalid worker name ''",
 		"--proc-root /nonexistent-vmops-proc: no such file or directory",
 		"--proc-root /etc/hostname: not a directory",
-		"--action kill: --proc-root", "unexpected argument 'stray-argument'", "--no-such-option",
+		"--action kill: --proc-root", "--repair-from-recording: --proc-root /proc is this host's live /proc",
+		"--repair-from-recording: --proc-root /proc is this host's live /proc", "--starting-timeout",
+		"unexpected argument 'stray-argument'", "--no-such-option",
 		"--min-age",
 	};
 	struct testrun r;
@@ -391,6 +403,7 @@ Test(ghost, bad_input_is_a_usage_error_without_database)
 	cr_assert(strstr(r.err, "VMOPS_PROC_ROOT"), "%s", r.err);
 	testrun_free(&r);
 	/* ... and --proc-root /proc is the live tree: kill is allowed (then the database is contacted) */
+	setenv("VMOPS_HOST_ID", HOST_ID, 1);
 	TESTRUN(&r, "ghost-reap", "--db", "host=/nonexistent-vmops port=1", "--worker", "w1", "--action", "kill",
 		"--proc-root", "/proc");
 	cr_assert_eq(r.status, VMOPS_EXIT_DB, "%s", r.err);
@@ -411,6 +424,7 @@ Test(ghost, unknown_worker_schema_and_database_errors)
 	char ci_empty[512], host[256];
 	struct testrun r;
 
+	setenv("VMOPS_HOST_ID", HOST_ID, 1);
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "w-none");
 	cr_assert_eq(r.status, VMOPS_EXIT_NOTFOUND, "%s", r.err);
 	cr_assert(strstr(r.err, "ghost-reap: worker w-none does not exist"), "%s", r.err);
@@ -419,8 +433,8 @@ Test(ghost, unknown_worker_schema_and_database_errors)
 	testrun_free(&r);
 
 	/* default worker: $VMOPS_WORKER, else the host name */
-	PQclear(testdb_exec(c, "INSERT INTO workers (name, memory_mb, vcpus, run_dir)"
-			       " VALUES ('w-env', 1024, 1, '/nonexistent-vmops-run')"));
+	PQclear(testdb_exec(c, "INSERT INTO workers (name, memory_mb, vcpus, run_dir, host_id)"
+			       " VALUES ('w-env', 1024, 1, '/nonexistent-vmops-run', '" HOST_ID "')"));
 	setenv("VMOPS_WORKER", "w-env", 1);
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--json");
 	cr_assert(r.status == 0 || r.status == VMOPS_EXIT_FOUND, "%s", r.err);
@@ -491,11 +505,11 @@ static const char fixture_sql[] =
 	"{\"vmm\":" vmm ",\"class\":\"" cls "\",\"pid\":" pid ",\"start_time\":" st ",\"age_s\":" age \
 	",\"hypervisor\":\"" hv "\",\"state\":" state ",\"sandbox\":" sb ",\"parent\":" parent \
 	",\"action\":\"" act "\",\"detail\":\"" detail "\"}"
-#define SUMMARY(dry, healthy, ghosts, young, phantoms, zombies, foreign, repaired, unfixed) \
+#define SUMMARY(dry, healthy, ghosts, young, phantoms, zombies, foreign, repaired, unfixed, status) \
 	"\"summary\":{\"worker\":\"fx\",\"action\":\"log\",\"dry_run\":" dry ",\"hypervisors\":5," \
 	"\"healthy\":" healthy ",\"ghosts\":" ghosts ",\"young\":" young ",\"phantoms\":" phantoms \
-	",\"zombies\":" zombies ",\"foreign\":" foreign ",\"killed\":0,\"repaired\":" repaired \
-	",\"unfixed\":" unfixed ",\"errors\":0}"
+	",\"zombies\":" zombies ",\"foreign\":" foreign ",\"unknown\":0,\"killed\":0,\"repaired\":" repaired \
+	",\"unfixed\":" unfixed ",\"errors\":0,\"status\":\"" status "\"}"
 
 #define FX_STABLE \
 	ITEM("7", "healthy", "700", "8000000", "6400.5", "qemu", "\"running\"", "\"sb-7\"", "null", "none", "") "," \
@@ -518,7 +532,21 @@ static const char fixture_dry[] = "{\"vmms\":[" FX_STABLE ","
 	ITEM("15", "phantom", "4242", "100", "null", "qemu", "\"running\"", "\"sb-15\"", "null", "would-repair",
 	     "process gone") ","
 	FX_MIGRATING("would-repair", "") "],"
-	SUMMARY("true", "1", "1", "1", "4", "1", "1", "0", "6") "}";
+	SUMMARY("true", "1", "1", "1", "4", "1", "1", "0", "6", "found") "}";
+
+/* Without --repair-from-recording a recorded tree is only reported on. */
+#define NOT_REPAIRED "; read from a recorded tree: not repaired (--repair-from-recording)"
+static const char fixture_report[] = "{\"vmms\":[" FX_STABLE ","
+	ITEM("12", "zombie", "900", "8300000", "3400.5", "qemu", "\"running\"", "\"sb-12\"", "1000", "reported",
+	     "zombie: exited, parent pid 1000 has not reaped it" NOT_REPAIRED) ","
+	ITEM("13", "phantom", "901", "8350000", "2900.5", "qemu", "\"running\"", "\"sb-13\"", "null", "reported",
+	     "process dead (state X)" NOT_REPAIRED) ","
+	ITEM("14", "phantom", "1001", "12345", "null", "qemu", "\"running\"", "\"sb-14\"", "null", "reported",
+	     "pid 1001 is another process now (start time 8400100, recorded 12345); not signalled" NOT_REPAIRED) ","
+	ITEM("15", "phantom", "4242", "100", "null", "qemu", "\"running\"", "\"sb-15\"", "null", "reported",
+	     "process gone" NOT_REPAIRED) ","
+	FX_MIGRATING("reported", NOT_REPAIRED) "],"
+	SUMMARY("false", "1", "1", "1", "4", "1", "1", "0", "6", "found") "}";
 
 #define REPAIRED "; vmm failed, sandbox error, 1 scale event(s) closed, reservation deleted"
 static const char fixture_run[] = "{\"vmms\":[" FX_STABLE ","
@@ -531,11 +559,11 @@ static const char fixture_run[] = "{\"vmms\":[" FX_STABLE ","
 	ITEM("15", "phantom", "4242", "100", "null", "qemu", "\"failed\"", "\"sb-15\"", "null", "repaired",
 	     "process gone" REPAIRED) ","
 	FX_MIGRATING("skipped", "; sandbox sb-18 is migrating: left to vm-migrate") "],"
-	SUMMARY("false", "1", "1", "1", "4", "1", "1", "4", "2") "}";
+	SUMMARY("false", "1", "1", "1", "4", "1", "1", "4", "2", "found") "}";
 
 static const char fixture_again[] = "{\"vmms\":[" FX_STABLE ","
 	FX_MIGRATING("skipped", "; sandbox sb-18 is migrating: left to vm-migrate") "],"
-	SUMMARY("false", "1", "1", "1", "1", "0", "1", "0", "2") "}";
+	SUMMARY("false", "1", "1", "1", "1", "0", "1", "0", "2", "found") "}";
 
 /* stdout must be exactly what lib/output prints for this document. */
 static void assert_json_exact(const char *out, const char *compact)
@@ -561,9 +589,22 @@ Test(ghost, recorded_tree_parsed_exactly)
 	fixtures(fix, sizeof(fix));
 	PQclear(testdb_exec(c, fixture_sql));
 
+	/* a recording may be stale, or another host's: reported, never repaired
+	 * unless told (and no host identity is needed: nothing is judged live) */
+	before = snapshot(c);
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--proc-root", fix, "--min-age", "90m", "--json");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s", r.err);
+	cr_assert_str_eq(r.err, "");
+	assert_json_exact(r.out, fixture_report);
+	testrun_free(&r);
+	after = snapshot(c);
+	cr_assert_str_eq(after, before, "a recorded tree was repaired from without --repair-from-recording");
+	free(after);
+	free(before);
+
 	before = snapshot(c);
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--proc-root", fix, "--min-age", "90m",
-		"--dry-run", "--json");
+		"--repair-from-recording", "--dry-run", "--json");
 	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s", r.err);
 	cr_assert_str_eq(r.err, "");
 	assert_json_exact(r.out, fixture_dry);
@@ -575,7 +616,8 @@ Test(ghost, recorded_tree_parsed_exactly)
 
 	/* VMOPS_PROC_ROOT is the default of --proc-root */
 	setenv("VMOPS_PROC_ROOT", fix, 1);
-	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--min-age", "90m", "--json");
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--min-age", "90m", "--repair-from-recording",
+		"--json");
 	unsetenv("VMOPS_PROC_ROOT");
 	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s", r.err);
 	cr_assert_str_eq(r.err, "");
@@ -601,7 +643,8 @@ Test(ghost, recorded_tree_parsed_exactly)
 
 	/* a second run repairs nothing more */
 	before = snapshot(c);
-	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--proc-root", fix, "--min-age", "90m", "--json");
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--proc-root", fix, "--min-age", "90m",
+		"--repair-from-recording", "--json");
 	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s", r.err);
 	assert_json_exact(r.out, fixture_again);
 	testrun_free(&r);
@@ -628,10 +671,12 @@ Test(ghost, recorded_tree_parsed_exactly)
 	cr_assert(strstr(r.out, "\"young\":\t2"), "%s", r.out);
 	cr_assert(strstr(r.out, "\"unfixed\":\t1"), "%s", r.out);
 	testrun_free(&r);
-	/* the migration ends: the phantom is repaired, everything is fixed: exit 0 */
+	/* the migration ends: the phantom is repaired, everything is fixed: exit 4 */
 	PQclear(testdb_exec(c, "UPDATE sandboxes SET status = 'running' WHERE id = 18"));
-	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--proc-root", fix, "--min-age", "2h", "--json");
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--proc-root", fix, "--min-age", "2h",
+		"--repair-from-recording", "--json");
+	cr_assert_eq(r.status, VMOPS_EXIT_FIXED, "%s\n%s", r.out, r.err);
+	cr_assert(strstr(r.out, "\"status\":\t\"fixed\""), "%s", r.out);
 	cr_assert(strstr(r.out, "\"repaired\":\t1"), "%s", r.out);
 	testrun_free(&r);
 	assert_repaired(c, 18, "phantom-repair");
@@ -770,7 +815,7 @@ Test(ghost, zombie_decoy_pid_reuse_and_another_fleet, .fini = teardown)
 
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s",
 		"--grace", "1s", "--json");
-	cr_assert_eq(r.status, 0, "exit %d\n%s\n%s", r.status, r.out, r.err);
+	cr_assert_eq(r.status, VMOPS_EXIT_FIXED, "exit %d\n%s\n%s", r.status, r.out, r.err);
 	doc = parse(r.out);
 
 	it = item(doc, vz, zombie);
@@ -981,7 +1026,7 @@ Test(ghost, real_qemu_healthy_ghost_and_phantom, .timeout = 240, .fini = teardow
 
 	/* 2. --min-age longer than the ghost's age: left alone; the phantoms are repaired */
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "1h", "--json");
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, VMOPS_EXIT_FIXED, "%s\n%s", r.out, r.err);
 	doc = parse(r.out);
 	it = item(doc, ghost.vmm, ghost.pid);
 	cr_assert_str_eq(str(it, "class"), "young", "%s", r.out);
@@ -1014,7 +1059,7 @@ Test(ghost, real_qemu_healthy_ghost_and_phantom, .timeout = 240, .fini = teardow
 	cr_assert_eq(kill((pid_t)ghost.pid, SIGSTOP), 0);
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s",
 		"--grace", "1s", "--json");
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, VMOPS_EXIT_FIXED, "%s\n%s", r.out, r.err);
 	doc = parse(r.out);
 	it = item(doc, ghost.vmm, ghost.pid);
 	cr_assert_str_eq(str(it, "class"), "ghost", "%s", r.out);
@@ -1042,4 +1087,412 @@ Test(ghost, real_qemu_healthy_ghost_and_phantom, .timeout = 240, .fini = teardow
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
 				  " WHERE s.name = 'keep' AND e.ended_at IS NULL"), 1);
 	PQfinish(c);
+}
+
+/* ---- this host must be the worker's ------------------------------------------------------ */
+
+/* A running VMM of gw whose process cannot exist (pid above any pid_max). */
+static long long add_phantom(PGconn *c, const char *sandbox)
+{
+	char sql[1024];
+
+	snprintf(sql, sizeof(sql),
+		 "WITH s AS (INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
+		 "  VALUES ('%s', 'acme', 'pending', 1, 128, 1) RETURNING id),"
+		 " v AS (INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state, pid, pid_start_time)"
+		 "  SELECT id, 1, 'qemu', 'running', 99999999, 4242 FROM s RETURNING id, sandbox_id)"
+		 " SELECT id FROM v", sandbox);
+	{
+		long long vmm = testdb_ll(c, sql);
+
+		snprintf(sql, sizeof(sql),
+			 "INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus) VALUES (%lld, 1, 128, 1);"
+			 "UPDATE sandboxes SET status = 'running', active_vmm_id = %lld WHERE name = '%s';"
+			 "INSERT INTO scale_events (sandbox_id, org_id, worker_id, vmm_id, memory_mb, vcpus)"
+			 " SELECT id, 'acme', 1, %lld, 128, 1 FROM sandboxes WHERE name = '%s'",
+			 vmm, vmm, sandbox, vmm, sandbox);
+		PQclear(testdb_exec(c, sql));
+		return vmm;
+	}
+}
+
+Test(ghost, wrong_host_changes_nothing)
+{
+	PGconn *c = fleet();
+	long long vmm = add_phantom(c, "sb-far");
+	char *before = snapshot(c), *after;
+	struct testrun r;
+	static const char *const runs[][3] = {
+		{ "other-host", "this host (other-host) is not worker gw (host " HOST_ID "); nothing done", NULL },
+		{ "bad id!", "VMOPS_HOST_ID 'bad id!': not a valid host identity", NULL },
+	};
+
+	/* another host, or one whose identity is not valid: one line, exit 13,
+	 * nothing read, nothing changed; --dry-run and --action log alike */
+	for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
+		setenv("VMOPS_HOST_ID", runs[i][0], 1);
+		TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s");
+		cr_assert_eq(r.status, VMOPS_EXIT_WRONG_HOST, "%s: exit %d: %s%s", runs[i][0], r.status, r.out, r.err);
+		cr_assert(strstr(r.err, runs[i][1]), "%s", r.err);
+		cr_assert_eq(testlib_lines(r.err), 1, "%s", r.err);
+		cr_assert_str_eq(r.out, "");
+		testrun_free(&r);
+		TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--dry-run", "--json");
+		cr_assert_eq(r.status, VMOPS_EXIT_WRONG_HOST, "%s", r.err);
+		cr_assert_str_eq(r.out, "");
+		testrun_free(&r);
+	}
+	after = snapshot(c);
+	cr_assert_str_eq(after, before, "a run on the wrong host changed the database");
+	free(after);
+
+	/* a worker with no host identity recorded (made before there were any) */
+	setenv("VMOPS_HOST_ID", HOST_ID, 1);
+	PQclear(testdb_exec(c, "UPDATE workers SET host_id = NULL"));
+	free(before);
+	before = snapshot(c);
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s");
+	cr_assert_eq(r.status, VMOPS_EXIT_WRONG_HOST, "%s", r.err);
+	cr_assert(strstr(r.err, "worker gw has no host identity recorded: run 'vm-fleet worker set-host gw' on its host"),
+		  "%s", r.err);
+	cr_assert_eq(testlib_lines(r.err), 1, "%s", r.err);
+	testrun_free(&r);
+	after = snapshot(c);
+	cr_assert_str_eq(after, before);
+	free(after);
+	free(before);
+
+	/* recorded on this host: now the phantom is repaired, all fixed: 4 */
+	TESTRUN(&r, "vm-fleet", "--db", ci, "--json", "worker", "set-host", "gw");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	cr_assert(strstr(r.out, "\"host_id\":\t\"" HOST_ID "\""), "%s", r.out);
+	cr_assert(strstr(r.out, "\"old_host_id\":\tnull"), "%s", r.out);
+	testrun_free(&r);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE action = 'worker-set-host'"
+				  " AND before->>'host_id' IS NULL AND after->>'host_id' = '" HOST_ID "'"), 1);
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s");
+	cr_assert_eq(r.status, VMOPS_EXIT_FIXED, "%s%s", r.out, r.err);
+	testrun_free(&r);
+	{
+		char sql[128];
+
+		snprintf(sql, sizeof(sql), "SELECT count(*) FROM vmms WHERE id = %lld AND state = 'failed'", vmm);
+		cr_assert_eq(testdb_ll(c, sql), 1);
+	}
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s");
+	cr_assert_eq(r.status, VMOPS_EXIT_OK, "%s%s", r.out, r.err);
+	testrun_free(&r);
+	PQfinish(c);
+}
+
+/* ---- unknown: a pid recorded without a start time ---------------------------------------- */
+
+Test(ghost, unknown_identity_is_never_acted_on, .fini = teardown)
+{
+	PGconn *c = fleet();
+	const char *argv[] = { "sleep", "300", NULL };
+	pid_t a = start_group("/bin/sleep", argv), b = start_group("/bin/sleep", argv);
+	unsigned long long sa, sb;
+	long long va, vb;
+	char sql[256], *before, *after;
+	struct testrun r;
+	cJSON *doc;
+
+	for (int i = 0; i < 100 && (state_of(a) != 'S' || state_of(b) != 'S'); i++)
+		usleep(20000);
+	sa = start_of(a);
+	sb = start_of(b);
+	va = register_vmm(c, "sb-null", a, sa);
+	vb = register_vmm(c, "sb-zero", b, sb);
+	/* as another system recorded them: no start time (NULL), or 0 */
+	snprintf(sql, sizeof(sql), "UPDATE vmms SET pid_start_time = NULL WHERE id = %lld;"
+		 "UPDATE vmms SET pid_start_time = 0 WHERE id = %lld", va, vb);
+	PQclear(testdb_exec(c, sql));
+
+	before = snapshot(c);
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s", "--json");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s%s", r.out, r.err);
+	doc = parse(r.out);
+	cr_assert_str_eq(str(item(doc, va, a), "class"), "unknown", "%s", r.out);
+	cr_assert_str_eq(str(item(doc, va, a), "action"), "none", "%s", r.out);
+	cr_assert_str_eq(str(item(doc, vb, b), "class"), "unknown", "%s", r.out);
+	cr_assert(strstr(str(item(doc, vb, b), "detail"), "no start time"), "%s", r.out);
+	cr_assert(strstr(r.out, "\"unknown\":\t2"), "%s", r.out);
+	cr_assert(strstr(r.out, "\"unfixed\":\t2"), "%s", r.out);
+	cJSON_Delete(doc);
+	testrun_free(&r);
+	after = snapshot(c);
+	cr_assert_str_eq(after, before, "an unknown identity was acted on");
+	cr_assert_eq(state_of(a), 'S');
+	cr_assert_eq(state_of(b), 'S');
+	free(before);
+	free(after);
+	PQfinish(c);
+}
+
+/* ---- exit status: the audit programs' convention ------------------------------------------ */
+
+Test(ghost, failed_repair_is_found_not_fixed)
+{
+	PGconn *c = fleet();
+	struct testrun r;
+
+	add_phantom(c, "sb-stuck");
+	PQclear(testdb_exec(c,
+		"CREATE FUNCTION t_refuse() RETURNS trigger LANGUAGE plpgsql AS"
+		" $$BEGIN RAISE EXCEPTION 'refused by the test'; END$$;"
+		"CREATE TRIGGER t_refuse BEFORE UPDATE OF state ON vmms FOR EACH ROW"
+		" WHEN (NEW.state = 'failed') EXECUTE FUNCTION t_refuse()"));
+	/* the run completed, one repair failed: found and not all fixed (3), as
+	 * usage-parity exits when a fix fails; 1 is for a run that failed */
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--min-age", "0s", "--json");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "exit %d: %s%s", r.status, r.out, r.err);
+	cr_assert(strstr(r.out, "\"errors\":\t1"), "%s", r.out);
+	cr_assert(strstr(r.out, "\"status\":\t\"found\""), "%s", r.out);
+	cr_assert(strstr(r.err, "1 action(s) failed"), "%s", r.err);
+	testrun_free(&r);
+	PQfinish(c);
+}
+
+/* ---- abandoned launches: a VMM starting for too long ------------------------------------- */
+
+/* Wait until the launch of `sandbox` has recorded a pid; returns the VMM id. */
+static long long wait_starting(PGconn *c, const char *sandbox, pid_t launcher)
+{
+	char sql[300];
+
+	snprintf(sql, sizeof(sql), "SELECT coalesce((SELECT v.id FROM vmms v JOIN sandboxes s ON s.id = v.sandbox_id"
+		 " WHERE s.name = '%s' AND v.state = 'starting' AND v.pid IS NOT NULL), -1)", sandbox);
+	for (int i = 0; i < 600; i++) {
+		long long id = testdb_ll(c, sql);
+		int st;
+
+		if (id > 0)
+			return id;
+		cr_assert_eq(waitpid(launcher, &st, WNOHANG), 0, "vm-fleet launch ended early (0x%x)", st);
+		usleep(100000);
+	}
+	cr_assert_fail("no pid recorded for %s within 60 s", sandbox);
+	return -1;
+}
+
+/* vm-fleet launch on gw, killed with SIGKILL once the QEMU is recorded:
+ * nothing can clean up, the VMM stays starting.  QMP is hidden, so the
+ * launch could never have finished anyway. */
+static long long abandoned_launch(PGconn *c, const char *sandbox, struct vm *v)
+{
+	char spec[300];
+	struct testproc p;
+	struct testrun r;
+	long long vmm;
+	FILE *f;
+
+	snprintf(spec, sizeof(spec), "%s/%s.json", rundir, sandbox);
+	f = fopen(spec, "w");
+	cr_assert(f);
+	fprintf(f, "{\"hypervisor\":\"qemu\",\"memory_mb\":160,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
+		   "\"cmdline\":\"console=ttyS0\",\"accel\":\"tcg\"}\n",
+		getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"));
+	fclose(f);
+	TESTRUN_START(&p, "vm-fleet", "--db", ci, "launch", "--sandbox", sandbox, "--org", "acme", "--worker", "gw",
+		      "--spec", spec, "--wait", "10m");
+	vmm = wait_starting(c, sandbox, p.pid);
+	cr_assert_eq(kill(p.pid, SIGKILL), 0);
+	testrun_finish(&p, &r);
+	cr_assert_eq(r.status, 128 + SIGKILL);
+	testrun_free(&r);
+	{
+		char sql[256];
+		PGresult *q;
+
+		snprintf(sql, sizeof(sql), "SELECT pid, pid_start_time, run_dir FROM vmms WHERE id = %lld", vmm);
+		q = testdb_exec(c, sql);
+		v->sandbox = sandbox;
+		v->vmm = vmm;
+		v->pid = strtoll(PQgetvalue(q, 0, 0), NULL, 10);
+		v->start = strtoll(PQgetvalue(q, 0, 1), NULL, 10);
+		snprintf(v->run_dir, sizeof(v->run_dir), "%s", PQgetvalue(q, 0, 2));
+		PQclear(q);
+	}
+	cr_assert(alive(v), "the abandoned QEMU is not running");
+	return vmm;
+}
+
+static void assert_stale_repaired(PGconn *c, const struct vm *v)
+{
+	char sql[1024];
+	PGresult *r;
+
+	snprintf(sql, sizeof(sql),
+		 "SELECT v.state || '|' || s.status || '|' || (SELECT count(*) FROM reservations WHERE vmm_id = v.id)"
+		 " || '|' || (SELECT count(*) FROM scale_events WHERE sandbox_id = s.id)"
+		 " || '|' || (SELECT count(*) FROM audit_log a WHERE a.object_id = v.id AND a.program = 'ghost-reap'"
+		 "            AND a.action = 'stale-start-repair' AND a.before->>'vmm_state' = 'starting')"
+		 " FROM vmms v JOIN sandboxes s ON s.id = v.sandbox_id WHERE v.id = %lld", v->vmm);
+	r = testdb_exec(c, sql);
+	cr_assert_str_eq(PQgetvalue(r, 0, 0), "failed|error|0|0|1", "vmm %lld: %s", v->vmm, PQgetvalue(r, 0, 0));
+	PQclear(r);
+}
+
+Test(ghost, abandoned_launch_is_stopped_after_starting_timeout, .timeout = 300, .fini = teardown)
+{
+	PGconn *c;
+	struct vm a = { 0 }, b = { 0 }, u = { 0 };
+	char path[8192], sql[256], *before, *after;
+	struct testrun r;
+	cJSON *doc;
+	const cJSON *it;
+
+	testlib_need_qemu();
+	c = fleet();
+	snprintf(path, sizeof(path), "%s:%s", testlib_qemu_hiding_qmp(rundir), getenv("PATH"));
+	setenv("PATH", path, 1);
+	abandoned_launch(c, "abandoned", &a);
+	abandoned_launch(c, "no-pid", &b);
+	abandoned_launch(c, "no-start", &u);
+	/* as an older vm-fleet left it: pid not recorded yet (found by its token) */
+	snprintf(sql, sizeof(sql), "UPDATE vmms SET pid = NULL, pid_start_time = NULL WHERE id = %lld", b.vmm);
+	PQclear(testdb_exec(c, sql));
+	/* pid recorded, start time not: identity unknown */
+	snprintf(sql, sizeof(sql), "UPDATE vmms SET pid_start_time = 0 WHERE id = %lld", u.vmm);
+	PQclear(testdb_exec(c, sql));
+
+	/* within --starting-timeout (default 10m): a launch in progress, healthy */
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s", "--json");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s%s", r.out, r.err);  /* only the unknown one */
+	doc = parse(r.out);
+	cr_assert_str_eq(str(item(doc, a.vmm, a.pid), "class"), "healthy", "%s", r.out);
+	cr_assert_str_eq(str(item(doc, b.vmm, b.pid), "class"), "healthy", "%s", r.out);
+	cr_assert_str_eq(str(item(doc, u.vmm, u.pid), "class"), "unknown", "%s", r.out);
+	cJSON_Delete(doc);
+	testrun_free(&r);
+
+	/* past it, --action log: reported as ghosts, nothing stopped, nothing changed
+	 * (a VMM whose process runs keeps its reservation) */
+	sleep(2);
+	before = snapshot(c);
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--min-age", "0s", "--starting-timeout", "1s", "--json");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s%s", r.out, r.err);
+	doc = parse(r.out);
+	it = item(doc, a.vmm, a.pid);
+	cr_assert_str_eq(str(it, "class"), "ghost", "%s", r.out);
+	cr_assert_str_eq(str(it, "action"), "reported");
+	cr_assert(strstr(str(it, "detail"), "has been starting for"), "%s", r.out);
+	cr_assert_str_eq(str(item(doc, b.vmm, b.pid), "class"), "ghost", "%s", r.out);
+	cr_assert_str_eq(str(item(doc, u.vmm, u.pid), "class"), "unknown", "%s", r.out);
+	cJSON_Delete(doc);
+	testrun_free(&r);
+	after = snapshot(c);
+	cr_assert_str_eq(after, before);
+	free(before);
+	free(after);
+	cr_assert(alive(&a) && alive(&b) && alive(&u));
+	/* usage-parity sees them too: pending, a live VMM, nothing billed */
+	TESTRUN(&r, "usage-parity", "--db", ci, "--from", "2001-01-01", "--to", "2001-01-02", "--starting-timeout", "1s",
+		"--json");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s%s", r.out, r.err);
+	doc = parse(r.out);
+	{
+		const cJSON *f;
+		int n = 0;
+
+		cJSON_ArrayForEach(f, cJSON_GetObjectItemCaseSensitive(doc, "findings")) {
+			cr_assert_str_eq(str(f, "category"), "pending_live_vmm", "%s", r.out);
+			cr_assert(strstr(str(f, "detail"), "run ghost-reap on gw"), "%s", r.out);
+			n++;
+		}
+		cr_assert_eq(n, 3, "%s", r.out);
+	}
+	cJSON_Delete(doc);
+	testrun_free(&r);
+
+	/* --action kill: stopped (pidfd, start time checked), then repaired:
+	 * VMM failed, sandbox error, reservation gone; the unknown one untouched */
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s",
+		"--starting-timeout", "1s", "--grace", "2s", "--json");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s%s", r.out, r.err);
+	doc = parse(r.out);
+	it = item(doc, a.vmm, a.pid);
+	cr_assert_str_eq(str(it, "action"), "killed", "%s", r.out);
+	cr_assert(strstr(str(it, "detail"), "vmm failed, sandbox error"), "%s", r.out);
+	cr_assert_str_eq(str(item(doc, b.vmm, b.pid), "action"), "killed", "%s", r.out);
+	cr_assert_str_eq(str(item(doc, u.vmm, u.pid), "action"), "none", "%s", r.out);
+	cJSON_Delete(doc);
+	testrun_free(&r);
+	cr_assert(!alive(&a), "the abandoned QEMU still runs");
+	cr_assert(!alive(&b), "the abandoned QEMU without a recorded pid still runs");
+	cr_assert(alive(&u), "a QEMU of unknown identity was signalled");
+	assert_stale_repaired(c, &a);
+	assert_stale_repaired(c, &b);
+
+	/* its start time recorded after all: stopped too, and now all fixed: 4 */
+	snprintf(sql, sizeof(sql), "UPDATE vmms SET pid_start_time = %lld WHERE id = %lld", u.start, u.vmm);
+	PQclear(testdb_exec(c, sql));
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s",
+		"--starting-timeout", "1s", "--grace", "2s");
+	cr_assert_eq(r.status, VMOPS_EXIT_FIXED, "%s%s", r.out, r.err);
+	testrun_free(&r);
+	cr_assert(!alive(&u));
+	assert_stale_repaired(c, &u);
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s",
+		"--starting-timeout", "1s");
+	cr_assert_eq(r.status, VMOPS_EXIT_OK, "%s%s", r.out, r.err);
+	testrun_free(&r);
+	TESTRUN(&r, "usage-parity", "--db", ci, "--from", "2001-01-01", "--to", "2001-01-02", "--starting-timeout", "1s");
+	cr_assert_eq(r.status, VMOPS_EXIT_OK, "%s%s", r.out, r.err);
+	testrun_free(&r);
+	PQfinish(c);
+}
+
+/* ---- host identity (lib/host) -------------------------------------------------------------- */
+
+Test(ghost, host_identity_rules)
+{
+	char dir[] = "/tmp/vmops-hostid.XXXXXX", path[300], buf[VMOPS_HOST_ID_MAX];
+	struct vmops_error e = { 0 };
+	FILE *f;
+
+	cr_assert(vmops_host_id_valid("0123456789abcdef0123456789abcdef"));
+	cr_assert(vmops_host_id_valid("w-17.rack2:a_b"));
+	cr_assert_not(vmops_host_id_valid(""));
+	cr_assert_not(vmops_host_id_valid("-x"));
+	cr_assert_not(vmops_host_id_valid("a b"));
+	cr_assert_not(vmops_host_id_valid(NULL));
+	{
+		char big[200];
+
+		memset(big, 'a', 129);
+		big[129] = '\0';
+		cr_assert_not(vmops_host_id_valid(big));  /* 129 characters */
+		big[128] = '\0';
+		cr_assert(vmops_host_id_valid(big));      /* 128 */
+	}
+
+	cr_assert(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/machine-id", dir);
+	f = fopen(path, "w");
+	fputs("4b2d9a31c0e8f7a6b5c4d3e2f1a0b9c8 \n", f);
+	fclose(f);
+	cr_assert_eq(vmops_host_id_read(path, buf, sizeof(buf), &e), 0, "%s", e.msg);
+	cr_assert_str_eq(buf, "4b2d9a31c0e8f7a6b5c4d3e2f1a0b9c8");
+	f = fopen(path, "w");
+	fputs("\n", f);
+	fclose(f);
+	cr_assert_eq(vmops_host_id_read(path, buf, sizeof(buf), &e), -1);
+	cr_assert_eq(e.code, VMOPS_EXIT_WRONG_HOST);
+	cr_assert(strstr(e.msg, "empty"), "%s", e.msg);
+	unlink(path);
+	cr_assert_eq(vmops_host_id_read(path, buf, sizeof(buf), &e), -1);
+	cr_assert(strstr(e.msg, "no such file or directory"), "%s", e.msg);
+	rmdir(dir);
+
+	/* the override wins, and must itself be valid */
+	cr_assert_eq(vmops_host_id("h-1", buf, sizeof(buf), &e), 0);
+	cr_assert_str_eq(buf, "h-1");
+	cr_assert_eq(vmops_host_id("no way", buf, sizeof(buf), &e), -1);
+	cr_assert_eq(e.code, VMOPS_EXIT_WRONG_HOST);
+	if (access("/etc/machine-id", R_OK) == 0) {
+		cr_assert_eq(vmops_host_id(NULL, buf, sizeof(buf), &e), 0, "%s", e.msg);
+		cr_assert(vmops_host_id_valid(buf));
+	}
 }

@@ -16,12 +16,15 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "../../lib/exitcodes.h"
+#include "../../lib/hv.h"
 #include "../../lib/proc.h"
 
 static char fix[PATH_MAX + 32];  /* tests/fixtures/proc */
@@ -934,4 +937,157 @@ Test(proc, live_scan_with_processes_vanishing, .timeout = 120)
 	}
 	kill(churn, SIGKILL);
 	reap(churn, SIGKILL);
+}
+
+/* ---- start time 0: identity unknown ---------------------------------------- */
+
+Test(proc, unrecorded_start_time_is_unknown_never_signalled)
+{
+	struct vmops_error err = { 0 };
+	struct vmops_proc_term_outcome out;
+	struct vmops_proc_stat st;
+	pid_t pid = spawn_pidfd(CHILD_PAUSE);
+	unsigned long long t = starttime_of(pid);
+
+	/* a live process at a pid recorded without a start time: unknown, not
+	 * "another process" (REUSED), which callers take for the VMM's death */
+	cr_expect_eq(vmops_proc_check(NULL, pid, 0, &st, &err), VMOPS_PROC_UNKNOWN, "%s", err.msg);
+	cr_expect_eq(st.starttime, t);
+	/* and nothing is sent to it */
+	cr_expect_eq(vmops_proc_signal(pid, 0, SIGKILL, &err), VMOPS_PROC_SIG_REFUSED);
+	cr_expect_eq(err.code, VMOPS_EXIT_CONFLICT);
+	cr_expect(strstr(err.msg, "no start time") != NULL, "%s", err.msg);
+	cr_expect_eq(vmops_proc_terminate(pid, 0, 100, &out, &err), VMOPS_PROC_SIG_REFUSED);
+	usleep(20000);
+	cr_expect(still_running(pid), "a pid without a start time was signalled");
+	/* the caller's own unreaped child needs no start time */
+	cr_expect_eq(vmops_proc_signal_child(pid, SIGTERM, &err), VMOPS_PROC_SIG_SENT, "%s", err.msg);
+	wait_zombie(pid);
+	/* dead whoever held the pid: the process meant has exited */
+	cr_expect_eq(vmops_proc_check(NULL, pid, 0, &st, &err), VMOPS_PROC_DEAD);
+	reap(pid, SIGTERM);
+	cr_expect_eq(vmops_proc_check(NULL, pid, 0, &st, &err), VMOPS_PROC_DEAD);
+	cr_expect_eq(vmops_proc_signal_child(pid, SIGTERM, &err), VMOPS_PROC_SIG_GONE);
+}
+
+/*
+ * lib/hv stops a VMM only through the pidfd helpers.  The "VMM" here is a
+ * child that speaks just enough QMP to be attached to, and ignores quit, so
+ * whether it dies tells whether hv signalled it.
+ */
+static void fake_qmp_serve(int lfd)
+{
+	for (;;) {
+		int cfd = accept(lfd, NULL, NULL);
+		char buf[4096];
+		ssize_t n;
+		static const char greeting[] =
+			"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 2, \"major\": 7},"
+			" \"package\": \"\"}, \"capabilities\": []}}\r\n";
+
+		if (cfd < 0)
+			continue;
+		if (write(cfd, greeting, sizeof(greeting) - 1) < 0)
+			_exit(1);
+		while ((n = read(cfd, buf, sizeof(buf) - 1)) > 0) {
+			char reply[512], id[128] = "";
+			const char *p;
+
+			buf[n] = '\0';
+			p = strstr(buf, "\"id\"");
+			if (p && (p = strchr(p, ':'))) {
+				size_t k = 0;
+
+				for (p++; *p == ' '; p++)
+					;
+				while (*p && *p != ',' && *p != '}' && k + 1 < sizeof(id))
+					id[k++] = *p++;
+				id[k] = '\0';
+			}
+			if (strstr(buf, "query-status"))
+				snprintf(reply, sizeof(reply),
+					 "{\"return\": {\"status\": \"running\", \"running\": true}%s%s}\r\n",
+					 id[0] ? ", \"id\": " : "", id);
+			else
+				snprintf(reply, sizeof(reply), "{\"return\": {}%s%s}\r\n",
+					 id[0] ? ", \"id\": " : "", id);
+			if (write(cfd, reply, strlen(reply)) < 0)
+				break;
+		}
+		close(cfd);
+	}
+}
+
+static pid_t spawn_fake_vmm(const char *sock)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int lfd;
+	pid_t pid;
+
+	need_pidfd();
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", sock);
+	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(lfd, 0);
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0, "%s", strerror(errno));
+	cr_assert_eq(listen(lfd, 4), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		signal(SIGTERM, SIG_DFL);
+		fake_qmp_serve(lfd);
+		_exit(0);
+	}
+	close(lfd);
+	return pid;
+}
+
+static struct vmops_hv *attach_fake(pid_t pid, unsigned long long start, const char *sock)
+{
+	struct vmops_vmm_info info;
+	struct vmops_error err = { 0 };
+	struct vmops_hv *h;
+
+	memset(&info, 0, sizeof(info));
+	snprintf(info.kind, sizeof(info.kind), "qemu");
+	info.vmm_id = 7;
+	info.pid = pid;
+	info.start_time = start;
+	snprintf(info.control_socket, sizeof(info.control_socket), "%s", sock);
+	h = vmops_hv_attach(&info, 5000, &err);
+	cr_assert(h, "attach: %s", err.msg);
+	return h;
+}
+
+Test(proc, hv_destroy_never_signals_a_vmm_of_unknown_identity, .timeout = 60)
+{
+	char dir[] = "/tmp/vmops-hvstop.XXXXXX", sock[100];
+	struct vmops_error err = { 0 };
+	struct vmops_hv *h;
+	pid_t pid;
+	unsigned long long t;
+
+	cr_assert(mkdtemp(dir));
+	snprintf(sock, sizeof(sock), "%s/qmp.sock", dir);
+	pid = spawn_fake_vmm(sock);
+	t = starttime_of(pid);
+
+	/* start time not recorded (0): alive as far as hv can tell, never signalled */
+	h = attach_fake(pid, 0, sock);
+	cr_expect(vmops_hv_is_alive(h), "unknown identity taken for dead");
+	cr_expect_eq(vmops_hv_destroy(h, 1000, &err), -1);
+	cr_expect_eq(err.code, VMOPS_EXIT_CONFLICT, "%d %s", err.code, err.msg);
+	cr_expect(strstr(err.msg, "not signalled") != NULL, "%s", err.msg);
+	vmops_hv_free(h);
+	usleep(50000);
+	cr_assert(still_running(pid), "a VMM without a recorded start time was signalled");
+
+	/* the recorded identity: quit ignored, so SIGTERM through the pidfd */
+	h = attach_fake(pid, t, sock);
+	cr_expect_eq(vmops_hv_destroy(h, 1000, &err), 0, "%s", err.msg);
+	cr_expect_not(vmops_hv_is_alive(h));
+	vmops_hv_free(h);
+	reap(pid, SIGTERM);
+	unlink(sock);
+	rmdir(dir);
 }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -106,37 +107,92 @@ static char *drain(int fd)
 	return buf;
 }
 
-void testrun(struct testrun *r, const char *const *argv)
+void testrun_start(struct testproc *p, const char *const *argv)
 {
 	const char *dir = getenv("VMOPS_BIN_DIR");
 	char path[4096], ofile[] = "/tmp/vmops-out.XXXXXX", efile[] = "/tmp/vmops-err.XXXXXX";
-	int ofd = mkstemp(ofile), efd = mkstemp(efile), st;
-	pid_t pid;
 
-	cr_assert(ofd >= 0 && efd >= 0);
+	p->ofd = mkstemp(ofile);
+	p->efd = mkstemp(efile);
+	cr_assert(p->ofd >= 0 && p->efd >= 0);
 	unlink(ofile);
 	unlink(efile);
 	snprintf(path, sizeof(path), "%s/%s", dir ? dir : "bin", argv[0]);
-	pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
+	p->pid = fork();
+	cr_assert(p->pid >= 0);
+	if (p->pid == 0) {
 		int nul = open("/dev/null", O_RDONLY);
 		dup2(nul, 0);
-		dup2(ofd, 1);
-		dup2(efd, 2);
+		dup2(p->ofd, 1);
+		dup2(p->efd, 2);
 		execv(path, (char *const *)(uintptr_t)argv);
 		fprintf(stderr, "exec %s: %s\n", path, strerror(errno));
 		_exit(127);
 	}
-	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+}
+
+void testrun_finish(struct testproc *p, struct testrun *r)
+{
+	int st;
+
+	while (waitpid(p->pid, &st, 0) < 0 && errno == EINTR)
 		;
 	r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-	lseek(ofd, 0, SEEK_SET);
-	lseek(efd, 0, SEEK_SET);
-	r->out = drain(ofd);
-	r->err = drain(efd);
-	close(ofd);
-	close(efd);
+	lseek(p->ofd, 0, SEEK_SET);
+	lseek(p->efd, 0, SEEK_SET);
+	r->out = drain(p->ofd);
+	r->err = drain(p->efd);
+	close(p->ofd);
+	close(p->efd);
+	p->pid = 0;
+}
+
+void testrun(struct testrun *r, const char *const *argv)
+{
+	struct testproc p;
+
+	testrun_start(&p, argv);
+	testrun_finish(&p, r);
+}
+
+const char *testlib_qemu_hiding_qmp(const char *dir)
+{
+	static char path[4096];
+	char real[4096] = "";
+	const char *env = getenv("PATH");
+	FILE *f;
+
+	/* the real QEMU: the first on PATH that is not a wrapper of ours */
+	for (const char *p = env; p && *p;) {
+		const char *e = strchr(p, ':');
+		size_t n = e ? (size_t)(e - p) : strlen(p);
+
+		snprintf(real, sizeof(real), "%.*s/qemu-system-x86_64", (int)n, p);
+		if (access(real, X_OK) == 0 && !strstr(real, "vmops-qemu-wrap"))
+			break;
+		real[0] = '\0';
+		p = e ? e + 1 : p + n;
+	}
+	cr_assert(real[0], "qemu-system-x86_64 is not on PATH");
+	snprintf(path, sizeof(path), "%s/vmops-qemu-wrap", dir);
+	cr_assert(mkdir(path, 0700) == 0 || errno == EEXIST);
+	snprintf(path, sizeof(path), "%s/vmops-qemu-wrap/qemu-system-x86_64", dir);
+	f = fopen(path, "w");
+	cr_assert(f);
+	fprintf(f, "#!/bin/sh\n"
+		   "# vmops test wrapper: the real QEMU with its QMP socket renamed, so that\n"
+		   "# whoever launched it waits for a control socket that never appears.\n"
+		   "n=$#\n"
+		   "for a do\n"
+		   "\tcase $a in unix:*/qmp.sock,*) a=$(printf '%%s' \"$a\" | sed 's#/qmp\\.sock,#/qmp-hidden.sock,#');; esac\n"
+		   "\tset -- \"$@\" \"$a\"\n"
+		   "done\n"
+		   "shift $n\n"
+		   "exec %s \"$@\"\n", real);
+	cr_assert(fclose(f) == 0);
+	cr_assert(chmod(path, 0755) == 0);
+	snprintf(path, sizeof(path), "%s/vmops-qemu-wrap", dir);
+	return path;
 }
 
 void testrun_free(struct testrun *r)

@@ -12,6 +12,7 @@
 #include <libpq-fe.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 /* A fresh database; `conninfo` receives "host=... port=... dbname=...". */
 PGconn *testdb_new(bool with_schema, char *conninfo, size_t len);
@@ -37,6 +38,21 @@ struct testrun {
 void testrun(struct testrun *r, const char *const *argv);
 void testrun_free(struct testrun *r);
 #define TESTRUN(r, ...) testrun((r), (const char *const[]){ __VA_ARGS__, NULL })
+
+/* The same in two halves, for signalling the program while it runs. */
+struct testproc {
+	pid_t pid;
+	int ofd, efd;
+};
+void testrun_start(struct testproc *p, const char *const *argv);
+void testrun_finish(struct testproc *p, struct testrun *r);
+#define TESTRUN_START(p, ...) testrun_start((p), (const char *const[]){ __VA_ARGS__, NULL })
+
+/* Write DIR/vmops-qemu-wrap/qemu-system-x86_64: the real QEMU with its QMP
+ * socket renamed (qmp-hidden.sock), so a launcher waits for a control socket
+ * that never appears while the guest boots.  Returns that directory, to put
+ * first on PATH (static buffer). */
+const char *testlib_qemu_hiding_qmp(const char *dir);
 
 /* Real-QEMU cases: fail without the test guest, unless VMOPS_SKIP_QEMU=1
  * (then skip) or VMOPS_QEMU_CASES=elsewhere (a pass that leaves them to the

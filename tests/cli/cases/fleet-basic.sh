@@ -1,5 +1,7 @@
 # The inventory from an empty database: init, workers, registration with
 # admission, listings in text and JSON, dry runs that change nothing.
+# This host's identity, as worker add records it by default:
+export VMOPS_HOST_ID=cli-host-1
 run vm-fleet --db "$DB" status
 run vm-fleet --db "$DB" init --dry-run
 run vm-fleet --db "$DB" init
@@ -24,6 +26,10 @@ run vm-fleet --db "$DB" worker set-state w1 drained
 run vm-fleet --db "$DB" worker set-state w2 draining --dry-run
 run vm-fleet --db "$DB" worker set-state w2 draining
 run vm-fleet --db "$DB" worker set-state w9 active
+run vm-fleet --db "$DB" worker set-host w2 --host-id cli-host-2 --dry-run
+run vm-fleet --db "$DB" worker set-host w2 --host-id cli-host-2
+run vm-fleet --db "$DB" worker set-host w2 --json
+run vm-fleet --db "$DB" worker set-host w9
 run vm-fleet --db "$DB" register --sandbox sb6 --org beta --worker w2 --memory 1G --vcpus 1
 run vm-fleet --db "$DB" status
 sql "SELECT program, action, object_type FROM audit_log ORDER BY id"

@@ -15,6 +15,9 @@ run vm-fleet --db "$NODB" worker add w1 --memory 2G --vcpus 2 --ports 9-1
 run vm-fleet --db "$NODB" worker add w1 --memory 1500K --vcpus 2
 run vm-fleet --db "$NODB" worker add w1 --memory 2G --vcpus 2 --transport ssh
 run vm-fleet --db "$NODB" worker set-state w1 sleeping
+run vm-fleet --db "$NODB" worker add w1 --memory 2G --vcpus 2 --host-id 'not an id'
+run vm-fleet --db "$NODB" worker set-host 'bad name'
+run vm-fleet --db "$NODB" worker set-host w1 --host-id ''
 run vm-fleet --db "$NODB" worker list extra
 run vm-fleet --db "$NODB" register --sandbox s1 --org o --worker w1 --memory 1G
 run vm-fleet --db "$NODB" register --sandbox s1 --org o --worker w1 --memory 1G --vcpus 1 --hypervisor xen
