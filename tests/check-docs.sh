@@ -3,13 +3,17 @@
 # same long options (util-linux checkusage.sh / checkcompletion.sh), every
 # man page must have the standard sections and list every exit code of
 # lib/exitcodes.h, and mandoc must find nothing to warn about.
+# The programs are those of cmd/*.c: one that is not built is a failure,
+# not a program less to check.
 # Ends with "docs: N passed, N failed".
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
-cd "$top"
+cd "$top" || exit 1
 bindir=${VMOPS_BIN_DIR:-bin}
 passed=0
 failed=0
+tmp=$(mktemp -d /tmp/vmops-docs.XXXXXX) || exit 1
+trap 'rm -rf "$tmp"' EXIT
 
 ok() { passed=$((passed + 1)); }
 bad() { failed=$((failed + 1)); echo "FAIL $*"; }
@@ -17,21 +21,36 @@ bad() { failed=$((failed + 1)); echo "FAIL $*"; }
 longopts() { grep -o -- '--[a-z][a-z0-9-]*' | sort -u; }
 manopts() { grep -o -- '\\-\\-[a-z][a-z0-9-]*' "$1" | sed 's/\\-\\-/--/' | sort -u; }
 
-codes=$(sed -n 's/^[[:space:]]*VMOPS_EXIT_[A-Z]* *= *\([0-9][0-9]*\),.*/\1/p' lib/exitcodes.h)
+# The exit codes: every enumerator of lib/exitcodes.h, none missed.
+codes=$(sed -n 's/^[[:space:]]*VMOPS_EXIT_[A-Z0-9_]* *= *\([0-9][0-9]*\),.*/\1/p' lib/exitcodes.h)
+ncodes=$(grep -c '^[[:space:]]*VMOPS_EXIT_[A-Z0-9_]* *=' lib/exitcodes.h)
+if [ -n "$codes" ] && [ "$(echo "$codes" | wc -w)" -eq "$ncodes" ]; then ok
+else bad "lib/exitcodes.h: read $(echo "$codes" | wc -w) exit code(s) of $ncodes enumerators"; fi
 
-for b in "$bindir"/*; do
-	[ -x "$b" ] || continue
-	p=$(basename "$b")
+progs=$(for f in cmd/*.c; do [ -f "$f" ] && basename "$f" .c; done)
+if [ -n "$progs" ]; then ok; else bad "no programs in cmd/"; fi
+
+for p in $progs; do
+	b=$bindir/$p
+	if [ ! -x "$b" ]; then bad "$p: $b is not built"; continue; fi
 	man=man/$p.1 bash=completions/$p.bash zsh=completions/$p.zsh
-	help=$("$b" --help 2>&1 | longopts)
+	# -h and --help: the same text, on stdout only, exit 0
+	"$b" --help >"$tmp/help" 2>"$tmp/help.err"; rc=$?
+	if [ $rc -eq 0 ] && [ -s "$tmp/help" ] && [ ! -s "$tmp/help.err" ]; then ok
+	else bad "$p: --help gave exit $rc, $(wc -c <"$tmp/help") bytes on stdout and on stderr: $(head -n 1 "$tmp/help.err")"; fi
+	"$b" -h >"$tmp/h" 2>&1
+	cmp -s "$tmp/h" "$tmp/help" && ok || bad "$p: -h and --help differ"
+	longopts <"$tmp/help" >"$tmp/opts.help"
+	if grep -qx -- --help "$tmp/opts.help" && grep -qx -- --version "$tmp/opts.help"; then ok
+	else bad "$p: --help names neither --help nor --version: nothing to compare"; fi
 	for f in "$man" "$bash" "$zsh"; do
 		if [ ! -f "$f" ]; then bad "$p: $f is missing"; continue; fi
-		if [ "$f" = "$man" ]; then other=$(manopts "$f"); else other=$(longopts <"$f"); fi
-		d=$(printf '%s\n' "$help" | diff - "$(printf '%s\n' "$other" >"/tmp/docs.$$"; echo "/tmp/docs.$$")" )
-		if [ -n "$d" ]; then
+		if [ "$f" = "$man" ]; then manopts "$f"; else longopts <"$f"; fi >"$tmp/opts.other"
+		if d=$(diff "$tmp/opts.help" "$tmp/opts.other"); then ok
+		else
 			bad "$p: --help and $f disagree (< only in --help, > only in $f):"
 			echo "$d" | grep '^[<>]'
-		else ok; fi
+		fi
 	done
 	if [ -f "$man" ]; then
 		for s in NAME SYNOPSIS DESCRIPTION OPTIONS "EXIT STATUS" ENVIRONMENT FILES EXAMPLES "SEE ALSO"; do
@@ -44,14 +63,25 @@ for b in "$bindir"/*; do
 		done
 		if [ -n "$missing" ]; then bad "$p: $man EXIT STATUS does not list exit code(s)$missing"; else ok; fi
 	fi
-	# Every program: --help exits 0 on stdout; a bad option is one line + try-help, exit 2.
-	"$b" --help >/dev/null 2>&1 && ok || bad "$p: --help did not exit 0"
-	err=$("$b" --no-such-option 2>&1 >/dev/null); rc=$?
-	if [ $rc -eq 2 ] && [ "$(printf '%s\n' "$err" | wc -l)" -eq 2 ] && printf '%s' "$err" | grep -q "Try '$p --help'"; then ok
-	else bad "$p: bad option gave exit $rc and: $err"; fi
-	"$b" --version | grep -q "^$p (vmops) " && ok || bad "$p: --version"
+	# A bad option is one line + try-help on stderr, nothing on stdout, exit 2.
+	"$b" --no-such-option >"$tmp/out" 2>"$tmp/err"; rc=$?
+	if [ $rc -eq 2 ] && [ ! -s "$tmp/out" ] && [ "$(wc -l <"$tmp/err")" -eq 2 ] &&
+	   grep -q "Try '$p --help'" "$tmp/err"; then ok
+	else bad "$p: bad option gave exit $rc, stdout: $(cat "$tmp/out"), stderr: $(cat "$tmp/err")"; fi
+	# -V and --version: "PROGRAM (vmops) VERSION" on stdout, exit 0
+	"$b" --version >"$tmp/version" 2>"$tmp/version.err"; rc=$?
+	if [ $rc -eq 0 ] && grep -q "^$p (vmops) " "$tmp/version" && [ ! -s "$tmp/version.err" ]; then ok
+	else bad "$p: --version gave exit $rc and: $(cat "$tmp/version" "$tmp/version.err")"; fi
+	"$b" -V >"$tmp/v" 2>&1
+	cmp -s "$tmp/v" "$tmp/version" && ok || bad "$p: -V and --version differ"
 done
-rm -f "/tmp/docs.$$"
+
+# No page or completion for a program that does not exist (a rename left behind).
+for f in man/*.1 completions/*.bash completions/*.zsh; do
+	[ -f "$f" ] || continue
+	n=$(basename "$f"); n=${n%.*}
+	[ -f "cmd/$n.c" ] || bad "$f: no program $n (cmd/$n.c)"
+done
 
 for m in man/*.[17]; do
 	[ -f "$m" ] || continue

@@ -83,13 +83,26 @@ Test(output, json_types_stay_types)
 	cr_assert(cJSON_IsNumber(cJSON_GetObjectItem(row, "count")));
 	cr_assert_eq(cJSON_GetObjectItem(row, "count")->valueint, 7);
 	cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(row, "ok")));
+	cr_assert(cJSON_IsNumber(cJSON_GetObjectItem(row, "gbs")));
+	cr_assert_float_eq(cJSON_GetObjectItem(row, "gbs")->valuedouble, 1.5, 1e-12);
+	/* the second row came in as text (vmops_set_text, as from PQgetvalue):
+	 * the column's type decides, not the text */
 	row = cJSON_GetArrayItem(rows, 1);
+	cr_assert(cJSON_IsString(cJSON_GetObjectItem(row, "name")));
+	cr_assert_str_eq(cJSON_GetObjectItem(row, "name")->valuestring, "b");
+	cr_assert(cJSON_IsNumber(cJSON_GetObjectItem(row, "count")), "text '12345' in an int column: %s", txt);
+	cr_assert_eq(cJSON_GetObjectItem(row, "count")->valueint, 12345);
 	cr_assert(cJSON_IsNull(cJSON_GetObjectItem(row, "gbs")));
 	cr_assert(cJSON_IsFalse(cJSON_GetObjectItem(row, "ok")));
 	tot = cJSON_GetObjectItem(j, "totals");
 	cr_assert(cJSON_IsObject(tot));
+	cr_assert_str_eq(cJSON_GetObjectItem(tot, "name")->valuestring, "all");
+	cr_assert(cJSON_IsNumber(cJSON_GetObjectItem(tot, "gbs")));
 	cr_assert_float_eq(cJSON_GetObjectItem(tot, "gbs")->valuedouble, 0.125, 1e-12);
-	cr_assert_float_eq(cJSON_GetObjectItem(tot, "count")->valuedouble, 9007199254740991.0, 0.5);
+	cr_assert(cJSON_IsNumber(cJSON_GetObjectItem(tot, "count")));
+	/* integers are printed exactly, not as a 15-digit double */
+	cr_assert(strstr(txt, "\"count\":\t9007199254740991,"), "%s", txt);
+	cr_assert(cJSON_IsNull(cJSON_GetObjectItem(tot, "ok")));
 	cJSON_Delete(j);
 	free(txt);
 	vmops_output_free(o);

@@ -301,6 +301,7 @@ Test(reap, four_concurrent_reapers_on_200k, .timeout = 240)
 	char ci[256], out[4][64];
 	PGconn *c = testdb_new(true, ci, sizeof(ci));
 	long long found = 0, deleted = 0, already = 0, res = 0;
+	PGconn *gate, *observer;
 	pid_t pid[4];
 
 	/* 200k abandoned VMMs (every third reserved), plus 150 referenced ones that must stay. */
@@ -322,10 +323,27 @@ Test(reap, four_concurrent_reapers_on_200k, .timeout = 240)
 	long long nres = testdb_ll(c, "SELECT count(*) FROM reservations r WHERE NOT EXISTS (SELECT 1 FROM sandboxes s"
 				      " WHERE s.active_vmm_id = r.vmm_id OR s.target_vmm_id = r.vmm_id)");
 
+	/*
+	 * A starting gate, so that the four really run at once (four processes
+	 * started one after another may as well run one after another): the
+	 * test holds vmms in EXCLUSIVE mode, which lets the reapers connect and
+	 * check the schema (plain reads) but stops each at its first claim (FOR
+	 * NO KEY UPDATE); once all four are seen waiting there, the gate opens.
+	 */
+	gate = PQconnectdb(ci);
+	observer = PQconnectdb(ci);
+	cr_assert(PQstatus(gate) == CONNECTION_OK && PQstatus(observer) == CONNECTION_OK, "%s",
+		  PQerrorMessage(gate));
+	PQclear(testdb_exec(gate, "BEGIN; LOCK TABLE vmms IN EXCLUSIVE MODE"));
 	for (int i = 0; i < 4; i++) {
 		snprintf(out[i], sizeof(out[i]), "/tmp/vmops-reap-%d-%d.json", (int)getpid(), i);
 		pid[i] = spawn_reaper(ci, out[i]);
 	}
+	/* well within the reapers' own lock_timeout (10 s) */
+	testdb_wait_n_blocked_by(observer, PQbackendPID(gate), 4, 8000);
+	PQclear(testdb_exec(gate, "COMMIT"));
+	PQfinish(gate);
+	PQfinish(observer);
 	for (int i = 0; i < 4; i++) {
 		int st;
 		char *txt;
@@ -339,6 +357,12 @@ Test(reap, four_concurrent_reapers_on_200k, .timeout = 240)
 		j = cJSON_Parse(txt);
 		cr_assert(j, "reaper %d: not JSON: %s", i, txt);
 		cr_expect_eq(jint(j, "errors"), 0, "reaper %d errors", i);
+		/* all four started claiming at once, each a batch of 2000 of 200k:
+		 * each must have reaped some, or they did not share the work */
+		cr_expect_gt(jint(j, "vmms_deleted"), 0, "reaper %d reaped nothing: not concurrent", i);
+		cr_log_info("reaper %d: found %lld, deleted %lld, already deleted %lld, batches %lld", i,
+			    jint(j, "found"), jint(j, "vmms_deleted"), jint(j, "vmms_already_deleted"),
+			    jint(j, "batches"));
 		found += jint(j, "found");
 		deleted += jint(j, "vmms_deleted");
 		already += jint(j, "vmms_already_deleted");

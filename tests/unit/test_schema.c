@@ -6,7 +6,6 @@
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "db.h"
 #include "exitcodes.h"
@@ -202,29 +201,81 @@ Test(invariants, terminal_status_closes_billing)
 	PQfinish(c);
 }
 
-/* Invariant 2 under concurrency: a terminal-status write and an event insert race. */
-Test(invariants, terminal_status_race_with_event_insert)
+/*
+ * The race tests below prove the lock that serialises two writers, not a
+ * sleep: `first` runs in an open transaction on one connection, `second` is
+ * sent on another, and before the first commits the test must see the second
+ * backend waiting for a lock that the first holds (pg_stat_activity,
+ * pg_locks, pg_blocking_pids; tests/unit/testlib.c).  If the lock is gone,
+ * the second statement finishes on its own and the test fails there, however
+ * fast or slow the machine.  After the COMMIT the second statement must end
+ * with SQLSTATE `want` (NULL: success).  `a` is the test's connection, with
+ * the fixture in place.
+ */
+#define LOCK_WAIT_MS 30000
+
+static PGconn *connect_ci(void)
 {
-	PGconn *a = testdb_new(true, ci, sizeof(ci));
-	PGconn *b = PQconnectdb(ci);
+	PGconn *c = PQconnectdb(ci);
+
+	cr_assert(PQstatus(c) == CONNECTION_OK, "connect %s: %s", ci, PQerrorMessage(c));
+	PQsetNoticeProcessor(c, NULL, NULL);
+	return c;
+}
+
+static void race(PGconn *a, const char *first, const char *second, const char *want)
+{
+	PGconn *b = connect_ci(), *observer = connect_ci();
+	char sql[1024];
 	PGresult *r;
 
-	fleet(a);
-	PQclear(testdb_exec(a, "BEGIN; UPDATE sandboxes SET status = 'stopped' WHERE id = 2"));
-	cr_assert(PQsendQuery(b, "INSERT INTO scale_events (sandbox_id, org_id, memory_mb, vcpus)"
-				 " VALUES (2, 'org1', 1024, 1)"));
-	usleep(300000);
-	PQconsumeInput(b);
-	cr_assert(PQisBusy(b), "the insert should wait for the status change");
+	snprintf(sql, sizeof(sql), "BEGIN; %s", first);
+	PQclear(testdb_exec(a, sql));
+	cr_assert(PQsendQuery(b, second), "%s", PQerrorMessage(b));
+	testdb_wait_conn_blocked(observer, b, PQbackendPID(a), LOCK_WAIT_MS);
 	PQclear(testdb_exec(a, "COMMIT"));
 	r = PQgetResult(b);
-	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "open event written for a stopped sandbox");
-	cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), "VO003");
+	if (want) {
+		cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "'%s' succeeded after waiting for '%s'",
+			     second, first);
+		cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), want, "%s", PQerrorMessage(b));
+	} else {
+		cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "'%s' failed after waiting for '%s': %s",
+			     second, first, PQerrorMessage(b));
+	}
 	PQclear(r);
 	while ((r = PQgetResult(b)))
 		PQclear(r);
-	cr_assert_eq(testdb_ll(a, "SELECT count(*) FROM scale_events WHERE sandbox_id = 2 AND ended_at IS NULL"), 0);
+	PQfinish(observer);
 	PQfinish(b);
+}
+
+/* Invariant 2 under concurrency, status first: the event insert waits for the
+ * terminal-status write (the trigger's FOR SHARE), then sees it and refuses. */
+Test(invariants, terminal_status_race_with_event_insert)
+{
+	PGconn *a = testdb_new(true, ci, sizeof(ci));
+
+	fleet(a);
+	race(a, "UPDATE sandboxes SET status = 'stopped' WHERE id = 2",
+	     "INSERT INTO scale_events (sandbox_id, org_id, memory_mb, vcpus) VALUES (2, 'org1', 1024, 1)",
+	     "VO003");
+	cr_assert_eq(testdb_ll(a, "SELECT count(*) FROM scale_events WHERE sandbox_id = 2 AND ended_at IS NULL"), 0);
+	PQfinish(a);
+}
+
+/* Invariant 2 under concurrency, event first: the terminal-status write waits
+ * for the event insert (whose FOR SHARE it conflicts with), then closes it. */
+Test(invariants, terminal_status_waits_for_event_insert)
+{
+	PGconn *a = testdb_new(true, ci, sizeof(ci));
+
+	fleet(a);
+	race(a, "INSERT INTO scale_events (sandbox_id, org_id, memory_mb, vcpus) VALUES (2, 'org1', 1024, 1)",
+	     "UPDATE sandboxes SET status = 'stopped' WHERE id = 2", NULL);
+	cr_assert_eq(testdb_ll(a, "SELECT count(*) FROM scale_events WHERE sandbox_id = 2"), 1);
+	cr_assert_eq(testdb_ll(a, "SELECT count(*) FROM scale_events WHERE sandbox_id = 2 AND ended_at IS NULL"), 0,
+		     "an open event outlived the terminal status");
 	PQfinish(a);
 }
 
@@ -280,29 +331,32 @@ Test(invariants, reservations_never_exceed_capacity)
 	PQfinish(c);
 }
 
-/* Invariant 4 under concurrency: two admissions race for the last room. */
+/* Invariant 4 under concurrency: two admissions race for the last room; the
+ * second waits for the first's lock on the worker row, then re-reads the sum. */
 Test(invariants, concurrent_admissions_serialised)
 {
 	PGconn *a = testdb_new(true, ci, sizeof(ci));
-	PGconn *b = PQconnectdb(ci);
-	PGresult *r;
 
 	fleet(a);
-	PQclear(testdb_exec(a, "BEGIN; INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus)"
-			       " VALUES (1, 1, 3072, 1)"));
-	cr_assert(PQsendQuery(b, "INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus) VALUES (2, 1, 2048, 1)"));
-	usleep(300000);
-	PQconsumeInput(b);
-	cr_assert(PQisBusy(b), "the second admission should wait for the first");
-	PQclear(testdb_exec(a, "COMMIT"));
-	r = PQgetResult(b);
-	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR, "capacity exceeded by a concurrent admission");
-	cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), "VO001");
-	PQclear(r);
-	while ((r = PQgetResult(b)))
-		PQclear(r);
+	race(a, "INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus) VALUES (1, 1, 3072, 1)",
+	     "INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus) VALUES (2, 1, 2048, 1)", "VO001");
 	cr_assert_eq(testdb_ll(a, "SELECT sum(memory_mb) FROM reservations WHERE worker_id = 1"), 3072);
-	PQfinish(b);
+	PQfinish(a);
+}
+
+/* Invariant 3 under concurrency: two processes start a migration to the same
+ * target; the second waits on the in-flight guard (the unique index) for the
+ * first to commit, then is refused. */
+Test(invariants, concurrent_migrations_to_one_target_serialised)
+{
+	PGconn *a = testdb_new(true, ci, sizeof(ci));
+
+	fleet(a);
+	race(a, "INSERT INTO migrations (sandbox_id, source_worker_id, target_worker_id, state)"
+		" VALUES (1, 1, 2, 'preparing')",
+	     "INSERT INTO migrations (sandbox_id, source_worker_id, target_worker_id, state)"
+	     " VALUES (2, 1, 2, 'queued')", "23505");
+	cr_assert_eq(testdb_ll(a, "SELECT count(*) FROM migrations WHERE target_worker_id = 2"), 1);
 	PQfinish(a);
 }
 

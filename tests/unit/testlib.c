@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "proc.h"
@@ -420,4 +421,124 @@ void testlib_assert_guest_continues(const char *path, const char *boot_sum,
 	}
 	if (out)
 		*out = g;
+
+/* ---- lock waits: a race test proves its lock, not a sleep --------------- */
+
+/*
+ * One look at backend `pid` through `observer`: 1 if it waits for a
+ * heavyweight lock (pg_stat_activity.wait_event_type 'Lock' and an ungranted
+ * row in pg_locks) that `blocker` holds (pg_blocking_pids; 0: anyone);
+ * 0 if not (yet); -1 if there is no such backend.  `seen` gets what was
+ * seen, for the failure message.
+ */
+static int lock_wait_seen(PGconn *observer, int pid, int blocker, char *seen, size_t len)
+{
+	char p[16], b[16];
+	const char *params[2] = { p, b };
+	PGresult *r;
+	int ret;
+
+	snprintf(p, sizeof(p), "%d", pid);
+	snprintf(b, sizeof(b), "%d", blocker);
+	r = PQexecParams(observer,
+			 "SELECT coalesce(a.state, '?'), coalesce(a.wait_event_type, '-'),"
+			 "       coalesce(a.wait_event, '-'),"
+			 "       (SELECT count(*) FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted),"
+			 "       pg_blocking_pids(a.pid)::text,"
+			 "       a.wait_event_type IS NOT DISTINCT FROM 'Lock'"
+			 "       AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted)"
+			 "       AND cardinality(pg_blocking_pids(a.pid)) > 0"
+			 "       AND ($2::int = 0 OR $2::int = ANY (pg_blocking_pids(a.pid))),"
+			 "       left(coalesce(a.query, ''), 160)"
+			 "  FROM pg_stat_activity a WHERE a.pid = $1::int",
+			 2, NULL, params, NULL, NULL, 0);
+	cr_assert(PQresultStatus(r) == PGRES_TUPLES_OK, "observing backend %d: %s", pid,
+		  PQerrorMessage(observer));
+	if (PQntuples(r) == 0) {
+		snprintf(seen, len, "no backend with pid %d", pid);
+		PQclear(r);
+		return -1;
+	}
+	snprintf(seen, len, "state %s, wait_event %s/%s, %s ungranted lock(s), blocked by %s, query: %s",
+		 PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), PQgetvalue(r, 0, 3),
+		 PQgetvalue(r, 0, 4), PQgetvalue(r, 0, 6));
+	ret = strcmp(PQgetvalue(r, 0, 5), "t") == 0;
+	PQclear(r);
+	return ret;
+}
+
+static long long mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* `waiter`, if not NULL, is the connection of backend `pid`, its query in flight. */
+static void wait_blocked(PGconn *observer, int pid, PGconn *waiter, int blocker, int timeout_ms)
+{
+	long long end = mono_ms() + timeout_ms;
+	char seen[512] = "";
+
+	cr_assert(PQstatus(observer) == CONNECTION_OK && PQtransactionStatus(observer) == PQTRANS_IDLE,
+		  "the observer must be a connection of its own, outside any transaction");
+	cr_assert_gt(pid, 0);
+	for (;;) {
+		int r = lock_wait_seen(observer, pid, blocker, seen, sizeof(seen));
+
+		if (r > 0)
+			return;
+		cr_assert(r == 0, "backend %d never waited for a lock: %s", pid, seen);
+		if (waiter) {
+			cr_assert(PQconsumeInput(waiter), "backend %d: %s", pid, PQerrorMessage(waiter));
+			cr_assert(PQisBusy(waiter),
+				  "backend %d finished its query without ever waiting for a lock%s%d"
+				  " (last seen: %s)", pid, blocker ? " held by backend " : "",
+				  blocker, seen);
+		}
+		cr_assert(mono_ms() < end, "backend %d not waiting for a lock%s%d after %d ms (last seen: %s)",
+			  pid, blocker ? " held by backend " : "", blocker, timeout_ms, seen);
+		usleep(5000);
+	}
+}
+
+void testdb_wait_blocked(PGconn *observer, int pid, int blocker, int timeout_ms)
+{
+	wait_blocked(observer, pid, NULL, blocker, timeout_ms);
+}
+
+void testdb_wait_conn_blocked(PGconn *observer, PGconn *waiter, int blocker, int timeout_ms)
+{
+	cr_assert(PQisBusy(waiter), "no query in flight on the waiting connection");
+	wait_blocked(observer, PQbackendPID(waiter), waiter, blocker, timeout_ms);
+}
+
+void testdb_wait_n_blocked_by(PGconn *observer, int blocker, int n, int timeout_ms)
+{
+	long long end = mono_ms() + timeout_ms;
+	char b[16];
+	const char *params[1] = { b };
+
+	cr_assert(PQstatus(observer) == CONNECTION_OK && PQtransactionStatus(observer) == PQTRANS_IDLE,
+		  "the observer must be a connection of its own, outside any transaction");
+	snprintf(b, sizeof(b), "%d", blocker);
+	for (;;) {
+		PGresult *r = PQexecParams(observer,
+					   "SELECT count(*) FROM pg_stat_activity a"
+					   " WHERE a.wait_event_type = 'Lock'"
+					   "   AND $1::int = ANY (pg_blocking_pids(a.pid))"
+					   "   AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted)",
+					   1, NULL, params, NULL, NULL, 0);
+		long long k;
+
+		cr_assert(PQresultStatus(r) == PGRES_TUPLES_OK, "observing: %s", PQerrorMessage(observer));
+		k = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+		PQclear(r);
+		if (k >= n)
+			return;
+		cr_assert(mono_ms() < end, "%lld of %d backends waiting for locks held by backend %d after %d ms",
+			  k, n, blocker, timeout_ms);
+		usleep(5000);
+	}
 }

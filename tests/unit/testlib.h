@@ -132,4 +132,21 @@ void testlib_assert_guest_continues(const char *path, const char *boot_sum,
 /* Count of '\n' in s. */
 size_t testlib_lines(const char *s);
 
+/*
+ * Race tests prove their lock, not a sleep.  Wait (polling, bounded) until
+ * backend `pid` waits for a heavyweight lock: pg_stat_activity shows
+ * wait_event_type 'Lock' and pg_locks an ungranted lock for it, and
+ * `blocker` (a backend pid, PQbackendPID; 0: anyone) is among
+ * pg_blocking_pids(pid).  cr_assert_fail if that is not seen within
+ * timeout_ms, or if the backend is gone.  `observer` is a connection of its
+ * own, outside any transaction (pg_stat_activity is a per-transaction
+ * snapshot).
+ */
+void testdb_wait_blocked(PGconn *observer, int pid, int blocker, int timeout_ms);
+/* The same for `waiter`, a connection of the test with a query in flight
+ * (PQsendQuery): fails at once if that query completes without waiting. */
+void testdb_wait_conn_blocked(PGconn *observer, PGconn *waiter, int blocker, int timeout_ms);
+/* Wait until at least n backends wait for locks that backend `blocker` holds. */
+void testdb_wait_n_blocked_by(PGconn *observer, int blocker, int n, int timeout_ms);
+
 #endif
