@@ -421,6 +421,7 @@ void testlib_assert_guest_continues(const char *path, const char *boot_sum,
 	}
 	if (out)
 		*out = g;
+}
 
 /* ---- lock waits: a race test proves its lock, not a sleep --------------- */
 
