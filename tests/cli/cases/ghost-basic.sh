@@ -57,7 +57,7 @@ sql "SELECT count(*) FROM audit_log"
 # Repair (VMOPS_PROC_ROOT is the default of --proc-root): the phantoms and
 # the zombie are failed, their sandboxes error, billing closed; the
 # migrating one is skipped and the ghost only logged: still exit 3.
-runs env VMOPS_PROC_ROOT=$P ghost-reap --db "$DB" --worker fx --min-age 90m --json
+runs env VMOPS_PROC_ROOT=$P ghost-reap --db "$DB" --worker fx --min-age 90m --repair-from-recording --json
 sql "$STATE"
 sql "SELECT program, action, object_type, object_id, before->>'vmm_state', before->>'pid',
             before->>'sandbox_status', after->>'vmm_state', after->>'sandbox_status', after->>'events_closed'
@@ -65,14 +65,14 @@ sql "SELECT program, action, object_type, object_id, before->>'vmm_state', befor
 
 # Again: nothing more to repair; quiet prints nothing, the exit status
 # still says 3.
-runs ghost-reap --db "$DB" --worker fx --proc-root $P --min-age 90m
-runs ghost-reap --db "$DB" --worker fx --proc-root $P --min-age 90m -q
+runs ghost-reap --db "$DB" --worker fx --proc-root $P --min-age 90m --repair-from-recording
+runs ghost-reap --db "$DB" --worker fx --proc-root $P --min-age 90m --repair-from-recording -q
 
 # --min-age 2h: the ghost is young now; the migration ends, so the last
-# phantom is repaired: everything fixed, exit 0.
+# phantom is repaired: everything found was fixed, exit 4.
 sql "UPDATE sandboxes SET status = 'running' WHERE id = 18"
-runs ghost-reap --db "$DB" --worker fx --proc-root $P --min-age 2h -v
+runs ghost-reap --db "$DB" --worker fx --proc-root $P --min-age 2h --repair-from-recording -v
 sql "$STATE"
 
 # Another worker on the same host: the fleet's processes are foreign to it.
-runs ghost-reap --db "$DB" --worker fy --proc-root $P --json
+runs ghost-reap --db "$DB" --worker fy --proc-root $P --repair-from-recording --json
