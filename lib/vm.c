@@ -352,10 +352,22 @@ struct destroy_ctx {
 static int destroy_tx(PGconn *c, void *data, struct vmops_error *e)
 {
 	struct destroy_ctx *a = data;
+	_cleanup_pgresult_ PGresult *r = NULL;
 	char sid[24], vid[24];
 
 	vmops_db_ll(sid, a->sandbox_id);
 	vmops_db_ll(vid, a->vmm_id);
+	/* Re-checked under the row lock: a migration that began since the first
+	 * look owns the sandbox now (its own failure path will see the source
+	 * gone), so this destroy writes nothing. */
+	r = vmops_db_q(c, e, "SELECT status, active_vmm_id FROM sandboxes WHERE id = $1 FOR UPDATE", sid);
+	if (!r)
+		return -1;
+	if (!strcmp(vmops_db_get(r, 0, "status"), "migrating") ||
+	    vmops_db_get_ll(r, 0, "active_vmm_id", -1) != a->vmm_id)
+		return vmops_err(e, VMOPS_EXIT_CONFLICT,
+				 "sandbox %s started migrating while it was being destroyed: nothing recorded; "
+				 "run vm-migrate --recover, then destroy it again", a->sandbox);
 	if (vmops_db_x(c, e, "UPDATE vmms SET state = 'destroyed' WHERE id = $1 AND state <> 'destroyed'", vid) < 0 ||
 	    vmops_db_x(c, e, "DELETE FROM reservations WHERE vmm_id = $1", vid) < 0 ||
 	    vmops_db_x(c, e, "UPDATE sandboxes SET status = 'destroyed' WHERE id = $1", sid) < 0)
