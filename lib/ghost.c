@@ -815,9 +815,17 @@ static int kill_ghost(struct ctx *x, struct work *w, struct vmops_error *e)
 	struct vmops_error ke = { 0 };
 	char control[PATH_MAX] = "", agent[PATH_MAX] = "";
 	pid_t pid = w->p ? w->p->pid : w->it.pid;
-	unsigned long long start = w->p ? w->p->start : (unsigned long long)(w->it.start_time > 0 ? w->it.start_time : 0);
+	unsigned long long start = w->p ? w->p->start : 0;
 	int r;
 
+	if (!w->p) {
+		/* the recorded process of an abandoned start that the scan did not
+		 * find as a hypervisor (executable unreadable, or not one): only
+		 * hypervisor processes of this fleet are ever signalled */
+		w->it.act = VMOPS_GHOST_ACT_SKIPPED;
+		append(w, "; pid %d is not a hypervisor process this run could identify: not signalled", (int)pid);
+		return 0;
+	}
 	r = ghost_recheck(x, w, e);
 	if (r < 0)
 		return -1;

@@ -1496,3 +1496,60 @@ Test(ghost, host_identity_rules)
 		cr_assert(vmops_host_id_valid(buf));
 	}
 }
+
+/* An abandoned start whose recorded process is not a hypervisor (here a
+ * "qemu-system-x86_64" that is a shell script running sleep): reported,
+ * never signalled, whatever --action says. */
+Test(ghost, abandoned_start_of_a_non_hypervisor_is_not_signalled, .timeout = 60, .fini = teardown)
+{
+	PGconn *c = fleet();
+	char dir[300], path[8192], spec[300];
+	struct testproc p;
+	struct testrun r;
+	long long vmm, pid;
+	cJSON *doc;
+	const cJSON *it;
+	FILE *f;
+
+	snprintf(dir, sizeof(dir), "%s/fakebin", rundir);
+	cr_assert_eq(mkdir(dir, 0700), 0);
+	snprintf(path, sizeof(path), "%s/qemu-system-x86_64", dir);
+	f = fopen(path, "w");
+	cr_assert(f);
+	fputs("#!/bin/sh\nexec sleep 60\n", f);  /* bounded: teardown does not know it */
+	fclose(f);
+	cr_assert_eq(chmod(path, 0755), 0);
+	snprintf(path, sizeof(path), "%s:%s", dir, getenv("PATH"));
+	setenv("PATH", path, 1);
+	snprintf(spec, sizeof(spec), "%s/fake.json", rundir);
+	f = fopen(spec, "w");
+	fputs("{\"hypervisor\":\"qemu\",\"memory_mb\":128,\"vcpus\":1,\"kernel\":\"/nonexistent-vmops/vmlinuz\"}\n", f);
+	fclose(f);
+	TESTRUN_START(&p, "vm-fleet", "--db", ci, "launch", "--sandbox", "fake", "--org", "acme", "--worker", "gw",
+		      "--spec", spec, "--wait", "10m");
+	vmm = wait_starting(c, "fake", p.pid);
+	kill(p.pid, SIGKILL);
+	testrun_finish(&p, &r);
+	testrun_free(&r);
+	{
+		char sql[128];
+
+		snprintf(sql, sizeof(sql), "SELECT pid FROM vmms WHERE id = %lld", vmm);
+		pid = testdb_ll(c, sql);
+	}
+	cr_assert_eq(state_of((pid_t)pid), 'S');
+	sleep(2);
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s",
+		"--starting-timeout", "1s", "--json");
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s%s", r.out, r.err);
+	doc = parse(r.out);
+	it = item(doc, vmm, pid);
+	cr_assert_str_eq(str(it, "class"), "ghost", "%s", r.out);
+	cr_assert_str_eq(str(it, "action"), "skipped", "%s", r.out);
+	cr_assert(strstr(str(it, "detail"), "not a hypervisor process"), "%s", r.out);
+	cJSON_Delete(doc);
+	testrun_free(&r);
+	cr_assert_eq(state_of((pid_t)pid), 'S', "a process that is not a hypervisor was signalled");
+	kill((pid_t)pid, SIGKILL);
+	PQfinish(c);
+}
