@@ -21,6 +21,7 @@ enum vmops_exit {
 	VMOPS_EXIT_CONFLICT    = 10, /* refused by the database: invariant, capacity, state */
 	VMOPS_EXIT_NOTFOUND    = 11, /* named worker/sandbox/VMM does not exist */
 	VMOPS_EXIT_INTERRUPTED = 12, /* stopped by SIGINT/SIGTERM after cleaning up */
+	VMOPS_EXIT_UNKNOWN     = 13, /* facts unknown (a live peer did not answer): nothing irreversible done; retry */
 };
 
 /* Short stable name of an exit code ("ok", "usage", ...), for --json. */

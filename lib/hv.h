@@ -67,6 +67,12 @@ struct vmops_hv_launch_opts {
 	enum vmops_accel auto_accel;
 	/* Kill the VMM when the launching thread exits (tests only). */
 	bool die_with_parent;
+	/*
+	 * Receivers: stay paused once the incoming migration has loaded
+	 * (status "paused"), until vmops_hv_resume().  Then "did the target
+	 * ever run the guest?" has an answer: only if it was resumed.
+	 */
+	bool incoming_paused;
 };
 
 struct vmops_migrate_params {

@@ -16,8 +16,11 @@
 #include <unistd.h>
 
 #include "exitcodes.h"
+#include "hv.h"
 #include "migrate.h"
 #include "proc.h"
+#include "spec.h"
+#include "vm.h"
 #include "testlib.h"
 
 static char ci[512];
@@ -540,5 +543,128 @@ Test(migrate, timeout_and_sigint_leave_the_source_running, .timeout = 240, .fini
 	assert_guest_healthy(log1);
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "sb1");
 	testrun_free(&r);
+	PQfinish(c);
+}
+
+/*
+ * Issue 9, finding 1: --recover must decide from facts, not from silence.
+ * The state a vm-migrate leaves when it dies right after the switchover
+ * (the target runs the guest, the source is in postmigrate, the attempt is
+ * still 'switching'), built here with the library, with the target's QMP
+ * held by another client (this test's own handle).  --recover must neither
+ * resume the source nor kill the target: it says the target's state is
+ * unknown and exits 13.  Once the QMP client is gone, --recover completes
+ * the attempt and the guest carries on on the target with its memory intact.
+ */
+#define EXIT_RECOVER_UNKNOWN 13
+
+Test(migrate, recover_with_busy_target_qmp_does_nothing_irreversible, .timeout = 240, .fini = kill_test_vms)
+{
+	PGconn *c = fleet(4096);
+	struct vmops_error err = { 0 };
+	struct vmops_migrate_params mp = { .connections = 1 };
+	struct vmops_hv_launch_opts lo = { 0 };
+	struct vmops_vmm_info si;
+	struct vmops_hv *src, *dst;
+	struct vmops_spec *spec;
+	struct vmops_vm_status st;
+	struct testrun r;
+	char log1[512], log2[512], sum0[64], sum[64], rdir[400], sql[2048];
+	long long tvid, src_pid, src_start;
+	PGresult *res;
+	long n;
+
+	testlib_need_qemu();
+	launch("sb1", "w1", 128);
+	serial_of(c, "sb1", log1, sizeof(log1));
+	testlib_wait_heartbeat(log1, 2, 90, sum0);
+	src_pid = testdb_ll(c, "SELECT pid FROM vmms WHERE id = 1");
+	src_start = testdb_ll(c, "SELECT pid_start_time FROM vmms WHERE id = 1");
+
+	/* The attempt as the claim writes it: receiver VMM, its reservation, the guard. */
+	tvid = testdb_ll(c, "INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)"
+			    " SELECT sandbox_id, 2, hypervisor, 'starting' FROM vmms WHERE id = 1 RETURNING id");
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus) VALUES (%lld, 2, 128, 1);"
+		 "INSERT INTO migrations (sandbox_id, source_worker_id, target_worker_id, source_vmm_id,"
+		 " target_vmm_id, state, lease_owner, lease_expires_at, time_started)"
+		 " SELECT sandbox_id, 1, 2, 1, %lld, 'preparing', 'vm-migrate test pid 1', now() + interval '1 hour', now()"
+		 " FROM vmms WHERE id = 1;"
+		 "UPDATE sandboxes SET status = 'migrating', target_vmm_id = %lld", tvid, tvid, tvid);
+	PQclear(testdb_exec(c, sql));
+
+	/* The receiver and the transfer, up to the switchover. */
+	res = testdb_exec(c, "SELECT launch_spec::text FROM sandboxes");
+	spec = vmops_spec_parse(PQgetvalue(res, 0, 0), (size_t)-1, &err);
+	PQclear(res);
+	cr_assert_not_null(spec, "%s", err.msg);
+	snprintf(rdir, sizeof(rdir), "%s/w2", rundir);
+	mkdir(rdir, 0700);
+	snprintf(rdir, sizeof(rdir), "%s/w2/vmm-%lld", rundir, tvid);
+	lo.run_dir = rdir;
+	lo.vmm_id = (uint64_t)tvid;
+	lo.auto_accel = VMOPS_ACCEL_TCG;
+	dst = vmops_hv_prepare_incoming(spec, &lo, "tcp:127.0.0.1:0", &mp, 30000, &err);
+	cr_assert_not_null(dst, "%s", err.msg);
+	vmops_spec_free(spec);
+	snprintf(sql, sizeof(sql),
+		 "UPDATE vmms SET state = 'migrating', pid = %d, pid_start_time = %llu, control_socket = '%s',"
+		 " run_dir = '%s' WHERE id = %lld;"
+		 "UPDATE migrations SET state = 'switching', time_switched = now()",
+		 (int)vmops_hv_info(dst)->pid, vmops_hv_info(dst)->start_time,
+		 vmops_hv_info(dst)->control_socket, rdir, tvid);
+	PQclear(testdb_exec(c, sql));
+	cr_assert_eq(vmops_vm_load_info(c, 1, &si, &err), 0, "%s", err.msg);
+	src = vmops_hv_attach(&si, 5000, &err);
+	cr_assert_not_null(src, "%s", err.msg);
+	cr_assert_eq(vmops_hv_send(src, vmops_hv_info(dst)->incoming_uri, &mp, &err), 0, "%s", err.msg);
+	for (int i = 0;; i++) {
+		struct vmops_migrate_progress p;
+		cr_assert_eq(vmops_hv_progress(src, &p, &err), 0, "%s", err.msg);
+		if (!strcmp(p.status, "completed"))
+			break;
+		cr_assert(!vmops_migrate_status_is_final(p.status) && i < 600, "migration %s", p.status);
+		usleep(100000);
+	}
+	for (int i = 0;; i++) {
+		cr_assert_eq(vmops_hv_status(dst, &st, &err), 0, "%s", err.msg);
+		if (st.running)
+			break;
+		cr_assert_lt(i, 200, "target still %s", st.status);
+		usleep(50000);
+	}
+	vmops_hv_free(src);   /* the source's QMP is free for --recover */
+	/* vm-migrate "died" here: its lease runs out.  This test keeps the target's QMP. */
+	PQclear(testdb_exec(c, "UPDATE migrations SET lease_expires_at = now() - interval '1 second'"));
+
+	TESTRUN(&r, "vm-migrate", "--db", ci, "--recover", "--json");
+	cr_assert_eq(r.status, EXIT_RECOVER_UNKNOWN, "recover with the target's QMP busy: exit %d\n%s\n%s",
+		     r.status, r.out, r.err);
+	testrun_free(&r);
+	cr_assert(vmops_hv_is_alive(dst), "--recover killed a target that runs the guest");
+	cr_assert_eq(vmops_hv_status(dst, &st, &err), 0, "%s", err.msg);
+	cr_assert(st.running, "target is %s", st.status);
+	src = vmops_hv_attach(&si, 5000, &err);
+	cr_assert_not_null(src, "%s", err.msg);
+	cr_assert_eq(vmops_hv_status(src, &st, &err), 0, "%s", err.msg);
+	cr_assert_str_eq(st.status, "postmigrate", "--recover resumed the source of a switched migration");
+	vmops_hv_free(src);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'switching'"), 1);
+
+	/* The other client goes away: now the facts are known. */
+	vmops_hv_free(dst);
+	TESTRUN(&r, "vm-migrate", "--db", ci, "--recover", "--json");
+	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert(strstr(r.out, "\"completed\":\t1"), "%s", r.out);
+	testrun_free(&r);
+	assert_moved(c, "sb1", "w2");
+	assert_gone(src_pid, src_start);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations r JOIN vmms v ON v.id = r.vmm_id"
+				  " WHERE v.state <> 'running'"), 0, "a reservation outlived its VMM");
+	serial_of(c, "sb1", log2, sizeof(log2));
+	n = testlib_wait_heartbeat(log2, 0, 30, sum);
+	testlib_wait_heartbeat(log2, n + 2, 60, sum);
+	cr_assert_str_eq(sum, sum0, "guest memory changed across the migration");
+	assert_guest_healthy(log2);
 	PQfinish(c);
 }
