@@ -536,6 +536,15 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 		snprintf(r->state, sizeof(r->state), "%s", xe.code == VMOPS_EXIT_INTERRUPTED ? "cancelled" : "failed");
 		if (at.lost_lease) {
 			snprintf(r->state, sizeof(r->state), "unknown");
+		} else if (vmops_proc_check(VMOPS_PROC_ROOT_DEFAULT, sinfo.pid, sinfo.start_time, NULL, &fe) !=
+			   VMOPS_PROC_ALIVE) {
+			/* No source to go back to, and the target never ran the guest. */
+			snprintf(r->state, sizeof(r->state), "lost");
+			if (vmops_mig_phase_lost(&at, r->error, &fe) < 0)
+				vmops_warn("migration %lld: %s", cl.migration_id, fe.msg);
+			xe.code = VMOPS_EXIT_HYPERVISOR;
+			vmops_err_prefix(&xe, "sandbox %s: the source is gone; sandbox marked error, billing closed",
+					 o->sandbox);
 		} else if (vmops_mig_phase_rollback(&at, r->state, r->error, &fe) < 0) {
 			vmops_warn("migration %lld: rolling back: %s", cl.migration_id, fe.msg);
 			if (at.lost_lease)

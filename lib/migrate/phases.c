@@ -117,12 +117,14 @@ static int free_port(const char *address, long long lo, long long hi, long long 
 static int record_receiver_tx(struct attempt *at, void *data, struct vmops_error *e)
 {
 	const struct vmops_vmm_info *i = vmops_hv_info(at->target);
-	char vid[24], pid[24], st[24], cu[24];
+	char vid[24], pid[24], st[24], cu[24], lease[24];
 
 	(void)data;
-	if (mig_tx_fence(at, e, "UPDATE migrations SET connections_used = $4::int"
+	/* The receiver is up: back to the normal lease length. */
+	if (mig_tx_fence(at, e, "UPDATE migrations SET connections_used = $4::int,"
+			 " lease_expires_at = now() + $5 * interval '1 millisecond'"
 			 " WHERE id = $1 AND lease_owner = $2 AND generation = $3",
-			 vmops_db_ll(cu, at->mp.connections)) < 0)
+			 vmops_db_ll(cu, at->mp.connections), vmops_db_ll(lease, (long long)at->lease_ms)) < 0)
 		return -1;
 	return vmops_db_x(at->c, e,
 			  "UPDATE vmms SET state = 'migrating', pid = $2, pid_start_time = $3, control_socket = $4,"

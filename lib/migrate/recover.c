@@ -183,7 +183,7 @@ static int act(struct attempt *at, enum vmops_recover_action a, const char *why,
 	char msg[VMOPS_ERRMSG_MAX];
 	bool never_ran = false;
 
-	snprintf(msg, sizeof(msg), "recovered by vm-migrate --recover: %s", why);
+	snprintf(msg, sizeof(msg), "lease expired: recovered by vm-migrate --recover: %s", why);
 	switch (a) {
 	case VMOPS_RA_RELEASE:
 		if (vmops_mig_phase_release(at, e) < 0)

@@ -189,6 +189,85 @@ Test(migrate, eta_follows_the_per_connection_bound)
 	cr_assert_float_eq(vmops_migrate_eta_s(1, 1, 0, 0, 524288, 0), -1, 1e-9);
 }
 
+/* A guest that never converges: bytes keep moving, remaining bobs up and down. */
+Test(migrate, progress_timeout_follows_the_low_water_mark)
+{
+	struct vmops_migrate_lowwater lw;
+	/* remaining (MiB) every second: falls to 40, then oscillates above it forever */
+	static const uint64_t rem[] = { 256, 200, 120, 80, 40, 60, 45, 70, 41, 90, 50, 42, 44, 60 };
+	int fired_at = -1;
+
+	vmops_migrate_lowwater_init(&lw, 0);
+	for (int i = 0; i < (int)(sizeof(rem) / sizeof(rem[0])); i++) {
+		if (vmops_migrate_lowwater_stalled(&lw, rem[i] << 20, (uint64_t)i * 1000, 5000) && fired_at < 0)
+			fired_at = i;
+	}
+	/* the minimum (40 MiB) was reached at t=4 s; 5 s later, at t=10 s (> 5 s), no new minimum: fire */
+	cr_assert_eq(fired_at, 10, "fired at %d", fired_at);
+	cr_assert_eq(lw.min_remaining, 40ull << 20);
+
+	/* steady progress never fires, however long it takes */
+	vmops_migrate_lowwater_init(&lw, 0);
+	for (uint64_t t = 0; t < 100; t++)
+		cr_assert(!vmops_migrate_lowwater_stalled(&lw, (1000 - t) << 20, t * 1000, 5000));
+	/* a new minimum restarts the timer */
+	vmops_migrate_lowwater_init(&lw, 0);
+	cr_assert(!vmops_migrate_lowwater_stalled(&lw, 100, 0, 5000));
+	cr_assert(!vmops_migrate_lowwater_stalled(&lw, 100, 5000, 5000));
+	cr_assert(vmops_migrate_lowwater_stalled(&lw, 100, 5001, 5000));
+	cr_assert(!vmops_migrate_lowwater_stalled(&lw, 99, 5002, 5000));
+	cr_assert(!vmops_migrate_lowwater_stalled(&lw, 150, 10000, 5000));
+	cr_assert(vmops_migrate_lowwater_stalled(&lw, 150, 10003, 5000));
+}
+
+/* The decision table of --recover (vm-migrate(1)), row by row. */
+Test(migrate, recover_decision_table)
+{
+	enum { A = VMOPS_RP_ALIVE, D = VMOPS_RP_DEAD, N = VMOPS_RP_NONE };
+	enum { U = VMOPS_RR_UNKNOWN, R = VMOPS_RR_RUNNING, P = VMOPS_RR_PAUSED, I = VMOPS_RR_INMIGRATE,
+	       S = VMOPS_RR_STOPPED };
+	static const struct {
+		const char *phase;
+		int src, src_run, completed, tgt, tgt_run;
+		enum vmops_recover_action want;
+	} rows[] = {
+		{ "finish", D, U, 1, A, R, VMOPS_RA_RELEASE },
+		{ "transfer", A, S, 1, A, R, VMOPS_RA_FINISH },
+		{ NULL, A, S, 1, A, R, VMOPS_RA_FINISH },
+		{ "switchover", A, R, 0, A, R, VMOPS_RA_UNKNOWN },
+		{ "receiver", A, R, 0, N, U, VMOPS_RA_ROLLBACK },
+		{ "transfer", A, R, 0, A, U, VMOPS_RA_ROLLBACK },    /* busy target that never ran: safe */
+		{ "transfer", A, R, 0, D, U, VMOPS_RA_ROLLBACK },
+		{ "transfer", A, S, 1, D, U, VMOPS_RA_ROLLBACK },    /* died before it ran: resume the source */
+		{ "transfer", A, S, 1, A, P, VMOPS_RA_ACTIVATE },
+		{ "transfer", A, U, 0, A, I, VMOPS_RA_UNKNOWN },     /* source busy */
+		{ "transfer", D, U, 0, A, P, VMOPS_RA_ACTIVATE },
+		{ "transfer", D, U, 0, A, U, VMOPS_RA_UNKNOWN },
+		{ "transfer", D, U, 0, D, U, VMOPS_RA_LOST },
+		{ "transfer", D, U, 0, A, I, VMOPS_RA_LOST },
+		{ "switchover", A, S, 1, A, U, VMOPS_RA_UNKNOWN },   /* the busy-QMP case: never "dead" */
+		{ NULL, A, S, 1, A, U, VMOPS_RA_UNKNOWN },
+		{ "switchover", A, S, 1, A, P, VMOPS_RA_ACTIVATE },
+		{ "switchover", A, S, 1, A, I, VMOPS_RA_UNKNOWN },
+		{ "switchover", A, S, 1, D, U, VMOPS_RA_LOST },      /* may have run: no going back in time */
+		{ "switchover", D, U, 0, D, U, VMOPS_RA_LOST },
+		{ NULL, A, R, 0, D, U, VMOPS_RA_ROLLBACK },          /* the source never gave the guest away */
+		{ "switchover", A, U, 0, D, U, VMOPS_RA_UNKNOWN },
+	};
+
+	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct vmops_recover_facts f = {
+			.phase = rows[i].phase, .src = rows[i].src, .tgt = rows[i].tgt,
+			.src_run = rows[i].src_run, .tgt_run = rows[i].tgt_run, .src_completed = rows[i].completed,
+		};
+		const char *why = NULL;
+		enum vmops_recover_action a = vmops_migrate_recover_decide(&f, &why);
+		cr_assert_eq(a, rows[i].want, "row %zu: %s, want %s (%s)", i, vmops_migrate_recover_action_name(a),
+			     vmops_migrate_recover_action_name(rows[i].want), why);
+		cr_assert(why && *why);
+	}
+}
+
 static void register_fake(PGconn *c, const char *sandbox, const char *worker, const char *sock)
 {
 	struct testrun r;
