@@ -438,6 +438,22 @@ static void choose_params(struct attempt *at, const struct vmops_migrate_opts *o
 	}
 }
 
+/* The source does not answer: is its process gone (a SIGKILLed process closes its sockets before it is a zombie)? */
+static bool source_gone(struct attempt *at, const struct vmops_vmm_info *si)
+{
+	struct vmops_vm_status st;
+	struct vmops_error e = { 0 };
+
+	if (at->source && vmops_hv_status(at->source, &st, &e) == 0)
+		return false;
+	for (int i = 0; i < 30; i++) {
+		if (vmops_proc_check(VMOPS_PROC_ROOT_DEFAULT, si->pid, si->start_time, NULL, &e) != VMOPS_PROC_ALIVE)
+			return true;
+		sleep_ms(100);
+	}
+	return false;
+}
+
 /* After the target may have run: nothing goes back to the source. */
 static int after_switchover_failed(struct attempt *at, struct vmops_migrate_report *r, struct vmops_error *e)
 {
@@ -476,12 +492,40 @@ static int run_phases(struct attempt *at, const struct vmops_spec *spec, const s
 			snprintf(r->state, sizeof(r->state), "completed");
 			return 0;
 		}
+		if (!at->lost_lease && (e->code == VMOPS_EXIT_UNKNOWN || e->code == VMOPS_EXIT_HYPERVISOR))
+			return after_switchover_failed(at, r, e);
 		snprintf(r->state, sizeof(r->state), "unrecorded");
 		return vmops_err_prefix(e, "migration %lld: the target runs the guest but the end could not be "
 					"recorded; run vm-migrate --recover", at->migration_id);
 	}
 	snprintf(r->state, sizeof(r->state), "completed");
 	return 0;
+}
+
+/* A failure before the target ever ran: the source keeps the guest, or, if it is gone, the VM is lost. */
+static void undo_before_switchover(struct attempt *at, const struct vmops_vmm_info *sinfo,
+				   struct vmops_migrate_report *r, struct vmops_error *e)
+{
+	struct vmops_error xe = *e, fe = { 0 };
+
+	snprintf(r->error, sizeof(r->error), "%s", e->msg);
+	snprintf(r->state, sizeof(r->state), "%s", xe.code == VMOPS_EXIT_INTERRUPTED ? "cancelled" : "failed");
+	if (at->lost_lease) {
+		/* Someone else owns the attempt now: touch nothing. */
+		snprintf(r->state, sizeof(r->state), "unknown");
+	} else if (source_gone(at, sinfo)) {
+		snprintf(r->state, sizeof(r->state), "lost");
+		if (vmops_mig_phase_lost(at, r->error, &fe) < 0)
+			vmops_warn("migration %lld: %s", at->migration_id, fe.msg);
+		xe.code = VMOPS_EXIT_HYPERVISOR;
+		vmops_err_prefix(&xe, "sandbox %s: the source is gone; sandbox marked error, billing closed",
+				 at->sandbox);
+	} else if (vmops_mig_phase_rollback(at, r->state, r->error, &fe) < 0) {
+		vmops_warn("migration %lld: rolling back: %s", at->migration_id, fe.msg);
+		if (at->lost_lease)
+			snprintf(r->state, sizeof(r->state), "unknown");
+	}
+	*e = xe;
 }
 
 int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_migrate_report *r,
@@ -528,30 +572,8 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 	}
 	if (k == 0)
 		rc = 0;
-	if (k == 1) {
-		/* Before the target ever ran: the source keeps the guest. */
-		struct vmops_error xe = *e, fe = { 0 };
-
-		snprintf(r->error, sizeof(r->error), "%s", e->msg);
-		snprintf(r->state, sizeof(r->state), "%s", xe.code == VMOPS_EXIT_INTERRUPTED ? "cancelled" : "failed");
-		if (at.lost_lease) {
-			snprintf(r->state, sizeof(r->state), "unknown");
-		} else if (vmops_proc_check(VMOPS_PROC_ROOT_DEFAULT, sinfo.pid, sinfo.start_time, NULL, &fe) !=
-			   VMOPS_PROC_ALIVE) {
-			/* No source to go back to, and the target never ran the guest. */
-			snprintf(r->state, sizeof(r->state), "lost");
-			if (vmops_mig_phase_lost(&at, r->error, &fe) < 0)
-				vmops_warn("migration %lld: %s", cl.migration_id, fe.msg);
-			xe.code = VMOPS_EXIT_HYPERVISOR;
-			vmops_err_prefix(&xe, "sandbox %s: the source is gone; sandbox marked error, billing closed",
-					 o->sandbox);
-		} else if (vmops_mig_phase_rollback(&at, r->state, r->error, &fe) < 0) {
-			vmops_warn("migration %lld: rolling back: %s", cl.migration_id, fe.msg);
-			if (at.lost_lease)
-				snprintf(r->state, sizeof(r->state), "unknown");
-		}
-		*e = xe;
-	}
+	if (k == 1)
+		undo_before_switchover(&at, &sinfo, r, e);
 out:
 	r->wall_ms = now_ms() - start;
 	if (rc < 0 && !r->error[0])

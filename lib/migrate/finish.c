@@ -128,9 +128,31 @@ static int completed_tx(struct attempt *at, void *data, struct vmops_error *e)
 	return vmops_audit(at->c, at->actor, "completed", "migration", at->migration_id, NULL, NULL, NULL, e);
 }
 
+/* Runs, as the target says; else dead (HYPERVISOR) or alive but silent (UNKNOWN). */
+static bool target_runs(struct attempt *at, struct vmops_error *e)
+{
+	struct vmops_vm_status st = { 0 };
+
+	if (!at->target)
+		return vmops_err(e, VMOPS_EXIT_UNKNOWN, "the target is not attached"), false;
+	if (target_status(at, &st, e) == 0 && st.running)
+		return true;
+	/* A killed process closes its sockets a moment before /proc says it is dead. */
+	for (int i = 0; i < 30 && vmops_hv_is_alive(at->target); i++)
+		vmops_mig_sleep_ms(100);
+	if (!vmops_hv_is_alive(at->target))
+		vmops_err(e, VMOPS_EXIT_HYPERVISOR, "the target died after it ran the guest");
+	else
+		vmops_err(e, VMOPS_EXIT_UNKNOWN, "the target is alive but %s", st.status[0] ? st.status : "does not answer");
+	return false;
+}
+
 int vmops_mig_phase_finish(struct attempt *at, struct vmops_error *e)
 {
 	vmops_fault_point("finish");
+	/* The database points at the target only while it runs the guest. */
+	if (!target_runs(at, e))
+		return -1;
 	if (vmops_mig_tx(at, completed_tx, NULL, "finish", e) < 0)
 		return -1;
 	at->moved = true;

@@ -200,8 +200,19 @@ static int act(struct attempt *at, enum vmops_recover_action a, const char *why,
 		}
 		/* fall through */
 	case VMOPS_RA_FINISH:
-		if (vmops_mig_phase_finish(at, e) < 0 && !at->moved)
-			return -1;
+		if (vmops_mig_phase_finish(at, e) < 0 && !at->moved) {
+			if (e->code == VMOPS_EXIT_UNKNOWN) {
+				why = e->msg;
+				break;
+			}
+			if (at->lost_lease || (at->target && vmops_hv_is_alive(at->target)))
+				return -1;
+			/* It ran the guest and died meanwhile: no going back to the source. */
+			if (vmops_mig_phase_lost(at, msg, e) < 0)
+				return -1;
+			rr->lost++;
+			return 0;
+		}
 		rr->completed++;
 		return 0;
 	case VMOPS_RA_ROLLBACK:
@@ -242,6 +253,8 @@ static void recover_one(PGconn *c, long long id, uint64_t lease_ms, struct vmops
 	if (k <= 0)
 		goto done;
 	rr->found++;
+	/* A target that may have been resumed before is never followed by resuming the source. */
+	at.resumed_target = !f.phase || !strcmp(f.phase, "switchover");
 	observe_all(&at, &f);
 	a = vmops_migrate_recover_decide(&f, &why);
 	/* A target still loading gets time: wait (renewing) for it to settle. */

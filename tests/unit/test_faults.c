@@ -368,3 +368,48 @@ ReportHook(POST_ALL)(struct criterion_global_stats *stats)
 				printf("  %-10s | %-16s | %s\n", phases[p], fault_names[f], cell[p][f]);
 	fflush(stdout);
 }
+
+/*
+ * Fencing: a vm-migrate that stalls (SIGSTOP) past its lease while --recover
+ * takes the attempt over writes nothing and touches nothing once it wakes:
+ * its first fenced write finds the generation bumped.
+ */
+Test(faults, stalled_owner_is_fenced_off, .timeout = 300, .fini = kill_test_vms)
+{
+	PGconn *c = fleet();
+	char log1[512], sum0[64], outcome[200];
+	int rc, first = -1;
+	pid_t mig;
+
+	testlib_need_qemu();
+	launch();
+	serial_of_active(c, log1, sizeof(log1));
+	testlib_wait_heartbeat(log1, 2, 90, sum0);
+	mig = spawn_migrate("transfer");
+	for (int i = 0; proc_state(mig) != 'T'; i++) {
+		cr_assert(proc_state(mig) != 0 && proc_state(mig) != 'Z' && i < 1200, "vm-migrate did not stop");
+		usleep(100000);
+	}
+	wait_leases_expired(c);
+	/* The stalled owner still holds both QMP sockets: --recover takes the lease, learns nothing, does nothing. */
+	{
+		struct testrun r;
+		TESTRUN(&r, "vm-migrate", "--db", ci, "--recover", "--lease", "3s", "--json");
+		cr_assert_eq(r.status, 13, "%s\n%s", r.out, r.err);
+		cr_assert(strstr(r.out, "\"unknown\":\t1"), "%s", r.out);
+		testrun_free(&r);
+	}
+	cr_assert_eq(testdb_ll(c, "SELECT generation FROM migrations"), 2);
+	kill(mig, SIGCONT);
+	rc = wait_exit(mig);
+	cr_assert_eq(rc, 10, "the fenced-off vm-migrate exited %d", rc);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE phase = 'receiver' AND generation = 2"), 1,
+		     "the fenced-off vm-migrate wrote to the attempt");
+	wait_leases_expired(c);
+	cr_assert_eq(recover(&first), 0);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'failed' AND phase = 'done'"
+				  " AND generation = 3 AND lease_owner LIKE 'vm-migrate --recover%'"), 1);
+	check_end_state(c, sum0, outcome, sizeof(outcome));
+	cr_assert_str_eq(outcome, "runs on w1");
+	PQfinish(c);
+}

@@ -389,6 +389,12 @@ Test(migrate, no_target_waits_then_gives_up, .timeout = 60, .fini = kill_test_vm
 	cr_assert_str_eq(after, before);
 	free(before);
 	free(after);
+	/* The room is held only by a destroyed VMM that vmm-reap has not freed yet: say so. */
+	PQclear(testdb_exec(c, "UPDATE vmms SET state = 'destroyed' WHERE worker_id = 2"));
+	TESTRUN(&r, "vm-migrate", "--db", ci, "sb1", "--wait-target", "0s");
+	cr_assert_eq(r.status, VMOPS_EXIT_NOCAPACITY, "%s", r.err);
+	cr_assert(strstr(r.err, "not yet reaped (run vmm-reap)"), "%s", r.err);
+	testrun_free(&r);
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "sb1");
 	testrun_free(&r);
 	PQfinish(c);
