@@ -150,14 +150,26 @@ int vmops_mig_phase_receiver(struct attempt *at, const struct vmops_spec *spec, 
 	lo.vmm_id = (uint64_t)at->target_vmm_id;
 	lo.auto_accel = at->o ? at->o->auto_accel : VMOPS_ACCEL_AUTO;
 	lo.incoming_paused = true;
-	snprintf(uri, sizeof(uri), strchr(address, ':') ? "tcp:[%s]:%d" : "tcp:%s:%d", address,
-		 free_port(address, port_min, port_max, at->migration_id));
-	at->target = vmops_hv_prepare_incoming(spec, &lo, uri, &at->mp, RECEIVER_TIMEOUT_MS, e);
+	for (int try = 0; !at->target && try < 3; try++) {
+		/* The port was free when probed; another process may take it before the receiver binds. */
+		if (try > 0) {
+			if (!strstr(e->msg, "in use"))
+				break;
+			vmops_warn("sandbox %s: receiver on %s: %s; trying another port", at->sandbox,
+				   at->target_worker, e->msg);
+			if (vmops_mig_record_phase(at, "receiver", NULL, RECEIVER_TIMEOUT_MS, e) < 0)
+				break;
+			at->lease_until += RECEIVER_TIMEOUT_MS;
+		}
+		snprintf(uri, sizeof(uri), strchr(address, ':') ? "tcp:[%s]:%d" : "tcp:%s:%d", address,
+			 free_port(address, port_min, port_max, at->migration_id + 7 * try));
+		at->target = vmops_hv_prepare_incoming(spec, &lo, uri, &at->mp, RECEIVER_TIMEOUT_MS, e);
+	}
 	if (!at->target && at->mp.connections > 1) {
 		vmops_warn("sandbox %s: receiver on %s with %u connections failed (%s); trying one connection",
 			   at->sandbox, at->target_worker, at->mp.connections, e->msg);
 		at->mp.connections = 1;
-		if (vmops_mig_renew(at, e) < 0)
+		if (vmops_mig_record_phase(at, "receiver", NULL, RECEIVER_TIMEOUT_MS, e) < 0)
 			return -1;
 		at->lease_until += RECEIVER_TIMEOUT_MS;
 		at->target = vmops_hv_prepare_incoming(spec, &lo, uri, &at->mp, RECEIVER_TIMEOUT_MS, e);
@@ -271,6 +283,7 @@ int vmops_mig_phase_transfer(struct attempt *at, struct vmops_error *e)
 			o->on_progress(o->data, at->r);
 			last_report = t;
 		}
-		vmops_mig_sleep_ms(100);
+		/* Near the end, look more often: the target is resumed only once we see "completed". */
+		vmops_mig_sleep_ms(p.remaining_bytes < (64ull << 20) ? 20 : 100);
 	}
 }
