@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "exitcodes.h"
+#include "fault.h"
 #include "hv.h"
 #include "migrate.h"
 #include "proc.h"
@@ -218,6 +219,23 @@ Test(migrate, progress_timeout_follows_the_low_water_mark)
 	cr_assert(!vmops_migrate_lowwater_stalled(&lw, 99, 5002, 5000));
 	cr_assert(!vmops_migrate_lowwater_stalled(&lw, 150, 10000, 5000));
 	cr_assert(vmops_migrate_lowwater_stalled(&lw, 150, 10003, 5000));
+}
+
+/* The fault hook: inert unless VMOPS_FAULT names the phase; read once. */
+Test(migrate, fault_hook_acts_only_where_told, .exit_code = 1)
+{
+	setenv("VMOPS_FAULT", "transfer:exit", 1);
+	vmops_fault_point("receiver");       /* another phase: nothing */
+	unsetenv("VMOPS_FAULT");             /* read once: still armed */
+	vmops_fault_point("transfer");       /* _exit(1) */
+	cr_assert_fail("the fault hook did not act");
+}
+
+Test(migrate, fault_hook_ignores_malformed_values)
+{
+	setenv("VMOPS_FAULT", "transfer:explode", 1);
+	vmops_fault_point("transfer");
+	cr_assert_eq(vmops_fault_state, 1, "a malformed VMOPS_FAULT must leave the hook inert");
 }
 
 /* The decision table of --recover (vm-migrate(1)), row by row. */
