@@ -84,7 +84,8 @@ void vmops_mig_release_lease(struct attempt *at);
  * Run fn in a transaction whose first statement must be fenced (use
  * vmops_mig_tx_fence).  A lost connection is ridden out within the lease; an
  * ambiguous COMMIT (connection lost during it) is resolved by reading back
- * whether the row is at `phase_after` with our token.
+ * whether the row is at `phase_after` (a phase the transaction moves to)
+ * with our token; phase_after NULL: fn is idempotent and simply runs again.
  */
 typedef int (*vmops_mig_tx_fn)(struct attempt *at, void *data, struct vmops_error *e);
 int vmops_mig_tx(struct attempt *at, vmops_mig_tx_fn fn, void *data, const char *phase_after,

@@ -193,7 +193,7 @@ int vmops_mig_tx(struct attempt *at, vmops_mig_tx_fn fn, void *data, const char 
 			*e = le;
 			if (reconnect(at, e) < 0)
 				return -1;
-			if (at_commit) {
+			if (at_commit && phase_after) {
 				/* Ambiguous: read the outcome back instead of guessing. */
 				int k = committed(at, phase_after, e);
 				if (k < 0)

@@ -179,7 +179,8 @@ int vmops_mig_phase_receiver(struct attempt *at, const struct vmops_spec *spec, 
 		return vmops_err_prefix(e, "receiver on %s", at->target_worker);
 	}
 	at->r->connections_used = at->mp.connections;
-	return vmops_mig_tx(at, record_receiver_tx, NULL, "receiver", e);
+	/* Idempotent: after an ambiguous COMMIT it is simply run again. */
+	return vmops_mig_tx(at, record_receiver_tx, NULL, NULL, e);
 }
 
 /* ---- transfer ---------------------------------------------------------------- */
