@@ -61,7 +61,8 @@ static void usage(void)
 	       "where it was.\n\nOptions:\n", prog_name, prog_name);
 	vmops_cli_print_options(stdout, options);
 	printf("\nExit status: 0 migrated, 1 failure, 2 usage, 5 database unreachable, 6 schema,\n"
-	       "7 hypervisor, 8 timeout, 9 no target, 10 refused, 11 not found, 12 interrupted;\n"
+	       "7 hypervisor, 8 timeout, 9 no target, 10 refused, 11 not found, 12 interrupted,\n"
+	       "14 unknown (a live VMM did not answer: nothing irreversible done; run --recover later);\n"
 	       "see vm-migrate(1) and vmops(7).\n");
 }
 
@@ -161,12 +162,15 @@ static void report(const struct vmops_migrate_report *r)
 	vmops_output_free(o);
 }
 
-static int recover(PGconn *c)
+static int recover(PGconn *c, uint64_t lease_ms)
 {
 	static const struct vmops_column cols[] = {
 		{ "found", VMOPS_COL_INT, 0, 0 },
 		{ "completed", VMOPS_COL_INT, 0, 0 },
+		{ "released", VMOPS_COL_INT, 0, 0 },
 		{ "failed", VMOPS_COL_INT, 0, 0 },
+		{ "lost", VMOPS_COL_INT, 0, 0 },
+		{ "unknown", VMOPS_COL_INT, 0, 0 },
 		{ "receivers_killed", VMOPS_COL_INT, 0, 0 },
 		{ "errors", VMOPS_COL_INT, 0, 0 },
 		{ "last_error", VMOPS_COL_STRING, 0, 0 },
@@ -176,20 +180,25 @@ static int recover(PGconn *c)
 	struct vmops_output *o;
 	struct vmops_section *s;
 
-	if (vmops_migrate_recover(c, vmops_cli.dry_run, &rr, &err) < 0)
+	if (vmops_migrate_recover(c, vmops_cli.dry_run, lease_ms, &rr, &err) < 0)
 		die_err(&err);
 	o = vmops_output_new();
 	s = vmops_output_record(o, "recover", cols, ARRAY_SIZE(cols));
 	vmops_set_int(s, 0, rr.found);
 	vmops_set_int(s, 1, rr.completed);
-	vmops_set_int(s, 2, rr.failed);
-	vmops_set_int(s, 3, rr.receivers_killed);
-	vmops_set_int(s, 4, rr.errors);
-	vmops_set_str(s, 5, rr.last_error[0] ? rr.last_error : NULL);
+	vmops_set_int(s, 2, rr.released);
+	vmops_set_int(s, 3, rr.failed);
+	vmops_set_int(s, 4, rr.lost);
+	vmops_set_int(s, 5, rr.unknown);
+	vmops_set_int(s, 6, rr.receivers_killed);
+	vmops_set_int(s, 7, rr.errors);
+	vmops_set_str(s, 8, rr.last_error[0] ? rr.last_error : NULL);
 	if (vmops_cli.json || !vmops_cli.quiet)
 		print_output(o);
 	vmops_output_free(o);
-	return rr.errors ? VMOPS_EXIT_FAILURE : VMOPS_EXIT_OK;
+	if (rr.unknown && !vmops_cli.json)
+		fprintf(stderr, "%s: %s\n", prog_name, rr.last_error);
+	return rr.errors ? VMOPS_EXIT_FAILURE : rr.unknown ? VMOPS_EXIT_UNKNOWN : VMOPS_EXIT_OK;
 }
 
 int main(int argc, const char **argv)
@@ -277,7 +286,7 @@ int main(int argc, const char **argv)
 	if (!c || vmops_schema_check(c, &err) < 0)
 		die_err(&err);
 	if (opt.recover) {
-		rc = recover(c);
+		rc = recover(c, mo.lease_ms);
 		PQfinish(c);
 		poptFreeContext(ctx);
 		return rc;

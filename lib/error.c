@@ -69,6 +69,7 @@ const char *vmops_exit_name(int code)
 		[VMOPS_EXIT_NOTFOUND] = "not-found",
 		[VMOPS_EXIT_INTERRUPTED] = "interrupted",
 		[VMOPS_EXIT_WRONG_HOST] = "wrong-host",
+		[VMOPS_EXIT_UNKNOWN] = "unknown",
 	};
 	if (code < 0 || (size_t)code >= sizeof(names) / sizeof(names[0]) || !names[code])
 		return "unknown";

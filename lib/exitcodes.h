@@ -31,6 +31,7 @@ enum vmops_exit {
 	VMOPS_EXIT_INTERRUPTED = 12, /* stopped by SIGINT/SIGTERM after cleaning up */
 	VMOPS_EXIT_WRONG_HOST  = 13, /* this host is not (or cannot be shown to be) the
 	                                worker named: host identity differs or is unknown */
+	VMOPS_EXIT_UNKNOWN     = 14, /* facts unknown (a live peer did not answer): nothing irreversible done; retry */
 };
 
 /* Short stable name of an exit code ("ok", "usage", ...), for --json. */

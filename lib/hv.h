@@ -77,6 +77,12 @@ struct vmops_hv_launch_opts {
 	/* When it becomes nonzero (a signal handler sets it), waits for the
 	 * VMM (wait_ready) give up with VMOPS_EXIT_INTERRUPTED.  May be NULL. */
 	volatile sig_atomic_t *interrupted;
+	/*
+	 * Receivers: stay paused once the incoming migration has loaded
+	 * (status "paused"), until vmops_hv_resume().  Then "did the target
+	 * ever run the guest?" has an answer: only if it was resumed.
+	 */
+	bool incoming_paused;
 };
 
 struct vmops_migrate_params {

@@ -245,6 +245,9 @@ static int build_argv(struct vmops_hv *h, const struct vmops_spec *spec,
 		strv_add(a, "virtio-blk-pci,drive=disk%zu,id=vd%zu", i, i);
 	}
 	if (incoming) {
+		/* Paused after the load: only the caller's `cont` lets the guest run there. */
+		if (opts->incoming_paused)
+			strv_add(a, "-S");
 		strv_add(a, "-incoming");
 		strv_add(a, "defer");
 	}

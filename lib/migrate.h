@@ -50,7 +50,7 @@ struct vmops_migrate_opts {
 struct vmops_migrate_report {
 	long long migration_id, sandbox_id, source_vmm_id, target_vmm_id;
 	char sandbox[64], source_worker[64], target_worker[64];
-	char state[16];                   /* completed failed cancelled lost unrecorded dry-run */
+	char state[16];                   /* completed failed cancelled lost unknown unrecorded dry-run */
 	char hv_status[32];               /* the hypervisor's own migration status */
 	unsigned connections_requested, connections_used;
 	uint64_t memory_bytes;
@@ -64,34 +64,84 @@ struct vmops_migrate_report {
 };
 
 /*
- * Migrate.  Returns 0 when the sandbox runs on the target.  On failure the
- * report says what happened and `e` carries the exit code: NOTFOUND,
- * CONFLICT (not running, already migrating, --to the source or a worker not
- * accepting), NOCAPACITY (no target within wait_target_ms), HYPERVISOR,
- * TIMEOUT, INTERRUPTED, DB.
+ * Migrate: the phases claim, receiver, transfer, switchover, finish (see
+ * lib/migrate/attempt.h).  Returns 0 when the sandbox runs on the target.
+ * On failure the report says what happened and `e` carries the exit code:
+ * NOTFOUND, CONFLICT (not running, already migrating, --to the source or a
+ * worker not accepting, or the lease was taken over), NOCAPACITY (no target
+ * within wait_target_ms), HYPERVISOR, TIMEOUT, INTERRUPTED, DB, UNKNOWN (the
+ * target was resumed but its state cannot be learned: left to --recover).
  */
 int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_migrate_report *r,
 		  struct vmops_error *e);
 
 struct vmops_recover_report {
 	int found;          /* attempts whose lease had expired */
-	int completed;      /* finished: the target had taken over */
-	int failed;         /* rolled back: source kept, receiver destroyed */
-	int receivers_killed;   /* receivers stopped by signal (pid or /proc marker), not via their socket */
+	int completed;      /* finished: the target had (or was given) the guest */
+	int released;       /* finished earlier; the old source was stopped and released now */
+	int failed;         /* rolled back: the source keeps the guest, receiver destroyed */
+	int lost;           /* neither could run the guest: sandbox error, billing closed */
+	int unknown;        /* facts unknown (a live VMM did not answer): nothing irreversible done */
+	int receivers_killed;   /* receivers stopped by signal (pidfd, recorded or found in /proc) */
 	int errors;
 	char last_error[VMOPS_ERRMSG_MAX];
 };
 
 /*
- * Reclaim attempts whose lease expired (their vm-migrate died): cancel what
- * still runs on the source, destroy orphan receivers (found by pid and start
- * time, or by their vmops-vmm-ID marker in /proc), release their
- * reservations and record the attempts failed — or, when the switchover had
- * already happened, finish it.  One transaction per attempt.  With dry_run,
- * only count the expired attempts (found) and touch nothing.
+ * Reclaim attempts whose lease expired (their vm-migrate died or stalled).
+ * For each: take the lease (only an expired one; the generation, the
+ * fencing token, is bumped so the old owner can write nothing more), observe
+ * the facts, decide with vmops_migrate_recover_decide() and drive the same
+ * phase functions vm-migrate uses.  With dry_run, only count the expired
+ * attempts (found) and touch nothing.  Returns 0 (see the report; unknown
+ * > 0 means "run again later"), -1 when the database failed.
  */
-int vmops_migrate_recover(PGconn *c, bool dry_run, struct vmops_recover_report *r,
+int vmops_migrate_recover(PGconn *c, bool dry_run, uint64_t lease_ms, struct vmops_recover_report *r,
 			  struct vmops_error *e);
+
+/* ---- the decision table of --recover (pure; vm-migrate(1) lists it) ---- */
+
+enum vmops_recover_proc { VMOPS_RP_NONE, VMOPS_RP_DEAD, VMOPS_RP_ALIVE };
+enum vmops_recover_run {
+	VMOPS_RR_UNKNOWN,      /* alive but QMP did not answer (busy or slow): not dead */
+	VMOPS_RR_RUNNING,
+	VMOPS_RR_PAUSED,       /* a receiver that loaded the whole guest and waits for cont */
+	VMOPS_RR_INMIGRATE,    /* a receiver still loading */
+	VMOPS_RR_STOPPED,      /* postmigrate, finish-migrate, paused (a source) */
+	VMOPS_RR_OTHER,        /* shutdown, internal-error, guest-panicked ... */
+};
+struct vmops_recover_facts {
+	const char *phase;                 /* recorded phase; NULL: written by an older vm-migrate */
+	enum vmops_recover_proc src, tgt;
+	enum vmops_recover_run src_run, tgt_run;
+	bool src_completed;                /* the source's query-migrate says completed */
+};
+enum vmops_recover_action {
+	VMOPS_RA_ROLLBACK,     /* cancel on the source, stop the receiver, resume the source: failed */
+	VMOPS_RA_ACTIVATE,     /* resume the loaded target (switchover), then finish */
+	VMOPS_RA_FINISH,       /* the target runs the guest: record it, stop and release the source */
+	VMOPS_RA_RELEASE,      /* already finished: stop and release the old source */
+	VMOPS_RA_LOST,         /* neither can run the guest: sandbox error, billing closed */
+	VMOPS_RA_UNKNOWN,      /* do nothing irreversible; say why; run again later */
+};
+enum vmops_recover_action vmops_migrate_recover_decide(const struct vmops_recover_facts *f, const char **why);
+const char *vmops_migrate_recover_action_name(enum vmops_recover_action a);
+
+/*
+ * No-progress timeout on the low-water mark of the remaining bytes (as
+ * KubeVirt and Nova do): the timer restarts only when remaining drops below
+ * its lowest value so far, not whenever bytes move (they always move while
+ * dirty pages are resent).
+ */
+struct vmops_migrate_lowwater {
+	uint64_t min_remaining;
+	uint64_t since_ms;     /* when min_remaining was last lowered */
+	bool seen;
+};
+void vmops_migrate_lowwater_init(struct vmops_migrate_lowwater *lw, uint64_t now_ms);
+/* Feed one sample; true when remaining has not fallen below its minimum for more than timeout_ms. */
+bool vmops_migrate_lowwater_stalled(struct vmops_migrate_lowwater *lw, uint64_t remaining, uint64_t now_ms,
+				    uint64_t timeout_ms);
 
 /*
  * ETA from the per-connection throughput bound:

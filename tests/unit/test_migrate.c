@@ -16,8 +16,12 @@
 #include <unistd.h>
 
 #include "exitcodes.h"
+#include "fault.h"
+#include "hv.h"
 #include "migrate.h"
 #include "proc.h"
+#include "spec.h"
+#include "vm.h"
 #include "testlib.h"
 
 static char ci[512];
@@ -174,6 +178,102 @@ Test(migrate, eta_follows_the_per_connection_bound)
 	cr_assert_float_eq(vmops_migrate_eta_s(1, 1, 0, 0, 524288, 0), -1, 1e-9);
 }
 
+/* A guest that never converges: bytes keep moving, remaining bobs up and down. */
+Test(migrate, progress_timeout_follows_the_low_water_mark)
+{
+	struct vmops_migrate_lowwater lw;
+	/* remaining (MiB) every second: falls to 40, then oscillates above it forever */
+	static const uint64_t rem[] = { 256, 200, 120, 80, 40, 60, 45, 70, 41, 90, 50, 42, 44, 60 };
+	int fired_at = -1;
+
+	vmops_migrate_lowwater_init(&lw, 0);
+	for (int i = 0; i < (int)(sizeof(rem) / sizeof(rem[0])); i++) {
+		if (vmops_migrate_lowwater_stalled(&lw, rem[i] << 20, (uint64_t)i * 1000, 5000) && fired_at < 0)
+			fired_at = i;
+	}
+	/* the minimum (40 MiB) was reached at t=4 s; 5 s later, at t=10 s (> 5 s), no new minimum: fire */
+	cr_assert_eq(fired_at, 10, "fired at %d", fired_at);
+	cr_assert_eq(lw.min_remaining, 40ull << 20);
+
+	/* steady progress never fires, however long it takes */
+	vmops_migrate_lowwater_init(&lw, 0);
+	for (uint64_t t = 0; t < 100; t++)
+		cr_assert(!vmops_migrate_lowwater_stalled(&lw, (1000 - t) << 20, t * 1000, 5000));
+	/* a new minimum restarts the timer */
+	vmops_migrate_lowwater_init(&lw, 0);
+	cr_assert(!vmops_migrate_lowwater_stalled(&lw, 100, 0, 5000));
+	cr_assert(!vmops_migrate_lowwater_stalled(&lw, 100, 5000, 5000));
+	cr_assert(vmops_migrate_lowwater_stalled(&lw, 100, 5001, 5000));
+	cr_assert(!vmops_migrate_lowwater_stalled(&lw, 99, 5002, 5000));
+	cr_assert(!vmops_migrate_lowwater_stalled(&lw, 150, 10000, 5000));
+	cr_assert(vmops_migrate_lowwater_stalled(&lw, 150, 10003, 5000));
+}
+
+/* The fault hook: inert unless VMOPS_FAULT names the phase; read once. */
+Test(migrate, fault_hook_acts_only_where_told, .exit_code = 1)
+{
+	setenv("VMOPS_FAULT", "transfer:exit", 1);
+	vmops_fault_point("receiver");       /* another phase: nothing */
+	unsetenv("VMOPS_FAULT");             /* read once: still armed */
+	vmops_fault_point("transfer");       /* _exit(1) */
+	cr_assert_fail("the fault hook did not act");
+}
+
+Test(migrate, fault_hook_ignores_malformed_values)
+{
+	setenv("VMOPS_FAULT", "transfer:explode", 1);
+	vmops_fault_point("transfer");
+	cr_assert_eq(vmops_fault_state, 1, "a malformed VMOPS_FAULT must leave the hook inert");
+}
+
+/* The decision table of --recover (vm-migrate(1)), row by row. */
+Test(migrate, recover_decision_table)
+{
+	enum { A = VMOPS_RP_ALIVE, D = VMOPS_RP_DEAD, N = VMOPS_RP_NONE };
+	enum { U = VMOPS_RR_UNKNOWN, R = VMOPS_RR_RUNNING, P = VMOPS_RR_PAUSED, I = VMOPS_RR_INMIGRATE,
+	       S = VMOPS_RR_STOPPED };
+	static const struct {
+		const char *phase;
+		int src, src_run, completed, tgt, tgt_run;
+		enum vmops_recover_action want;
+	} rows[] = {
+		{ "finish", D, U, 1, A, R, VMOPS_RA_RELEASE },
+		{ "transfer", A, S, 1, A, R, VMOPS_RA_FINISH },
+		{ NULL, A, S, 1, A, R, VMOPS_RA_FINISH },
+		{ "switchover", A, R, 0, A, R, VMOPS_RA_UNKNOWN },
+		{ "receiver", A, R, 0, N, U, VMOPS_RA_ROLLBACK },
+		{ "transfer", A, R, 0, A, U, VMOPS_RA_ROLLBACK },    /* busy target that never ran: safe */
+		{ "transfer", A, R, 0, D, U, VMOPS_RA_ROLLBACK },
+		{ "transfer", A, S, 1, D, U, VMOPS_RA_ROLLBACK },    /* died before it ran: resume the source */
+		{ "transfer", A, S, 1, A, P, VMOPS_RA_ACTIVATE },
+		{ "transfer", A, U, 0, A, I, VMOPS_RA_UNKNOWN },     /* source busy */
+		{ "transfer", D, U, 0, A, P, VMOPS_RA_ACTIVATE },
+		{ "transfer", D, U, 0, A, U, VMOPS_RA_UNKNOWN },
+		{ "transfer", D, U, 0, D, U, VMOPS_RA_LOST },
+		{ "transfer", D, U, 0, A, I, VMOPS_RA_LOST },
+		{ "switchover", A, S, 1, A, U, VMOPS_RA_UNKNOWN },   /* the busy-QMP case: never "dead" */
+		{ NULL, A, S, 1, A, U, VMOPS_RA_UNKNOWN },
+		{ "switchover", A, S, 1, A, P, VMOPS_RA_ACTIVATE },
+		{ "switchover", A, S, 1, A, I, VMOPS_RA_UNKNOWN },
+		{ "switchover", A, S, 1, D, U, VMOPS_RA_LOST },      /* may have run: no going back in time */
+		{ "switchover", D, U, 0, D, U, VMOPS_RA_LOST },
+		{ NULL, A, R, 0, D, U, VMOPS_RA_ROLLBACK },          /* the source never gave the guest away */
+		{ "switchover", A, U, 0, D, U, VMOPS_RA_UNKNOWN },
+	};
+
+	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct vmops_recover_facts f = {
+			.phase = rows[i].phase, .src = rows[i].src, .tgt = rows[i].tgt,
+			.src_run = rows[i].src_run, .tgt_run = rows[i].tgt_run, .src_completed = rows[i].completed,
+		};
+		const char *why = NULL;
+		enum vmops_recover_action a = vmops_migrate_recover_decide(&f, &why);
+		cr_assert_eq(a, rows[i].want, "row %zu: %s, want %s (%s)", i, vmops_migrate_recover_action_name(a),
+			     vmops_migrate_recover_action_name(rows[i].want), why);
+		cr_assert(why && *why);
+	}
+}
+
 static void register_fake(PGconn *c, const char *sandbox, const char *worker, const char *sock)
 {
 	struct testrun r;
@@ -295,6 +395,12 @@ Test(migrate, no_target_waits_then_gives_up, .timeout = 60, .fini = kill_test_vm
 	cr_assert_str_eq(after, before);
 	free(before);
 	free(after);
+	/* The room is held only by a destroyed VMM that vmm-reap has not freed yet: say so. */
+	PQclear(testdb_exec(c, "UPDATE vmms SET state = 'destroyed' WHERE worker_id = 2"));
+	TESTRUN(&r, "vm-migrate", "--db", ci, "sb1", "--wait-target", "0s");
+	cr_assert_eq(r.status, VMOPS_EXIT_NOCAPACITY, "%s", r.err);
+	cr_assert(strstr(r.err, "not yet reaped (run vmm-reap)"), "%s", r.err);
+	testrun_free(&r);
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "sb1");
 	testrun_free(&r);
 	PQfinish(c);
@@ -518,5 +624,125 @@ Test(migrate, timeout_and_sigint_leave_the_source_running, .timeout = 240, .fini
 	testlib_assert_guest_continues(log1, g0.boot_sum, &g.last, 60, NULL);
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "sb1");
 	testrun_free(&r);
+	PQfinish(c);
+}
+
+/*
+ * Issue 9, finding 1: --recover must decide from facts, not from silence.
+ * The state a vm-migrate leaves when it dies right after the switchover
+ * (the target runs the guest, the source is in postmigrate, the attempt is
+ * still 'switching'), built here with the library, with the target's QMP
+ * held by another client (this test's own handle).  --recover must neither
+ * resume the source nor kill the target: it says the target's state is
+ * unknown and exits 14.  Once the QMP client is gone, --recover completes
+ * the attempt and the guest carries on on the target with its memory intact.
+ */
+#define EXIT_RECOVER_UNKNOWN VMOPS_EXIT_UNKNOWN
+
+Test(migrate, recover_with_busy_target_qmp_does_nothing_irreversible, .timeout = 240, .fini = kill_test_vms)
+{
+	PGconn *c = fleet(4096);
+	struct vmops_error err = { 0 };
+	struct vmops_migrate_params mp = { .connections = 1 };
+	struct vmops_hv_launch_opts lo = { 0 };
+	struct vmops_vmm_info si;
+	struct vmops_hv *src, *dst;
+	struct vmops_spec *spec;
+	struct vmops_vm_status st;
+	struct testrun r;
+	char log1[512], log2[512], rdir[400], sql[2048];
+	struct testlib_guest g0;
+	long long tvid, src_pid, src_start;
+	PGresult *res;
+
+	testlib_need_qemu();
+	launch("sb1", "w1", 128);
+	serial_of(c, "sb1", log1, sizeof(log1));
+	testlib_wait_heartbeat(log1, 2, 90, &g0);
+	src_pid = testdb_ll(c, "SELECT pid FROM vmms WHERE id = 1");
+	src_start = testdb_ll(c, "SELECT pid_start_time FROM vmms WHERE id = 1");
+
+	/* The attempt as the claim writes it: receiver VMM, its reservation, the guard. */
+	tvid = testdb_ll(c, "INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)"
+			    " SELECT sandbox_id, 2, hypervisor, 'starting' FROM vmms WHERE id = 1 RETURNING id");
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus) VALUES (%lld, 2, 128, 1);"
+		 "INSERT INTO migrations (sandbox_id, source_worker_id, target_worker_id, source_vmm_id,"
+		 " target_vmm_id, state, lease_owner, lease_expires_at, time_started)"
+		 " SELECT sandbox_id, 1, 2, 1, %lld, 'preparing', 'vm-migrate test pid 1', now() + interval '1 hour', now()"
+		 " FROM vmms WHERE id = 1;"
+		 "UPDATE sandboxes SET status = 'migrating', target_vmm_id = %lld", tvid, tvid, tvid);
+	PQclear(testdb_exec(c, sql));
+
+	/* The receiver and the transfer, up to the switchover. */
+	res = testdb_exec(c, "SELECT launch_spec::text FROM sandboxes");
+	spec = vmops_spec_parse(PQgetvalue(res, 0, 0), (size_t)-1, &err);
+	PQclear(res);
+	cr_assert_not_null(spec, "%s", err.msg);
+	snprintf(rdir, sizeof(rdir), "%s/w2", rundir);
+	mkdir(rdir, 0700);
+	snprintf(rdir, sizeof(rdir), "%s/w2/vmm-%lld", rundir, tvid);
+	lo.run_dir = rdir;
+	lo.vmm_id = (uint64_t)tvid;
+	lo.auto_accel = VMOPS_ACCEL_TCG;
+	dst = vmops_hv_prepare_incoming(spec, &lo, "tcp:127.0.0.1:0", &mp, 30000, &err);
+	cr_assert_not_null(dst, "%s", err.msg);
+	vmops_spec_free(spec);
+	snprintf(sql, sizeof(sql),
+		 "UPDATE vmms SET state = 'migrating', pid = %d, pid_start_time = %llu, control_socket = '%s',"
+		 " run_dir = '%s' WHERE id = %lld;"
+		 "UPDATE migrations SET state = 'switching', time_switched = now()",
+		 (int)vmops_hv_info(dst)->pid, vmops_hv_info(dst)->start_time,
+		 vmops_hv_info(dst)->control_socket, rdir, tvid);
+	PQclear(testdb_exec(c, sql));
+	cr_assert_eq(vmops_vm_load_info(c, 1, &si, &err), 0, "%s", err.msg);
+	src = vmops_hv_attach(&si, 5000, &err);
+	cr_assert_not_null(src, "%s", err.msg);
+	cr_assert_eq(vmops_hv_send(src, vmops_hv_info(dst)->incoming_uri, &mp, &err), 0, "%s", err.msg);
+	for (int i = 0;; i++) {
+		struct vmops_migrate_progress p;
+		cr_assert_eq(vmops_hv_progress(src, &p, &err), 0, "%s", err.msg);
+		if (!strcmp(p.status, "completed"))
+			break;
+		cr_assert(!vmops_migrate_status_is_final(p.status) && i < 600, "migration %s", p.status);
+		usleep(100000);
+	}
+	for (int i = 0;; i++) {
+		cr_assert_eq(vmops_hv_status(dst, &st, &err), 0, "%s", err.msg);
+		if (st.running)
+			break;
+		cr_assert_lt(i, 200, "target still %s", st.status);
+		usleep(50000);
+	}
+	vmops_hv_free(src);   /* the source's QMP is free for --recover */
+	/* vm-migrate "died" here: its lease runs out.  This test keeps the target's QMP. */
+	PQclear(testdb_exec(c, "UPDATE migrations SET lease_expires_at = now() - interval '1 second'"));
+
+	TESTRUN(&r, "vm-migrate", "--db", ci, "--recover", "--json");
+	cr_assert_eq(r.status, EXIT_RECOVER_UNKNOWN, "recover with the target's QMP busy: exit %d\n%s\n%s",
+		     r.status, r.out, r.err);
+	testrun_free(&r);
+	cr_assert(vmops_hv_is_alive(dst), "--recover killed a target that runs the guest");
+	cr_assert_eq(vmops_hv_status(dst, &st, &err), 0, "%s", err.msg);
+	cr_assert(st.running, "target is %s", st.status);
+	src = vmops_hv_attach(&si, 5000, &err);
+	cr_assert_not_null(src, "%s", err.msg);
+	cr_assert_eq(vmops_hv_status(src, &st, &err), 0, "%s", err.msg);
+	cr_assert_str_eq(st.status, "postmigrate", "--recover resumed the source of a switched migration");
+	vmops_hv_free(src);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'switching'"), 1);
+
+	/* The other client goes away: now the facts are known. */
+	vmops_hv_free(dst);
+	TESTRUN(&r, "vm-migrate", "--db", ci, "--recover", "--json");
+	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert(strstr(r.out, "\"completed\":\t1"), "%s", r.out);
+	testrun_free(&r);
+	assert_moved(c, "sb1", "w2");
+	assert_gone(src_pid, src_start);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations r JOIN vmms v ON v.id = r.vmm_id"
+				  " WHERE v.state <> 'running'"), 0, "a reservation outlived its VMM");
+	serial_of(c, "sb1", log2, sizeof(log2));
+	testlib_assert_guest_continues(log2, g0.boot_sum, &g0.last, 60, NULL);
 	PQfinish(c);
 }

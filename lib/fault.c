@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+/* The fault hook (see fault.h). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fault.h"
+#include "log.h"
+
+int vmops_fault_state;
+
+static char fault_phase[32];
+static enum { ACT_NONE, ACT_EXIT, ACT_KILL, ACT_STOP } fault_action;
+
+static void fault_read(void)
+{
+	const char *v = getenv("VMOPS_FAULT");
+	const char *colon = v ? strchr(v, ':') : NULL;
+
+	vmops_fault_state = 1;
+	if (!colon || colon == v || (size_t)(colon - v) >= sizeof(fault_phase))
+		return;
+	if (!strcmp(colon + 1, "exit"))
+		fault_action = ACT_EXIT;
+	else if (!strcmp(colon + 1, "sigkill-self"))
+		fault_action = ACT_KILL;
+	else if (!strcmp(colon + 1, "stop"))
+		fault_action = ACT_STOP;
+	else
+		return;
+	memcpy(fault_phase, v, (size_t)(colon - v));
+	fault_phase[colon - v] = '\0';
+	vmops_fault_state = 2;
+}
+
+void vmops_fault_check_slow(const char *phase)
+{
+	if (vmops_fault_state == 0)
+		fault_read();
+	if (vmops_fault_state != 2 || strcmp(phase, fault_phase) != 0)
+		return;
+	vmops_debug("VMOPS_FAULT: %s at phase %s", fault_action == ACT_EXIT ? "exit" :
+		    fault_action == ACT_KILL ? "sigkill-self" : "stop", phase);
+	switch (fault_action) {
+	case ACT_EXIT:
+		_exit(1);
+	case ACT_KILL:
+		raise(SIGKILL);
+		break;
+	case ACT_STOP:
+		raise(SIGSTOP);
+		break;
+	case ACT_NONE:
+		break;
+	}
+}

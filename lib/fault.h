@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * fault: an inert fault-injection hook for testing long operations.
+ *
+ * VMOPS_FAULT=PHASE:ACTION (read once, at the first check) makes the process
+ * act at the boundary of the named phase, before the phase is recorded and
+ * before its physical step:
+ *
+ *   exit          _exit(1) at once: no cleanup, no database write
+ *   sigkill-self  SIGKILL to itself (as the OOM killer or kill -9 would)
+ *   stop          SIGSTOP to itself; after SIGCONT it carries on
+ *                 (a stalled process, or a window for a test to act in)
+ *
+ * PHASE is a phase name of the operation (vm-migrate: claim, receiver,
+ * transfer, switchover, finish, rollback).  Unset, empty or malformed: no
+ * effect; a check then costs one load and one branch.  This is the one place
+ * in the library that may end the process, and only because it was asked to.
+ */
+#ifndef VMOPS_FAULT_H
+#define VMOPS_FAULT_H
+
+#include <stdbool.h>
+
+extern int vmops_fault_state;   /* 0: not read yet, 1: inert, 2: armed */
+
+void vmops_fault_check_slow(const char *phase);
+
+/* Act if VMOPS_FAULT names this phase. */
+static inline void vmops_fault_point(const char *phase)
+{
+	if (__builtin_expect(vmops_fault_state != 1, 0))
+		vmops_fault_check_slow(phase);
+}
+
+#endif

@@ -1,0 +1,290 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The phases of one attempt (see attempt.h).  Each records itself before
+ * its physical step and stops as soon as a fenced write says the lease is
+ * no longer ours.  vmops_migrate() and vmops_migrate_recover() both drive
+ * these functions.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "attempt.h"
+#include "db.h"
+#include "exitcodes.h"
+#include "fault.h"
+#include "fleet.h"
+#include "ghost.h"
+#include "log.h"
+#include "proc.h"
+#include "vm.h"
+
+#define RECEIVER_TIMEOUT_MS 30000
+
+/* ---- stopping a VMM: pidfd + start time only ------------------------------- */
+
+struct marker_ctx {
+	long long vmm_id;
+	const char *run_dir;
+	pid_t pid;
+	unsigned long long start;
+};
+
+/* The token alone is no proof (ghost.h): the command line must name a path in the VMM's run dir. */
+static int find_marker(const struct vmops_proc_info *i, void *data)
+{
+	struct marker_ctx *m = data;
+
+	if (i->vmm_id == m->vmm_id && i->stat.state != 'Z' && i->stat.state != 'X' &&
+	    vmops_ghost_argv_names_dir(i->argc, i->argv, m->run_dir)) {
+		m->pid = i->stat.pid;
+		m->start = i->stat.starttime;
+		return 1;
+	}
+	return 0;
+}
+
+int vmops_mig_stop_vmm(struct attempt *at, struct vmops_hv *h, long long vmm_id, const char *run_dir,
+		       int *killed, struct vmops_error *e)
+{
+	struct vmops_vmm_info info;
+	struct marker_ctx m = { vmm_id, run_dir, 0, 0 };
+	struct vmops_proc_term_outcome out;
+	int rc;
+
+	if (h)
+		info = *vmops_hv_info(h);
+	else if (vmops_vm_load_info(at->c, vmm_id, &info, e) < 0)
+		return -1;
+	if (info.pid > 0) {
+		m.pid = info.pid;
+		m.start = info.start_time;
+	} else if (run_dir && *run_dir) {
+		(void)vmops_proc_scan(VMOPS_PROC_ROOT_DEFAULT, VMOPS_PROC_SCAN_HV_ONLY, find_marker, &m, e);
+	}
+	if (m.pid <= 0)
+		return 0;
+	rc = vmops_proc_terminate(m.pid, m.start, 3000, &out, e);
+	if (h)
+		(void)vmops_hv_is_alive(h);     /* reap it if it is our child */
+	if (rc == VMOPS_PROC_SIG_REFUSED)
+		return 0;                       /* the pid is another process now: ours is gone */
+	if (rc < 0)
+		return vmops_err_prefix(e, "vmm %lld (pid %d)", vmm_id, (int)m.pid);
+	if (out.how != VMOPS_PROC_TERM_GONE && killed)
+		(*killed)++;
+	if (vmops_proc_check(VMOPS_PROC_ROOT_DEFAULT, m.pid, m.start, NULL, e) == VMOPS_PROC_ALIVE)
+		return vmops_err(e, VMOPS_EXIT_TIMEOUT, "vmm %lld (pid %d) is still alive", vmm_id, (int)m.pid);
+	if (info.control_socket[0] && vmops_ghost_path_inside(info.control_socket, info.run_dir))
+		unlink(info.control_socket);
+	return 0;
+}
+
+/* ---- receiver --------------------------------------------------------------- */
+
+static int free_port(const char *address, long long lo, long long hi, long long salt)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV };
+	long long span = hi - lo + 1;
+
+	if (lo < 1 || hi > 65535 || span < 1)
+		return 0;
+	for (long long k = 0; k < span; k++) {
+		int port = (int)(lo + (salt + k) % span), fd, ok;
+		struct addrinfo *ai = NULL;
+		char ps[8];
+
+		snprintf(ps, sizeof(ps), "%d", port);
+		if (getaddrinfo(address, ps, &hints, &ai) != 0 || !ai)
+			return 0;
+		fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		ok = fd >= 0 && bind(fd, ai->ai_addr, ai->ai_addrlen) == 0;
+		if (fd >= 0)
+			close(fd);
+		freeaddrinfo(ai);
+		if (ok)
+			return port;
+	}
+	return 0;
+}
+
+static int record_receiver_tx(struct attempt *at, void *data, struct vmops_error *e)
+{
+	const struct vmops_vmm_info *i = vmops_hv_info(at->target);
+	char vid[24], pid[24], st[24], cu[24], lease[24];
+
+	(void)data;
+	/* The receiver is up: back to the normal lease length. */
+	if (mig_tx_fence(at, e, "UPDATE migrations SET connections_used = $4::int,"
+			 " lease_expires_at = now() + $5 * interval '1 millisecond'"
+			 " WHERE id = $1 AND lease_owner = $2 AND generation = $3",
+			 vmops_db_ll(cu, at->mp.connections), vmops_db_ll(lease, (long long)at->lease_ms)) < 0)
+		return -1;
+	return vmops_db_x(at->c, e,
+			  "UPDATE vmms SET state = 'migrating', pid = $2, pid_start_time = $3, control_socket = $4,"
+			  " agent_socket = nullif($5, ''), run_dir = $6 WHERE id = $1",
+			  vmops_db_ll(vid, at->target_vmm_id), vmops_db_ll(pid, i->pid),
+			  vmops_db_ll(st, (long long)i->start_time), i->control_socket, i->agent_socket, i->run_dir);
+}
+
+int vmops_mig_phase_receiver(struct attempt *at, const struct vmops_spec *spec, const char *run_dir,
+			     const char *address, long long port_min, long long port_max, struct vmops_error *e)
+{
+	struct vmops_hv_launch_opts lo = { 0 };
+	char uri[300];
+
+	vmops_fault_point("receiver");
+	/* The lease must outlast the receiver's start-up, which we wait for without renewing. */
+	if (vmops_mig_record_phase(at, "receiver", "preparing", RECEIVER_TIMEOUT_MS, e) < 0)
+		return -1;
+	at->lease_until += RECEIVER_TIMEOUT_MS;
+	if (vmops_vm_mkdir_p(run_dir, e) < 0)
+		return -1;
+	lo.run_dir = at->target_run_dir;
+	lo.vmm_id = (uint64_t)at->target_vmm_id;
+	lo.auto_accel = at->o ? at->o->auto_accel : VMOPS_ACCEL_AUTO;
+	lo.incoming_paused = true;
+	for (int try = 0; !at->target && try < 3; try++) {
+		/* The port was free when probed; another process may take it before the receiver binds. */
+		if (try > 0) {
+			if (!strstr(e->msg, "in use"))
+				break;
+			vmops_warn("sandbox %s: receiver on %s: %s; trying another port", at->sandbox,
+				   at->target_worker, e->msg);
+			if (vmops_mig_record_phase(at, "receiver", NULL, RECEIVER_TIMEOUT_MS, e) < 0)
+				break;
+			at->lease_until += RECEIVER_TIMEOUT_MS;
+		}
+		snprintf(uri, sizeof(uri), strchr(address, ':') ? "tcp:[%s]:%d" : "tcp:%s:%d", address,
+			 free_port(address, port_min, port_max, at->migration_id + 7 * try));
+		at->target = vmops_hv_prepare_incoming(spec, &lo, uri, &at->mp, RECEIVER_TIMEOUT_MS, e);
+	}
+	if (!at->target && at->mp.connections > 1) {
+		vmops_warn("sandbox %s: receiver on %s with %u connections failed (%s); trying one connection",
+			   at->sandbox, at->target_worker, at->mp.connections, e->msg);
+		at->mp.connections = 1;
+		if (vmops_mig_record_phase(at, "receiver", NULL, RECEIVER_TIMEOUT_MS, e) < 0)
+			return -1;
+		at->lease_until += RECEIVER_TIMEOUT_MS;
+		at->target = vmops_hv_prepare_incoming(spec, &lo, uri, &at->mp, RECEIVER_TIMEOUT_MS, e);
+	}
+	if (!at->target) {
+		e->code = VMOPS_EXIT_HYPERVISOR;
+		return vmops_err_prefix(e, "receiver on %s", at->target_worker);
+	}
+	at->r->connections_used = at->mp.connections;
+	/* Idempotent: after an ambiguous COMMIT it is simply run again. */
+	return vmops_mig_tx(at, record_receiver_tx, NULL, NULL, e);
+}
+
+/* ---- transfer ---------------------------------------------------------------- */
+
+static bool interrupted(const struct attempt *at)
+{
+	return at->o && at->o->interrupted && *at->o->interrupted;
+}
+
+static void account(struct attempt *at, const struct vmops_migrate_progress *p, uint64_t t,
+		    uint64_t *rate_t0, uint64_t *rate_b0)
+{
+	struct vmops_migrate_report *r = at->r;
+
+	snprintf(r->hv_status, sizeof(r->hv_status), "%s", p->status);
+	r->total_bytes = at->total = p->total_bytes;
+	r->transferred_bytes = at->transferred = p->transferred_bytes;
+	r->remaining_bytes = p->remaining_bytes;
+	r->total_time_ms = p->total_time_ms;
+	r->setup_time_ms = p->setup_time_ms;
+	if (t - *rate_t0 >= 1000) {
+		r->rate_bps = (double)(p->transferred_bytes - *rate_b0) * 1000.0 / (double)(t - *rate_t0);
+		*rate_t0 = t;
+		*rate_b0 = p->transferred_bytes;
+	} else if (r->rate_bps == 0 && p->mbps > 0) {
+		r->rate_bps = p->mbps * 1e6 / 8;
+	}
+	r->eta_s = vmops_migrate_eta_s(p->remaining_bytes, r->connections_used,
+				       r->rate_bps / (r->connections_used ? r->connections_used : 1),
+				       at->o->rtt_s, VMOPS_MIGRATE_CHUNK_BYTES, (double)at->o->max_bandwidth);
+}
+
+/* One look at the transfer: 1 completed, 0 go on, -1 stop (e filled). */
+static int transfer_step(struct attempt *at, const struct vmops_migrate_progress *p,
+			 struct vmops_migrate_lowwater *lw, uint64_t t, uint64_t deadline, uint64_t start,
+			 struct vmops_error *e)
+{
+	const struct vmops_migrate_opts *o = at->o;
+
+	if (strcmp(p->status, "completed") == 0) {
+		at->r->downtime_ms = at->downtime_ms = p->downtime_ms;
+		return 1;
+	}
+	if (strcmp(p->status, "failed") == 0 || strcmp(p->status, "cancelled") == 0) {
+		at->sent = false;  /* nothing left to cancel */
+		return vmops_err(e, VMOPS_EXIT_HYPERVISOR, "migration %s: %s", p->status,
+				 p->error_desc[0] ? p->error_desc : "no reason given by the hypervisor");
+	}
+	if (interrupted(at))
+		return vmops_err(e, VMOPS_EXIT_INTERRUPTED, "interrupted: migration cancelled");
+	if (t > deadline)
+		return vmops_err(e, VMOPS_EXIT_TIMEOUT, "not completed within %llus (%llus per GiB of guest memory)",
+				 (unsigned long long)((deadline - start) / 1000),
+				 (unsigned long long)(o->timeout_per_gib_ms / 1000));
+	if (strcmp(p->status, "active") == 0 &&
+	    vmops_migrate_lowwater_stalled(lw, p->remaining_bytes, t, o->progress_timeout_ms))
+		return vmops_err(e, VMOPS_EXIT_TIMEOUT,
+				 "no progress for %llus: remaining bytes never fell below %llu",
+				 (unsigned long long)(o->progress_timeout_ms / 1000),
+				 (unsigned long long)lw->min_remaining);
+	return 0;
+}
+
+int vmops_mig_phase_transfer(struct attempt *at, struct vmops_error *e)
+{
+	const struct vmops_migrate_opts *o = at->o;
+	struct vmops_migrate_lowwater lw;
+	uint64_t start = vmops_mig_now_ms(), gib = (at->r->memory_bytes + (1ULL << 30) - 1) >> 30;
+	uint64_t deadline = start + (gib ? gib : 1) * o->timeout_per_gib_ms;
+	uint64_t last_renew = start, last_report = 0, rate_t0 = start, rate_b0 = 0;
+
+	vmops_fault_point("transfer");
+	if (vmops_mig_record_phase(at, "transfer", "transferring", 0, e) < 0)
+		return -1;
+	if (vmops_hv_send(at->source, vmops_hv_info(at->target)->incoming_uri, &at->mp, e) < 0) {
+		e->code = VMOPS_EXIT_HYPERVISOR;
+		return vmops_err_prefix(e, "send to %s", at->target_worker);
+	}
+	at->sent = true;
+	vmops_migrate_lowwater_init(&lw, start);
+	for (;;) {
+		struct vmops_migrate_progress p;
+		uint64_t t;
+		int k;
+
+		if (vmops_hv_progress(at->source, &p, e) < 0) {
+			e->code = VMOPS_EXIT_HYPERVISOR;
+			return vmops_err_prefix(e, "progress");
+		}
+		t = vmops_mig_now_ms();
+		account(at, &p, t, &rate_t0, &rate_b0);
+		k = transfer_step(at, &p, &lw, t, deadline, start, e);
+		if (k != 0)
+			return k > 0 ? 0 : -1;
+		if (t - last_renew >= at->lease_ms / 3) {
+			if (vmops_mig_renew(at, e) < 0)
+				return -1;
+			last_renew = t;
+		}
+		if (o->on_progress && t - last_report >= 500) {
+			o->on_progress(o->data, at->r);
+			last_report = t;
+		}
+		/* Near the end, look more often: the target is resumed only once we see "completed". */
+		vmops_mig_sleep_ms(p.remaining_bytes < (64ull << 20) ? 20 : 100);
+	}
+}

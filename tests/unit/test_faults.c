@@ -1,0 +1,407 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The fault matrix of vm-migrate on real QEMU and real PostgreSQL: for each
+ * phase boundary x fault, stop vm-migrate there (VMOPS_FAULT=PHASE:stop),
+ * inflict the fault, let it go on (or die), then vm-migrate --recover after
+ * the lease expired, and vmm-reap.  Afterwards: exactly one QEMU runs the
+ * guest and the database points at it, with the guest's memory intact (or
+ * the sandbox is error with billing closed, only when no VM can run it); at
+ * most one open scale event and exactly one if it runs; no reservation for
+ * a dead VMM; usage-parity finds nothing.  The outcomes are printed as a
+ * table at the end.
+ */
+#include <criterion/criterion.h>
+#include <criterion/hooks.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proc.h"
+#include "qmp.h"
+#include "exitcodes.h"
+#include "testlib.h"
+
+enum fault { F_KILL_MIGRATE, F_KILL_TARGET, F_KILL_SOURCE, F_PG_TERMINATE, F_QMP_BUSY, F_N };
+static const char *const fault_names[F_N] = { "kill vm-migrate", "kill target", "kill source",
+					     "pg_terminate", "target QMP busy" };
+static const char *const phases[] = { "receiver", "transfer", "switchover", "finish" };
+
+static char ci[512];
+static char rundir[256];
+
+static void results_path(char *buf, size_t len, pid_t runner)
+{
+	snprintf(buf, len, "/tmp/vmops-faults.%d.tsv", (int)runner);
+}
+
+static void kill_test_vms(void)
+{
+	testlib_kill_vms_under(rundir);
+}
+
+static PGconn *fleet(void)
+{
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	char sql[1024];
+
+	snprintf(rundir, sizeof(rundir), "/tmp/vmops-ft.XXXXXX");
+	cr_assert(mkdtemp(rundir));
+	snprintf(sql, sizeof(sql), "INSERT INTO workers (name, memory_mb, vcpus, run_dir) VALUES"
+		 " ('w1', 2048, 8, '%s/w1'), ('w2', 2048, 8, '%s/w2')", rundir, rundir);
+	PQclear(testdb_exec(c, sql));
+	return c;
+}
+
+static void launch(void)
+{
+	char spec[300];
+	struct testrun r;
+	FILE *f;
+
+	snprintf(spec, sizeof(spec), "%s/sb1.json", rundir);
+	f = fopen(spec, "w");
+	cr_assert(f);
+	fprintf(f, "{\"hypervisor\":\"qemu\",\"memory_mb\":96,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
+		   "\"cmdline\":\"console=ttyS0 vmops.dirty_mb=4 vmops.check_every=2\",\"accel\":\"tcg\"}\n",
+		getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"));
+	fclose(f);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", "sb1", "--org", "acme",
+		"--worker", "w1", "--spec", spec);
+	cr_assert_eq(r.status, 0, "launch: %s", r.err);
+	testrun_free(&r);
+}
+
+static void serial_of_active(PGconn *c, char *buf, size_t len)
+{
+	PGresult *r = testdb_exec(c, "SELECT v.run_dir FROM sandboxes s JOIN vmms v ON v.id = s.active_vmm_id");
+
+	cr_assert_eq(PQntuples(r), 1);
+	snprintf(buf, len, "%s/serial.log", PQgetvalue(r, 0, 0));
+	PQclear(r);
+}
+
+static pid_t spawn_migrate(const char *phase)
+{
+	char out[300], fault[64];
+	pid_t pid;
+
+	snprintf(out, sizeof(out), "%s/mig.out", rundir);
+	snprintf(fault, sizeof(fault), "%s:stop", phase);
+	pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		char path[512];
+		int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		setenv("VMOPS_FAULT", fault, 1);
+		snprintf(path, sizeof(path), "%s/vm-migrate", getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin");
+		execl(path, "vm-migrate", "--db", ci, "-v", "sb1", "--to", "w2", "--lease", "3s", (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+static char proc_state(pid_t pid)
+{
+	struct vmops_proc_stat st;
+
+	if (vmops_proc_read_stat("/proc", pid, &st, NULL) < 0)
+		return 0;
+	return st.state;
+}
+
+static int wait_exit(pid_t pid)
+{
+	int st;
+
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static long long vmm_pid(PGconn *c, long long id)
+{
+	char sql[128];
+
+	snprintf(sql, sizeof(sql), "SELECT pid FROM vmms WHERE id = %lld", id);
+	return testdb_ll(c, sql);
+}
+
+/* --recover until the facts are known (exit 14 means: run again later). */
+static int recover(int *first)
+{
+	struct testrun r;
+	int rc = -1;
+
+	for (int i = 0; i < 4; i++) {
+		TESTRUN(&r, "vm-migrate", "--db", ci, "-v", "--recover", "--lease", "3s");
+		rc = r.status;
+		if (first && *first < 0)
+			*first = rc;
+		cr_assert(rc == 0 || rc == VMOPS_EXIT_UNKNOWN, "--recover exit %d\n%s\n%s", rc, r.out, r.err);
+		testrun_free(&r);
+		if (rc == 0)
+			break;
+		sleep(1);
+	}
+	return rc;
+}
+
+static void wait_leases_expired(PGconn *c)
+{
+	for (int i = 0; i < 600; i++) {
+		if (testdb_ll(c, "SELECT count(*) FROM migrations WHERE (state IN ('queued', 'preparing',"
+				 " 'transferring', 'switching') OR phase = 'finish') AND lease_expires_at >= now()") == 0)
+			return;
+		usleep(100000);
+	}
+	cr_assert_fail("a lease did not expire within 60 s");
+}
+
+static int count_live_qemus(void);
+
+static int count_cb(const struct vmops_proc_info *i, void *data)
+{
+	int *n = data;
+
+	for (int k = 1; k < i->argc; k++)
+		if (strstr(i->argv[k], rundir)) {
+			(*n)++;
+			break;
+		}
+	return 0;
+}
+
+static int count_live_qemus(void)
+{
+	int n = 0;
+
+	(void)vmops_proc_scan("/proc", VMOPS_PROC_SCAN_HV_ONLY, count_cb, &n, NULL);
+	return n;
+}
+
+/* The invariants after everything settled; returns the outcome for the table. */
+static void check_end_state(PGconn *c, const struct testlib_guest *g0, char *outcome, size_t len)
+{
+	struct testrun r;
+	char log[512];
+	PGresult *res;
+
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state IN ('queued', 'preparing',"
+				  " 'transferring', 'switching') OR phase NOT IN ('done')"), 0, "an attempt is still open");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations r JOIN vmms v ON v.id = r.vmm_id"
+				  " WHERE v.state IN ('destroyed', 'failed')"), 0, "a reservation outlived its VMM");
+	res = testdb_exec(c, "SELECT s.status, w.name FROM sandboxes s LEFT JOIN workers w ON w.id = s.worker_id");
+	if (strcmp(PQgetvalue(res, 0, 0), "running") == 0) {
+		snprintf(outcome, len, "runs on %s", PQgetvalue(res, 0, 1));
+		PQclear(res);
+		cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 1);
+		cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
+					  " WHERE e.ended_at IS NULL AND e.vmm_id = s.active_vmm_id"), 1);
+		cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE state IN ('running', 'starting', 'migrating')"), 1);
+		cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 1);
+		cr_assert_eq(count_live_qemus(), 1, "not exactly one QEMU runs");
+		{
+			long long pid = testdb_ll(c, "SELECT v.pid FROM sandboxes s JOIN vmms v ON v.id = s.active_vmm_id");
+			long long st = testdb_ll(c, "SELECT v.pid_start_time FROM sandboxes s JOIN vmms v ON v.id = s.active_vmm_id");
+			cr_assert_eq(vmops_proc_check("/proc", (pid_t)pid, (unsigned long long)st, NULL, NULL), VMOPS_PROC_ALIVE,
+				     "the database points at a QEMU that is not running");
+		}
+		serial_of_active(c, log, sizeof(log));
+		/* every beat OK, static checksum as at boot, new dirtier passes verified */
+		testlib_assert_guest_continues(log, g0->boot_sum, &g0->last, 60, NULL);
+	} else {
+		cr_assert_str_eq(PQgetvalue(res, 0, 0), "error", "sandbox is %s", PQgetvalue(res, 0, 0));
+		snprintf(outcome, len, "lost (error)");
+		PQclear(res);
+		cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 0);
+		cr_assert_eq(count_live_qemus(), 0, "sandbox in error but a QEMU still runs");
+	}
+	TESTRUN(&r, "usage-parity", "--db", ci, "-q", "--from", "now-2h", "--to", "now-1h");
+	cr_assert_eq(r.status, 0, "usage-parity found drift:\n%s\n%s", r.out, r.err);
+	testrun_free(&r);
+}
+
+static void record(const char *phase, enum fault f, const char *outcome)
+{
+	char path[128];
+	FILE *fp;
+
+	results_path(path, sizeof(path), getppid());
+	fp = fopen(path, "a");
+	if (fp) {
+		fprintf(fp, "%s\t%d\t%s\n", phase, (int)f, outcome);
+		fclose(fp);
+	}
+}
+
+static void run_cell(const char *phase, enum fault f)
+{
+	PGconn *c = fleet();
+	struct vmops_error err = { 0 };
+	struct vmops_qmp *busy = NULL;
+	char log1[512], outcome[256], res[200];
+	struct testlib_guest g0;
+	int rc, rec_first = -1;
+	pid_t mig;
+
+	testlib_need_qemu();
+	record(phase, f, "(incomplete)");
+	launch();
+	serial_of_active(c, log1, sizeof(log1));
+	testlib_wait_heartbeat(log1, 2, 90, &g0);
+	mig = spawn_migrate(phase);
+	for (int i = 0; proc_state(mig) != 'T'; i++) {
+		cr_assert(proc_state(mig) != 0 && proc_state(mig) != 'Z' && i < 1200,
+			  "vm-migrate did not stop at %s (see %s/mig.out)", phase, rundir);
+		usleep(100000);
+	}
+	switch (f) {
+	case F_KILL_MIGRATE:
+	case F_QMP_BUSY:
+		kill(mig, SIGKILL);
+		break;
+	case F_KILL_TARGET:
+		if (vmm_pid(c, 2) > 0)
+			kill((pid_t)vmm_pid(c, 2), SIGKILL);
+		break;
+	case F_KILL_SOURCE:
+		kill((pid_t)vmm_pid(c, 1), SIGKILL);
+		break;
+	case F_PG_TERMINATE:
+		PQclear(testdb_exec(c, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+				       " WHERE application_name = 'vm-migrate'"));
+		break;
+	case F_N:
+		break;
+	}
+	kill(mig, SIGCONT);
+	rc = wait_exit(mig);
+	if (f == F_QMP_BUSY && vmm_pid(c, 2) > 0) {
+		char sock[512];
+		PGresult *r = testdb_exec(c, "SELECT control_socket FROM vmms WHERE id = 2");
+		snprintf(sock, sizeof(sock), "%s", PQgetvalue(r, 0, 0));
+		PQclear(r);
+		busy = vmops_qmp_connect(sock, 5000, &err);
+		cr_assert_not_null(busy, "hold the target's QMP: %s", err.msg);
+	}
+	wait_leases_expired(c);
+	if (busy) {
+		(void)recover(&rec_first);   /* may be 14 (unknown) while the QMP is held */
+		if (rec_first == VMOPS_EXIT_UNKNOWN)
+			cr_assert(count_live_qemus() >= 1);
+		vmops_qmp_close(busy);
+		wait_leases_expired(c);
+	}
+	cr_assert_eq(recover(rec_first < 0 ? &rec_first : NULL), 0);
+	{
+		struct testrun r;
+		TESTRUN(&r, "vmm-reap", "--db", ci, "-q");
+		cr_assert_eq(r.status, 0, "%s", r.err);
+		testrun_free(&r);
+	}
+	check_end_state(c, &g0, res, sizeof(res));
+	snprintf(outcome, sizeof(outcome), "%s (exit %d, recover %d%s)", res, rc, rec_first,
+		 f == F_QMP_BUSY && rec_first == VMOPS_EXIT_UNKNOWN ? "->0" : "");
+	record(phase, f, outcome);
+	cr_log_info("%s x %s: %s", phase, fault_names[f], outcome);
+	PQfinish(c);
+}
+
+#define CELL(ph, fname, fl) \
+	Test(faults, ph##_##fname, .timeout = 300, .fini = kill_test_vms) { run_cell(#ph, fl); }
+#define ROW(ph) \
+	CELL(ph, kill_migrate, F_KILL_MIGRATE) CELL(ph, kill_target, F_KILL_TARGET) \
+	CELL(ph, kill_source, F_KILL_SOURCE) CELL(ph, pg_terminate, F_PG_TERMINATE) \
+	CELL(ph, qmp_busy, F_QMP_BUSY)
+
+ROW(receiver)
+ROW(transfer)
+ROW(switchover)
+ROW(finish)
+
+/* The matrix, printed once by the runner after all cells. */
+ReportHook(POST_ALL)(struct criterion_global_stats *stats)
+{
+	char path[128], line[512], cell[4][F_N][400];
+	FILE *fp;
+
+	(void)stats;
+	results_path(path, sizeof(path), getpid());
+	fp = fopen(path, "r");
+	if (!fp)
+		return;
+	memset(cell, 0, sizeof(cell));
+	while (fgets(line, sizeof(line), fp)) {
+		char ph[32], out[400];
+		int f;
+		if (sscanf(line, "%31[^\t]\t%d\t%399[^\n]", ph, &f, out) != 3 || f < 0 || f >= F_N)
+			continue;
+		for (int p = 0; p < 4; p++)
+			if (!strcmp(ph, phases[p]))
+				snprintf(cell[p][f], sizeof(cell[p][f]), "%s", out);
+	}
+	fclose(fp);
+	unlink(path);
+	printf("\nfault matrix (phase boundary x fault -> outcome; exit = vm-migrate's, recover = first --recover's)\n");
+	for (int p = 0; p < 4; p++)
+		for (int f = 0; f < F_N; f++)
+			if (cell[p][f][0])
+				printf("  %-10s | %-16s | %s\n", phases[p], fault_names[f], cell[p][f]);
+	fflush(stdout);
+}
+
+/*
+ * Fencing: a vm-migrate that stalls (SIGSTOP) past its lease while --recover
+ * takes the attempt over writes nothing and touches nothing once it wakes:
+ * its first fenced write finds the generation bumped.
+ */
+Test(faults, stalled_owner_is_fenced_off, .timeout = 300, .fini = kill_test_vms)
+{
+	PGconn *c = fleet();
+	char log1[512], outcome[200];
+	struct testlib_guest g0;
+	int rc, first = -1;
+	pid_t mig;
+
+	testlib_need_qemu();
+	launch();
+	serial_of_active(c, log1, sizeof(log1));
+	testlib_wait_heartbeat(log1, 2, 90, &g0);
+	mig = spawn_migrate("transfer");
+	for (int i = 0; proc_state(mig) != 'T'; i++) {
+		cr_assert(proc_state(mig) != 0 && proc_state(mig) != 'Z' && i < 1200, "vm-migrate did not stop");
+		usleep(100000);
+	}
+	wait_leases_expired(c);
+	/* The stalled owner still holds both QMP sockets: --recover takes the lease, learns nothing, does nothing. */
+	{
+		struct testrun r;
+		TESTRUN(&r, "vm-migrate", "--db", ci, "--recover", "--lease", "3s", "--json");
+		cr_assert_eq(r.status, VMOPS_EXIT_UNKNOWN, "%s\n%s", r.out, r.err);
+		cr_assert(strstr(r.out, "\"unknown\":\t1"), "%s", r.out);
+		testrun_free(&r);
+	}
+	cr_assert_eq(testdb_ll(c, "SELECT generation FROM migrations"), 2);
+	kill(mig, SIGCONT);
+	rc = wait_exit(mig);
+	cr_assert_eq(rc, 10, "the fenced-off vm-migrate exited %d", rc);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE phase = 'receiver' AND generation = 2"), 1,
+		     "the fenced-off vm-migrate wrote to the attempt");
+	wait_leases_expired(c);
+	cr_assert_eq(recover(&first), 0);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'failed' AND phase = 'done'"
+				  " AND generation = 3 AND lease_owner LIKE 'vm-migrate --recover%'"), 1);
+	check_end_state(c, &g0, outcome, sizeof(outcome));
+	cr_assert_str_eq(outcome, "runs on w1");
+	PQfinish(c);
+}
