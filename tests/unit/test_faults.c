@@ -69,8 +69,8 @@ static void launch(void)
 	snprintf(spec, sizeof(spec), "%s/sb1.json", rundir);
 	f = fopen(spec, "w");
 	cr_assert(f);
-	fprintf(f, "{\"hypervisor\":\"qemu\",\"memory_mb\":96,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
-		   "\"cmdline\":\"console=ttyS0 vmops.dirty_mb=4 vmops.check_every=2\",\"accel\":\"tcg\"}\n",
+	fprintf(f, "{\"hypervisor\":\"qemu\",\"memory_mb\":128,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
+		   "\"cmdline\":\"console=ttyS0 vmops.dirty_mb=4\",\"accel\":\"tcg\"}\n",
 		getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"));
 	fclose(f);
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", "sb1", "--org", "acme",
