@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "db.h"
+#include "fleet.h"
 #include "migrate.h"
 #include "parse.h"
 #include "prog.h"
@@ -226,6 +227,10 @@ int main(int argc, const char **argv)
 		usage_error("--recover takes no SANDBOX");
 	if (!opt.recover && !sandbox)
 		usage_error("no sandbox given");
+	if (sandbox && !vmops_fleet_valid_name(sandbox))
+		usage_error("invalid sandbox name '%s': letters, digits, '.', '_', '-', at most 63", sandbox);
+	if (opt.to && !vmops_fleet_valid_name(opt.to))
+		usage_error("invalid worker name '%s': letters, digits, '.', '_', '-', at most 63", opt.to);
 
 	/* Validate everything before touching the database. */
 	mo.sandbox = sandbox;

@@ -5,6 +5,9 @@ runs vm-migrate --db "$NODB"
 runs vm-migrate --db "$NODB" --dry-run --json
 runs vm-migrate --db "$NODB" sb1 sb2
 runs vm-migrate --db "$NODB" --recover sb1
+runs vm-migrate --db "$NODB" 'bad name'
+runs vm-migrate --db "$NODB" sb1 --to ''
+runs vm-migrate --db "$NODB" sb1 --to 'w 2'
 runs vm-migrate --db "$NODB" sb1 --recover --dry-run
 runs vm-migrate --db "$NODB" sb1 --connections 0
 runs vm-migrate --db "$NODB" sb1 --connections 129
