@@ -1537,7 +1537,11 @@ Test(ghost, abandoned_start_of_a_non_hypervisor_is_not_signalled, .timeout = 60,
 		snprintf(sql, sizeof(sql), "SELECT pid FROM vmms WHERE id = %lld", vmm);
 		pid = testdb_ll(c, sql);
 	}
-	cr_assert_eq(state_of((pid_t)pid), 'S');
+	/* right after the fork it may still be running /bin/sh: wait for sleep(1) */
+	for (int i = 0; state_of((pid_t)pid) != 'S'; i++) {
+		cr_assert_lt(i, 100, "the fake hypervisor never went to sleep (state %c)", state_of((pid_t)pid));
+		usleep(50000);
+	}
 	sleep(2);
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s",
 		"--starting-timeout", "1s", "--json");
