@@ -315,7 +315,8 @@ Test(migrate, bad_input_changes_nothing)
 		{ { "sb1", "--wait-target", "soon" }, VMOPS_EXIT_USAGE, "--wait-target" },
 		{ { "sb1", "--max-bandwidth", "fast" }, VMOPS_EXIT_USAGE, "--max-bandwidth" },
 		{ { "--recover", "sb1" }, VMOPS_EXIT_USAGE, "--recover takes no SANDBOX" },
-		{ { "" }, VMOPS_EXIT_NOTFOUND, "does not exist" },
+		{ { "" }, VMOPS_EXIT_USAGE, "invalid sandbox name" },
+		{ { "sb1", "--to", "w 2" }, VMOPS_EXIT_USAGE, "invalid worker name" },
 	};
 
 	/* sb1's QMP socket does not exist: the hypervisor is unreachable */
