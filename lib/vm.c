@@ -363,6 +363,8 @@ static int destroy_tx(PGconn *c, void *data, struct vmops_error *e)
 	r = vmops_db_q(c, e, "SELECT status, active_vmm_id FROM sandboxes WHERE id = $1 FOR UPDATE", sid);
 	if (!r)
 		return -1;
+	if (PQntuples(r) == 0)
+		return vmops_err(e, VMOPS_EXIT_NOTFOUND, "sandbox %s no longer exists", a->sandbox);
 	if (!strcmp(vmops_db_get(r, 0, "status"), "migrating") ||
 	    vmops_db_get_ll(r, 0, "active_vmm_id", -1) != a->vmm_id)
 		return vmops_err(e, VMOPS_EXIT_CONFLICT,
