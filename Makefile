@@ -127,6 +127,9 @@ $(BUILDDIR)/tests/%.o: tests/unit/%.c $(wildcard tests/unit/*.h) $(wildcard lib/
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) $(CRITERION_CFLAGS) -Itests/unit -c -o $@ $<
 
+# The PostgreSQL-restart column of the fault matrix is built from test_faults.c.
+$(BUILDDIR)/tests/test_pgrestart.o: tests/unit/test_faults.c
+
 $(BUILDDIR)/tests/test_%: $(BUILDDIR)/tests/test_%.o $(TESTLIB_OBJ) $(BUILDDIR)/libvmops.a
 	$(CC) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) $(CRITERION_LIBS) -lm
 
