@@ -5,6 +5,7 @@
 #   make            build bin/ (programs) and build/libvmops.a
 #   make check      unit tests (plain and ASan/UBSan), CLI golden tests,
 #                   option/man/completion agreement, man page lint
+#   make check-long the concurrency soak of vm-migrate (minutes; not in check)
 #   make demo       the main job end to end on a throwaway PostgreSQL
 #   make bench      benchmarks, results in BENCHMARKS.md
 #   make install    PREFIX=/usr/local DESTDIR=
@@ -33,7 +34,7 @@ DEB_PACKAGES = build-essential autoconf automake pkg-config libpq-dev postgresql
 # installed.  For these the top-level make never reads config.mk: it runs
 # `deps` and then a sub-make for the real work, which configures itself.
 # So nothing depends on the order in which make remakes included files.
-FRONT_GOALS = check demo bench deps clean distclean
+FRONT_GOALS = check check-long demo bench deps clean distclean
 ifeq ($(MAKECMDGOALS),)
 NEED_CONFIG = yes
 else ifneq ($(filter-out $(FRONT_GOALS),$(MAKECMDGOALS)),)
@@ -58,7 +59,7 @@ TESTLIB_SRC = $(filter-out $(TEST_SRC),$(wildcard tests/unit/*.c))
 TESTLIB_OBJ = $(patsubst tests/unit/%.c,$(BUILDDIR)/tests/%.o,$(TESTLIB_SRC))
 PROG_BIN = $(addprefix $(BINOUT)/,$(BUILT_PROGRAMS))
 
-.PHONY: all deps check check-run demo demo-run bench bench-run \
+.PHONY: all deps check check-run check-long check-long-run demo demo-run bench bench-run \
 	install uninstall fuzz clean distclean tests guest
 .DELETE_ON_ERROR:
 
@@ -127,6 +128,9 @@ $(BUILDDIR)/tests/%.o: tests/unit/%.c $(wildcard tests/unit/*.h) $(wildcard lib/
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) $(CRITERION_CFLAGS) -Itests/unit -c -o $@ $<
 
+# The PostgreSQL-restart column of the fault matrix is built from test_faults.c.
+$(BUILDDIR)/tests/test_pgrestart.o: tests/unit/test_faults.c
+
 $(BUILDDIR)/tests/test_%: $(BUILDDIR)/tests/test_%.o $(TESTLIB_OBJ) $(BUILDDIR)/libvmops.a
 	$(CC) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) $(CRITERION_LIBS) -lm
 
@@ -148,6 +152,15 @@ check-run: config.mk
 	@$(MAKE) --no-print-directory BUILDDIR=build-san BINOUT=build-san/bin \
 		SAN_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" tests
 	@tests/run-all.sh
+
+# The concurrency soak (tests/unit/test_soak.c), in a throwaway cluster of
+# its own; tests/run-all.sh leaves it out unless VMOPS_CHECK_LONG=1.
+check-long: deps
+	@$(MAKE) --no-print-directory check-long-run
+
+check-long-run: config.mk
+	@$(MAKE) --no-print-directory tests
+	@VMOPS_CHECK_LONG=1 tests/run-one.sh test_soak --jobs 1 --verbose
 
 demo: deps
 	@$(MAKE) --no-print-directory demo-run

@@ -6,7 +6,11 @@
 # when it fails or is interrupted.  COMMAND sees PGHOST (the socket dir),
 # PGPORT, PGUSER, PGDATABASE=postgres and VMOPS_TEST_PGHOST.
 # PostgreSQL refuses to run as root: as root the server runs as the
-# `postgres` user (or $VMOPS_PG_USER).
+# `postgres` user (or $VMOPS_PG_USER).  For tests that restart the server
+# (tests/pg-restart.sh) COMMAND also sees VMOPS_TEST_PGBIN, the server's
+# options (VMOPS_TEST_PGCTL_OPTS), the prefix that runs pg_ctl as the
+# server's user (VMOPS_TEST_PGRUNAS, empty when not root) and
+# VMOPS_TEST_PG_RESTART, the path of that script.
 set -eu
 
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)}
@@ -38,11 +42,14 @@ trap 'exit 130' INT TERM
 
 $runas "$PGBIN/initdb" -D "$dir/data" -A trust -U "$pguser" -E UTF8 --no-locale --no-sync \
 	>"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
-$runas "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -s \
-	-o "-c listen_addresses='' -c unix_socket_directories='$dir' -p $port -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=256MB" \
+pgopts="-c listen_addresses='' -c unix_socket_directories='$dir' -p $port -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=256MB"
+$runas "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -s -o "$pgopts" \
 	start || { cat "$dir/server.log" >&2; exit 1; }
 
 export PGHOST="$dir" PGPORT="$port" PGUSER="$pguser" PGDATABASE=postgres
 export VMOPS_TEST_PGHOST="$dir"
+export VMOPS_TEST_PGBIN="$PGBIN" VMOPS_TEST_PGCTL_OPTS="$pgopts" VMOPS_TEST_PGRUNAS="$runas"
+VMOPS_TEST_PG_RESTART="$(cd "$(dirname "$0")" && pwd)/pg-restart.sh"
+export VMOPS_TEST_PG_RESTART
 unset PGSERVICE PGPASSWORD PGHOSTADDR 2>/dev/null || true
 "$@"

@@ -3,6 +3,10 @@
 #   1. unit + integration tests (Criterion; real PostgreSQL, real QEMU)
 #   2. the same tests built with ASan/UBSan, real QEMU included (not the
 #      fault matrix, which runs in pass 1 only)
+#      test_pgrestart (the matrix's PostgreSQL-restart column) restarts this
+#      cluster: like every suite it runs alone, and with --jobs 1.
+#      test_soak (the concurrency soak) runs only with VMOPS_CHECK_LONG=1
+#      (`make check-long`).
 #   3. valgrind over the pure-library suites
 #   4. CLI golden tests (tests/cli)
 #   5. --help / man page / completions agreement and man page lint
@@ -34,7 +38,10 @@ note_fail() { failed=$((failed + ${2:-1})); failures="$failures $1"; }
 run_criterion() {
 	name=$1; shift
 	out="$log/$name.log"
-	"$@" --jobs "$jobs" --verbose >"$out" 2>&1
+	j=$jobs
+	# A suite that restarts the cluster must not share it, even with itself.
+	case $name in *test_pgrestart) j=1 ;; esac
+	"$@" --jobs "$j" --verbose >"$out" 2>&1
 	rc=$?
 	syn=$(grep -a 'Synthesis:' "$out" | tail -n1)
 	# Criterion's synthesis hides skips: count its [SKIP] lines.
@@ -74,16 +81,26 @@ if [ -z "${VMOPS_SKIP_QEMU:-}" ] || [ "${VMOPS_SKIP_QEMU}" = 0 ]; then
 	fi
 fi
 
+# The soak belongs to `make check-long`.
+long_only() {
+	case $(basename "$1") in
+	test_soak) [ "${VMOPS_CHECK_LONG:-0}" = 0 ] ;;
+	*) false ;;
+	esac
+}
+
 for t in build/tests/test_*; do
 	[ -x "$t" ] || continue
+	long_only "$t" && continue
 	run_criterion "$(basename "$t")" env VMOPS_BIN_DIR="$top/bin" "$t"
 done
 
 # Real QEMU runs under ASan too (the programs under test are the sanitized
 # ones), except the fault matrix, which would double its minutes.
-asan_elsewhere=${VMOPS_ASAN_QEMU_ELSEWHERE:-test_faults}
+asan_elsewhere=${VMOPS_ASAN_QEMU_ELSEWHERE:-test_faults test_pgrestart test_soak}
 for t in build-san/tests/test_*; do
 	[ -x "$t" ] || continue
+	long_only "$t" && continue
 	where=plain
 	case " $asan_elsewhere " in *" $(basename "$t") "*) where=elsewhere ;; esac
 	run_criterion "asan:$(basename "$t")" env VMOPS_BIN_DIR="$top/build-san/bin" \

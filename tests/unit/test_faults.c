@@ -9,6 +9,12 @@
  * most one open scale event and exactly one if it runs; no reservation for
  * a dead VMM; usage-parity finds nothing.  The outcomes are printed as a
  * table at the end.
+ *
+ * The "PostgreSQL restart" column restarts the whole throwaway cluster,
+ * which would cut every other suite's sessions: it is built from this file
+ * into a suite of its own (test_pgrestart.c defines VMOPS_FAULTS_PG_RESTART),
+ * which tests/run-all.sh runs alone and with --jobs 1, and whose cells also
+ * serialise themselves on a lock in the cluster's directory.
  */
 #include <criterion/criterion.h>
 #include <criterion/hooks.h>
@@ -19,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -29,9 +36,9 @@
 #include "exitcodes.h"
 #include "testlib.h"
 
-enum fault { F_KILL_MIGRATE, F_KILL_TARGET, F_KILL_SOURCE, F_PG_TERMINATE, F_QMP_BUSY, F_N };
+enum fault { F_KILL_MIGRATE, F_KILL_TARGET, F_KILL_SOURCE, F_PG_RESTART, F_PG_TERMINATE, F_QMP_BUSY, F_N };
 static const char *const fault_names[F_N] = { "kill vm-migrate", "kill target", "kill source",
-					     "pg_terminate", "target QMP busy" };
+					     "PG restart", "pg_terminate", "target QMP busy" };
 static const char *const phases[] = { "receiver", "transfer", "switchover", "finish" };
 
 static char ci[512];
@@ -88,7 +95,7 @@ static void serial_of_active(PGconn *c, char *buf, size_t len)
 	PQclear(r);
 }
 
-static pid_t spawn_migrate(const char *phase)
+static pid_t spawn_migrate(const char *phase, const char *lease)
 {
 	char out[300], fault[64];
 	pid_t pid;
@@ -104,7 +111,7 @@ static pid_t spawn_migrate(const char *phase)
 		dup2(fd, 2);
 		setenv("VMOPS_FAULT", fault, 1);
 		snprintf(path, sizeof(path), "%s/vm-migrate", getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin");
-		execl(path, "vm-migrate", "--db", ci, "-v", "sb1", "--to", "w2", "--lease", "3s", (char *)NULL);
+		execl(path, "vm-migrate", "--db", ci, "-v", "sb1", "--to", "w2", "--lease", lease, (char *)NULL);
 		_exit(127);
 	}
 	return pid;
@@ -244,6 +251,48 @@ static void record(const char *phase, enum fault f, const char *outcome)
 	}
 }
 
+/*
+ * Restart the cluster (tests/pg-restart.sh: fast shutdown, same options) and
+ * reconnect `c`.  Returns how long the server was away, in ms.
+ */
+static long pg_restart(PGconn *c)
+{
+	const char *script = getenv("VMOPS_TEST_PG_RESTART");
+	struct timespec t0, t1;
+	pid_t pid;
+	int rc;
+
+	if (!script || !*script)
+		testlib_missing("tests/pg-restart.sh (VMOPS_TEST_PG_RESTART, set by tests/pgcluster.sh)");
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		execl(script, "pg-restart.sh", (char *)NULL);
+		_exit(127);
+	}
+	rc = wait_exit(pid);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	cr_assert_eq(rc, 0, "tests/pg-restart.sh exited %d", rc);
+	PQreset(c);
+	cr_assert(PQstatus(c) == CONNECTION_OK, "reconnect after the restart: %s", PQerrorMessage(c));
+	return (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+}
+
+/* The restart cells have the cluster to themselves, even under --jobs N. */
+static int cluster_lock(void)
+{
+	char path[512];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/vmops-pgrestart.lock", getenv("PGHOST") ? getenv("PGHOST") : "/tmp");
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+	cr_assert(fd >= 0, "%s: %s", path, strerror(errno));
+	while (flock(fd, LOCK_EX) < 0)
+		cr_assert(errno == EINTR, "flock %s: %s", path, strerror(errno));
+	return fd;
+}
+
 static void run_cell(const char *phase, enum fault f)
 {
 	PGconn *c = fleet();
@@ -251,15 +300,19 @@ static void run_cell(const char *phase, enum fault f)
 	struct vmops_qmp *busy = NULL;
 	char log1[512], outcome[256], res[200];
 	struct testlib_guest g0;
-	int rc, rec_first = -1;
+	int rc, rec_first = -1, lock = -1;
+	long away_ms = -1;
 	pid_t mig;
 
 	testlib_need_qemu();
+	if (f == F_PG_RESTART)
+		lock = cluster_lock();
 	record(phase, f, "(incomplete)");
 	launch();
 	serial_of_active(c, log1, sizeof(log1));
 	testlib_wait_heartbeat(log1, 2, 90, &g0);
-	mig = spawn_migrate(phase);
+	/* A restart is to be ridden out within the lease: give it one that outlasts the stop and the restart. */
+	mig = spawn_migrate(phase, f == F_PG_RESTART ? "15s" : "3s");
 	for (int i = 0; proc_state(mig) != 'T'; i++) {
 		cr_assert(proc_state(mig) != 0 && proc_state(mig) != 'Z' && i < 1200,
 			  "vm-migrate did not stop at %s (see %s/mig.out)", phase, rundir);
@@ -276,6 +329,9 @@ static void run_cell(const char *phase, enum fault f)
 		break;
 	case F_KILL_SOURCE:
 		kill((pid_t)vmm_pid(c, 1), SIGKILL);
+		break;
+	case F_PG_RESTART:
+		away_ms = pg_restart(c);
 		break;
 	case F_PG_TERMINATE:
 		PQclear(testdb_exec(c, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -312,22 +368,42 @@ static void run_cell(const char *phase, enum fault f)
 	check_end_state(c, &g0, res, sizeof(res));
 	snprintf(outcome, sizeof(outcome), "%s (exit %d, recover %d%s)", res, rc, rec_first,
 		 f == F_QMP_BUSY && rec_first == VMOPS_EXIT_UNKNOWN ? "->0" : "");
+	if (away_ms >= 0)
+		snprintf(outcome + strlen(outcome), sizeof(outcome) - strlen(outcome), " [restart took %ld ms]", away_ms);
 	record(phase, f, outcome);
 	cr_log_info("%s x %s: %s", phase, fault_names[f], outcome);
+	if (f == F_PG_RESTART) {
+		/* vm-migrate rides out a short restart: it reconnects within its lease and completes. */
+		cr_assert_eq(rc, 0, "vm-migrate did not ride out the restart at %s: exit %d (see %s/mig.out)",
+			     phase, rc, rundir);
+		cr_assert(!strcmp(res, "runs on w2"), "after the restart at %s: %s", phase, res);
+	}
 	PQfinish(c);
+	if (lock >= 0)
+		close(lock);
 }
 
 #define CELL(ph, fname, fl) \
 	Test(faults, ph##_##fname, .timeout = 300, .fini = kill_test_vms) { run_cell(#ph, fl); }
+#ifdef VMOPS_FAULTS_PG_RESTART
+#define ROW(ph) CELL(ph, pg_restart, F_PG_RESTART)
+#else
 #define ROW(ph) \
 	CELL(ph, kill_migrate, F_KILL_MIGRATE) CELL(ph, kill_target, F_KILL_TARGET) \
 	CELL(ph, kill_source, F_KILL_SOURCE) CELL(ph, pg_terminate, F_PG_TERMINATE) \
 	CELL(ph, qmp_busy, F_QMP_BUSY)
+#endif
 
 ROW(receiver)
 ROW(transfer)
 ROW(switchover)
 ROW(finish)
+
+#ifdef VMOPS_FAULTS_PG_RESTART
+static const char matrix_part[] = ", PostgreSQL restart column (the other columns: test_faults)";
+#else
+static const char matrix_part[] = " (the PostgreSQL restart column: test_pgrestart)";
+#endif
 
 /* The matrix, printed once by the runner after all cells. */
 ReportHook(POST_ALL)(struct criterion_global_stats *stats)
@@ -352,7 +428,8 @@ ReportHook(POST_ALL)(struct criterion_global_stats *stats)
 	}
 	fclose(fp);
 	unlink(path);
-	printf("\nfault matrix (phase boundary x fault -> outcome; exit = vm-migrate's, recover = first --recover's)\n");
+	printf("\nfault matrix%s (phase boundary x fault -> outcome; exit = vm-migrate's, recover = first --recover's)\n",
+	       matrix_part);
 	for (int p = 0; p < 4; p++)
 		for (int f = 0; f < F_N; f++)
 			if (cell[p][f][0])
@@ -360,6 +437,7 @@ ReportHook(POST_ALL)(struct criterion_global_stats *stats)
 	fflush(stdout);
 }
 
+#ifndef VMOPS_FAULTS_PG_RESTART
 /*
  * Fencing: a vm-migrate that stalls (SIGSTOP) past its lease while --recover
  * takes the attempt over writes nothing and touches nothing once it wakes:
@@ -377,7 +455,7 @@ Test(faults, stalled_owner_is_fenced_off, .timeout = 300, .fini = kill_test_vms)
 	launch();
 	serial_of_active(c, log1, sizeof(log1));
 	testlib_wait_heartbeat(log1, 2, 90, &g0);
-	mig = spawn_migrate("transfer");
+	mig = spawn_migrate("transfer", "3s");
 	for (int i = 0; proc_state(mig) != 'T'; i++) {
 		cr_assert(proc_state(mig) != 0 && proc_state(mig) != 'Z' && i < 1200, "vm-migrate did not stop");
 		usleep(100000);
@@ -405,3 +483,4 @@ Test(faults, stalled_owner_is_fenced_off, .timeout = 300, .fini = kill_test_vms)
 	cr_assert_str_eq(outcome, "runs on w1");
 	PQfinish(c);
 }
+#endif
