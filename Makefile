@@ -50,7 +50,7 @@ CFLAGS_ALL = -std=c17 -D_GNU_SOURCE -O2 -g $(WARN) $(WERROR) $(SAN_CFLAGS) \
 	-DVMOPS_VERSION='"$(VERSION)"' -Ilib -I$(BUILDDIR) $(PKG_CFLAGS) $(CONF_CFLAGS)
 LDFLAGS_ALL = $(SAN_CFLAGS) $(LDFLAGS)
 
-LIB_SRC = $(wildcard lib/*.c lib/migrate/*.c)
+LIB_SRC = $(wildcard lib/*.c lib/*/*.c)
 LIB_OBJ = $(patsubst lib/%.c,$(BUILDDIR)/lib/%.o,$(LIB_SRC)) $(BUILDDIR)/lib/schema_sql.o
 SQL = $(sort $(wildcard lib/sql/*.sql))
 TEST_SRC = $(wildcard tests/unit/test_*.c)
@@ -92,7 +92,7 @@ deps:
 
 # ---- library and programs ------------------------------------------------
 
-$(BUILDDIR)/lib/%.o: lib/%.c $(wildcard lib/*.h lib/migrate/*.h) config.mk
+$(BUILDDIR)/lib/%.o: lib/%.c $(wildcard lib/*.h lib/*/*.h) config.mk
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -c -o $@ $<
 

@@ -70,6 +70,8 @@ const char *vmops_exit_name(int code)
 		[VMOPS_EXIT_INTERRUPTED] = "interrupted",
 		[VMOPS_EXIT_WRONG_HOST] = "wrong-host",
 		[VMOPS_EXIT_UNKNOWN] = "unknown",
+		[VMOPS_EXIT_PARTIAL] = "partial",
+		[VMOPS_EXIT_INTEGRITY] = "integrity",
 	};
 	if (code < 0 || (size_t)code >= sizeof(names) / sizeof(names[0]) || !names[code])
 		return "unknown";

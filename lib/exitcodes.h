@@ -32,6 +32,8 @@ enum vmops_exit {
 	VMOPS_EXIT_WRONG_HOST  = 13, /* this host is not (or cannot be shown to be) the
 	                                worker named: host identity differs or is unknown */
 	VMOPS_EXIT_UNKNOWN     = 14, /* facts unknown (a live peer did not answer): nothing irreversible done; retry */
+	VMOPS_EXIT_PARTIAL     = 15, /* vm-drain: the worker still holds something; it stays draining */
+	VMOPS_EXIT_INTEGRITY   = 16, /* a bundle or manifest failed verification; nothing was launched */
 };
 
 /* Short stable name of an exit code ("ok", "usage", ...), for --json. */

@@ -89,6 +89,12 @@ struct vmops_hv *vmops_hv_prepare_incoming(const struct vmops_spec *spec,
 	if (!h)
 		return NULL;
 	h->interrupted = opts->interrupted;
+	if (!h->drv->prepare_incoming) {
+		vmops_err(err, VMOPS_EXIT_CONFLICT, "%s: live migration: not supported",
+			  h->drv->kind);
+		vmops_hv_free(h);
+		return NULL;
+	}
 	if (h->drv->launch(h, spec, opts, true, err) < 0) {
 		vmops_hv_free(h);
 		return NULL;
@@ -97,6 +103,28 @@ struct vmops_hv *vmops_hv_prepare_incoming(const struct vmops_spec *spec,
 		/* Release the receiver's memory; keep the first error. */
 		if (h->drv->destroy(h, 5000, &e2) < 0)
 			vmops_warn("%s", e2.msg);
+		vmops_hv_free(h);
+		return NULL;
+	}
+	return h;
+}
+
+struct vmops_hv *vmops_hv_launch_for_restore(const struct vmops_spec *spec,
+					     const struct vmops_hv_launch_opts *opts,
+					     struct vmops_error *err)
+{
+	struct vmops_hv *h = hv_new(spec->hypervisor, err);
+
+	if (!h)
+		return NULL;
+	h->interrupted = opts->interrupted;
+	if (!h->drv->restore) {
+		vmops_err(err, VMOPS_EXIT_CONFLICT, "%s: snapshot restore: not supported",
+			  h->drv->kind);
+		vmops_hv_free(h);
+		return NULL;
+	}
+	if (h->drv->launch(h, spec, opts, true, err) < 0) {
 		vmops_hv_free(h);
 		return NULL;
 	}
@@ -124,11 +152,6 @@ int vmops_hv_wait_ready(struct vmops_hv *h, int timeout_ms, struct vmops_error *
 	return h->drv->wait_ready(h, timeout_ms, err);
 }
 
-int vmops_hv_send(struct vmops_hv *h, const char *uri, const struct vmops_migrate_params *mp,
-		  struct vmops_error *err)
-{
-	return h->drv->send(h, uri, mp, err);
-}
 
 int vmops_hv_progress(struct vmops_hv *h, struct vmops_migrate_progress *p,
 		      struct vmops_error *err)

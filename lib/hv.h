@@ -124,8 +124,35 @@ struct vmops_vm_status {
 	bool running;
 };
 
+/*
+ * Snapshots.  A driver writes a snapshot as regular files in a directory
+ * it is given (dirfd), named as it likes (QEMU: one migration stream;
+ * Cloud Hypervisor: config.json, state.json, memory-ranges; Firecracker: a
+ * state file and a memory file), and restores from the same files.  The
+ * directory is ours: the caller bundles its files (lib/bundle) and never
+ * lets the VMM open a path it chose itself (QEMU gets an fd, not a path).
+ */
+struct vmops_snapshot_opts {
+	bool live;               /* QEMU: background-snapshot (VM keeps running) */
+	int timeout_ms;          /* the whole write */
+	volatile sig_atomic_t *interrupted;  /* give up (INTERRUPTED) when set; may be NULL */
+};
+
+/* Balloon free-page hinting round (Firecracker; others: not supported). */
+struct vmops_hint_status {
+	bool running;            /* a round is in progress */
+	uint64_t hinted_pages;   /* pages reported by the guest in this round */
+	uint64_t acked_pages;    /* pages the host acknowledged (discarded) */
+};
+
 struct vmops_hv;
 
+/*
+ * Operations a driver may leave NULL: the dispatcher (vmops_hv_*) then
+ * fails with VMOPS_EXIT_CONFLICT and "not supported", and vmops_hv_can()
+ * says so beforehand: quiesce, thaw, balloon_set, balloon_get, hint_start,
+ * hint_status, hint_stop, snapshot, restore, prepare_incoming, send.
+ */
 struct vmops_hv_driver {
 	const char *kind;
 	/* Start the VMM (incoming: as a migration receiver, not running yet). */
@@ -151,8 +178,38 @@ struct vmops_hv_driver {
 	int (*status)(struct vmops_hv *h, struct vmops_vm_status *st, struct vmops_error *err);
 	/* 1 if multi-connection migration works with this VMM, 0 if not, -1. */
 	int (*supports_multifd)(struct vmops_hv *h, struct vmops_error *err);
+	/*
+	 * Guest filesystems frozen / thawed through the guest agent.  Waiting
+	 * for the agent (agent_ms) and the freeze or thaw itself (op_ms) have
+	 * separate budgets; running out of one never eats the other's.
+	 * Returns the number of filesystems frozen / thawed, or -1.
+	 */
+	int (*quiesce)(struct vmops_hv *h, int agent_ms, int op_ms, struct vmops_error *err);
+	int (*thaw)(struct vmops_hv *h, int agent_ms, int op_ms, struct vmops_error *err);
+	/* Balloon target (bytes of guest memory taken away) and its actual size. */
+	int (*balloon_set)(struct vmops_hv *h, uint64_t bytes, struct vmops_error *err);
+	int (*balloon_get)(struct vmops_hv *h, uint64_t *bytes, struct vmops_error *err);
+	int (*hint_start)(struct vmops_hv *h, struct vmops_error *err);
+	int (*hint_status)(struct vmops_hv *h, struct vmops_hint_status *st,
+			   struct vmops_error *err);
+	int (*hint_stop)(struct vmops_hv *h, int timeout_ms, struct vmops_error *err);
+	/* Write a snapshot into dirfd (see struct vmops_snapshot_opts).  The VM
+	 * must be paused unless o->live; it is left in the state it was in. */
+	int (*snapshot)(struct vmops_hv *h, int dirfd, const struct vmops_snapshot_opts *o,
+			struct vmops_error *err);
+	/* On a VMM launched as a receiver: load the snapshot in dirfd and stay
+	 * paused (resume with vmops_hv_resume). */
+	int (*restore)(struct vmops_hv *h, int dirfd, int timeout_ms, struct vmops_error *err);
 	/* Free driver state (not the VMM). */
 	void (*release)(struct vmops_hv *h);
+};
+
+enum vmops_hv_op {
+	VMOPS_HV_OP_MIGRATE,     /* live migration: prepare_incoming + send */
+	VMOPS_HV_OP_QUIESCE,     /* quiesce + thaw */
+	VMOPS_HV_OP_BALLOON,     /* balloon_set + balloon_get */
+	VMOPS_HV_OP_HINT,        /* hint_start + hint_status + hint_stop */
+	VMOPS_HV_OP_SNAPSHOT,    /* snapshot + restore */
 };
 
 extern const struct vmops_hv_driver vmops_hv_qemu_driver;
@@ -177,6 +234,13 @@ struct vmops_hv *vmops_hv_prepare_incoming(const struct vmops_spec *spec,
 					   const char *uri,
 					   const struct vmops_migrate_params *mp,
 					   int timeout_ms, struct vmops_error *err);
+/*
+ * Launch a VMM that waits for a snapshot (QEMU: -incoming defer), for
+ * vmops_hv_restore(); it runs the guest only after vmops_hv_resume().
+ */
+struct vmops_hv *vmops_hv_launch_for_restore(const struct vmops_spec *spec,
+					     const struct vmops_hv_launch_opts *opts,
+					     struct vmops_error *err);
 /* Drive an existing VMM (info as recorded; is_child is ignored). */
 struct vmops_hv *vmops_hv_attach(const struct vmops_vmm_info *info, int timeout_ms,
 				 struct vmops_error *err);
@@ -193,6 +257,19 @@ int vmops_hv_pause(struct vmops_hv *h, struct vmops_error *err);
 int vmops_hv_resume(struct vmops_hv *h, struct vmops_error *err);
 int vmops_hv_status(struct vmops_hv *h, struct vmops_vm_status *st, struct vmops_error *err);
 int vmops_hv_supports_multifd(struct vmops_hv *h, struct vmops_error *err);
+/* Does this handle's driver implement `op`? */
+bool vmops_hv_can(const struct vmops_hv *h, enum vmops_hv_op op);
+int vmops_hv_quiesce(struct vmops_hv *h, int agent_ms, int op_ms, struct vmops_error *err);
+int vmops_hv_thaw(struct vmops_hv *h, int agent_ms, int op_ms, struct vmops_error *err);
+int vmops_hv_balloon_set(struct vmops_hv *h, uint64_t bytes, struct vmops_error *err);
+int vmops_hv_balloon_get(struct vmops_hv *h, uint64_t *bytes, struct vmops_error *err);
+int vmops_hv_hint_start(struct vmops_hv *h, struct vmops_error *err);
+int vmops_hv_hint_status(struct vmops_hv *h, struct vmops_hint_status *st,
+			 struct vmops_error *err);
+int vmops_hv_hint_stop(struct vmops_hv *h, int timeout_ms, struct vmops_error *err);
+int vmops_hv_snapshot(struct vmops_hv *h, int dirfd, const struct vmops_snapshot_opts *o,
+		      struct vmops_error *err);
+int vmops_hv_restore(struct vmops_hv *h, int dirfd, int timeout_ms, struct vmops_error *err);
 /* Is the VMM process alive: exists, not a zombie, same start time.  Reaps it
  * if our child.  A live process at a pid recorded without a start time is
  * unknown, and counts as alive here (see the top of this file). */
