@@ -95,13 +95,13 @@ static void serial_of_active(PGconn *c, char *buf, size_t len)
 	PQclear(r);
 }
 
-static pid_t spawn_migrate(const char *phase, const char *lease)
+/* vm-migrate sb1 --to w2 with VMOPS_FAULT=fault, output in RUNDIR/mig.out. */
+static pid_t spawn_migrate_fault(const char *fault, const char *lease)
 {
-	char out[300], fault[64];
+	char out[300];
 	pid_t pid;
 
 	snprintf(out, sizeof(out), "%s/mig.out", rundir);
-	snprintf(fault, sizeof(fault), "%s:stop", phase);
 	pid = fork();
 	cr_assert(pid >= 0);
 	if (pid == 0) {
@@ -115,6 +115,14 @@ static pid_t spawn_migrate(const char *phase, const char *lease)
 		_exit(127);
 	}
 	return pid;
+}
+
+static pid_t spawn_migrate(const char *phase, const char *lease)
+{
+	char fault[64];
+
+	snprintf(fault, sizeof(fault), "%s:stop", phase);
+	return spawn_migrate_fault(fault, lease);
 }
 
 static char proc_state(pid_t pid)
@@ -482,5 +490,62 @@ Test(faults, stalled_owner_is_fenced_off, .timeout = 300, .fini = kill_test_vms)
 	check_end_state(c, &g0, outcome, sizeof(outcome));
 	cr_assert_str_eq(outcome, "runs on w1");
 	PQfinish(c);
+}
+#endif
+
+#ifndef VMOPS_FAULTS_PG_RESTART
+/*
+ * An ambiguous COMMIT: the connection is cut just before or just after the
+ * COMMIT of the transaction that ends a phase.  vm-migrate reconnects,
+ * reads the outcome back (it did not commit / it did), runs the
+ * transaction again only if it had not committed, and completes.  Running
+ * the finish transaction again after it had committed would be refused
+ * (completion needs a sandbox still migrating), so a missing read-back
+ * fails commit_cut_after_finish (tried).  The release at "done" is
+ * idempotent; its case checks the read-back is reached.
+ */
+static void ambiguous_commit(const char *phase, const char *cut, const char *said)
+{
+	PGconn *c = fleet();
+	char log1[512], outcome[200], fault[64], out[300];
+	struct testlib_guest g0;
+	int rc;
+
+	testlib_need_qemu();
+	launch();
+	serial_of_active(c, log1, sizeof(log1));
+	testlib_wait_heartbeat(log1, 2, 90, &g0);
+	snprintf(fault, sizeof(fault), "%s:%s", phase, cut);
+	rc = wait_exit(spawn_migrate_fault(fault, "10s"));
+	snprintf(out, sizeof(out), "%s/mig.out", rundir);
+	{
+		char buf[8192] = "";
+		FILE *f = fopen(out, "r");
+		cr_assert(f);
+		buf[fread(buf, 1, sizeof(buf) - 1, f)] = '\0';
+		fclose(f);
+		cr_assert_eq(rc, 0, "vm-migrate with %s exited %d:\n%s", fault, rc, buf);
+		cr_assert(strstr(buf, "connection lost during COMMIT; it ") && strstr(buf, said),
+			  "vm-migrate with %s did not say it %s:\n%s", fault, said, buf);
+	}
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'completed' AND phase = 'done'"), 1);
+	check_end_state(c, &g0, outcome, sizeof(outcome));
+	cr_assert_str_eq(outcome, "runs on w2");
+	PQfinish(c);
+}
+
+Test(faults, commit_cut_before_finish, .timeout = 300, .fini = kill_test_vms)
+{
+	ambiguous_commit("finish", "cut-before-commit", "had not committed: running it again");
+}
+
+Test(faults, commit_cut_after_finish, .timeout = 300, .fini = kill_test_vms)
+{
+	ambiguous_commit("finish", "cut-after-commit", "had committed");
+}
+
+Test(faults, commit_cut_after_done, .timeout = 300, .fini = kill_test_vms)
+{
+	ambiguous_commit("done", "cut-after-commit", "had committed");
 }
 #endif
