@@ -19,9 +19,9 @@
  *   cut-after-commit   COMMIT succeeds, then the connection is cut and the
  *                      reply treated as lost: the outcome is ambiguous
  *
- * PHASE is a phase name of the operation (vm-migrate: claim, receiver,
- * transfer, switchover, finish, rollback).  Unset, empty or malformed: no
- * effect; a check then costs one load and one branch.  This is the one place
+ * PHASE is a phase name of the operation (vm-migrate: prepare, claim,
+ * receiver, transfer, switchover, finish, rollback).  Unset, empty or
+ * malformed: no effect; a check then costs one load and one branch.  This is the one place
  * in the library that may end the process, and only because it was asked to.
  */
 #ifndef VMOPS_FAULT_H

@@ -360,6 +360,33 @@ static int claim_target(PGconn *c, struct claim *a, struct vmops_migrate_report 
 
 /* ---- the attempt, phase by phase ---------------------------------------------- */
 
+/*
+ * The source did not answer: was it taken from under us (another migration
+ * claimed the sandbox, or moved it and stopped this VMM)?  Then that, not
+ * the hypervisor, is the error: CONFLICT, and true.
+ */
+static bool source_changed(PGconn *c, const char *sandbox, const struct source *was,
+			   struct vmops_error *e)
+{
+	struct vmops_error le = { 0 };
+	struct source now = { 0 };
+	bool changed;
+
+	if (load_source(c, sandbox, &now, &le) < 0) {
+		changed = le.code == VMOPS_EXIT_CONFLICT || le.code == VMOPS_EXIT_NOTFOUND;
+		if (changed)
+			vmops_err(e, le.code, "%s (changed while vm-migrate was preparing)", le.msg);
+	} else {
+		changed = now.vmm_id != was->vmm_id;
+		if (changed)
+			vmops_err(e, VMOPS_EXIT_CONFLICT,
+				  "sandbox %s changed while vm-migrate was preparing: it now runs on VMM %lld (%s)",
+				  sandbox, now.vmm_id, now.worker);
+	}
+	free(now.spec_json);
+	return changed;
+}
+
 /* Everything up to the claim: the sandbox, its spec, a --to that can work, a source that answers. */
 static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source *src, struct vmops_spec **spec,
 		   struct vmops_vmm_info *sinfo, struct vmops_migrate_report *r, struct vmops_error *e)
@@ -395,8 +422,11 @@ static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source 
 	 * may take minutes, so do not hold its control connection meanwhile. */
 	if (vmops_vm_load_info(c, src->vmm_id, sinfo, e) < 0)
 		return -1;
+	vmops_fault_point("prepare");
 	h = vmops_hv_attach(sinfo, 5000, e);
 	if (!h) {
+		if (source_changed(c, o->sandbox, src, e))
+			return -1;
 		e->code = VMOPS_EXIT_HYPERVISOR;
 		return vmops_err_prefix(e, "sandbox %s: source vmm %lld", o->sandbox, src->vmm_id);
 	}

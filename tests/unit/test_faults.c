@@ -549,3 +549,47 @@ Test(faults, commit_cut_after_done, .timeout = 300, .fini = kill_test_vms)
 	ambiguous_commit("done", "cut-after-commit", "had committed");
 }
 #endif
+
+#ifndef VMOPS_FAULTS_PG_RESTART
+/*
+ * A vm-migrate whose source was moved away by another migration while it
+ * prepared (stopped at "prepare", after reading the sandbox and before
+ * asking the source) says the sandbox changed (exit 10), not that the
+ * hypervisor failed (7, as the soak once saw).
+ */
+Test(faults, source_moved_while_preparing, .timeout = 300, .fini = kill_test_vms)
+{
+	PGconn *c = fleet();
+	char log1[512], outcome[200], out[300], buf[8192] = "";
+	struct testlib_guest g0;
+	struct testrun r;
+	FILE *f;
+	pid_t a;
+	int rc;
+
+	testlib_need_qemu();
+	launch();
+	serial_of_active(c, log1, sizeof(log1));
+	testlib_wait_heartbeat(log1, 2, 90, &g0);
+	a = spawn_migrate("prepare", "10s");
+	for (int i = 0; proc_state(a) != 'T'; i++) {
+		cr_assert(proc_state(a) != 0 && proc_state(a) != 'Z' && i < 1200, "vm-migrate did not stop");
+		usleep(100000);
+	}
+	TESTRUN(&r, "vm-migrate", "--db", ci, "-q", "sb1", "--to", "w2");
+	cr_assert_eq(r.status, 0, "the other migration: %s", r.err);
+	testrun_free(&r);
+	kill(a, SIGCONT);
+	rc = wait_exit(a);
+	snprintf(out, sizeof(out), "%s/mig.out", rundir);
+	f = fopen(out, "r");
+	cr_assert(f);
+	buf[fread(buf, 1, sizeof(buf) - 1, f)] = '\0';
+	fclose(f);
+	cr_assert_eq(rc, VMOPS_EXIT_CONFLICT, "exit %d:\n%s", rc, buf);
+	cr_assert(strstr(buf, "changed while vm-migrate was preparing"), "%s", buf);
+	check_end_state(c, &g0, outcome, sizeof(outcome));
+	cr_assert_str_eq(outcome, "runs on w2");
+	PQfinish(c);
+}
+#endif
