@@ -305,6 +305,67 @@ static bool interrupted(const struct vmops_migrate_opts *o)
 	return o->interrupted && *o->interrupted;
 }
 
+/* VMOPS_FAULT=claim:cut-after-commit: the claim committed, its reply "lost". */
+static int claim_commit_fault(PGconn *c, struct claim *a, struct vmops_error *e)
+{
+	if (a->dry || vmops_fault_commit("claim") != VMOPS_FAULT_COMMIT_CUT_AFTER)
+		return 0;
+	shutdown(PQsocket(c), SHUT_RDWR);
+	return vmops_err(e, VMOPS_EXIT_DB, "database connection lost during COMMIT (VMOPS_FAULT)");
+}
+
+/* After a lost connection: is there a claim of ours for this sandbox?  Fill *a from it. */
+static int claim_read_back(PGconn *c, struct claim *a, struct vmops_error *e)
+{
+	char sid[24];
+	_cleanup_pgresult_ PGresult *r = vmops_db_q(c, e,
+		"SELECT m.id, m.target_vmm_id, w.id AS wid, w.name, w.migration_address, w.port_min, w.port_max,"
+		"  v.run_dir"
+		" FROM migrations m JOIN workers w ON w.id = m.target_worker_id JOIN vmms v ON v.id = m.target_vmm_id"
+		" WHERE m.sandbox_id = $1 AND m.lease_owner = $2 AND m.phase = 'claim' AND m.generation = 1",
+		vmops_db_ll(sid, a->src->sandbox_id), a->owner);
+
+	if (!r)
+		return -1;
+	if (PQntuples(r) != 1)
+		return 0;
+	a->migration_id = vmops_db_get_ll(r, 0, "id", -1);
+	a->target_vmm_id = vmops_db_get_ll(r, 0, "target_vmm_id", -1);
+	a->target_worker_id = vmops_db_get_ll(r, 0, "wid", -1);
+	snprintf(a->target, sizeof(a->target), "%s", vmops_db_get(r, 0, "name"));
+	snprintf(a->address, sizeof(a->address), "%s", vmops_db_get(r, 0, "migration_address"));
+	a->port_min = vmops_db_get_ll(r, 0, "port_min", 49152);
+	a->port_max = vmops_db_get_ll(r, 0, "port_max", 49407);
+	/* The VMM's run dir is RUN_DIR/vmm-ID: the worker's part is its parent. */
+	snprintf(a->run_dir, sizeof(a->run_dir), "%s", vmops_db_get(r, 0, "run_dir"));
+	if (strrchr(a->run_dir, '/'))
+		*strrchr(a->run_dir, '/') = '\0';
+	return 1;
+}
+
+/*
+ * The connection was lost during the claim (nothing physical has happened
+ * yet): reconnect for up to the lease length, then read back whether the
+ * claim committed.  1: it had (*a filled), 0: it had not (claim again), -1.
+ */
+static int claim_reconnect(PGconn *c, struct claim *a, struct vmops_error *e)
+{
+	uint64_t until = now_ms() + a->o->lease_ms;
+	int k;
+
+	while (PQreset(c), PQstatus(c) != CONNECTION_OK) {
+		if (now_ms() >= until || interrupted(a->o))
+			return vmops_err(e, VMOPS_EXIT_DB, "database unreachable while claiming a target (%s)",
+					 PQerrorMessage(c));
+		sleep_ms(500);
+	}
+	k = claim_read_back(c, a, e);
+	if (k >= 0)
+		vmops_warn("sandbox %s: connection lost while claiming a target; the claim %s", a->o->sandbox,
+			   k ? "had committed" : "had not committed: claiming again");
+	return k;
+}
+
 static int claim_target(PGconn *c, struct claim *a, struct vmops_migrate_report *rep,
 			struct vmops_error *e)
 {
@@ -314,9 +375,22 @@ static int claim_target(PGconn *c, struct claim *a, struct vmops_migrate_report 
 		struct vmops_error ce = { 0 };
 		uint64_t waited, next;
 
-		if (vmops_db_tx(c, VMOPS_READ_COMMITTED, claim_tx, a, &ce) == 0) {
+		if (vmops_db_tx(c, VMOPS_READ_COMMITTED, claim_tx, a, &ce) == 0 &&
+		    claim_commit_fault(c, a, &ce) == 0) {
 			rep->wait_ms = now_ms() - start;
 			return 0;
+		}
+		if (ce.code == VMOPS_EXIT_DB && !a->dry) {
+			int k = claim_reconnect(c, a, &ce);
+			if (k < 0) {
+				*e = ce;
+				return -1;
+			}
+			if (k > 0) {
+				rep->wait_ms = now_ms() - start;
+				return 0;
+			}
+			continue;
 		}
 		/* Lost a race for the guard or the room: choose again right away. */
 		if (strcmp(ce.sqlstate, "23505") == 0 || strcmp(ce.sqlstate, "VO001") == 0 ||
