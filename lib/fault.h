@@ -11,8 +11,8 @@
  *   stop          SIGSTOP to itself; after SIGCONT it carries on
  *                 (a stalled process, or a window for a test to act in)
  *
- * and, for the transaction that ends a phase (vmops_fault_commit()), once
- * per process:
+ * and, for the transaction that ends a phase (vmops_fault_commit(); vm-migrate:
+ * claim (cut-after only), finish, done), once per process:
  *
  *   cut-before-commit  the database connection is cut just before COMMIT
  *                      (the server rolls the transaction back)
