@@ -101,6 +101,11 @@ Test(fleet, launch_records_identity_reservation_and_billing, .timeout = 120, .fi
 	}
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'destroyed'"), 1);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE state = 'destroyed'"), 1);
+	{
+		PGresult *rd = testdb_exec(c, "SELECT run_dir FROM vmms");
+		cr_assert_neq(access(PQgetvalue(rd, 0, 0), F_OK), 0, "run directory %s left behind", PQgetvalue(rd, 0, 0));
+		PQclear(rd);
+	}
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 0);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 0);
 	TESTRUN(&r, "vm-fleet", "--db", ci, "destroy", "sb1");
