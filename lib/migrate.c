@@ -80,6 +80,9 @@ bool vmops_migrate_lowwater_stalled(struct vmops_migrate_lowwater *lw, uint64_t 
 
 /* ---- the sandbox and its source ------------------------------------------ */
 
+/* When a sandbox is found migrating: what to do if nobody is moving it. */
+#define ALREADY_HINT " (if no vm-migrate is moving it, run 'vm-migrate --recover' once its lease has expired)"
+
 struct source {
 	long long sandbox_id, vmm_id, worker_id;
 	char org[128];
@@ -112,7 +115,8 @@ static int load_source(PGconn *c, const char *sandbox, struct source *s, struct 
 	snprintf(s->worker, sizeof(s->worker), "%s",
 		 vmops_db_get(r, 0, "worker") ? vmops_db_get(r, 0, "worker") : "");
 	if (strcmp(s->status, "migrating") == 0)
-		return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s is already migrating", sandbox);
+		return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s is already migrating%s", sandbox,
+				 ALREADY_HINT);
 	if (strcmp(s->status, "running") != 0)
 		return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s is %s, not running", sandbox, s->status);
 	if (s->vmm_id < 0 || s->worker_id < 0)
@@ -398,14 +402,15 @@ static int claim_target(PGconn *c, struct claim *a, struct vmops_migrate_report 
 		    strcmp(ce.sqlstate, "40001") == 0) {
 			if (strstr(ce.msg, "migrations_active_sandbox_uq")) {
 				*e = ce;
-				return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s is already migrating",
+				return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s is already migrating" ALREADY_HINT,
 						 a->o->sandbox);
 			}
 			vmops_debug("target claim lost a race (%s); choosing again", ce.msg);
 			sleep_ms(50 + vmops_db_jitter_ms(200));
 			continue;
 		}
-		if (!a->none) {
+		if (!a->none || a->o->dry_run) {
+			/* A dry run reports the situation now; it never waits for room. */
 			*e = ce;
 			return -1;
 		}
