@@ -96,7 +96,7 @@ static void serial_of_active(PGconn *c, char *buf, size_t len)
 }
 
 /* vm-migrate sb1 --to w2 with VMOPS_FAULT=fault, output in RUNDIR/mig.out. */
-static pid_t spawn_migrate_fault(const char *fault, const char *lease)
+static pid_t spawn_migrate_fault_bw(const char *fault, const char *lease, const char *bw)
 {
 	char out[300];
 	pid_t pid;
@@ -111,10 +111,16 @@ static pid_t spawn_migrate_fault(const char *fault, const char *lease)
 		dup2(fd, 2);
 		setenv("VMOPS_FAULT", fault, 1);
 		snprintf(path, sizeof(path), "%s/vm-migrate", getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin");
-		execl(path, "vm-migrate", "--db", ci, "-v", "sb1", "--to", "w2", "--lease", lease, (char *)NULL);
+		execl(path, "vm-migrate", "--db", ci, "-v", "sb1", "--to", "w2", "--lease", lease,
+		      "--max-bandwidth", bw, (char *)NULL);
 		_exit(127);
 	}
 	return pid;
+}
+
+static pid_t spawn_migrate_fault(const char *fault, const char *lease)
+{
+	return spawn_migrate_fault_bw(fault, lease, "32G/s");
 }
 
 static pid_t spawn_migrate(const char *phase, const char *lease)
@@ -597,6 +603,55 @@ Test(faults, source_moved_while_preparing, .timeout = 300, .fini = kill_test_vms
 	cr_assert(strstr(buf, "changed while vm-migrate was preparing"), "%s", buf);
 	check_end_state(c, &g0, outcome, sizeof(outcome));
 	cr_assert_str_eq(outcome, "runs on w2");
+	PQfinish(c);
+}
+#endif
+
+#ifndef VMOPS_FAULTS_PG_RESTART
+/*
+ * Ctrl-C, then Ctrl-C again while the first is being cleaned up (held at
+ * the rollback boundary): vm-migrate leaves at once with exit 12 and says
+ * the attempt is left to its lease; --recover then finishes it.
+ */
+Test(faults, second_interrupt_leaves_at_once, .timeout = 300, .fini = kill_test_vms)
+{
+	PGconn *c = fleet();
+	char log1[512], outcome[200], out[300], buf[8192] = "";
+	struct testlib_guest g0;
+	int rc, first = -1;
+	FILE *f;
+	pid_t mig;
+
+	testlib_need_qemu();
+	launch();
+	serial_of_active(c, log1, sizeof(log1));
+	testlib_wait_heartbeat(log1, 2, 90, &g0);
+	/* 1 MiB/s: the transfer of a 128 MiB guest outlasts the test's steps */
+	mig = spawn_migrate_fault_bw("rollback:stop", "5s", "1M/s");
+	for (int i = 0; testdb_ll(c, "SELECT count(*) FROM migrations WHERE phase = 'transfer'") == 0; i++) {
+		cr_assert(proc_state(mig) != 0 && proc_state(mig) != 'Z' && i < 1200, "no transfer began");
+		usleep(100000);
+	}
+	kill(mig, SIGINT);
+	for (int i = 0; proc_state(mig) != 'T'; i++) {
+		cr_assert(proc_state(mig) != 0 && proc_state(mig) != 'Z' && i < 1200,
+			  "vm-migrate did not reach the rollback after the first SIGINT");
+		usleep(100000);
+	}
+	kill(mig, SIGINT);
+	kill(mig, SIGCONT);
+	rc = wait_exit(mig);
+	snprintf(out, sizeof(out), "%s/mig.out", rundir);
+	f = fopen(out, "r");
+	cr_assert(f);
+	buf[fread(buf, 1, sizeof(buf) - 1, f)] = '\0';
+	fclose(f);
+	cr_assert_eq(rc, VMOPS_EXIT_INTERRUPTED, "exit %d:\n%s", rc, buf);
+	cr_assert(strstr(buf, "second interrupt: leaving at once") && strstr(buf, "vm-migrate --recover"), "%s", buf);
+	wait_leases_expired(c);
+	cr_assert_eq(recover(&first), 0);
+	check_end_state(c, &g0, outcome, sizeof(outcome));
+	cr_assert_str_eq(outcome, "runs on w1");
 	PQfinish(c);
 }
 #endif
