@@ -6,7 +6,7 @@
 # ${VMOPS_BENCH_BUNDLE_MEM_MB:-1024 2048} MiB the test guest
 # (tests/guest/build-guest.sh) boots under QEMU (TCG, 1 vCPU, the same
 # QEMU options lib/hv_qemu.c uses) with vmops.static_mb and vmops.dirty_mb
-# set to a quarter of its memory each (so memory holds random, repeating
+# set to an eighth of its memory each (so memory holds random, repeating
 # and zero pages), runs until "HEARTBEAT 2", is stopped, and is migrated
 # with QMP `migrate` to "exec:cat > memory" (the benchmark only; vmops
 # itself hands QEMU a file descriptor).  Beside it a sparse 512 MiB disk
@@ -78,7 +78,7 @@ PY
 make_snapshot() {  # MEM_MB DIR
 	mem=$1 d=$2
 	mkdir -p "$d"
-	q=$((mem / 4))
+	q=$((mem / 8))
 	qemu-system-x86_64 -name vmops-bench-bundle -nodefaults -no-user-config -nographic -display none \
 		-accel tcg -m "$((mem * 1024 + 8))k" -smp 1 -kernel "$VMOPS_TEST_KERNEL" -initrd "$VMOPS_TEST_INITRD" \
 		-append "console=ttyS0 vmops.static_mb=$q vmops.dirty_mb=$q" \
@@ -112,18 +112,19 @@ run() {  # MEM METHOD REP DIR
 	rm -f "$out"
 	t0=$(ms)
 	case $m in
-	tar) (cd "$d" && tar --sparse -cf - memory disk.img | zstd -q -1 -T0 >"$out") ;;
-	bundle) "$bb" write - "$d" memory disk.img >"$out" 2>"$tmp/bb.err" ;;
-	path) "$bb" write "$out" "$d" memory disk.img 2>"$tmp/bb.err" ;;
-	verify) "$bb" verify "$tmp/out.path" 2>"$tmp/bb.err" ;;
+	tar) /usr/bin/time -o "$tmp/cpu" -f "%U %S" sh -c 'cd "$1" && tar --sparse -cf - memory disk.img | zstd -q -1 -T0 >"$2"' sh "$d" "$out" ;;
+	bundle) /usr/bin/time -o "$tmp/cpu" -f "%U %S" "$bb" write - "$d" memory disk.img >"$out" 2>"$tmp/bb.err" ;;
+	path) /usr/bin/time -o "$tmp/cpu" -f "%U %S" "$bb" write "$out" "$d" memory disk.img 2>"$tmp/bb.err" ;;
+	verify) /usr/bin/time -o "$tmp/cpu" -f "%U %S" "$bb" verify "$tmp/out.path" 2>"$tmp/bb.err" ;;
 	esac
 	t=$(( $(ms) - t0 ))
+	cpu=$(awk '{ printf "%d", ($1 + $2) * 1000 }' "$tmp/cpu")
 	if [ "$m" = verify ]; then size=$(stat -c %s "$tmp/out.path"); else size=$(stat -c %s "$out"); fi
 	hash=$(sed -n 's/.*"first_byte_s": \([0-9.-]*\).*/\1/p' "$tmp/bb.err" 2>/dev/null | tail -n1)
 	[ "$m" = bundle ] || [ "$m" = path ] || hash=""
 	: >"$tmp/bb.err"
-	echo "$mem $m $rep $t $size $apparent ${hash:-0} $(cut -d' ' -f1 /proc/loadavg)" >>"$res"
-	log "$mem MiB $m rep $rep: $t ms, out $size B$([ -n "$hash" ] && echo ", hashing pass $hash s")"
+	echo "$mem $m $rep $t $size $apparent ${hash:-0} $(cut -d' ' -f1 /proc/loadavg) $cpu" >>"$res"
+	log "$mem MiB $m rep $rep: $t ms (CPU $cpu ms), out $size B$([ -n "$hash" ] && echo ", hashing pass $hash s"), load $(cut -d' ' -f1 /proc/loadavg)"
 }
 
 for mem in $mems; do
@@ -151,8 +152,8 @@ python3 - "$res" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 M = 1 << 20
-print("\n| guest | method | runs | median wall | throughput | output | ratio | hashing pass | vs tar|zstd |")
-print("|------:|--------|-----:|------:|------:|------:|------:|------:|------:|")
+print("\n| guest | method | runs | median wall | throughput | vs tar\\|zstd | median CPU (user+sys) | output | ratio | hashing pass |")
+print("|------:|--------|-----:|------:|------:|------:|------:|------:|------:|------:|")
 for mem in sorted({int(r[0]) for r in rows}):
     tp = {}
     for m, name in (("tar", "tar --sparse | zstd -1 -T0"), ("bundle", "bundle to stdout"),
@@ -162,10 +163,12 @@ for mem in sorted({int(r[0]) for r in rows}):
         w = statistics.median(int(r[3]) for r in rs)
         size, app = int(rs[-1][4]), int(rs[-1][5])
         h = statistics.median(float(r[6]) for r in rs)
+        cpu = statistics.median(int(r[8]) for r in rs)
         tp[m] = app / (w / 1000)
         rel = "" if m == "tar" else "%.0f %%" % (100 * tp[m] / tp["tar"])
-        print("| %d MiB | %s | %d | %.2f s | %.0f MiB/s | %.1f MiB | %.2f | %s | %s |" % (
-            mem, name, len(rs), w / 1000, tp[m] / M, size / M, app / size,
-            "%.2f s" % h if m in ("bundle", "path") else "", rel))
-print("\nthroughput counts apparent bytes (holes included) per wall second; ratio = apparent / output")
+        print("| %d MiB | %s | %d | %.2f s | %.0f MiB/s | %s | %.2f s | %.1f MiB | %.3f | %s |" % (
+            mem, name.replace("|", "\\|"), len(rs), w / 1000, tp[m] / M, rel, cpu / 1000, size / M, app / size,
+            "%.2f s" % h if m in ("bundle", "path") else ""))
+print("\nthroughput counts apparent bytes (holes included) per wall second; ratio = apparent / output;")
+print("hashing pass = time before the first archive byte (SHA-256 of every member, holes hashed as zeros)")
 PY
