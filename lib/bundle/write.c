@@ -145,6 +145,7 @@ static struct archive *open_archive(int out_fd, const struct vmops_bundle_opts *
 	    archive_write_add_filter_zstd(a) != ARCHIVE_OK ||
 	    archive_write_set_filter_option(a, "zstd", "compression-level", level) != ARCHIVE_OK ||
 	    archive_write_set_filter_option(a, "zstd", "threads", threads) != ARCHIVE_OK ||
+	    archive_write_set_bytes_per_block(a, 1 << 20) != ARCHIVE_OK ||
 	    archive_write_set_bytes_in_last_block(a, 1) != ARCHIVE_OK ||
 	    archive_write_open_fd(a, out_fd) != ARCHIVE_OK) {
 		archive_fail(a, "opening the archive", err);

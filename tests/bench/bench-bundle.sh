@@ -87,7 +87,7 @@ make_snapshot() {  # MEM_MB DIR
 	i=0
 	while ! grep -aq 'HEARTBEAT 2 ' "$d/serial.log" 2>/dev/null; do
 		i=$((i + 1))
-		if [ $i -gt 6000 ] || ! [ -d "/proc/$qpid" ] || grep -aq VMOPS-GUEST-ERROR "$d/serial.log"; then
+		if [ $i -gt 6000 ] || ! [ -d "/proc/$qpid" ] || grep -aq VMOPS-GUEST-ERROR "$d/serial.log" 2>/dev/null; then
 			log "${mem} MiB guest: no HEARTBEAT 2 ($(tail -c 300 "$d/serial.log" 2>/dev/null | tr -d '\r' | tail -n 2))"
 			return 1
 		fi
