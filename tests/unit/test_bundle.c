@@ -384,6 +384,27 @@ Test(bundle, interrupted_write_leaves_nothing)
 	vmops_manifest_clear(&m);
 }
 
+Test(bundle, interrupted_extract_leaves_nothing)
+{
+	struct vmops_bundle_opts o = { .progress = stop_after_first, .interrupted = &stop_flag };
+	struct vmops_manifest m;
+	struct vmops_error e = { 0 };
+	char path[160];
+	int fd;
+
+	make_members();
+	fill_manifest(&m);
+	snprintf(path, sizeof(path), "%s/b.tar.zst", out);
+	cr_assert_eq(vmops_bundle_write_path(path, dir_fd(src), members, 5, &m, NULL, &e), 0, "%s", e.msg);
+	vmops_manifest_clear(&m);
+	fd = open(path, O_RDONLY);
+	cr_assert_eq(vmops_bundle_extract_fd(fd, dir_fd(dst), &m, &o, &e), -1);
+	cr_assert_eq(e.code, VMOPS_EXIT_INTERRUPTED, "%d %s", e.code, e.msg);
+	cr_assert_eq(count_entries(dst), 0, "extracted files removed");
+	cr_assert_null(m.spec);
+	close(fd);
+}
+
 Test(bundle, failing_member_leaves_nothing)
 {
 	const char *const bad[][2] = { { "memory", "missing" }, { "memory", "link" }, { "memory", "fifo" },
