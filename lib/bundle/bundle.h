@@ -85,7 +85,8 @@ struct vmops_bundle_opts {
  * Write a bundle of the regular files `names[0..n)` in directory dirfd to
  * out_fd.  Fills m->members (names, sizes, checksums) and m->format; the
  * caller fills the rest of *m (vmops_version and created are filled if
- * empty).  out_fd is not closed.
+ * empty).  out_fd is not closed.  Streaming to a pipe, ignore SIGPIPE:
+ * a reader that goes away then fails the write with EPIPE.
  */
 int vmops_bundle_write_fd(int out_fd, int dirfd, const char *const *names, size_t n,
 			  struct vmops_manifest *m, const struct vmops_bundle_opts *o,
