@@ -313,6 +313,13 @@ static int write_archive(int out_fd, const char *text, const char *const *names,
 	}
 	rc = 0;
 out:
+	if (rc < 0) {
+		/* Fail first so closing neither pads the unfinished entry nor
+		 * leaves a well-formed end; close anyway: libarchive 3.6 frees
+		 * its output buffer only there, even after a failed write. */
+		archive_write_fail(a);
+		archive_write_close(a);
+	}
 	archive_write_free(a);
 	return rc;
 }
