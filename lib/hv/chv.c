@@ -144,7 +144,7 @@ static int chv_launch(struct vmops_hv *h, const struct vmops_spec *spec,
 	if (rest_spawn(h, opts->binary ? opts->binary : CHV_BINARY, argv, opts->die_with_parent,
 		       err) < 0)
 		return -1;
-	if (rest_wait_socket(h, priv(h)->timeout_ms, err) < 0 || ping(h, err) < 0 ||
+	if (rest_wait_socket(h, VMOPS_HV_SOCKET_TIMEOUT_MS, err) < 0 || ping(h, err) < 0 ||
 	    (!incoming && create_and_boot(h, spec, err) < 0)) {
 		/* nothing half-started stays behind */
 		if (vmops_hv_stop_process(h, false, 5000, &e2) < 0)

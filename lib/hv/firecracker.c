@@ -145,7 +145,7 @@ static int fc_launch(struct vmops_hv *h, const struct vmops_spec *spec,
 	if (rest_spawn(h, opts->binary ? opts->binary : FC_BINARY, argv, opts->die_with_parent,
 		       err) < 0)
 		return -1;
-	if (rest_wait_socket(h, priv(h)->timeout_ms, err) < 0 ||
+	if (rest_wait_socket(h, VMOPS_HV_SOCKET_TIMEOUT_MS, err) < 0 ||
 	    call(h, "GET", "/", NULL, NULL, err) < 0 ||
 	    (!incoming && (put_machine(h, spec, err) < 0 || put_boot(h, spec, err) < 0 ||
 			   put_drives(h, spec, err) < 0 || put_balloon(h, spec, err) < 0 ||

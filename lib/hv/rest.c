@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,6 +52,13 @@ int rest_oom(struct vmops_hv *h, struct vmops_error *err)
 	return vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": out of memory", VMM_ARG(h));
 }
 
+static int default_timeout_ms = VMOPS_HV_API_TIMEOUT_MS;
+
+void vmops_hv_rest_set_default_timeout(int timeout_ms)
+{
+	default_timeout_ms = timeout_ms > 0 ? timeout_ms : VMOPS_HV_API_TIMEOUT_MS;
+}
+
 struct rest_priv *rest_priv(struct vmops_hv *h, struct vmops_error *err)
 {
 	struct rest_priv *p = vmops_hv_priv(h);
@@ -61,7 +70,7 @@ struct rest_priv *rest_priv(struct vmops_hv *h, struct vmops_error *err)
 		rest_oom(h, err);
 		return NULL;
 	}
-	p->timeout_ms = VMOPS_HV_API_TIMEOUT_MS;
+	p->timeout_ms = default_timeout_ms;
 	vmops_hv_set_priv(h, p);
 	return p;
 }
@@ -260,6 +269,20 @@ int rest_exited_error(struct vmops_hv *h, struct vmops_error *err)
 			 (int)vmops_hv_info(h)->pid, tail[0] ? ": " : "", tail);
 }
 
+static bool can_connect(const struct vmops_vmm_info *info)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	bool ok;
+
+	if (fd < 0)
+		return false;
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", info->control_socket);
+	ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	close(fd);
+	return ok;
+}
+
 int rest_wait_socket(struct vmops_hv *h, int timeout_ms, struct vmops_error *err)
 {
 	const struct vmops_vmm_info *info = vmops_hv_info(h);
@@ -267,7 +290,8 @@ int rest_wait_socket(struct vmops_hv *h, int timeout_ms, struct vmops_error *err
 	struct stat st;
 
 	for (;;) {
-		if (stat(info->control_socket, &st) == 0 && S_ISSOCK(st.st_mode))
+		/* a socket file exists from bind(); it answers from listen() */
+		if (stat(info->control_socket, &st) == 0 && S_ISSOCK(st.st_mode) && can_connect(info))
 			return 0;
 		if (info->pid > 0 && !vmops_hv_is_alive(h))
 			return rest_exited_error(h, err);

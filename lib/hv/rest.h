@@ -25,6 +25,9 @@
 
 /* Default budget of one API call. */
 #define VMOPS_HV_API_TIMEOUT_MS 10000
+/* How long a starting VMM may take to create its API socket (the process is
+ * watched meanwhile: one that exits fails at once). */
+#define VMOPS_HV_SOCKET_TIMEOUT_MS 30000
 
 /* A blocking call run in a detached thread; it owns a copy of what it needs,
  * so a handle may be freed while the call still waits. */
@@ -44,7 +47,10 @@ struct rest_priv {
 extern const struct vmops_hv_driver vmops_hv_chv_driver;
 extern const struct vmops_hv_driver vmops_hv_firecracker_driver;
 
-/* Budget of each API call of this handle (default VMOPS_HV_API_TIMEOUT_MS). */
+/* Budget of each API call of handles made from now on (default
+ * VMOPS_HV_API_TIMEOUT_MS; <= 0 restores it), process-wide. */
+void vmops_hv_rest_set_default_timeout(int timeout_ms);
+/* Budget of each API call of this handle (default: the above). */
 void vmops_hv_rest_set_timeout(struct vmops_hv *h, int timeout_ms);
 
 /* --- for lib/hv drivers --------------------------------------------------- */
