@@ -14,6 +14,8 @@ Hypervisor, "PATCH /vm" for Firecracker), MODE one of
   slow   answer after VMOPS_FAKE_SLOW_MS (default 2000) ms
   drop   close the connection without answering
 Modes may carry a count ("vm.pause:error:1"): only the first N calls fail.
+Faults can also be armed while the fake runs: write them, one a line, to
+SOCK.fault; the fake reads (and removes) that file before each request.
 """
 
 import http.server
@@ -150,6 +152,18 @@ class Faults:
                     sys.exit("fake: --fault %s: mode must be error, hang, slow or drop" % part)
                 self.rules[call] = [mode, count]
 
+    def load(self, path):
+        """Rules added at run time: a file written next to the socket."""
+        try:
+            with open(path) as f:
+                items = f.read().split("\n")
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        more = Faults(items)
+        with self.lock:
+            self.rules.update(more.rules)
+
     def take(self, call):
         with self.lock:
             r = self.rules.get(call)
@@ -199,6 +213,7 @@ class Fake:
         raw = h.rfile.read(length) if length > 0 else b""
         path = h.path.split("?", 1)[0]
         route, args, ok = self.find(method, path)
+        self.faults.load(self.sock_path + ".fault")
         call = route.call if route and ok else "%s %s" % (method, path)
         mode = self.faults.take(call) if route and ok else None
         entry = dict(method=method, path=path, call=call, body=raw.decode("utf-8", "replace"))
