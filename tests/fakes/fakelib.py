@@ -55,6 +55,16 @@ class Spec:
             s = self.schemas[s["$ref"].rsplit("/", 1)[1]]
         return s
 
+    def known(self, value, schema):
+        """value without the fields the schema does not know (what serde keeps)."""
+        s = self.resolve(schema)
+        if isinstance(value, dict) and "properties" in s:
+            return {k: self.known(v, s["properties"][k]) for k, v in value.items()
+                    if k in s["properties"]}
+        if isinstance(value, list) and "items" in s:
+            return [self.known(v, s["items"]) for v in value]
+        return value
+
     def validate(self, value, schema, deny_unknown, where=""):
         """None if value fits schema (serde-like), else a serde-style message."""
         s = self.resolve(schema)
