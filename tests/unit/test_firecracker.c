@@ -8,7 +8,8 @@
  * finishes in time is waited for; one that does not is stopped before the
  * pause (call order asserted from the fake's log) and the snapshot is
  * intact; a stop that fails aborts the snapshot and leaves the VM running.
- * No QEMU, no database.
+ * No QEMU; one case (vm-migrate refusing a Firecracker sandbox) uses the
+ * test database (tests/run-one.sh).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -30,6 +31,7 @@
 #include "hv/rest.h"
 #include "log.h"
 #include "spec.h"
+#include "testlib.h"
 
 static char dir[64];
 static char fake[PATH_MAX];
@@ -716,4 +718,53 @@ Test(firecracker, faults_at_each_call)
 			destroy(h);
 		}
 	close(snap_fd);
+}
+
+/* --- vm-migrate (database: run through tests/run-one.sh) ------------------------------- */
+
+static char *db_state(PGconn *c)
+{
+	PGresult *r = testdb_exec(c,
+		"SELECT (SELECT count(*) FROM migrations) || '/' || (SELECT count(*) FROM vmms) || '/' ||"
+		" (SELECT count(*) FROM reservations) || '/' ||"
+		" (SELECT string_agg(name || ':' || status, ',' ORDER BY name) FROM sandboxes) || '/' ||"
+		" (SELECT count(*) FROM scale_events WHERE ended_at IS NULL)");
+	char *s = strdup(PQgetvalue(r, 0, 0));
+
+	PQclear(r);
+	return s;
+}
+
+Test(firecracker, vm_migrate_refuses_and_says_how)
+{
+	char ci[512], sql[1024];
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	struct testrun r;
+	char *before, *after;
+
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO workers (name, memory_mb, vcpus, run_dir, state) VALUES"
+		 " ('w1', 4096, 8, '%s/w1', 'active'), ('w2', 4096, 8, '%s/w2', 'active')", dir, dir);
+	PQclear(testdb_exec(c, sql));
+	/* the socket does not exist: a refusal must come before any attach */
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "register", "--sandbox", "fc1", "--org", "acme",
+		"--worker", "w1", "--memory", "256M", "--vcpus", "1", "--hypervisor", "firecracker",
+		"--control-socket", "/nonexistent-vmops/fc.sock");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	testrun_free(&r);
+	PQclear(testdb_exec(c, "UPDATE sandboxes SET launch_spec = '{\"hypervisor\":\"firecracker\","
+				"\"memory_mb\":256,\"vcpus\":1,\"kernel\":\"/boot/vmlinux\"}'"));
+	before = db_state(c);
+	TESTRUN(&r, "vm-migrate", "--db", ci, "fc1");
+	cr_expect_eq(r.status, VMOPS_EXIT_CONFLICT, "exit %d: %s", r.status, r.err);
+	cr_expect(strstr(r.err, "firecracker has no live migration"), "%s", r.err);
+	cr_expect(strstr(r.err, "snapshot-prep hibernate"), "%s", r.err);
+	cr_expect_eq(testlib_lines(r.err), 1, "%s", r.err);
+	cr_expect_str_eq(r.out, "");
+	testrun_free(&r);
+	after = db_state(c);
+	cr_expect_str_eq(after, before, "the refusal changed the database");
+	free(before);
+	free(after);
+	PQfinish(c);
 }
