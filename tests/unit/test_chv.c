@@ -7,7 +7,9 @@
  * connections (counted by the receiving fake), 0 and 129 refused, more
  * than one over a UNIX socket refused by the API and handled, v52's
  * synchronous send-migration, the hypervisor's error text, and every fault
- * of the fake at every call the driver makes.  No QEMU, no database.
+ * of the fake at every call the driver makes; then vm-fleet launch and
+ * vm-migrate --connections 4 end to end on two fakes.  No QEMU; the last
+ * case uses the test database (tests/run-one.sh).
  *
  * VMOPS_TEST_DEBUG=1: library logs on stderr; VMOPS_TEST_KEEP=1: keep the
  * run directories.
@@ -17,6 +19,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +35,7 @@
 #include "hv/rest.h"
 #include "log.h"
 #include "spec.h"
+#include "testlib.h"
 
 static char dir[64];
 static char fake[PATH_MAX];
@@ -66,12 +70,16 @@ static void setup(void)
 	npids = 0;
 }
 
+static pid_t procs_naming(const char *needle, bool kill_them);
+
 static void teardown(void)
 {
 	char cmd[PATH_MAX + 16];
 
 	for (int i = 0; i < npids; i++)
 		kill(pids[i], SIGKILL);
+	if (dir[0])
+		procs_naming(dir, true);   /* VMMs that programs under test started */
 	if (!getenv("VMOPS_TEST_KEEP") && !strncmp(dir, "/tmp/vmops-chv.", 15)) {
 		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 		if (system(cmd) != 0)
@@ -157,17 +165,18 @@ static cJSON *read_log(struct vmops_hv *h)
 	return read_log_at(vmops_hv_info(h)->control_socket);
 }
 
-/* Is a process running whose command line names this VM's run directory? */
-static bool runs_under(int id)
+/* Processes whose command line contains `needle`: the first one's pid (0:
+ * none); kill: SIGKILL them all. */
+static pid_t procs_naming(const char *needle, bool kill_them)
 {
-	char needle[PATH_MAX], path[300], buf[8192];
+	char path[300], buf[8192];
 	DIR *d = opendir("/proc");
 	struct dirent *de;
-	bool found = false;
+	pid_t found = 0;
 
-	snprintf(needle, sizeof(needle), "%s/vm-%d/", dir, id);
-	cr_assert(d);
-	while (!found && (de = readdir(d))) {
+	if (!d)
+		return 0;
+	while ((kill_them || !found) && (de = readdir(d))) {
 		ssize_t n;
 		int fd;
 
@@ -183,10 +192,23 @@ static bool runs_under(int id)
 			if (!buf[i])
 				buf[i] = ' ';
 		buf[n > 0 ? n : 0] = '\0';
-		found = strstr(buf, needle) != NULL;
+		if (strstr(buf, needle) && atoi(de->d_name) != getpid()) {
+			found = atoi(de->d_name);
+			if (kill_them)
+				kill(found, SIGKILL);
+		}
 	}
 	closedir(d);
 	return found;
+}
+
+/* Is a process running whose command line names this VM's run directory? */
+static bool runs_under(int id)
+{
+	char needle[PATH_MAX];
+
+	snprintf(needle, sizeof(needle), "%s/vm-%d/", dir, id);
+	return procs_naming(needle, false) != 0;
 }
 
 static const char *str(const cJSON *o, const char *k)
@@ -668,4 +690,86 @@ Test(chv, faults_at_each_call)
 		}
 	close(snap_fd);
 	unsetenv("VMOPS_FAKE_FAULT");
+}
+
+/* --- vm-fleet and vm-migrate (database: run through tests/run-one.sh) ------------------ */
+
+static long long q_ll(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static long long q_ll(PGconn *c, const char *fmt, ...)
+{
+	char sql[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(sql, sizeof(sql), fmt, ap);
+	va_end(ap);
+	return testdb_ll(c, sql);
+}
+
+Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
+{
+	char ci[512], sql[1024], bin[256], link[PATH_MAX], path[8192], specf[PATH_MAX];
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	const char *old = getenv("PATH");
+	struct testrun r;
+	PGresult *res;
+	cJSON *log;
+	const cJSON *ev;
+	FILE *f;
+
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO workers (name, memory_mb, vcpus, run_dir, state) VALUES"
+		 " ('w1', 4096, 8, '%s/w1', 'active'), ('w2', 4096, 8, '%s/w2', 'active')", dir, dir);
+	PQclear(testdb_exec(c, sql));
+	/* the programs find "cloud-hypervisor" on PATH: the fake */
+	snprintf(bin, sizeof(bin), "%s/bin", dir);
+	cr_assert(mkdir(bin, 0700) == 0);
+	snprintf(link, sizeof(link), "%s/cloud-hypervisor", bin);
+	cr_assert(symlink(fake, link) == 0);
+	snprintf(path, sizeof(path), "%s:%s", bin, old ? old : "/usr/bin:/bin");
+	setenv("PATH", path, 1);
+	snprintf(specf, sizeof(specf), "%s/ch1.json", dir);
+	f = fopen(specf, "w");
+	cr_assert(f);
+	fprintf(f, "{\"hypervisor\":\"cloud-hypervisor\",\"memory_mb\":16,\"vcpus\":1,"
+		   "\"kernel\":\"/boot/vmlinuz\"}\n");
+	fclose(f);
+
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", "ch1", "--org", "acme",
+		"--worker", "w1", "--spec", specf);
+	cr_assert_eq(r.status, 0, "launch: %s", r.err);
+	testrun_free(&r);
+	cr_expect_eq(q_ll(c, "SELECT count(*) FROM vmms v JOIN sandboxes s ON s.active_vmm_id = v.id"
+			  " WHERE s.name = '%s' AND v.hypervisor = 'cloud-hypervisor' AND v.state = 'running'"
+			  " AND v.pid > 0 AND v.pid_start_time > 0 AND v.control_socket LIKE '%%/vmops-vmm-%%.sock'",
+			  "ch1"), 1, "launch did not record pid, start time and socket");
+
+	TESTRUN(&r, "vm-migrate", "--db", ci, "--connections", "4", "ch1");
+	cr_expect_eq(r.status, 0, "vm-migrate: exit %d: %s", r.status, r.err);
+	testrun_free(&r);
+	cr_expect_eq(q_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
+			  " JOIN vmms v ON v.id = s.active_vmm_id WHERE s.name = '%s' AND w.name = 'w2'"
+			  " AND s.status = 'running' AND v.state = 'running'", "ch1"), 1, "not moved to w2");
+	cr_expect_eq(q_ll(c, "SELECT count(*) FROM migrations m JOIN sandboxes s ON s.id = m.sandbox_id"
+			  " WHERE s.name = '%s' AND m.state = 'completed' AND m.connections_used = 4", "ch1"), 1);
+	cr_expect_eq(q_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
+			  " WHERE s.name = '%s' AND e.ended_at IS NULL AND e.vmm_id = s.active_vmm_id", "ch1"), 1);
+	res = testdb_exec(c, "SELECT v.control_socket FROM sandboxes s JOIN vmms v ON v.id = s.active_vmm_id"
+			     " WHERE s.name = 'ch1'");
+	cr_assert_eq(PQntuples(res), 1);
+	log = read_log_at(PQgetvalue(res, 0, 0));
+	PQclear(res);
+	ev = find_event(log, "migration-received");
+	cr_assert(ev, "the target fake received no migration");
+	cr_expect_eq(cJSON_GetObjectItemCaseSensitive(ev, "connections")->valueint, 4);
+	cJSON_Delete(log);
+
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "ch1");
+	cr_expect_eq(r.status, 0, "destroy: %s", r.err);
+	testrun_free(&r);
+	cr_expect(!procs_naming(dir, false), "a vmm outlived destroy");
+	if (old)
+		setenv("PATH", old, 1);
+	PQfinish(c);
 }
