@@ -33,7 +33,9 @@
 #include "hv.h"
 #include "hv/http.h"
 #include "hv/rest.h"
+#include "ghost.h"
 #include "log.h"
+#include "proc.h"
 #include "spec.h"
 #include "testlib.h"
 
@@ -772,4 +774,25 @@ Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
 	if (old)
 		setenv("PATH", old, 1);
 	PQfinish(c);
+}
+
+/* ghost-reap finds this VMM by its command line: the fleet token names its
+ * id and the API socket option names its socket. */
+Test(chv, command_line_identifies_the_vmm)
+{
+	struct vmops_hv *h = launch_ok(99);
+	const struct vmops_vmm_info *info = vmops_hv_info(h);
+	struct vmops_error e = { 0 };
+	char ctl[VMOPS_HV_SOCKPATH_MAX], agent[VMOPS_HV_SOCKPATH_MAX];
+	char **argv = NULL;
+	int argc = 0;
+
+	cr_assert(vmops_proc_read_cmdline(NULL, info->pid, &argv, &argc, &e) == 0, "%s", e.msg);
+	/* the fake runs under python3: skip argv[0] the way a real VMM has none extra */
+	cr_assert(argc > 2);
+	cr_expect_eq(vmops_proc_vmm_id(argc - 1, argv + 1), 99);
+	vmops_ghost_argv_sockets(VMOPS_HV_CLOUD_HYPERVISOR, argc - 1, argv + 1, ctl, sizeof(ctl), agent, sizeof(agent));
+	cr_expect_str_eq(ctl, info->control_socket);
+	free(argv);
+	destroy(h);
 }

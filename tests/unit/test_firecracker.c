@@ -29,7 +29,9 @@
 #include "hv/firecracker.h"
 #include "hv/hint.h"
 #include "hv/rest.h"
+#include "ghost.h"
 #include "log.h"
+#include "proc.h"
 #include "spec.h"
 #include "testlib.h"
 
@@ -767,4 +769,25 @@ Test(firecracker, vm_migrate_refuses_and_says_how)
 	free(before);
 	free(after);
 	PQfinish(c);
+}
+
+/* ghost-reap finds this VMM by its command line: the fleet token names its
+ * id and the API socket option names its socket. */
+Test(firecracker, command_line_identifies_the_vmm)
+{
+	struct vmops_hv *h = launch_ok(99);
+	const struct vmops_vmm_info *info = vmops_hv_info(h);
+	struct vmops_error e = { 0 };
+	char ctl[VMOPS_HV_SOCKPATH_MAX], agent[VMOPS_HV_SOCKPATH_MAX];
+	char **argv = NULL;
+	int argc = 0;
+
+	cr_assert(vmops_proc_read_cmdline(NULL, info->pid, &argv, &argc, &e) == 0, "%s", e.msg);
+	/* the fake runs under python3: skip argv[0] the way a real VMM has none extra */
+	cr_assert(argc > 2);
+	cr_expect_eq(vmops_proc_vmm_id(argc - 1, argv + 1), 99);
+	vmops_ghost_argv_sockets(VMOPS_HV_FIRECRACKER, argc - 1, argv + 1, ctl, sizeof(ctl), agent, sizeof(agent));
+	cr_expect_str_eq(ctl, info->control_socket);
+	free(argv);
+	destroy(h);
 }
