@@ -747,6 +747,8 @@ Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
 			  " AND v.pid > 0 AND v.pid_start_time > 0 AND v.control_socket LIKE '%%/vmops-vmm-%%.sock'",
 			  "ch1"), 1, "launch did not record pid, start time and socket");
 
+	/* the receiver started now sends slowly when it is the source, below */
+	setenv("VMOPS_FAKE_MIGRATE_MS", "2500", 1);
 	TESTRUN(&r, "vm-migrate", "--db", ci, "--connections", "4", "ch1");
 	cr_expect_eq(r.status, 0, "vm-migrate: exit %d: %s", r.status, r.err);
 	testrun_free(&r);
@@ -766,6 +768,16 @@ Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
 	cr_assert(ev, "the target fake received no migration");
 	cr_expect_eq(cJSON_GetObjectItemCaseSensitive(ev, "connections")->valueint, 4);
 	cJSON_Delete(log);
+
+	/* and back, slowly: the API reports no byte counts, which must not
+	 * read as "no progress" */
+	TESTRUN(&r, "vm-migrate", "--db", ci, "--progress-timeout", "1s", "--to", "w1", "ch1");
+	cr_expect_eq(r.status, 0, "vm-migrate back: exit %d: %s", r.status, r.err);
+	testrun_free(&r);
+	unsetenv("VMOPS_FAKE_MIGRATE_MS");
+	cr_expect_eq(q_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
+			  " WHERE s.name = '%s' AND w.name = 'w1' AND s.status = 'running'", "ch1"), 1,
+		     "not moved back to w1");
 
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "ch1");
 	cr_expect_eq(r.status, 0, "destroy: %s", r.err);
