@@ -808,3 +808,50 @@ Test(chv, command_line_identifies_the_vmm)
 	free(argv);
 	destroy(h);
 }
+
+Test(chv, faults_at_the_migration_calls)
+{
+	int id = 120;
+
+	setenv("VMOPS_FAKE_SLOW_MS", "300", 1);
+	for (size_t m = 0; m < 4; m++) {
+		char f[96], rd[PATH_MAX];
+		struct vmops_error e = { 0 };
+		struct vmops_spec *s = spec16();
+		struct vmops_migrate_params mp = { .connections = 2 };
+		struct vmops_hv_launch_opts o;
+		struct vmops_hv *src, *t;
+
+		/* the receiver's vm.receive-migration */
+		snprintf(f, sizeof(f), "vm.receive-migration:%s", modes[m]);
+		setenv("VMOPS_FAKE_FAULT", f, 1);
+		o = opts_for(id, rd, sizeof(rd));
+		t = vmops_hv_prepare_incoming(s, &o, "tcp:127.0.0.1:0", &mp, 2000, &e);
+		track(t);
+		if (!expected_code(modes[m])) {
+			cr_expect(t, "%s: %s", f, e.msg);
+			if (t)
+				destroy(t);
+		} else {
+			cr_expect(!t, "%s: receiver ready", f);
+			cr_expect_eq(e.code, expected_code(modes[m]), "%s: code %d: %s", f, e.code, e.msg);
+			cr_expect(!runs_under(id), "%s: the receiver was left running", f);
+		}
+		id++;
+		vmops_spec_free(s);
+
+		/* the source's vm.send-migration: refused, the VM runs on */
+		snprintf(f, sizeof(f), "vm.send-migration:%s", modes[m]);
+		setenv("VMOPS_FAKE_FAULT", f, 1);
+		src = launch_ok(id++);
+		if (!expected_code(modes[m])) {
+			cr_expect(vmops_hv_send(src, "tcp:127.0.0.1:9", &mp, &e) == 0, "%s: %s", f, e.msg);
+		} else {
+			cr_expect(vmops_hv_send(src, "tcp:127.0.0.1:9", &mp, &e) < 0, "%s: sent", f);
+			cr_expect_eq(e.code, expected_code(modes[m]), "%s: code %d: %s", f, e.code, e.msg);
+			cr_expect_str_eq(vm_status(src), "running", "%s", f);
+		}
+		destroy(src);
+	}
+	unsetenv("VMOPS_FAKE_FAULT");
+}
