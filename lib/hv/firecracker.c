@@ -52,7 +52,7 @@ static int call(struct vmops_hv *h, const char *method, const char *path, const 
 	return rest_call(h, method, path, body, reply, what, err) < 0 ? -1 : 0;
 }
 
-/* call() with a body built from a format of key/value pairs; body freed. */
+/* call() with body b, which it frees (NULL b: building it ran out of memory). */
 static int call_body(struct vmops_hv *h, const char *method, const char *path, cJSON *b,
 		     struct vmops_error *err)
 {
@@ -71,8 +71,10 @@ static int put_machine(struct vmops_hv *h, const struct vmops_spec *s, struct vm
 
 	if (b && (!cJSON_AddNumberToObject(b, "vcpu_count", s->vcpus) ||
 		  !cJSON_AddNumberToObject(b, "mem_size_mib", s->memory_mb) ||
-		  !cJSON_AddBoolToObject(b, "track_dirty_pages", true)))
-		cJSON_Delete(b), b = NULL;
+		  !cJSON_AddBoolToObject(b, "track_dirty_pages", true))) {
+		cJSON_Delete(b);
+		b = NULL;
+	}
 	return call_body(h, "PUT", "/machine-config", b, err);
 }
 
@@ -82,8 +84,10 @@ static int put_boot(struct vmops_hv *h, const struct vmops_spec *s, struct vmops
 
 	if (b && (!cJSON_AddStringToObject(b, "kernel_image_path", s->kernel) ||
 		  (s->initrd && !cJSON_AddStringToObject(b, "initrd_path", s->initrd)) ||
-		  (s->cmdline && !cJSON_AddStringToObject(b, "boot_args", s->cmdline))))
-		cJSON_Delete(b), b = NULL;
+		  (s->cmdline && !cJSON_AddStringToObject(b, "boot_args", s->cmdline)))) {
+		cJSON_Delete(b);
+		b = NULL;
+	}
 	return call_body(h, "PUT", "/boot-source", b, err);
 }
 
@@ -98,8 +102,10 @@ static int put_drives(struct vmops_hv *h, const struct vmops_spec *s, struct vmo
 		if (b && (!cJSON_AddStringToObject(b, "drive_id", id) ||
 			  !cJSON_AddStringToObject(b, "path_on_host", s->disks[i].path) ||
 			  !cJSON_AddBoolToObject(b, "is_root_device", false) ||
-			  !cJSON_AddBoolToObject(b, "is_read_only", s->disks[i].readonly)))
-			cJSON_Delete(b), b = NULL;
+			  !cJSON_AddBoolToObject(b, "is_read_only", s->disks[i].readonly))) {
+			cJSON_Delete(b);
+			b = NULL;
+		}
 		if (call_body(h, "PUT", path, b, err) < 0)
 			return -1;
 	}
@@ -116,8 +122,10 @@ static int put_balloon(struct vmops_hv *h, const struct vmops_spec *s, struct vm
 	if (b && (!cJSON_AddNumberToObject(b, "amount_mib", 0) ||
 		  !cJSON_AddBoolToObject(b, "deflate_on_oom", true) ||
 		  !cJSON_AddNumberToObject(b, "stats_polling_interval_s", 1) ||
-		  !cJSON_AddBoolToObject(b, "free_page_hinting", s->balloon_free_page_hint)))
-		cJSON_Delete(b), b = NULL;
+		  !cJSON_AddBoolToObject(b, "free_page_hinting", s->balloon_free_page_hint))) {
+		cJSON_Delete(b);
+		b = NULL;
+	}
 	return call_body(h, "PUT", "/balloon", b, err);
 }
 
@@ -125,8 +133,10 @@ static int start(struct vmops_hv *h, struct vmops_error *err)
 {
 	cJSON *b = cJSON_CreateObject();
 
-	if (b && !cJSON_AddStringToObject(b, "action_type", "InstanceStart"))
-		cJSON_Delete(b), b = NULL;
+	if (b && !cJSON_AddStringToObject(b, "action_type", "InstanceStart")) {
+		cJSON_Delete(b);
+		b = NULL;
+	}
 	return call_body(h, "PUT", "/actions", b, err);
 }
 
@@ -211,8 +221,10 @@ static int vm_state(struct vmops_hv *h, const char *state, struct vmops_error *e
 {
 	cJSON *b = cJSON_CreateObject();
 
-	if (b && !cJSON_AddStringToObject(b, "state", state))
-		cJSON_Delete(b), b = NULL;
+	if (b && !cJSON_AddStringToObject(b, "state", state)) {
+		cJSON_Delete(b);
+		b = NULL;
+	}
 	return call_body(h, "PATCH", "/vm", b, err);
 }
 
@@ -266,8 +278,10 @@ static int fc_balloon_set(struct vmops_hv *h, uint64_t bytes, struct vmops_error
 {
 	cJSON *b = cJSON_CreateObject();
 
-	if (b && !cJSON_AddNumberToObject(b, "amount_mib", (double)(bytes >> 20)))
-		cJSON_Delete(b), b = NULL;
+	if (b && !cJSON_AddNumberToObject(b, "amount_mib", (double)(bytes >> 20))) {
+		cJSON_Delete(b);
+		b = NULL;
+	}
 	return call_body(h, "PATCH", "/balloon", b, err);
 }
 
@@ -293,8 +307,10 @@ static int fc_hint_start(struct vmops_hv *h, struct vmops_error *err)
 {
 	cJSON *b = cJSON_CreateObject();
 
-	if (b && !cJSON_AddBoolToObject(b, "acknowledge_on_stop", true))
-		cJSON_Delete(b), b = NULL;
+	if (b && !cJSON_AddBoolToObject(b, "acknowledge_on_stop", true)) {
+		cJSON_Delete(b);
+		b = NULL;
+	}
 	return call_body(h, "PATCH", "/balloon/hinting/start", b, err);
 }
 

@@ -122,6 +122,7 @@ static CURL *setup(const char *sock, const char *method, const char *url, const 
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http");
+	curl_easy_setopt(c, CURLOPT_PROXY, "");     /* never a proxy from the environment */
 	*hdrs = curl_slist_append(NULL, "Accept: application/json");
 	if (payload) {
 		*hdrs = curl_slist_append(*hdrs, "Content-Type: application/json");
