@@ -82,12 +82,16 @@ static void setup(void)
 	npids = 0;
 }
 
+static bool procs_naming(const char *needle, bool kill_them);
+
 static void teardown(void)
 {
 	char cmd[128];
 
 	for (int i = 0; i < npids; i++)
 		kill(pids[i], SIGKILL);
+	if (dir[0])
+		procs_naming(dir, true);   /* VMMs that programs under test started */
 	if (!getenv("VMOPS_TEST_KEEP") && !strncmp(dir, "/tmp/vmops-fc.", 14)) {
 		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 		if (system(cmd) != 0)
@@ -569,16 +573,17 @@ static int expected_code(const char *mode)
 	       : !strcmp(mode, "slow") ? 0 : VMOPS_EXIT_HYPERVISOR;
 }
 
-static bool runs_under(int id)
+/* Processes whose command line contains `needle` (kill: SIGKILL them). */
+static bool procs_naming(const char *needle, bool kill_them)
 {
-	char needle[PATH_MAX], path[300], buf[8192];
+	char path[300], buf[8192];
 	DIR *d = opendir("/proc");
 	struct dirent *de;
 	bool found = false;
 
-	snprintf(needle, sizeof(needle), "%s/vm-%d/", dir, id);
-	cr_assert(d);
-	while (!found && (de = readdir(d))) {
+	if (!d)
+		return false;
+	while ((kill_them || !found) && (de = readdir(d))) {
 		ssize_t n;
 		int fd;
 
@@ -594,10 +599,30 @@ static bool runs_under(int id)
 			if (!buf[i])
 				buf[i] = ' ';
 		buf[n > 0 ? n : 0] = '\0';
-		found = strstr(buf, needle) != NULL;
+		if (strstr(buf, needle) && atoi(de->d_name) != getpid()) {
+			found = true;
+			if (kill_them)
+				kill(atoi(de->d_name), SIGKILL);
+		}
 	}
 	closedir(d);
 	return found;
+}
+
+static bool runs_under(int id)
+{
+	char needle[PATH_MAX];
+
+	snprintf(needle, sizeof(needle), "%s/vm-%d/", dir, id);
+	return procs_naming(needle, false);
+}
+
+static bool runs_under_dir(void)
+{
+	char needle[PATH_MAX];
+
+	snprintf(needle, sizeof(needle), "%s/", dir);
+	return procs_naming(needle, false);
 }
 
 Test(firecracker, faults_at_launch)
@@ -790,4 +815,50 @@ Test(firecracker, command_line_identifies_the_vmm)
 	cr_expect_str_eq(ctl, info->control_socket);
 	free(argv);
 	destroy(h);
+}
+
+Test(firecracker, vm_fleet_launch_records_and_destroys)
+{
+	char ci[512], sql[1024], bin[128], link[PATH_MAX], path[8192], specf[PATH_MAX];
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	const char *old = getenv("PATH");
+	struct testrun r;
+	FILE *f;
+
+	snprintf(sql, sizeof(sql), "INSERT INTO workers (name, memory_mb, vcpus, run_dir, state)"
+		 " VALUES ('w1', 4096, 8, '%s/w1', 'active')", dir);
+	PQclear(testdb_exec(c, sql));
+	snprintf(bin, sizeof(bin), "%s/bin", dir);
+	cr_assert(mkdir(bin, 0700) == 0);
+	snprintf(link, sizeof(link), "%s/firecracker", bin);
+	cr_assert(symlink(fake, link) == 0);
+	snprintf(path, sizeof(path), "%s:%s", bin, old ? old : "/usr/bin:/bin");
+	setenv("PATH", path, 1);
+	snprintf(specf, sizeof(specf), "%s/fc1.json", dir);
+	f = fopen(specf, "w");
+	cr_assert(f);
+	fprintf(f, "{\"hypervisor\":\"firecracker\",\"memory_mb\":16,\"vcpus\":1,\"kernel\":\"%s\","
+		   "\"disks\":[{\"path\":\"%s\",\"readonly\":false}],\"balloon\":{\"free_page_hint\":true}}\n",
+		kernel, disk);
+	fclose(f);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", "fc1", "--org", "acme",
+		"--worker", "w1", "--spec", specf);
+	cr_assert_eq(r.status, 0, "launch: %s", r.err);
+	testrun_free(&r);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms v JOIN sandboxes s ON s.active_vmm_id = v.id"
+			       " WHERE s.name = 'fc1' AND s.status = 'running' AND v.hypervisor = 'firecracker'"
+			       " AND v.state = 'running' AND v.pid > 0 AND v.pid_start_time > 0"
+			       " AND v.control_socket LIKE '%/vmops-vmm-%.sock'"), 1,
+		     "launch did not record the vmm");
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
+			       " WHERE s.name = 'fc1' AND e.ended_at IS NULL"), 1);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "fc1");
+	cr_expect_eq(r.status, 0, "destroy: %s", r.err);
+	testrun_free(&r);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
+			       " WHERE s.name = 'fc1' AND e.ended_at IS NULL"), 0);
+	cr_expect(!runs_under_dir(), "a vmm outlived destroy");
+	if (old)
+		setenv("PATH", old, 1);
+	PQfinish(c);
 }
