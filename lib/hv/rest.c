@@ -293,6 +293,10 @@ int rest_wait_socket(struct vmops_hv *h, int timeout_ms, struct vmops_error *err
 		/* a socket file exists from bind(); it answers from listen() */
 		if (stat(info->control_socket, &st) == 0 && S_ISSOCK(st.st_mode) && can_connect(info))
 			return 0;
+		/* no process to watch (recorded without a pid): it is there or not */
+		if (info->pid <= 0)
+			return vmops_err(err, VMOPS_EXIT_HYPERVISOR, VMM_FMT ": cannot connect to %s",
+					 VMM_ARG(h), info->control_socket);
 		if (info->pid > 0 && !vmops_hv_is_alive(h))
 			return rest_exited_error(h, err);
 		if (vmops_hv_interrupted(h))

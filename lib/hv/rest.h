@@ -65,7 +65,8 @@ int rest_prepare(struct vmops_hv *h, const struct vmops_hv_launch_opts *opts, bo
  * stderr in the handle's stderr_log; the child is adopted (start time). */
 int rest_spawn(struct vmops_hv *h, const char *name, char **argv, bool die_with_parent,
 	       struct vmops_error *err);
-/* Wait for the API socket to appear while the process lives. */
+/* Wait for the API socket to answer while the process lives (no pid
+ * recorded: one try). */
 int rest_wait_socket(struct vmops_hv *h, int timeout_ms, struct vmops_error *err);
 /* One API call (see http.h); on no answer from a process that has gone,
  * the error says it exited, with its last stderr line. */
