@@ -19,6 +19,7 @@
 #include "hv/rest.h"
 #include "log.h"
 #include "macro.h"
+#include "rundir.h"
 
 #define VMM_FMT "%s vmm %" PRIu64
 #define VMM_ARG(h) vmops_hv_info(h)->kind, vmops_hv_info(h)->vmm_id
@@ -88,7 +89,8 @@ int rest_prepare(struct vmops_hv *h, const struct vmops_hv_launch_opts *opts, bo
 		 struct vmops_error *err)
 {
 	struct vmops_vmm_info *info = vmops_hv_info_mut(h);
-	char eb[128], sock[64];
+	char sock[64];
+	int dirfd;
 
 	info->vmm_id = opts->vmm_id;
 	info->incoming = incoming;
@@ -106,15 +108,17 @@ int rest_prepare(struct vmops_hv *h, const struct vmops_hv_launch_opts *opts, bo
 		return vmops_err(err, VMOPS_EXIT_FAILURE,
 				 VMM_FMT ": run dir %s: too long for a socket path", VMM_ARG(h),
 				 opts->run_dir);
-	if (mkdir(opts->run_dir, 0700) < 0 && errno != EEXIST)
-		return vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": mkdir %s: %s", VMM_ARG(h),
-				 opts->run_dir, errstr(errno, eb, sizeof(eb)));
+	/* made and checked safely (lib/rundir): nobody else can plant files here */
+	dirfd = vmops_rundir_open(opts->run_dir, err);
+	if (dirfd < 0)
+		return vmops_err_prefix(err, VMM_FMT, VMM_ARG(h));
 	snprintf(info->run_dir, sizeof(info->run_dir), "%s", opts->run_dir);
 	snprintf(info->control_socket, sizeof(info->control_socket), "%s%s", opts->run_dir, sock);
 	info->agent_socket[0] = '\0';
 	snprintf(info->serial_log, sizeof(info->serial_log), "%s/serial.log", opts->run_dir);
-	snprintf(info->stderr_log, sizeof(info->stderr_log), "%s/%s.log", opts->run_dir, info->kind);
-	unlink(info->control_socket);
+	snprintf(info->stderr_log, sizeof(info->stderr_log), "%s/vmm.log", opts->run_dir);
+	unlinkat(dirfd, sock + 1, 0);   /* a stale socket of a previous VMM */
+	close(dirfd);
 	return 0;
 }
 
@@ -222,7 +226,7 @@ int rest_spawn(struct vmops_hv *h, const char *name, char **argv, bool die_with_
 		return vmops_err(err, VMOPS_EXIT_HYPERVISOR, VMM_FMT ": %s: not found or not executable",
 				 VMM_ARG(h), name);
 	argv[0] = binary;
-	logfd = open(info->stderr_log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	logfd = open(info->stderr_log, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
 	nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (logfd < 0 || nullfd < 0)
 		return vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": %s: %s", VMM_ARG(h),

@@ -8,7 +8,7 @@
  * Run directory (one per VMM):
  *   vmops-vmm-<id>.sock   API socket (its name carries the fleet token that
  *                         ghost-reap reads from argv)
- *   <kind>.log            the VMM's stdout and stderr
+ *   vmm.log               the VMM's stdout and stderr
  *   serial.log            guest serial console (Cloud Hypervisor)
  *   events.json           Cloud Hypervisor's event monitor
  */
