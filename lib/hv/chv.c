@@ -11,7 +11,8 @@
  *              state.json, memory-ranges; restore: vm.restore, paused
  *   migrate    vm.receive-migration on the target (blocks until the VM has
  *              arrived: run in a thread; ready when the event monitor says
- *              migration-receive-ready), vm.send-migration with
+ *              migration-receive-ready, or for v52, which says nothing
+ *              before a sender comes, when the port listens), vm.send-migration with
  *              `connections` (1..128, v52+) on the source.  v52 answers
  *              send-migration when the migration is over; v53 at once, and
  *              its source VMM exits after a successful migration.  The API
@@ -32,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "exitcodes.h"
@@ -382,13 +384,44 @@ static int resolve_port(struct vmops_hv *h, const char *uri, char *out, size_t s
 	return 0;
 }
 
-static int wait_receive_ready(struct vmops_hv *h, int timeout_ms, struct vmops_error *err)
+/* Is something listening on the TCP port of tcp:HOST:PORT (this host's
+ * /proc/net/tcp and tcp6, state 0A)?  unix:PATH: does the socket exist? */
+static bool listening(const char *url)
+{
+	static const char *const tables[] = { "/proc/net/tcp", "/proc/net/tcp6" };
+	const char *colon = strrchr(url, ':');
+	char line[512];
+	unsigned port, lport, st;
+	struct stat sb;
+
+	if (!strncmp(url, "unix:", 5))
+		return stat(url + 5, &sb) == 0 && S_ISSOCK(sb.st_mode);
+	if (!colon || sscanf(colon + 1, "%u", &port) != 1)
+		return false;
+	for (size_t i = 0; i < ARRAY_SIZE(tables); i++) {
+		_cleanup_fclose_ FILE *f = fopen(tables[i], "re");
+
+		while (f && fgets(line, sizeof(line), f))
+			if (sscanf(line, " %*u: %*[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%*x %x", &lport, &st) == 2 &&
+			    lport == port && st == 0x0A)
+				return true;
+	}
+	return false;
+}
+
+/*
+ * v53 says "migration-receive-ready" on its event monitor once it listens;
+ * v52 says nothing before a sender connects: look for the listening socket.
+ */
+static int wait_receive_ready(struct vmops_hv *h, const char *url, int timeout_ms,
+			      struct vmops_error *err)
 {
 	int64_t deadline = rest_now_ms() + (timeout_ms > 0 ? timeout_ms : priv(h)->timeout_ms);
 	int rc;
 
 	for (;;) {
-		if (count_events(h, "vm", "migration-receive-ready") > 0)
+		if (count_events(h, "vm", "migration-receive-ready") > 0 ||
+		    (priv(h)->api_major <= 52 && listening(url)))
 			return 0;
 		if (rest_async_done(priv(h)->recv, &rc, err))
 			return rc < 0 ? vmops_err_prefix(err, VMM_FMT, VMM_ARG(h))
@@ -429,7 +462,7 @@ static int chv_prepare_incoming(struct vmops_hv *h, const char *uri,
 	priv(h)->recv = rest_async_start(h, "PUT", API "vm.receive-migration", b,
 					 MIGRATION_TIMEOUT_MS, "vm.receive-migration", err);
 	cJSON_Delete(b);
-	if (!priv(h)->recv || wait_receive_ready(h, timeout_ms, err) < 0)
+	if (!priv(h)->recv || wait_receive_ready(h, url, timeout_ms, err) < 0)
 		return -1;
 	snprintf(info->incoming_uri, sizeof(info->incoming_uri), "%s", url);
 	vmops_debug(VMM_FMT ": listening for migration on %s", VMM_ARG(h), url);
