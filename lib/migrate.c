@@ -467,6 +467,14 @@ static bool source_changed(PGconn *c, const char *sandbox, const struct source *
 }
 
 /* Everything up to the claim: the sandbox, its spec, a --to that can work, a source that answers. */
+/* Does this kind of hypervisor migrate live (an unknown kind: let the attach say)? */
+static bool hv_migrates(const char *kind)
+{
+	const struct vmops_hv_driver *d = vmops_hv_driver_find(kind);
+
+	return !d || (d->prepare_incoming && d->send);
+}
+
 static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source *src, struct vmops_spec **spec,
 		   struct vmops_vmm_info *sinfo, struct vmops_migrate_report *r, struct vmops_error *e)
 {
@@ -484,6 +492,10 @@ static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source 
 		e->code = VMOPS_EXIT_CONFLICT;
 		return -1;
 	}
+	if (!hv_migrates((*spec)->hypervisor))
+		return vmops_err(e, VMOPS_EXIT_CONFLICT,
+				 "sandbox %s: %s has no live migration; move it by hibernating it (snapshot-prep hibernate) and waking it on another worker",
+				 o->sandbox, (*spec)->hypervisor);
 	if (o->to) {
 		_cleanup_pgresult_ PGresult *w = vmops_db_q(c, e, "SELECT state FROM workers WHERE name = $1", o->to);
 		if (!w)

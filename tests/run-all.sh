@@ -11,6 +11,7 @@
 #   4. CLI golden tests (tests/cli)
 #   5. --help / man page / completions agreement and man page lint, and
 #      this script's own skip policy (tests/check-skip-policy.sh)
+#   6. the hypervisor fakes against their API documents (tests/fakes/conformance)
 # Ends with "check: N passed, N failed, N skipped".  A skipped test fails the
 # run unless the operator opted out explicitly (VMOPS_SKIP_QEMU=1), and then a
 # line before the tally says so.  Cases a pass leaves to another pass on
@@ -122,7 +123,7 @@ run_everything() {
 	fi
 
 	# CLI golden tests and the documentation checks print their own tallies.
-	for s in tests/cli/run.sh tests/check-docs.sh tests/check-skip-policy.sh; do
+	for s in tests/cli/run.sh tests/check-docs.sh tests/check-skip-policy.sh tests/fakes/conformance; do
 		[ -x "$s" ] || continue
 		"$s" >"$log/$(basename "$s").log" 2>&1
 		rc=$?
