@@ -16,7 +16,7 @@
 /* What a VMM leaves in its run directory (all drivers). */
 static const char *const vmm_files[] = {
 	"qmp.sock", "qga.sock", "serial.log", "serial.log.1", "qemu.log", "api.sock",
-	"vmm.log", "vsock.sock", NULL,
+	"vmm.log", "vsock.sock", "events.json", NULL,
 };
 
 static int refuse(struct vmops_error *e, const char *path, size_t upto, const char *why)
@@ -153,6 +153,15 @@ int vmops_rundir_remove(const char *path, int *kept, struct vmops_error *e)
 						       strerror(errno));
 	for (int i = 0; vmm_files[i]; i++)
 		(void)unlinkat(fd, vmm_files[i], 0);   /* what is not there, or is not a file, stays */
+	{
+		/* The API socket of a Cloud Hypervisor or Firecracker VMM: vmm-ID/vmops-vmm-ID.sock */
+		const char *base = strrchr(path, '/');
+		char sock[NAME_MAX + 1];
+		if (base && !strncmp(base + 1, "vmm-", 4) && base[5] &&
+		    strspn(base + 5, "0123456789") == strlen(base + 5) &&
+		    snprintf(sock, sizeof(sock), "vmops-%s.sock", base + 1) < (int)sizeof(sock))
+			(void)unlinkat(fd, sock, 0);
+	}
 	close(fd);
 	snprintf(parent, sizeof(parent), "%s", path);
 	slash = strrchr(parent, '/');

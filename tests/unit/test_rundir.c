@@ -128,6 +128,8 @@ Test(rundir, remove_takes_only_what_a_vmm_leaves)
 	close(fd);
 	fclose(fopen(at("w1/vmm-3/serial.log"), "w"));
 	fclose(fopen(at("w1/vmm-3/qemu.log"), "w"));
+	fclose(fopen(at("w1/vmm-3/vmops-vmm-3.sock"), "w"));
+	fclose(fopen(at("w1/vmm-3/events.json"), "w"));
 	cr_assert_eq(vmops_rundir_remove(at("w1/vmm-3"), &kept, &e), 0, "%s", e.msg);
 	cr_assert_eq(kept, 0);
 	cr_assert_neq(access(at("w1/vmm-3"), F_OK), 0, "the run directory is still there");
@@ -136,9 +138,11 @@ Test(rundir, remove_takes_only_what_a_vmm_leaves)
 	cr_assert_geq(fd, 0, "%s", e.msg);
 	close(fd);
 	fclose(fopen(at("w1/vmm-4/keep-me"), "w"));
+	fclose(fopen(at("w1/vmm-4/vmops-vmm-5.sock"), "w"));   /* another VMM's name: kept */
 	cr_assert_eq(vmops_rundir_remove(at("w1/vmm-4"), &kept, &e), 0, "%s", e.msg);
 	cr_assert_eq(kept, 1);
 	cr_assert_eq(access(at("w1/vmm-4/keep-me"), F_OK), 0);
+	cr_assert_eq(access(at("w1/vmm-4/vmops-vmm-5.sock"), F_OK), 0);
 	/* a symlinked run directory is not followed */
 	cr_assert_eq(mkdir(at("victim"), 0700), 0);
 	fclose(fopen(at("victim/serial.log"), "w"));
