@@ -142,14 +142,15 @@ struct vmops_drain_report {
 };
 
 /*
- * Drain `o->worker`.  Returns an exit code: VMOPS_EXIT_OK (drained, or
+ * Drain `o->worker` (`c`: the caller's connection; each move opens its
+ * own from `conninfo`).  Returns an exit code: VMOPS_EXIT_OK (drained, or
  * terminated), VMOPS_EXIT_PARTIAL (something remains: the worker stays
  * draining), VMOPS_EXIT_INTERRUPTED (signal or --cancel: in-flight moves
  * cancelled or finished, recorded), or -1 with `e` filled (NOTFOUND,
  * CONFLICT: another vm-drain runs it, DB, ...).  `rep` is filled in all
  * cases; free with vmops_drain_report_free().
  */
-int vmops_drain_run(const char *conninfo, const struct vmops_drain_opts *o,
+int vmops_drain_run(PGconn *c, const char *conninfo, const struct vmops_drain_opts *o,
 		    struct vmops_drain_report *rep, struct vmops_error *e);
 
 /*
