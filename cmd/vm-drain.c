@@ -101,6 +101,10 @@ static void on_sandbox(void *data, const struct vmops_drain_sandbox_report *s)
 	else if (!strcmp(s->outcome, "moved"))
 		fprintf(stderr, "%s: %s: moved to %s in %.1fs (migration %lld)\n", prog_name, s->sandbox, s->target,
 			(double)s->wall_ms / 1000.0, s->migration_id);
+	else if (!strcmp(s->outcome, "pending"))
+		fprintf(stderr, "%s: %s: attempt %d failed, will retry: %s\n", prog_name, s->sandbox, s->attempts, s->error);
+	else if (!strcmp(s->outcome, "requeued"))
+		fprintf(stderr, "%s: %s: not moved now (%s); planning again\n", prog_name, s->sandbox, s->error);
 	else
 		fprintf(stderr, "%s: %s: %s%s%s\n", prog_name, s->sandbox, s->outcome, s->error[0] ? ": " : "", s->error);
 }
@@ -155,8 +159,9 @@ static void print_report(const struct vmops_drain_report *r)
 	for (int i = 0; i < 3; i++)
 		if (left[i] >= 0)
 			vmops_set_int(d, 10 + (size_t)i, left[i]);
-	vmops_set_num(d, 13, r->planned_s);
-	if (!dry)
+	if (r->planned_s > 0)
+		vmops_set_num(d, 13, r->planned_s);
+	if (!dry && r->elapsed_s > 0)
 		vmops_set_num(d, 14, r->elapsed_s);
 	vmops_set_str(d, 15, r->count_detail[0] ? r->count_detail : NULL);
 	for (size_t i = 0; i < r->n; i++) {
@@ -294,7 +299,7 @@ int main(int argc, const char **argv)
 	}
 	print_report(&rep);
 	if (rc != VMOPS_EXIT_OK && !vmops_cli.json)
-		fprintf(stderr, "%s: worker %s stays %s: %s\n", prog_name, worker,
+		fprintf(stderr, "%s: worker %s stays %s: %s\n", prog_name, rep.worker,
 			rep.worker_state[0] ? rep.worker_state : "draining",
 			rep.count_detail[0] ? rep.count_detail : rep.state);
 	vmops_drain_report_free(&rep);
