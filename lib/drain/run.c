@@ -51,7 +51,8 @@ struct run {
 	volatile sig_atomic_t abort_moves;   /* the movers' "interrupted" flag */
 	const char *stop;                    /* why scheduling stopped: NULL, interrupted, cancelled, timeout, lease */
 	bool need_recover;
-	uint64_t start_ms;
+	uint64_t start_ms, renewed_ms;
+	char state[16];                      /* the drain's state at the last renewal */
 	double eta_s;
 };
 
@@ -375,10 +376,14 @@ static int recover(struct run *r, struct vmops_error *e)
 /* Stop scheduling?  A signal, --cancel (in the database), the deadline, a lost lease. */
 static int check_stop(struct run *r, struct vmops_error *e)
 {
-	char state[16];
+	const char *state = r->state;
 
-	if (vmops_drain_rec_renew(r->c, &r->d, state, e) < 0)
-		return -1;
+	/* The lease is 30 s: renewing it (and learning of --cancel) once a second is plenty. */
+	if (!r->renewed_ms || now_ms() - r->renewed_ms >= 1000) {
+		if (vmops_drain_rec_renew(r->c, &r->d, r->state, e) < 0)
+			return -1;
+		r->renewed_ms = now_ms();
+	}
 	if (r->o->interrupted && *r->o->interrupted && (!r->stop || strcmp(r->stop, "interrupted"))) {
 		r->stop = "interrupted";
 		r->abort_moves = 1;
