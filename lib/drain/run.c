@@ -24,6 +24,7 @@
 
 #define TICK_MS 200u
 #define NOROOM_RETRY_MS 2000u
+#define RECOVER_EVERY_MS 15000u
 
 struct mover {
 	pthread_t th;
@@ -51,7 +52,7 @@ struct run {
 	volatile sig_atomic_t abort_moves;   /* the movers' "interrupted" flag */
 	const char *stop;                    /* why scheduling stopped: NULL, interrupted, cancelled, timeout, lease */
 	bool need_recover;
-	uint64_t start_ms, renewed_ms;
+	uint64_t start_ms, renewed_ms, recovered_ms;
 	char state[16];                      /* the drain's state at the last renewal */
 	double eta_s;
 };
@@ -370,6 +371,7 @@ static int recover(struct run *r, struct vmops_error *e)
 		vmops_info("recovered %d expired attempt(s): %d completed, %d failed, %d unknown", rr.found,
 			   rr.completed + rr.released, rr.failed, rr.unknown);
 	r->need_recover = false;
+	r->recovered_ms = now_ms();
 	return 0;
 }
 
@@ -413,7 +415,9 @@ static int loop(struct run *r, struct vmops_error *e)
 
 		if (check_stop(r, e) < 0 || collect_done(r, false, e) < 0)
 			return -1;
-		if (r->need_recover && !busy_movers(r) && recover(r, e) < 0)
+		/* Attempts left unknown, or of a dead vm-drain whose leases had not expired
+		 * when this one started: only expired leases are touched (ours are renewed). */
+		if ((r->need_recover || now_ms() - r->recovered_ms > RECOVER_EVERY_MS) && recover(r, e) < 0)
 			return -1;
 		if (vmops_drain_rec_sync(r->c, &r->d, false, e) < 0)
 			return -1;
