@@ -54,6 +54,8 @@ struct run {
 	bool need_recover;
 	uint64_t start_ms, renewed_ms, recovered_ms;
 	char state[16];                      /* the drain's state at the last renewal */
+	double setup_sum_s;                  /* measured fixed cost of the moves done */
+	unsigned moves_done;
 	double eta_s;
 };
 
@@ -159,8 +161,12 @@ static int collect(struct run *r, struct mover *m, struct vmops_error *e)
 
 	pthread_join(m->th, NULL);
 	m->busy = false;
-	if (m->rc == 0)
+	if (m->rc == 0) {
+		double fixed = (double)wall / 1000.0 - (double)m->rep.memory_bytes / 1048576.0 / r->o->rate_mbps;
 		outcome = "moved";
+		r->setup_sum_s += fixed > 0 ? fixed : 0;
+		r->moves_done++;
+	}
 	else if (m->err.code == VMOPS_EXIT_INTERRUPTED || !strcmp(m->rep.state, "cancelled"))
 		delta = 0;                          /* stopped by us: not the sandbox's fault */
 	else if (m->err.code == VMOPS_EXIT_NOCAPACITY) {
@@ -280,9 +286,18 @@ static int load_input(PGconn *c, long long worker_id, long long drain_id, double
 	return 0;
 }
 
-static struct vmops_drain_params params(const struct vmops_drain_opts *o, const double *busy, size_t nbusy)
+#define SETUP_S 2.0   /* a move's fixed cost until the drain has measured its own */
+
+static struct vmops_drain_params params(const struct vmops_drain_opts *o, double setup_s, const double *busy,
+					size_t nbusy)
 {
-	return (struct vmops_drain_params){ o->max_parallel, 2.0, busy, nbusy, 0 };
+	return (struct vmops_drain_params){ o->max_parallel, setup_s, busy, nbusy, 0 };
+}
+
+/* The fixed cost of a move as measured so far: wall time minus what --rate says the transfer takes. */
+static double setup_s(const struct run *r)
+{
+	return r->moves_done ? r->setup_sum_s / (double)r->moves_done : SETUP_S;
 }
 
 /* Unplaceable (fits no target even with nothing moving): stuck, when no move of ours could change that. */
@@ -316,7 +331,7 @@ static int schedule(struct run *r, struct vmops_error *e)
 			double left = r->mv[k].est_s - (double)(now_ms() - r->mv[k].started_ms) / 1000.0;
 			busy[nbusy++] = left > 0.5 ? left : 0.5;
 		}
-	p = params(r->o, busy, nbusy);
+	p = params(r->o, setup_s(r), busy, nbusy);
 	if (load_input(r->c, r->d.worker_id, r->d.id, r->o->rate_mbps, &in, e) < 0 ||
 	    vmops_drain_plan(in.items, in.ni, in.tg, in.nt, &p, &plan, e) < 0)
 		goto out;
@@ -500,7 +515,7 @@ static int dry_run(PGconn *c, const struct vmops_drain_opts *o, struct vmops_dra
 	_cleanup_pgresult_ PGresult *w = NULL;
 	struct input in;
 	struct vmops_drain_plan plan = { 0 };
-	struct vmops_drain_params p = params(o, NULL, 0);
+	struct vmops_drain_params p = params(o, SETUP_S, NULL, 0);
 	int rc = -1;
 
 	w = vmops_db_q(c, e, "SELECT id, state FROM workers WHERE name = $1", o->worker);
@@ -555,7 +570,7 @@ static int run_drain(struct run *r, struct vmops_error *e)
 	{
 		struct input in;
 		struct vmops_drain_plan plan = { 0 };
-		struct vmops_drain_params p = params(r->o, NULL, 0);
+		struct vmops_drain_params p = params(r->o, SETUP_S, NULL, 0);
 		if (load_input(r->c, r->d.worker_id, r->d.id, r->o->rate_mbps, &in, e) == 0 &&
 		    vmops_drain_plan(in.items, in.ni, in.tg, in.nt, &p, &plan, e) == 0)
 			r->rep->planned_s = plan.makespan_s;
