@@ -58,12 +58,12 @@ r = d["drain"]
 print("exit %s, state %s, worker %s, moved %d of %d" % (sys.argv[2], r["state"], r["worker_state"], r["moved"], len(d["sandboxes"])))
 print("planned %.1f s, measured %.1f s (measured / planned %.2f)" % (r["planned_s"], r["elapsed_s"], r["elapsed_s"] / r["planned_s"]))
 PY
-echo "vm-drain's other messages (retries, requeues):"
-grep -v -E ': (moving to|moved to) ' "$tmp/drain.err" || echo "  none"
-psql -qAtX -d "$db" -c "SELECT s.name || ': ' || tw.name || ', ' ||
-    round(extract(epoch FROM m.time_finished - m.time_started)::numeric, 1) || ' s, downtime ' || m.downtime_ms || ' ms'
+[ -s "$tmp/drain.err" ] && { echo "vm-drain's messages:"; cat "$tmp/drain.err"; }
+psql -qAtX -d "$db" -c "SELECT s.name || ': ' || tw.name || ', ' || m.state || ', ' ||
+    round(extract(epoch FROM m.time_finished - m.time_started)::numeric, 1) || ' s, downtime ' ||
+    coalesce(m.downtime_ms::text, '-') || ' ms' || coalesce(', ' || m.error, '')
   FROM migrations m JOIN sandboxes s ON s.id = m.sandbox_id JOIN workers tw ON tw.id = m.target_worker_id
-  WHERE m.state = 'completed' ORDER BY m.time_started"
+  ORDER BY m.time_started"
 bad=$(psql -qAtX -d "$db" -c "SELECT count(*) FROM migrations a JOIN migrations b ON a.id < b.id
   AND a.target_worker_id = b.target_worker_id
   AND tstzrange(a.time_started + interval '100 ms', a.time_finished) && tstzrange(b.time_started + interval '100 ms', b.time_finished)")
