@@ -93,8 +93,8 @@ static void clear_progress(void)
 static void on_sandbox(void *data, const struct vmops_drain_sandbox_report *s)
 {
 	(void)data;
-	if (!chatty())
-		return;
+	if (vmops_cli.quiet)
+		return;   /* on stderr: also with --json */
 	clear_progress();
 	if (!strcmp(s->outcome, "moving"))
 		fprintf(stderr, "%s: %s: moving to %s (attempt %d)\n", prog_name, s->sandbox, s->target, s->attempts);
