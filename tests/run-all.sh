@@ -43,8 +43,10 @@ run_criterion() {
 	j=$jobs
 	# A suite that restarts the cluster must not share it, even with itself.
 	case $name in *test_pgrestart) j=1 ;; esac
+	t0=$(date +%s)
 	"$@" --jobs "$j" --verbose >"$out" 2>&1
 	rc=$?
+	secs=$(( $(date +%s) - t0 ))
 	syn=$(grep -a 'Synthesis:' "$out" | tail -n1)
 	# Criterion's synthesis hides skips: count its [SKIP] lines.
 	e=$(grep -a -c '^\[SKIP\] .*: elsewhere: ' "$out")
@@ -62,9 +64,9 @@ run_criterion() {
 	if [ "$rc" -ne 0 ] || [ -z "$syn" ]; then
 		n=$(( ${f:-0} + ${c:-0} )); [ "$n" -eq 0 ] && n=1
 		note_fail "$name" "$n"
-		echo "FAIL $name (exit $rc)"; grep -a -E '\[----\]|\[FAIL\]|ERROR|Assertion|runtime error|Sanitizer|Synthesis|==[0-9]+==' "$out" | head -40
+		echo "FAIL $name (exit $rc, ${secs}s)"; grep -a -E '\[----\]|\[FAIL\]|ERROR|Assertion|runtime error|Sanitizer|Synthesis|==[0-9]+==' "$out" | head -40
 	else
-		echo "ok   $name: $syn" | sed 's/\[====\] //'
+		echo "ok   $name: $syn(${secs}s)" | sed 's/\[====\] //'
 	fi
 }
 
