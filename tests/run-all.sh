@@ -43,6 +43,9 @@ run_criterion() {
 	j=$jobs
 	# A suite that restarts the cluster must not share it, even with itself.
 	case $name in *test_pgrestart) j=1 ;; esac
+	# The hypervisor fakes mostly wait (on purpose: hangs, slow answers):
+	# more at once costs no CPU.
+	case $name in *test_chv | *test_firecracker) j=$((jobs * 2)) ;; esac
 	t0=$(date +%s)
 	"$@" --jobs "$j" --verbose >"$out" 2>&1
 	rc=$?
@@ -102,7 +105,7 @@ run_everything() {
 
 	# Real QEMU runs under ASan too (the programs under test are the sanitized
 	# ones), except the fault matrix, which would double its minutes.
-	asan_elsewhere=${VMOPS_ASAN_QEMU_ELSEWHERE:-test_faults test_pgrestart test_soak}
+	asan_elsewhere=${VMOPS_ASAN_QEMU_ELSEWHERE:-test_faults test_pgrestart test_soak test_drain test_snapshot}
 	for t in build-san/tests/test_*; do
 		[ -x "$t" ] || continue
 		long_only "$t" && continue
