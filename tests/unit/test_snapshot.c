@@ -1,0 +1,323 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * snapshot-prep on real QEMU (TCG) with the test guest: its ext4 data disk,
+ * its guest agent (and the agent's failure modes: vmops.qga=off | stopped |
+ * slowfreeze), its memory check.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "exitcodes.h"
+#include "hv.h"
+#include "qga.h"
+#include "snapshot/snapshot.h"
+#include "spec.h"
+#include "testlib.h"
+
+static char dir[256];
+
+static void kill_test_vms(void)
+{
+	testlib_kill_vms_under(dir);
+}
+
+static void mkscratch(void)
+{
+	snprintf(dir, sizeof(dir), "/tmp/vmops-st.XXXXXX");
+	cr_assert(mkdtemp(dir));
+}
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+	char cmd[2048];
+	va_list ap;
+	int st;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	st = system(cmd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* A fresh ext4 image at DIR/name. */
+static void make_disk(const char *name)
+{
+	cr_assert_eq(sh("truncate -s 64M %s/%s && mkfs.ext4 -q -F %s/%s", dir, name, dir, name), 0,
+		     "mkfs.ext4 (e2fsprogs installed?)");
+}
+
+static struct vmops_spec *spec_for(const char *disk, const char *extra)
+{
+	char json[1024];
+	struct vmops_error err = { 0 };
+	struct vmops_spec *s;
+
+	snprintf(json, sizeof(json),
+		 "{\"hypervisor\":\"qemu\",\"memory_mb\":256,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
+		 "\"cmdline\":\"console=ttyS0 vmops.dirty_mb=8 %s\",\"accel\":\"tcg\""
+		 "%s%s%s}",
+		 getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"), extra ? extra : "",
+		 disk ? ",\"disks\":[{\"path\":\"" : "", disk ? disk : "", disk ? "\"}]" : "");
+	s = vmops_spec_parse(json, (size_t)-1, &err);
+	cr_assert_not_null(s, "%s", err.msg);
+	return s;
+}
+
+static struct vmops_hv *boot(const struct vmops_spec *spec, const char *worker, int id)
+{
+	struct vmops_hv_launch_opts lo = { 0 };
+	struct vmops_error err = { 0 };
+	char rd[400];
+	struct vmops_hv *h;
+
+	snprintf(rd, sizeof(rd), "%s/%s", dir, worker);
+	mkdir(rd, 0700);
+	snprintf(rd, sizeof(rd), "%s/%s/vmm-%d", dir, worker, id);
+	lo.run_dir = rd;
+	lo.vmm_id = (uint64_t)id;
+	lo.auto_accel = VMOPS_ACCEL_TCG;
+	lo.die_with_parent = true;
+	h = vmops_hv_launch(spec, &lo, &err);
+	cr_assert_not_null(h, "%s", err.msg);
+	cr_assert_eq(vmops_hv_wait_ready(h, 30000, &err), 0, "%s", err.msg);
+	return h;
+}
+
+/* Last VMOPS-DATA line of a serial log: n, ok, bad (n = -1: none). */
+struct data_state {
+	long n, ok, bad, lines;
+};
+
+static void data_read(const char *log, struct data_state *d)
+{
+	FILE *f = fopen(log, "r");
+	char line[1024];
+
+	memset(d, 0, sizeof(*d));
+	d->n = -1;
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		char *p = strstr(line, "VMOPS-DATA ");
+		long n, ok, bad;
+
+		if (p && sscanf(p, "VMOPS-DATA n=%ld ok=%ld bad=%ld", &n, &ok, &bad) == 3) {
+			d->n = n;
+			d->ok = ok;
+			d->bad += bad > d->bad ? bad - d->bad : 0;
+			d->lines++;
+		}
+	}
+	fclose(f);
+}
+
+/* Wait until the data writer reports a record above `above`; all checks OK. */
+static long wait_data(const char *log, long above, int timeout_s)
+{
+	struct data_state d;
+
+	for (int i = 0; i < timeout_s * 5; i++) {
+		data_read(log, &d);
+		cr_assert(d.lines == 0 || (d.ok == 1 && d.bad == 0), "%s: data check failed (n=%ld)", log, d.n);
+		if (d.n > above)
+			return d.n;
+		usleep(200000);
+	}
+	cr_assert_fail("%s: no data record above %ld within %d s (last %ld)", log, above, timeout_s, d.n);
+	return -1;
+}
+
+static int freeze_status(struct vmops_hv *h)
+{
+	struct vmops_error err = { 0 };
+	struct vmops_qga *g = vmops_qga_connect(vmops_hv_info(h)->agent_socket, 5000, &err);
+	int st;
+
+	cr_assert_not_null(g, "%s", err.msg);
+	cr_assert_eq(vmops_qga_sync(g, 30000, &err), 0, "%s", err.msg);
+	st = vmops_qga_fsfreeze_status(g, 10000, &err);
+	cr_assert_geq(st, 0, "%s", err.msg);
+	vmops_qga_close(g);
+	return st;
+}
+
+static void assert_running(struct vmops_hv *h)
+{
+	struct vmops_vm_status st;
+	struct vmops_error err = { 0 };
+
+	cr_assert_eq(vmops_hv_status(h, &st, &err), 0, "%s", err.msg);
+	cr_assert(st.running, "vm is %s, not running", st.status);
+}
+
+/* e2fsck -fn on a copy of a disk taken while the guest's fs is frozen. */
+static void assert_fsck_clean_frozen(struct vmops_hv *h, const char *disk)
+{
+	struct vmops_error err = { 0 };
+
+	cr_assert_eq(vmops_hv_quiesce(h, 30000, 30000, &err), 1, "freeze: %s", err.msg);
+	cr_assert_eq(sh("cp --sparse=always %s %s.fsck", disk, disk), 0);
+	cr_assert_geq(vmops_hv_thaw(h, 30000, 30000, &err), 1, "thaw: %s", err.msg);
+	cr_assert_eq(sh("e2fsck -fn %s.fsck >%s.fsck.log 2>&1", disk, disk), 0,
+		     "e2fsck not clean (see %s.fsck.log)", disk);
+	/* The records on the disk are whole: every slot file consistent. */
+	cr_assert_eq(sh("rm -rf %s.w.d && mkdir -p %s.w.d && debugfs -R 'rdump /w %s.w.d' %s.fsck >/dev/null 2>&1",
+			disk, disk, disk, disk), 0);
+	cr_assert_eq(sh("cd %s.w.d/w && n=0 && for f in *; do case $f in *.new) continue;; esac;"
+			" [ $(uniq $f | wc -l) = 1 ] && [ $(wc -c <$f) = 45056 ] || exit 1;"
+			" set -- $(head -n 1 $f); [ $((1$2 %% 10000000000 %% 64)) = $f ] || exit 1;"
+			" n=$((n + 1)); done; [ $n -gt 0 ]", disk), 0, "inconsistent record on %s", disk);
+}
+
+/* ---- snapshot -> restore on another worker ------------------------------------------ */
+
+Test(snapshot, restore_elsewhere_keeps_memory_and_ext4_data, .timeout = 400, .fini = kill_test_vms)
+{
+	struct vmops_prepare_opts po = { .agent_ms = 30000, .prepare_ms = 30000 };
+	struct vmops_error err = { 0 };
+	struct vmops_prep p;
+	struct vmops_hv *src, *dst;
+	struct testlib_guest g0;
+	const char *names[VMOPS_SNAP_UNDO_MAX];
+	char disk[400], disk2[400], snap[400], log1[4200], log2[4200];
+	struct vmops_spec *spec, *spec2;
+	size_t n = 0;
+	long rec;
+	int dfd;
+
+	testlib_need_qemu();
+	mkscratch();
+	make_disk("data.img");
+	snprintf(disk, sizeof(disk), "%s/data.img", dir);
+	spec = spec_for(disk, NULL);
+	src = boot(spec, "w1", 1);
+	snprintf(log1, sizeof(log1), "%s/serial.log", vmops_hv_info(src)->run_dir);
+	testlib_wait_heartbeat(log1, 2, 120, &g0);
+	rec = wait_data(log1, 8, 120);
+
+	/* The guest as last seen before the snapshot: the restored one goes on from there. */
+	testlib_guest_read(log1, &g0);
+	cr_assert_eq(vmops_prepare(&p, src, &po, &err), 0, "%s", err.msg);
+	cr_assert_eq(p.frozen, 1, "filesystems frozen: %d", p.frozen);
+	snprintf(snap, sizeof(snap), "%s/snap", dir);
+	cr_assert_eq(mkdir(snap, 0700), 0);
+	dfd = open(snap, O_RDONLY | O_DIRECTORY);
+	cr_assert_eq(vmops_prep_snapshot(&p, dfd, spec, 120000, names, &n, &err), 0, "%s", err.msg);
+	cr_assert_eq(n, 2);
+	cr_assert_str_eq(names[0], "vmstate");
+	cr_assert_str_eq(names[1], "disk0.img");
+	cr_assert_eq(vmops_prep_release(&p, &err), 0, "%s", err.msg);
+	assert_running(src);
+	cr_assert_eq(freeze_status(src), VMOPS_QGA_THAWED);
+	/* The copy taken while frozen and paused is a clean filesystem. */
+	cr_assert_eq(sh("e2fsck -fn %s/disk0.img >/dev/null 2>&1", snap), 0, "snapshot disk not clean");
+	testlib_wait_heartbeat(log1, g0.last.n + 2, 60, NULL);
+
+	/* The source goes away (as in hibernate); the copy restores on w2. */
+	cr_assert_eq(vmops_hv_destroy(src, 10000, &err), 0, "%s", err.msg);
+	vmops_hv_free(src);
+	snprintf(disk2, sizeof(disk2), "%s/data2.img", dir);
+	cr_assert_eq(sh("cp --sparse=always %s/disk0.img %s", snap, disk2), 0);
+	spec2 = spec_for(disk2, NULL);
+	{
+		struct vmops_hv_launch_opts lo = { 0 };
+		char rd[400];
+
+		snprintf(rd, sizeof(rd), "%s/w2", dir);
+		mkdir(rd, 0700);
+		snprintf(rd, sizeof(rd), "%s/w2/vmm-2", dir);
+		lo.run_dir = rd;
+		lo.vmm_id = 2;
+		lo.auto_accel = VMOPS_ACCEL_TCG;
+		lo.die_with_parent = true;
+		dst = vmops_hv_launch_for_restore(spec2, &lo, &err);
+		cr_assert_not_null(dst, "%s", err.msg);
+	}
+	cr_assert_eq(vmops_hv_restore(dst, dfd, 120000, &err), 0, "%s", err.msg);
+	{
+		struct vmops_vm_status st;
+
+		cr_assert_eq(vmops_hv_status(dst, &st, &err), 0, "%s", err.msg);
+		cr_assert(!st.running, "restored vm runs before resume (%s)", st.status);
+	}
+	/* The snapshot holds a frozen guest: resume, then thaw it. */
+	cr_assert_eq(vmops_prep_recover(dst, &po, &err), 0, "%s", err.msg);
+	assert_running(dst);
+	cr_assert_eq(freeze_status(dst), VMOPS_QGA_THAWED);
+	snprintf(log2, sizeof(log2), "%s/serial.log", vmops_hv_info(dst)->run_dir);
+	testlib_assert_guest_continues(log2, g0.boot_sum, &g0.last, 120, NULL);
+	wait_data(log2, rec + 8, 120);
+	assert_fsck_clean_frozen(dst, disk2);
+	close(dfd);
+	vmops_hv_destroy(dst, 10000, &err);
+	vmops_hv_free(dst);
+	vmops_spec_free(spec);
+	vmops_spec_free(spec2);
+}
+
+/* ---- timeouts: each its own, VM left running and thawed ------------------------------- */
+
+static void timeout_case(const char *mode, struct vmops_prepare_opts po, const char *want_msg,
+			 bool check_thawed)
+{
+	struct vmops_error err = { 0 };
+	struct vmops_prep p;
+	struct vmops_hv *h;
+	struct vmops_spec *spec;
+	char disk[400], log[4200];
+	long rec;
+
+	testlib_need_qemu();
+	mkscratch();
+	make_disk("data.img");
+	snprintf(disk, sizeof(disk), "%s/data.img", dir);
+	spec = spec_for(disk, mode);
+	h = boot(spec, "w1", 1);
+	snprintf(log, sizeof(log), "%s/serial.log", vmops_hv_info(h)->run_dir);
+	testlib_wait_heartbeat(log, 2, 120, NULL);
+	rec = wait_data(log, 0, 120);
+
+	cr_assert_eq(vmops_prepare(&p, h, &po, &err), -1, "prepare succeeded with qga=%s", mode);
+	cr_assert_eq(err.code, VMOPS_EXIT_TIMEOUT, "exit code %d: %s", err.code, err.msg);
+	cr_assert(strstr(err.msg, want_msg), "wrong timeout: %s", err.msg);
+	cr_assert_str_eq(p.failed_step, "quiesce");
+	assert_running(h);
+	if (check_thawed)
+		cr_assert_eq(freeze_status(h), VMOPS_QGA_THAWED);
+	/* The data writer goes on: nothing stays frozen. */
+	wait_data(log, rec + 8, 120);
+	vmops_hv_destroy(h, 10000, &err);
+	vmops_hv_free(h);
+	vmops_spec_free(spec);
+}
+
+Test(snapshot, agent_missing_hits_the_agent_timeout, .timeout = 300, .fini = kill_test_vms)
+{
+	timeout_case("vmops.qga=off",
+		     (struct vmops_prepare_opts){ .agent_ms = 2000, .prepare_ms = 60000, .unwind_ms = 3000 },
+		     "guest-sync-delimited: no answer from the guest agent within 2000 ms", false);
+}
+
+Test(snapshot, agent_hangs_hits_the_agent_timeout, .timeout = 300, .fini = kill_test_vms)
+{
+	timeout_case("vmops.qga=stopped",
+		     (struct vmops_prepare_opts){ .agent_ms = 2000, .prepare_ms = 60000, .unwind_ms = 3000 },
+		     "guest-sync-delimited: no answer from the guest agent within 2000 ms", false);
+}
+
+Test(snapshot, prepare_hangs_hits_the_prepare_timeout_and_thaws, .timeout = 300, .fini = kill_test_vms)
+{
+	timeout_case("vmops.qga=slowfreeze vmops.freeze_delay_s=15",
+		     (struct vmops_prepare_opts){ .agent_ms = 60000, .prepare_ms = 2000, .unwind_ms = 90000 },
+		     "guest-fsfreeze-freeze: no reply within 2000 ms", true);
+}
