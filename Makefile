@@ -26,7 +26,7 @@ PROGRAMS = vm-fleet vm-migrate vm-drain vmm-reap usage-parity ghost-reap snapsho
 BUILT_PROGRAMS = $(patsubst cmd/%.c,%,$(wildcard cmd/*.c))
 
 DEB_PACKAGES = build-essential autoconf automake pkg-config libpq-dev postgresql \
-	libcjson-dev libarchive-dev libcurl4-openssl-dev libpopt-dev libcriterion-dev \
+	libcjson-dev libarchive-dev libcurl4-openssl-dev libssl-dev libpopt-dev libcriterion-dev \
 	mandoc bash-completion zsh qemu-system-x86 linux-image-amd64 busybox-static \
 	cpio e2fsprogs valgrind clang qemu-guest-agent hyperfine iperf3 python3 iproute2
 
@@ -172,7 +172,13 @@ bench: deps
 	@$(MAKE) --no-print-directory bench-run
 
 bench-run: all
+	@$(MAKE) --no-print-directory $(BUILDDIR)/bench/bundle-bench
 	@tests/bench/run.sh
+
+# Bench drivers: built for `make bench`, never installed.
+$(BUILDDIR)/bench/%: tests/bench/%.c $(BUILDDIR)/libvmops.a $(wildcard lib/*.h lib/*/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILDDIR)/libvmops.a $(LDFLAGS_ALL) $(PKG_LIBS) -lm
 
 fuzz:
 	@$(MAKE) --no-print-directory BUILDDIR=build-fuzz CC=clang \
