@@ -20,6 +20,7 @@
 #include "qga.h"
 #include "snapshot/snapshot.h"
 #include "spec.h"
+#include "vm.h"
 #include "testlib.h"
 
 static char dir[256];
@@ -38,7 +39,7 @@ static void mkscratch(void)
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int sh(const char *fmt, ...)
 {
-	char cmd[2048];
+	char cmd[8192];
 	va_list ap;
 	int st;
 
@@ -320,4 +321,89 @@ Test(snapshot, prepare_hangs_hits_the_prepare_timeout_and_thaws, .timeout = 300,
 	timeout_case("vmops.qga=slowfreeze vmops.freeze_delay_s=15",
 		     (struct vmops_prepare_opts){ .agent_ms = 60000, .prepare_ms = 2000, .unwind_ms = 90000 },
 		     "guest-fsfreeze-freeze: no reply within 2000 ms", true);
+}
+
+/* ---- the program, against the fleet database ------------------------------------------ */
+
+static char ci[512];
+
+/* Workers w1 and w2; sandbox sb1 launched on w1 with an ext4 data disk. */
+static PGconn *fleet_with_guest(const char *extra)
+{
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	char sql[1024], spec[600];
+	struct testrun r;
+	FILE *f;
+
+	testlib_need_qemu();
+	mkscratch();
+	make_disk("data.img");
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO workers (name, memory_mb, vcpus, run_dir, state) VALUES"
+		 " ('w1', 4096, 8, '%s/w1', 'active'), ('w2', 4096, 8, '%s/w2', 'active')", dir, dir);
+	PQclear(testdb_exec(c, sql));
+	snprintf(spec, sizeof(spec), "%s/sb1.json", dir);
+	f = fopen(spec, "w");
+	cr_assert(f);
+	fprintf(f, "{\"hypervisor\":\"qemu\",\"memory_mb\":256,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
+		   "\"cmdline\":\"console=ttyS0 vmops.dirty_mb=8 %s\",\"accel\":\"tcg\","
+		   "\"disks\":[{\"path\":\"%s/data.img\"}]}\n",
+		getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"), extra ? extra : "", dir);
+	fclose(f);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", "sb1", "--org", "acme",
+		"--worker", "w1", "--spec", spec);
+	cr_assert_eq(r.status, 0, "launch: %s", r.err);
+	testrun_free(&r);
+	return c;
+}
+
+static struct vmops_hv *attach_sb1(PGconn *c, char *log, size_t len)
+{
+	struct vmops_vmm_info info;
+	struct vmops_error err = { 0 };
+	struct vmops_hv *h;
+	long long id = testdb_ll(c, "SELECT active_vmm_id FROM sandboxes WHERE name = 'sb1'");
+
+	cr_assert_eq(vmops_vm_load_info(c, id, &info, &err), 0, "%s", err.msg);
+	h = vmops_hv_attach(&info, 10000, &err);
+	cr_assert_not_null(h, "%s", err.msg);
+	snprintf(log, len, "%s/serial.log", info.run_dir);
+	return h;
+}
+
+Test(snapshot, cli_snapshot_pipe_restore_on_another_worker, .timeout = 400, .fini = kill_test_vms)
+{
+	PGconn *c = fleet_with_guest(NULL);
+	struct vmops_error err = { 0 };
+	struct testlib_guest g0;
+	struct vmops_hv *h;
+	char log[4200], log2[600], cmd[8192], bin[512];
+	long rec;
+
+	h = attach_sb1(c, log, sizeof(log));
+	testlib_wait_heartbeat(log, 2, 120, NULL);
+	rec = wait_data(log, 8, 120);
+	testlib_guest_read(log, &g0);
+	/* Release the QMP socket for the program. */
+	vmops_hv_free(h);
+
+	/* Bundle to stdout, restored from stdin on w2: one shell pipeline. */
+	snprintf(bin, sizeof(bin), "%s", getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin");
+	snprintf(cmd, sizeof(cmd),
+		 "%s/snapshot-prep --db '%s' -q snapshot --sandbox sb1 -o - --work-dir %s 2>%s/snap.err |"
+		 " %s/snapshot-prep --json restore -i - --run-dir %s/w2/r1 --vmm-id 42 >%s/restore.out 2>%s/restore.err",
+		 bin, ci, dir, dir, bin, dir, dir, dir);
+	cr_assert_eq(sh("%s", cmd), 0, "pipeline failed (see %s/snap.err, restore.err)", dir);
+	h = attach_sb1(c, log, sizeof(log));
+	assert_running(h);
+	cr_assert_eq(freeze_status(h), VMOPS_QGA_THAWED);
+	cr_assert_eq(vmops_hv_destroy(h, 10000, &err), 0, "%s", err.msg);
+	vmops_hv_free(h);
+	/* The restored guest goes on from the snapshot, memory and data intact. */
+	snprintf(log2, sizeof(log2), "%s/w2/r1/vmm/serial.log", dir);
+	testlib_assert_guest_continues(log2, g0.boot_sum, &g0.last, 120, NULL);
+	wait_data(log2, rec + 8, 120);
+	cr_assert_eq(sh("grep -q '\"pid\"' %s/restore.out", dir), 0);
+	cr_assert_eq(sh("ls %s | grep -c snapshot-prep. | grep -qx 0", dir), 0, "staging left behind");
+	PQfinish(c);
 }
