@@ -70,9 +70,9 @@ static void usage(void)
 	       "the VM is left running and thawed, and no partial bundle is left.\n\n"
 	       "Options:\n");
 	vmops_cli_print_options(stdout, options);
-	printf("\nExit status: 0 ok, 1 failure, 2 usage, 3 not found, 4 conflict,\n"
-	       "5 database unreachable, 6 schema, 9 timeout, 10 interrupted, 11 hypervisor,\n"
-	       "16 integrity (a bundle refused); see vmops(7).\n");
+	printf("\nExit status: 0 ok, 1 failure, 2 usage, 5 database unreachable, 6 schema,\n"
+	       "7 hypervisor, 8 timeout, 10 conflict, 11 not found, 12 interrupted (undone),\n"
+	       "16 integrity (a bundle refused, nothing launched); see vmops(7).\n");
 	printf("\nFor more details see snapshot-prep(1).\n");
 }
 
