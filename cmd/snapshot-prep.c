@@ -54,6 +54,17 @@ static struct poptOption options[] = {
 
 static volatile sig_atomic_t interrupted;
 
+/* strerror, lowercased (messages are lowercase). */
+static const char *errtext(int e)
+{
+	static char buf[128];
+
+	snprintf(buf, sizeof(buf), "%s", strerror(e));
+	if (buf[0] >= 'A' && buf[0] <= 'Z' && !(buf[1] >= 'A' && buf[1] <= 'Z'))
+		buf[0] = (char)(buf[0] - 'A' + 'a');
+	return buf;
+}
+
 static void on_signal(int sig)
 {
 	interrupted = sig;
@@ -168,7 +179,7 @@ static int do_snapshot(struct vmops_hv *h, const struct target *t, uint64_t time
 	snprintf(dir, sizeof(dir), "%s/snapshot-prep.XXXXXX",
 		 opt.work_dir ? opt.work_dir : getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
 	if (!mkdtemp(dir) || (dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
-		return vmops_err(err, VMOPS_EXIT_FAILURE, "work dir %s: %s", dir, strerror(errno));
+		return vmops_err(err, VMOPS_EXIT_FAILURE, "work dir %s: %s", dir, errtext(errno));
 	prepare_opts(&po);
 	if (vmops_prepare(&p, h, &po, err) < 0 ||
 	    vmops_prep_snapshot(&p, dfd, spec, (int)timeout_ms, names, &n, err) < 0) {
@@ -234,7 +245,7 @@ static struct vmops_hv *do_restore(struct vmops_manifest *m, struct vmops_error 
 	in = strcmp(opt.in, "-") ? open(opt.in, O_RDONLY | O_CLOEXEC) : dup(STDIN_FILENO);
 	dfd = open(sdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (in < 0 || dfd < 0) {
-		vmops_err(err, VMOPS_EXIT_NOTFOUND, "%s: %s", in < 0 ? opt.in : sdir, strerror(errno));
+		vmops_err(err, VMOPS_EXIT_NOTFOUND, "%s: %s", in < 0 ? opt.in : sdir, errtext(errno));
 		return NULL;
 	}
 	bundle_opts(&bo);
@@ -261,6 +272,19 @@ static struct vmops_hv *do_restore(struct vmops_manifest *m, struct vmops_error 
 		return NULL;
 	}
 	return h;
+}
+
+/* restore --dry-run: verify the whole bundle, extract and launch nothing. */
+static int verify_only(struct vmops_manifest *m, struct vmops_error *err)
+{
+	struct vmops_bundle_opts bo;
+	_cleanup_close_ int in = strcmp(opt.in, "-") ? open(opt.in, O_RDONLY | O_CLOEXEC)
+						     : dup(STDIN_FILENO);
+
+	if (in < 0)
+		return vmops_err(err, VMOPS_EXIT_NOTFOUND, "%s: %s", opt.in, errtext(errno));
+	bundle_opts(&bo);
+	return vmops_bundle_verify_fd(in, m, &bo, err);
 }
 
 static void print_result(const char *mode, const struct vmops_hv *h, const char *sandbox,
@@ -383,8 +407,10 @@ int main(int argc, const char **argv)
 	if (strcmp(mode, "restore")) {
 		r = run_on_sandbox(mode, timeout_ms, &err);
 	} else if (vmops_cli.dry_run) {
-		print_result(mode, NULL, NULL, opt.in, -1);
-		r = 0;
+		r = verify_only(&m, &err);
+		if (r == 0)
+			print_result(mode, NULL, m.sandbox[0] ? m.sandbox : NULL, opt.in, -1);
+		vmops_manifest_clear(&m);
 	} else {
 		struct vmops_hv *h = do_restore(&m, &err);
 
