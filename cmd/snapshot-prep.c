@@ -24,6 +24,7 @@
 #include "db.h"
 #include "fault.h"
 #include "hv.h"
+#include "qmp.h"
 #include "prog.h"
 #include "schema.h"
 #include "snapshot/snapshot.h"
@@ -151,6 +152,19 @@ static void bundle_opts(struct vmops_bundle_opts *bo)
 		bo->progress = progress;
 }
 
+/* The hypervisor's version, for the manifest (QEMU: from the QMP greeting). */
+static int hv_version(struct vmops_hv *h, char *buf, size_t len, struct vmops_error *err)
+{
+	struct vmops_qmp *q = vmops_hv_qmp(h);
+	int major, minor, micro;
+
+	if (!q || vmops_qmp_version(q, &major, &minor, &micro) < 0)
+		return vmops_err(err, VMOPS_EXIT_HYPERVISOR, "%s vmm %lld: version unknown",
+				 vmops_hv_info(h)->kind, (long long)vmops_hv_info(h)->vmm_id);
+	snprintf(buf, len, "%d.%d.%d", major, minor, micro);
+	return 0;
+}
+
 /* Remove the staged files and their directory. */
 static void unstage(int dfd, const char *dir, const char *const *names, size_t n)
 {
@@ -193,6 +207,10 @@ static int do_snapshot(struct vmops_hv *h, const struct target *t, uint64_t time
 		return -1;
 	}
 	snprintf(m->hypervisor, sizeof(m->hypervisor), "%s", t->info.kind);
+	if (hv_version(h, m->hypervisor_version, sizeof(m->hypervisor_version), err) < 0) {
+		unstage(dfd, dir, names, n);
+		return -1;
+	}
 	m->spec = cJSON_Parse(t->spec_json);
 	m->memory_bytes = (uint64_t)spec->memory_mb << 20;
 	snprintf(m->sandbox, sizeof(m->sandbox), "%s", opt.sandbox);

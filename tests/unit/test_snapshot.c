@@ -407,3 +407,177 @@ Test(snapshot, cli_snapshot_pipe_restore_on_another_worker, .timeout = 400, .fin
 	cr_assert_eq(sh("ls %s | grep -c snapshot-prep. | grep -qx 0", dir), 0, "staging left behind");
 	PQfinish(c);
 }
+
+/* The VM after a failed or killed run, once `undo` ran where needed: running,
+ * thawed, the data writer going on. */
+static void assert_put_back(PGconn *c, const char *log, long *rec)
+{
+	struct vmops_hv *h;
+	char l2[4200];
+
+	h = attach_sb1(c, l2, sizeof(l2));
+	assert_running(h);
+	cr_assert_eq(freeze_status(h), VMOPS_QGA_THAWED);
+	vmops_hv_free(h);
+	*rec = wait_data(log, *rec + 8, 120);
+}
+
+static int run_prog_env(const char *env, const char *out, const char *const *argv)
+{
+	struct testrun r;
+	int st;
+
+	if (env)
+		putenv((char *)(uintptr_t)env);
+	testrun(&r, argv);
+	st = r.status;
+	cr_log_info("%s: exit %d: %s", argv[1], st, r.err);
+	testrun_free(&r);
+	if (env)
+		unsetenv("VMOPS_FAULT");
+	(void)out;
+	return st;
+}
+
+/*
+ * The fault matrix: the program dies (exit, SIGKILL) at each step; no
+ * bundle under the final name; `undo` puts the VM back.  One guest for all.
+ */
+Test(snapshot, fault_at_each_step_then_undo, .timeout = 900, .fini = kill_test_vms)
+{
+	static const char *const steps[] = { "quiesce", "pause", "snapshot", "disks", "bundle" };
+	static const char *const actions[] = { "exit", "sigkill-self" };
+	PGconn *c = fleet_with_guest(NULL);
+	struct vmops_hv *h;
+	char log[4200], out[600], env[64];
+	long rec;
+
+	h = attach_sb1(c, log, sizeof(log));
+	vmops_hv_free(h);
+	testlib_wait_heartbeat(log, 2, 120, NULL);
+	rec = wait_data(log, 0, 120);
+	snprintf(out, sizeof(out), "%s/b.vmops", dir);
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		for (size_t j = 0; j < 2; j++) {
+			int st;
+
+			snprintf(env, sizeof(env), "VMOPS_FAULT=%s:%s", steps[i], actions[j]);
+			st = run_prog_env(env, out, (const char *const[]){ "snapshot-prep", "--db", ci, "-q",
+					"snapshot", "--sandbox", "sb1", "-o", out, "--work-dir", dir, NULL });
+			cr_assert_eq(st, j ? 128 + SIGKILL : 1, "%s: exit %d", env, st);
+			cr_assert_neq(access(out, F_OK), 0, "%s: a bundle under the final name", env);
+			st = run_prog_env(NULL, NULL, (const char *const[]){ "snapshot-prep", "--db", ci, "-q",
+					"undo", "--sandbox", "sb1", NULL });
+			cr_assert_eq(st, 0, "undo after %s: exit %d", env, st);
+			assert_put_back(c, log, &rec);
+		}
+	}
+	/* And without a fault it works, on the same guest. */
+	cr_assert_eq(run_prog_env(NULL, NULL, (const char *const[]){ "snapshot-prep", "--db", ci, "-q",
+			"snapshot", "--sandbox", "sb1", "-o", out, "--work-dir", dir, NULL }), 0);
+	cr_assert_eq(access(out, F_OK), 0);
+	assert_put_back(c, log, &rec);
+	PQfinish(c);
+}
+
+/*
+ * SIGTERM while stopped at a step (the fault hook's `stop`): the program
+ * unwinds by itself (exit 12) and the VM is running and thawed, with no
+ * `undo`; at the bundle step (VM already back) nothing is left either.
+ */
+Test(snapshot, sigterm_at_each_step_unwinds, .timeout = 600, .fini = kill_test_vms)
+{
+	static const char *const steps[] = { "pause", "snapshot", "disks", "bundle" };
+	PGconn *c = fleet_with_guest(NULL);
+	struct vmops_hv *h;
+	char log[4200], out[600], env[64];
+	long rec;
+
+	h = attach_sb1(c, log, sizeof(log));
+	vmops_hv_free(h);
+	testlib_wait_heartbeat(log, 2, 120, NULL);
+	rec = wait_data(log, 0, 120);
+	snprintf(out, sizeof(out), "%s/b.vmops", dir);
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		struct testproc p;
+		struct testrun r;
+		char path[64];
+		int st = 0;
+
+		snprintf(env, sizeof(env), "VMOPS_FAULT=%s:stop", steps[i]);
+		putenv(env);
+		TESTRUN_START(&p, "snapshot-prep", "--db", ci, "-q", "snapshot", "--sandbox", "sb1", "-o", out,
+			      "--work-dir", dir);
+		unsetenv("VMOPS_FAULT");
+		/* Wait until it stopped itself (state T in /proc). */
+		snprintf(path, sizeof(path), "/proc/%d/stat", (int)p.pid);
+		for (int k = 0; k < 1200 && !st; k++) {
+			char buf[512] = "";
+			FILE *f = fopen(path, "r");
+
+			if (f) {
+				if (fgets(buf, sizeof(buf), f) && strstr(buf, ") T "))
+					st = 1;
+				fclose(f);
+			}
+			if (!st)
+				usleep(100000);
+		}
+		cr_assert(st, "%s: never stopped", env);
+		kill(p.pid, SIGTERM);
+		kill(p.pid, SIGCONT);
+		testrun_finish(&p, &r);
+		cr_assert_eq(r.status, VMOPS_EXIT_INTERRUPTED, "%s: exit %d: %s", env, r.status, r.err);
+		testrun_free(&r);
+		cr_assert_neq(access(out, F_OK), 0, "%s: a bundle under the final name", env);
+		assert_put_back(c, log, &rec);
+	}
+	cr_assert_eq(sh("ls %s | grep -c snapshot-prep. | grep -qx 0", dir), 0, "staging left behind");
+	PQfinish(c);
+}
+
+/*
+ * SIGKILL while the bundle is being written (its temporary file has bytes):
+ * nothing under the final name, the VM running and thawed (it was put back
+ * before bundling), and a rerun writes a whole bundle that verifies.
+ */
+Test(snapshot, sigkill_mid_write_leaves_no_bundle, .timeout = 600, .fini = kill_test_vms)
+{
+	PGconn *c = fleet_with_guest("vmops.static_mb=64");
+	struct testproc p;
+	struct testrun r;
+	struct vmops_hv *h;
+	char log[4200], out[600], cmd[1024];
+	long rec;
+	bool seen = false;
+
+	h = attach_sb1(c, log, sizeof(log));
+	vmops_hv_free(h);
+	testlib_wait_heartbeat(log, 2, 180, NULL);
+	rec = wait_data(log, 0, 120);
+	snprintf(out, sizeof(out), "%s/out/b.vmops", dir);
+	snprintf(cmd, sizeof(cmd), "%s/out", dir);
+	mkdir(cmd, 0700);
+	TESTRUN_START(&p, "snapshot-prep", "--db", ci, "-q", "snapshot", "--sandbox", "sb1", "-o", out,
+		      "--work-dir", dir);
+	/* The temporary bundle has data: kill it there. */
+	snprintf(cmd, sizeof(cmd), "find %s/out -name '.b.vmops.tmp.*' -size +1k | grep -q .", dir);
+	for (int k = 0; k < 3000 && !seen; k++) {
+		seen = sh("%s", cmd) == 0;
+		if (!seen)
+			usleep(50000);
+	}
+	kill(p.pid, SIGKILL);
+	testrun_finish(&p, &r);
+	testrun_free(&r);
+	cr_assert(seen, "never saw the bundle being written");
+	cr_assert_neq(access(out, F_OK), 0, "a half bundle under the final name");
+	/* The VM was put back before the bundle was written: no undo needed. */
+	assert_put_back(c, log, &rec);
+	cr_assert_eq(run_prog_env(NULL, NULL, (const char *const[]){ "snapshot-prep", "--db", ci, "-q",
+			"snapshot", "--sandbox", "sb1", "-o", out, "--work-dir", dir, NULL }), 0);
+	cr_assert_eq(run_prog_env(NULL, NULL, (const char *const[]){ "snapshot-prep", "-q", "restore",
+			"-i", out, "--run-dir", "/nonexistent-unused", "--dry-run", NULL }), 0,
+		     "the rerun's bundle does not verify");
+	PQfinish(c);
+}
