@@ -32,6 +32,8 @@
 #ifndef VMOPS_SNAPSHOT_H
 #define VMOPS_SNAPSHOT_H
 
+#include <libpq-fe.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -120,3 +122,69 @@ int vmops_copy_sparse(const char *src, int dirfd, const char *name,
 		      volatile sig_atomic_t *interrupted, struct vmops_error *err);
 
 #endif
+
+/* --- hibernate and wake (the fleet database) ------------------------------- */
+
+#define VMOPS_HIBERNATE_BUDGET_MS (2u * 60 * 1000)
+
+struct vmops_hibernate_opts {
+	const char *sandbox;
+	const char *bundle_dir;      /* absolute; bundle = <dir>/<sandbox>-<snapshot id>.vmops */
+	const char *work_dir;        /* staging (NULL: bundle_dir) */
+	uint64_t budget_ms;          /* the state write (0: VMOPS_HIBERNATE_BUDGET_MS) */
+	int agent_ms, prepare_ms;    /* see struct vmops_prepare_opts */
+	const char *program;         /* for the lease owner and audit rows */
+	volatile sig_atomic_t *interrupted;
+};
+
+struct vmops_hibernate_report {
+	long long sandbox_id, vmm_id, snapshot_id;
+	char location[PATH_MAX];
+	uint64_t size_bytes;
+	char sha256[65];
+	bool committed;              /* the sandbox is hibernated in the database */
+	bool vmm_stopped;            /* and its QEMU is gone, reservation freed */
+};
+
+/*
+ * Hibernate a running sandbox: record the snapshot (state writing, with a
+ * lease), prepare its VM, snapshot, write the bundle durably, then in ONE
+ * transaction: snapshot ready, VMM destroyed, sandbox hibernated (the
+ * trigger closes its billing).  The VMM is stopped after the commit and its
+ * reservation freed only once the process is gone.  Any failure before the
+ * commit unwinds the VM (running, thawed), removes the bundle and marks the
+ * snapshot failed: the sandbox is running where it was.  A lost database
+ * connection at the commit leaves the VM paused (UNKNOWN): resuming a
+ * sandbox that may be hibernated could run it twice.
+ */
+int vmops_hibernate(PGconn *c, const struct vmops_hibernate_opts *o,
+		    struct vmops_hibernate_report *r, struct vmops_error *e);
+
+struct vmops_wake_opts {
+	const char *sandbox;
+	const char *worker;          /* NULL: the active worker with the most room */
+	int timeout_ms;              /* loading the state (0: 10 min) */
+	int agent_ms, prepare_ms;
+	enum vmops_accel auto_accel;
+	const char *program;
+	volatile sig_atomic_t *interrupted;
+};
+
+struct vmops_wake_report {
+	long long sandbox_id, snapshot_id, vmm_id, worker_id, scale_event_id;
+	char worker[128];
+};
+
+/*
+ * Wake a hibernated sandbox: admit a new VMM on a worker with room (its
+ * reservation in the same transaction), verify the bundle (SHA-256 as
+ * recorded, then every member), restore, resume, thaw; then in ONE
+ * transaction: VMM running, sandbox running on its new worker, one open
+ * scale event, snapshot restored.  Any failure destroys the new VMM, frees
+ * its reservation and leaves the sandbox hibernated with its bundle.
+ */
+int vmops_wake(PGconn *c, const struct vmops_wake_opts *o, struct vmops_wake_report *r,
+	       struct vmops_error *e);
+
+/* SHA-256 (lowercase hex) and size of a whole file. */
+int vmops_file_sha256(const char *path, char hex[65], uint64_t *size, struct vmops_error *e);
