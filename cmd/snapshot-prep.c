@@ -6,6 +6,9 @@
  *   prepare   quiesce + pause a sandbox's VM and leave it so
  *   undo      resume + thaw it (also after a crashed run)
  *   snapshot  prepare, snapshot, resume + thaw, bundle (-o FILE or -o -)
+ *   hibernate snapshot + bundle in --bundle-dir, then in the database: sandbox
+ *             hibernated, billing closed, VMM destroyed; QEMU stopped
+ *   wake      a hibernated sandbox on a worker with room, from its bundle
  *   restore   verify and extract a bundle (-i FILE or -i -), launch a VMM
  *             for it in --run-dir, load it, resume + thaw
  */
@@ -33,7 +36,7 @@
 
 static struct {
 	const char *sandbox, *out, *in, *run_dir, *work_dir, *agent_timeout, *prepare_timeout,
-		*timeout, *vmm_id;
+		*timeout, *vmm_id, *bundle_dir, *worker;
 	int no_quiesce;
 } opt;
 
@@ -43,6 +46,8 @@ static struct poptOption options[] = {
 	{ "input", 'i', POPT_ARG_STRING, &opt.in, 0, "restore: read the bundle from FILE ('-': stdin)", "FILE" },
 	{ "run-dir", '\0', POPT_ARG_STRING, &opt.run_dir, 0, "restore: directory for the new VMM and its files", "DIR" },
 	{ "vmm-id", '\0', POPT_ARG_STRING, &opt.vmm_id, 0, "restore: id for the new VMM's name (default 0)", "N" },
+	{ "bundle-dir", '\0', POPT_ARG_STRING, &opt.bundle_dir, 0, "hibernate: directory for the bundle", "DIR" },
+	{ "worker", '\0', POPT_ARG_STRING, &opt.worker, 0, "wake: this worker (default: the active one with most room)", "NAME" },
 	{ "work-dir", '\0', POPT_ARG_STRING, &opt.work_dir, 0, "snapshot: where the files are staged (default $TMPDIR)", "DIR" },
 	{ "agent-timeout", '\0', POPT_ARG_STRING, &opt.agent_timeout, 0, "wait for the guest agent at most DUR (default 10s)", "DUR" },
 	{ "prepare-timeout", '\0', POPT_ARG_STRING, &opt.prepare_timeout, 0, "the freeze itself at most DUR (default 30s)", "DUR" },
@@ -75,7 +80,10 @@ static void usage(void)
 {
 	printf("Usage:\n %s prepare|undo --sandbox NAME [options]\n"
 	       " %s snapshot --sandbox NAME -o FILE|- [options]\n"
-	       " %s restore -i FILE|- --run-dir DIR [options]\n\n", prog_name, prog_name, prog_name);
+	       " %s restore -i FILE|- --run-dir DIR [options]\n"
+	       " %s hibernate --sandbox NAME --bundle-dir DIR [options]\n"
+	       " %s wake --sandbox NAME [--worker NAME] [options]\n\n",
+	       prog_name, prog_name, prog_name, prog_name, prog_name);
 	printf("Bring a VM into a state that is safe to snapshot (guest filesystems frozen\n"
 	       "through the guest agent, vCPUs paused), and back.  Any failure, timeout or\n"
 	       "SIGINT/SIGTERM after the first change undoes every step in reverse order:\n"
@@ -340,8 +348,14 @@ static void check_args(const char *mode)
 	bool needs_sandbox = strcmp(mode, "restore") != 0;
 
 	if (strcmp(mode, "prepare") && strcmp(mode, "undo") && strcmp(mode, "snapshot") &&
-	    strcmp(mode, "restore"))
-		usage_error("unknown mode '%s' (prepare, undo, snapshot, restore)", mode);
+	    strcmp(mode, "restore") && strcmp(mode, "hibernate") && strcmp(mode, "wake"))
+		usage_error("unknown mode '%s' (prepare, undo, snapshot, restore, hibernate, wake)", mode);
+	if (!strcmp(mode, "hibernate") && (!opt.bundle_dir || opt.bundle_dir[0] != '/'))
+		usage_error("hibernate: an absolute --bundle-dir is required");
+	if (strcmp(mode, "hibernate") && opt.bundle_dir)
+		usage_error("%s: --bundle-dir is for hibernate only", mode);
+	if (strcmp(mode, "wake") && opt.worker)
+		usage_error("%s: --worker is for wake only", mode);
 	if (needs_sandbox && (!opt.sandbox || !*opt.sandbox))
 		usage_error("%s: --sandbox is required", mode);
 	if (!strcmp(mode, "snapshot") && (!opt.out || !*opt.out))
@@ -398,6 +412,79 @@ out:
 	return r;
 }
 
+static void print_db_result(const char *mode, long long snapshot_id, long long vmm_id,
+			    const char *worker, const char *location, const char *sha256)
+{
+	static const struct vmops_column cols[] = {
+		{ "mode", VMOPS_COL_STRING, 0, 0 },
+		{ "sandbox", VMOPS_COL_STRING, 0, 0 },
+		{ "snapshot_id", VMOPS_COL_INT, 0, 0 },
+		{ "vmm_id", VMOPS_COL_INT, 0, 0 },
+		{ "worker", VMOPS_COL_STRING, 0, 0 },
+		{ "location", VMOPS_COL_STRING, 0, 0 },
+		{ "sha256", VMOPS_COL_STRING, 0, 0 },
+	};
+	struct vmops_output *o = vmops_output_new();
+	struct vmops_section *s = vmops_output_record(o, mode, cols, ARRAY_SIZE(cols));
+
+	vmops_set_str(s, 0, mode);
+	vmops_set_str(s, 1, opt.sandbox);
+	vmops_set_int(s, 2, snapshot_id);
+	vmops_set_int(s, 3, vmm_id);
+	vmops_set_str(s, 4, worker);
+	vmops_set_str(s, 5, location);
+	vmops_set_str(s, 6, sha256);
+	if (!vmops_cli.quiet || vmops_cli.json)
+		print_output(o);
+	vmops_output_free(o);
+}
+
+/* hibernate and wake: the library does the work and the database writes. */
+static int run_db_mode(const char *mode, uint64_t timeout_ms, struct vmops_error *err)
+{
+	struct vmops_prepare_opts po;
+	PGconn *c = vmops_db_connect(vmops_cli.db, prog_name, err);
+	int r = -1;
+
+	if (!c || vmops_schema_check(c, err) < 0)
+		goto out;
+	if (vmops_cli.dry_run) {
+		struct target t = { 0 };
+
+		r = strcmp(mode, "hibernate") ? 0 : load_target(c, opt.sandbox, &t, err);
+		free(t.spec_json);
+		if (r == 0)
+			print_db_result(mode, 0, t.vmm_id, NULL, NULL, NULL);
+		goto out;
+	}
+	prepare_opts(&po);
+	if (!strcmp(mode, "hibernate")) {
+		struct vmops_hibernate_opts ho = { .sandbox = opt.sandbox, .bundle_dir = opt.bundle_dir,
+						   .work_dir = opt.work_dir, .budget_ms = timeout_ms,
+						   .agent_ms = po.agent_ms, .prepare_ms = po.prepare_ms,
+						   .program = prog_name, .interrupted = &interrupted };
+		struct vmops_hibernate_report hr;
+
+		r = vmops_hibernate(c, &ho, &hr, err);
+		if (r == 0)
+			print_db_result(mode, hr.snapshot_id, hr.vmm_id, NULL, hr.location, hr.sha256);
+	} else {
+		struct vmops_wake_opts wo = { .sandbox = opt.sandbox, .worker = opt.worker,
+					      .timeout_ms = (int)timeout_ms, .agent_ms = po.agent_ms,
+					      .prepare_ms = po.prepare_ms, .auto_accel = VMOPS_ACCEL_AUTO,
+					      .program = prog_name, .interrupted = &interrupted };
+		struct vmops_wake_report wr;
+
+		r = vmops_wake(c, &wo, &wr, err);
+		if (r == 0)
+			print_db_result(mode, wr.snapshot_id, wr.vmm_id, wr.worker, NULL, NULL);
+	}
+out:
+	if (c)
+		PQfinish(c);
+	return r;
+}
+
 int main(int argc, const char **argv)
 {
 	struct vmops_error err = { 0 };
@@ -412,7 +499,7 @@ int main(int argc, const char **argv)
 	ctx = prog_parse(argc, argv, options, usage);
 	left = poptGetArgs(ctx);
 	if (!left || !left[0])
-		usage_error("a mode is required (prepare, undo, snapshot, restore)");
+		usage_error("a mode is required (prepare, undo, snapshot, restore, hibernate, wake)");
 	if (left[1])
 		usage_error("unexpected argument '%s'", left[1]);
 	mode = left[0];
@@ -422,7 +509,9 @@ int main(int argc, const char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 
-	if (strcmp(mode, "restore")) {
+	if (!strcmp(mode, "hibernate") || !strcmp(mode, "wake")) {
+		r = run_db_mode(mode, timeout_ms, &err);
+	} else if (strcmp(mode, "restore")) {
 		r = run_on_sandbox(mode, timeout_ms, &err);
 	} else if (vmops_cli.dry_run) {
 		r = verify_only(&m, &err);

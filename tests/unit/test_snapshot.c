@@ -17,6 +17,7 @@
 
 #include "exitcodes.h"
 #include "hv.h"
+#include "proc.h"
 #include "qga.h"
 #include "snapshot/snapshot.h"
 #include "spec.h"
@@ -579,5 +580,65 @@ Test(snapshot, sigkill_mid_write_leaves_no_bundle, .timeout = 600, .fini = kill_
 	cr_assert_eq(run_prog_env(NULL, NULL, (const char *const[]){ "snapshot-prep", "-q", "restore",
 			"-i", out, "--run-dir", "/nonexistent-unused", "--dry-run", NULL }), 0,
 		     "the rerun's bundle does not verify");
+	PQfinish(c);
+}
+
+/* ---- hibernate -> wake on the other worker ----------------------------------------------- */
+
+Test(snapshot, hibernate_then_wake_on_the_other_worker, .timeout = 600, .fini = kill_test_vms)
+{
+	PGconn *c = fleet_with_guest(NULL);
+	struct testlib_guest g0;
+	struct testrun r;
+	struct vmops_hv *h;
+	char log[4200], bdir[600], log2[600], sql[512];
+	long long pid, start, vmm1;
+	long rec;
+
+	h = attach_sb1(c, log, sizeof(log));
+	vmops_hv_free(h);
+	testlib_wait_heartbeat(log, 2, 120, NULL);
+	rec = wait_data(log, 8, 120);
+	vmm1 = testdb_ll(c, "SELECT active_vmm_id FROM sandboxes WHERE name = 'sb1'");
+	pid = testdb_ll(c, "SELECT pid FROM vmms WHERE id = (SELECT active_vmm_id FROM sandboxes)");
+	start = testdb_ll(c, "SELECT pid_start_time FROM vmms WHERE id = (SELECT active_vmm_id FROM sandboxes)");
+	snprintf(bdir, sizeof(bdir), "%s/bundles", dir);
+	mkdir(bdir, 0700);
+	testlib_guest_read(log, &g0);
+
+	TESTRUN(&r, "snapshot-prep", "--db", ci, "--json", "hibernate", "--sandbox", "sb1", "--bundle-dir", bdir);
+	cr_assert_eq(r.status, 0, "hibernate: %s\n%s", r.out, r.err);
+	testrun_free(&r);
+	/* Hibernated: billing closed, the VMM destroyed and gone, its reservation freed, a ready bundle. */
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'hibernated' AND active_vmm_id IS NULL"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 0, "billing still open");
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM vmms WHERE id = %lld AND state = 'destroyed'", vmm1);
+	cr_assert_eq(testdb_ll(c, sql), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 0, "reservation outlived the hibernated VMM");
+	cr_assert_neq(vmops_proc_check("/proc", (pid_t)pid, (unsigned long long)start, NULL, NULL),
+		      VMOPS_PROC_ALIVE, "the hibernated QEMU still runs");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'ready' AND size_bytes > 0"
+				  " AND manifest->>'hypervisor' = 'qemu'"), 1);
+	/* The bundle cannot disappear under a hibernated sandbox (VO062). */
+	cr_assert_str_eq(testdb_fail(c, "UPDATE snapshots SET state = 'deleted'"), "VO062");
+
+	TESTRUN(&r, "snapshot-prep", "--db", ci, "--json", "wake", "--sandbox", "sb1", "--worker", "w2");
+	cr_assert_eq(r.status, 0, "wake: %s\n%s", r.out, r.err);
+	testrun_free(&r);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
+				  " JOIN vmms v ON v.id = s.active_vmm_id WHERE s.status = 'running' AND w.name = 'w2'"
+				  " AND v.state = 'running' AND v.worker_id = w.id AND s.target_vmm_id IS NULL"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
+				  " WHERE e.ended_at IS NULL AND e.vmm_id = s.active_vmm_id AND e.worker_id = s.worker_id"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'restored'"), 1);
+	TESTRUN(&r, "usage-parity", "--db", ci, "-q", "--from", "now-2h", "--to", "now-1h");
+	cr_assert_eq(r.status, 0, "usage-parity found drift:\n%s\n%s", r.out, r.err);
+	testrun_free(&r);
+	/* The guest goes on from the hibernation, memory and data intact. */
+	snprintf(log2, sizeof(log2), "%s/w2/vmm-%lld/serial.log", dir,
+		 testdb_ll(c, "SELECT active_vmm_id FROM sandboxes"));
+	testlib_assert_guest_continues(log2, g0.boot_sum, &g0.last, 120, NULL);
+	wait_data(log2, rec + 8, 120);
 	PQfinish(c);
 }
