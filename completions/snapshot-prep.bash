@@ -18,7 +18,7 @@ _snapshot_prep()
 		COMPREPLY=($(compgen -f -- "$cur") -)
 		return
 		;;
-	--run-dir | --work-dir)
+	--run-dir | --work-dir | --bundle-dir)
 		COMPREPLY=($(compgen -d -- "$cur"))
 		return
 		;;
@@ -26,7 +26,7 @@ _snapshot_prep()
 		COMPREPLY=($(compgen -W '2s 10s 30s 1m 10m' -- "$cur"))
 		return
 		;;
-	--db | --sandbox | -s | --vmm-id)
+	--db | --sandbox | -s | --vmm-id | --worker)
 		return
 		;;
 	esac
@@ -35,14 +35,14 @@ _snapshot_prep()
 	local i mode=
 	for ((i = 1; i < cword; i++)); do
 		case ${words[i]} in
-		prepare | undo | snapshot | restore) mode=${words[i]} ;;
+		prepare | undo | snapshot | restore | hibernate | wake) mode=${words[i]} ;;
 		esac
 	done
 	if [[ -z $mode && $cur != -* ]]; then
-		COMPREPLY=($(compgen -W 'prepare undo snapshot restore' -- "$cur"))
+		COMPREPLY=($(compgen -W 'prepare undo snapshot restore hibernate wake' -- "$cur"))
 		return
 	fi
-	local opts='--sandbox -s --output -o --input -i --run-dir --vmm-id --work-dir --agent-timeout --prepare-timeout --timeout --no-quiesce --dry-run --db --json --verbose -v --quiet -q --help -h --version -V'
+	local opts='--sandbox -s --output -o --input -i --run-dir --vmm-id --bundle-dir --worker --work-dir --agent-timeout --prepare-timeout --timeout --no-quiesce --dry-run --db --json --verbose -v --quiet -q --help -h --version -V'
 	COMPREPLY=($(compgen -W "$opts" -- "$cur"))
 } &&
 	complete -F _snapshot_prep snapshot-prep

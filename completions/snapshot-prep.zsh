@@ -3,12 +3,14 @@
 # SPDX-License-Identifier: MIT
 
 _arguments -s \
-  '1:mode:(prepare undo snapshot restore)' \
+  '1:mode:(prepare undo snapshot restore hibernate wake)' \
   '(-s --sandbox)'{-s+,--sandbox=}'[the sandbox (prepare, undo, snapshot)]:sandbox name: ' \
   '(-o --output)'{-o+,--output=}'[snapshot: write the bundle to FILE (- for stdout)]:bundle file:_files' \
   '(-i --input)'{-i+,--input=}'[restore: read the bundle from FILE (- for stdin)]:bundle file:_files' \
   '--run-dir=[restore: directory for the new VMM and its files]:directory:_directories' \
   '--vmm-id=[restore: id for the new VMM'"'"'s name]:VMM id: ' \
+  '--bundle-dir=[hibernate: directory for the bundle]:directory:_directories' \
+  '--worker=[wake: this worker]:worker name: ' \
   '--work-dir=[snapshot: where the files are staged]:directory:_directories' \
   '--agent-timeout=[wait for the guest agent at most DUR]:duration:(2s 10s 30s 1m)' \
   '--prepare-timeout=[the freeze itself at most DUR]:duration:(2s 10s 30s 1m)' \

@@ -26,9 +26,15 @@
 
 static char dir[256];
 
+/* Teardown, also after a failed assertion: no VM outlives the test; its
+ * scratch directory (no mounts in it) goes too, unless VMOPS_KEEP_TMP is set. */
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 static void kill_test_vms(void)
 {
 	testlib_kill_vms_under(dir);
+	if (dir[0] && !getenv("VMOPS_KEEP_TMP"))
+		sh("rm -rf '%s'", dir);
 }
 
 static void mkscratch(void)
