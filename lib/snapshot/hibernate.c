@@ -174,6 +174,7 @@ static int write_bundle(struct hib *h, struct vmops_hv *hv, struct vmops_prep *p
 	for (size_t i = 0; i < n; i++)
 		unlinkat(dfd, names[i], 0);
 	close(dfd);
+	p->dirfd = -1;
 	rmdir(dir);
 	return rc;
 }

@@ -93,6 +93,8 @@ static int undo_one(struct vmops_prep *p, const struct vmops_snap_undo *u, struc
 	if (!strcmp(u->what, "hint-stop"))
 		return vmops_hv_hint_stop(p->h, 2000, err);
 	if (!strcmp(u->what, "delete")) {
+		if (p->dirfd < 0)
+			return 0;  /* the directory is gone with its files */
 		if (unlinkat(p->dirfd, p->files[u->arg], 0) < 0 && errno != ENOENT)
 			return vmops_err(err, VMOPS_EXIT_FAILURE, "delete %s: %s", p->files[u->arg],
 					 strerror(errno));

@@ -189,7 +189,7 @@ static void assert_fsck_clean_frozen(struct vmops_hv *h, const char *disk)
 
 /* ---- snapshot -> restore on another worker ------------------------------------------ */
 
-Test(snapshot, restore_elsewhere_keeps_memory_and_ext4_data, .timeout = 400, .fini = kill_test_vms)
+Test(snapshot, restore_elsewhere_keeps_memory_and_ext4_data, .timeout = 900, .fini = kill_test_vms)
 {
 	struct vmops_prepare_opts po = { .agent_ms = 30000, .prepare_ms = 30000 };
 	struct vmops_error err = { 0 };
@@ -211,7 +211,7 @@ Test(snapshot, restore_elsewhere_keeps_memory_and_ext4_data, .timeout = 400, .fi
 	src = boot(spec, "w1", 1);
 	snprintf(log1, sizeof(log1), "%s/serial.log", vmops_hv_info(src)->run_dir);
 	testlib_wait_heartbeat(log1, 2, 120, &g0);
-	rec = wait_data(log1, 8, 120);
+	rec = wait_data(log1, 8, 300);
 
 	/* The guest as last seen before the snapshot: the restored one goes on from there. */
 	testlib_guest_read(log1, &g0);
@@ -264,7 +264,7 @@ Test(snapshot, restore_elsewhere_keeps_memory_and_ext4_data, .timeout = 400, .fi
 	cr_assert_eq(freeze_status(dst), VMOPS_QGA_THAWED);
 	snprintf(log2, sizeof(log2), "%s/serial.log", vmops_hv_info(dst)->run_dir);
 	testlib_assert_guest_continues(log2, g0.boot_sum, &g0.last, 120, NULL);
-	wait_data(log2, rec + 8, 120);
+	wait_data(log2, rec + 8, 300);
 	assert_fsck_clean_frozen(dst, disk2);
 	close(dfd);
 	vmops_hv_destroy(dst, 10000, &err);
@@ -293,7 +293,7 @@ static void timeout_case(const char *mode, struct vmops_prepare_opts po, const c
 	h = boot(spec, "w1", 1);
 	snprintf(log, sizeof(log), "%s/serial.log", vmops_hv_info(h)->run_dir);
 	testlib_wait_heartbeat(log, 2, 120, NULL);
-	rec = wait_data(log, 0, 120);
+	rec = wait_data(log, 0, 300);
 
 	cr_assert_eq(vmops_prepare(&p, h, &po, &err), -1, "prepare succeeded with qga=%s", mode);
 	cr_assert_eq(err.code, VMOPS_EXIT_TIMEOUT, "exit code %d: %s", err.code, err.msg);
@@ -303,27 +303,27 @@ static void timeout_case(const char *mode, struct vmops_prepare_opts po, const c
 	if (check_thawed)
 		cr_assert_eq(freeze_status(h), VMOPS_QGA_THAWED);
 	/* The data writer goes on: nothing stays frozen. */
-	wait_data(log, rec + 8, 120);
+	wait_data(log, rec + 8, 300);
 	vmops_hv_destroy(h, 10000, &err);
 	vmops_hv_free(h);
 	vmops_spec_free(spec);
 }
 
-Test(snapshot, agent_missing_hits_the_agent_timeout, .timeout = 300, .fini = kill_test_vms)
+Test(snapshot, agent_missing_hits_the_agent_timeout, .timeout = 900, .fini = kill_test_vms)
 {
 	timeout_case("vmops.qga=off",
 		     (struct vmops_prepare_opts){ .agent_ms = 2000, .prepare_ms = 60000, .unwind_ms = 3000 },
 		     "guest-sync-delimited: no answer from the guest agent within 2000 ms", false);
 }
 
-Test(snapshot, agent_hangs_hits_the_agent_timeout, .timeout = 300, .fini = kill_test_vms)
+Test(snapshot, agent_hangs_hits_the_agent_timeout, .timeout = 900, .fini = kill_test_vms)
 {
 	timeout_case("vmops.qga=stopped",
 		     (struct vmops_prepare_opts){ .agent_ms = 2000, .prepare_ms = 60000, .unwind_ms = 3000 },
 		     "guest-sync-delimited: no answer from the guest agent within 2000 ms", false);
 }
 
-Test(snapshot, prepare_hangs_hits_the_prepare_timeout_and_thaws, .timeout = 300, .fini = kill_test_vms)
+Test(snapshot, prepare_hangs_hits_the_prepare_timeout_and_thaws, .timeout = 900, .fini = kill_test_vms)
 {
 	timeout_case("vmops.qga=slowfreeze vmops.freeze_delay_s=15",
 		     (struct vmops_prepare_opts){ .agent_ms = 60000, .prepare_ms = 2000, .unwind_ms = 90000 },
@@ -378,7 +378,7 @@ static struct vmops_hv *attach_sb1(PGconn *c, char *log, size_t len)
 	return h;
 }
 
-Test(snapshot, cli_snapshot_pipe_restore_on_another_worker, .timeout = 400, .fini = kill_test_vms)
+Test(snapshot, cli_snapshot_pipe_restore_on_another_worker, .timeout = 900, .fini = kill_test_vms)
 {
 	PGconn *c = fleet_with_guest(NULL);
 	struct vmops_error err = { 0 };
@@ -389,7 +389,7 @@ Test(snapshot, cli_snapshot_pipe_restore_on_another_worker, .timeout = 400, .fin
 
 	h = attach_sb1(c, log, sizeof(log));
 	testlib_wait_heartbeat(log, 2, 120, NULL);
-	rec = wait_data(log, 8, 120);
+	rec = wait_data(log, 8, 300);
 	testlib_guest_read(log, &g0);
 	/* Release the QMP socket for the program. */
 	vmops_hv_free(h);
@@ -409,7 +409,7 @@ Test(snapshot, cli_snapshot_pipe_restore_on_another_worker, .timeout = 400, .fin
 	/* The restored guest goes on from the snapshot, memory and data intact. */
 	snprintf(log2, sizeof(log2), "%s/w2/r1/vmm/serial.log", dir);
 	testlib_assert_guest_continues(log2, g0.boot_sum, &g0.last, 120, NULL);
-	wait_data(log2, rec + 8, 120);
+	wait_data(log2, rec + 8, 300);
 	cr_assert_eq(sh("grep -q '\"pid\"' %s/restore.out", dir), 0);
 	cr_assert_eq(sh("ls %s | grep -c snapshot-prep. | grep -qx 0", dir), 0, "staging left behind");
 	PQfinish(c);
@@ -426,7 +426,7 @@ static void assert_put_back(PGconn *c, const char *log, long *rec)
 	assert_running(h);
 	cr_assert_eq(freeze_status(h), VMOPS_QGA_THAWED);
 	vmops_hv_free(h);
-	*rec = wait_data(log, *rec + 8, 120);
+	*rec = wait_data(log, *rec + 8, 300);
 }
 
 static int run_prog_env(const char *env, const char *out, const char *const *argv)
@@ -450,7 +450,7 @@ static int run_prog_env(const char *env, const char *out, const char *const *arg
  * The fault matrix: the program dies (exit, SIGKILL) at each step; no
  * bundle under the final name; `undo` puts the VM back.  One guest for all.
  */
-Test(snapshot, fault_at_each_step_then_undo, .timeout = 900, .fini = kill_test_vms)
+Test(snapshot, fault_at_each_step_then_undo, .timeout = 2400, .fini = kill_test_vms)
 {
 	static const char *const steps[] = { "quiesce", "pause", "snapshot", "disks", "bundle" };
 	static const char *const actions[] = { "exit", "sigkill-self" };
@@ -462,7 +462,7 @@ Test(snapshot, fault_at_each_step_then_undo, .timeout = 900, .fini = kill_test_v
 	h = attach_sb1(c, log, sizeof(log));
 	vmops_hv_free(h);
 	testlib_wait_heartbeat(log, 2, 120, NULL);
-	rec = wait_data(log, 0, 120);
+	rec = wait_data(log, 0, 300);
 	snprintf(out, sizeof(out), "%s/b.vmops", dir);
 	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
 		for (size_t j = 0; j < 2; j++) {
@@ -492,7 +492,7 @@ Test(snapshot, fault_at_each_step_then_undo, .timeout = 900, .fini = kill_test_v
  * unwinds by itself (exit 12) and the VM is running and thawed, with no
  * `undo`; at the bundle step (VM already back) nothing is left either.
  */
-Test(snapshot, sigterm_at_each_step_unwinds, .timeout = 600, .fini = kill_test_vms)
+Test(snapshot, sigterm_at_each_step_unwinds, .timeout = 1200, .fini = kill_test_vms)
 {
 	static const char *const steps[] = { "pause", "snapshot", "disks", "bundle" };
 	PGconn *c = fleet_with_guest(NULL);
@@ -503,7 +503,7 @@ Test(snapshot, sigterm_at_each_step_unwinds, .timeout = 600, .fini = kill_test_v
 	h = attach_sb1(c, log, sizeof(log));
 	vmops_hv_free(h);
 	testlib_wait_heartbeat(log, 2, 120, NULL);
-	rec = wait_data(log, 0, 120);
+	rec = wait_data(log, 0, 300);
 	snprintf(out, sizeof(out), "%s/b.vmops", dir);
 	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
 		struct testproc p;
@@ -548,7 +548,7 @@ Test(snapshot, sigterm_at_each_step_unwinds, .timeout = 600, .fini = kill_test_v
  * nothing under the final name, the VM running and thawed (it was put back
  * before bundling), and a rerun writes a whole bundle that verifies.
  */
-Test(snapshot, sigkill_mid_write_leaves_no_bundle, .timeout = 600, .fini = kill_test_vms)
+Test(snapshot, sigkill_mid_write_leaves_no_bundle, .timeout = 1200, .fini = kill_test_vms)
 {
 	PGconn *c = fleet_with_guest("vmops.static_mb=64");
 	struct testproc p;
@@ -561,7 +561,7 @@ Test(snapshot, sigkill_mid_write_leaves_no_bundle, .timeout = 600, .fini = kill_
 	h = attach_sb1(c, log, sizeof(log));
 	vmops_hv_free(h);
 	testlib_wait_heartbeat(log, 2, 180, NULL);
-	rec = wait_data(log, 0, 120);
+	rec = wait_data(log, 0, 300);
 	snprintf(out, sizeof(out), "%s/out/b.vmops", dir);
 	snprintf(cmd, sizeof(cmd), "%s/out", dir);
 	mkdir(cmd, 0700);
@@ -591,7 +591,7 @@ Test(snapshot, sigkill_mid_write_leaves_no_bundle, .timeout = 600, .fini = kill_
 
 /* ---- hibernate -> wake on the other worker ----------------------------------------------- */
 
-Test(snapshot, hibernate_then_wake_on_the_other_worker, .timeout = 600, .fini = kill_test_vms)
+Test(snapshot, hibernate_then_wake_on_the_other_worker, .timeout = 1200, .fini = kill_test_vms)
 {
 	PGconn *c = fleet_with_guest(NULL);
 	struct testlib_guest g0;
@@ -604,7 +604,7 @@ Test(snapshot, hibernate_then_wake_on_the_other_worker, .timeout = 600, .fini = 
 	h = attach_sb1(c, log, sizeof(log));
 	vmops_hv_free(h);
 	testlib_wait_heartbeat(log, 2, 120, NULL);
-	rec = wait_data(log, 8, 120);
+	rec = wait_data(log, 8, 300);
 	vmm1 = testdb_ll(c, "SELECT active_vmm_id FROM sandboxes WHERE name = 'sb1'");
 	pid = testdb_ll(c, "SELECT pid FROM vmms WHERE id = (SELECT active_vmm_id FROM sandboxes)");
 	start = testdb_ll(c, "SELECT pid_start_time FROM vmms WHERE id = (SELECT active_vmm_id FROM sandboxes)");
@@ -645,6 +645,6 @@ Test(snapshot, hibernate_then_wake_on_the_other_worker, .timeout = 600, .fini = 
 	snprintf(log2, sizeof(log2), "%s/w2/vmm-%lld/serial.log", dir,
 		 testdb_ll(c, "SELECT active_vmm_id FROM sandboxes"));
 	testlib_assert_guest_continues(log2, g0.boot_sum, &g0.last, 120, NULL);
-	wait_data(log2, rec + 8, 120);
+	wait_data(log2, rec + 8, 300);
 	PQfinish(c);
 }
