@@ -18,3 +18,7 @@ runs snapshot-prep restore -i - --run-dir "$T/r2" <"$T/junk" | sed "s#$T#<tmp>#g
 echo "files left: $(find "$T/r" "$T/r2" -type f 2>/dev/null | wc -l)"
 runs snapshot-prep restore -i "$T/junk" --run-dir "$T/r3" --dry-run --json | sed "s#$T#<tmp>#g"
 rm -rf "$T"
+# hibernate needs a running sandbox; wake a hibernated one with a ready snapshot.
+runs snapshot-prep --db "$DB" hibernate --sandbox stopped1 --bundle-dir /tmp
+runs snapshot-prep --db "$DB" wake --sandbox stopped1
+runs snapshot-prep --db "$DB" wake --sandbox nosuch --json

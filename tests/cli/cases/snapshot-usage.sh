@@ -25,3 +25,9 @@ runs snapshot-prep --db "$NODB" -V
 runs snapshot-prep --db "$NODB" prepare --sandbox sb1 --dry-run --json
 # restore needs no database: a missing bundle is exit 11.
 runs snapshot-prep restore -i /nonexistent/bundle --run-dir /tmp/vmops-cli-nonexistent/r
+# hibernate and wake: their own options, checked before the database.
+runs snapshot-prep --db "$NODB" hibernate --sandbox sb1
+runs snapshot-prep --db "$NODB" hibernate --sandbox sb1 --bundle-dir relative
+runs snapshot-prep --db "$NODB" wake --sandbox sb1 --bundle-dir /tmp
+runs snapshot-prep --db "$NODB" hibernate --sandbox sb1 --bundle-dir /tmp --worker w2
+runs snapshot-prep --db "$NODB" wake
