@@ -648,3 +648,86 @@ Test(snapshot, hibernate_then_wake_on_the_other_worker, .timeout = 1200, .fini =
 	wait_data(log2, rec + 8, 300);
 	PQfinish(c);
 }
+
+/* ---- the snapshots table: invariants held by the database (no QEMU) ---------------------- */
+
+#define SNAP_FIXTURE \
+	"INSERT INTO workers (name, memory_mb, vcpus, state) VALUES ('w1', 4096, 8, 'active');" \
+	"INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus) VALUES ('sb1', 'acme', 'running', 1, 256, 1);" \
+	"INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state) VALUES (1, 1, 'qemu', 'running');" \
+	"UPDATE sandboxes SET active_vmm_id = 1;"
+#define SHA "'" "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" "'"
+#define READY_SNAPSHOT \
+	"INSERT INTO snapshots (sandbox_id, vmm_id, worker_id, location, size_bytes, sha256, manifest, state, time_ready)" \
+	" VALUES (1, 1, 1, '/b/sb1-1.vmops', 10, " SHA ", '{}', 'ready', now());"
+
+Test(snapshot_db, table_constraints)
+{
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+
+	PQclear(testdb_exec(c, SNAP_FIXTURE));
+	/* ready without its size/sha/manifest; relative location; bad sha; lease rules */
+	cr_assert_str_eq(testdb_fail(c, "INSERT INTO snapshots (sandbox_id, vmm_id, worker_id, location, state)"
+					" VALUES (1, 1, 1, '/b/x', 'ready')"), "23514");
+	cr_assert_str_eq(testdb_fail(c, "INSERT INTO snapshots (sandbox_id, vmm_id, worker_id, location, lease_owner,"
+					" lease_expires_at) VALUES (1, 1, 1, 'b/x', 'me', now())"), "23514");
+	cr_assert_str_eq(testdb_fail(c, "INSERT INTO snapshots (sandbox_id, vmm_id, worker_id, location, sha256, state)"
+					" VALUES (1, 1, 1, '/b/x', 'XYZ', 'failed')"), "23514");
+	cr_assert_str_eq(testdb_fail(c, "INSERT INTO snapshots (sandbox_id, vmm_id, worker_id, location)"
+					" VALUES (1, 1, 1, '/b/x')"), "23514");   /* writing without a lease */
+	cr_assert_str_eq(testdb_fail(c, "INSERT INTO snapshots (sandbox_id, vmm_id, worker_id, location, size_bytes,"
+					" sha256, manifest, state, time_ready) VALUES (1, 1, 1, '/b/x', 1, " SHA ", '{}',"
+					" 'restoring', now())"), "23514");   /* restoring without its VMM */
+	/* one live snapshot per sandbox */
+	PQclear(testdb_exec(c, READY_SNAPSHOT));
+	cr_assert_str_eq(testdb_fail(c, "INSERT INTO snapshots (sandbox_id, vmm_id, worker_id, location, lease_owner,"
+					" lease_expires_at) VALUES (1, 1, 1, '/b/y', 'me', now())"), "23505");
+	PQfinish(c);
+}
+
+Test(snapshot_db, bundle_of_a_hibernated_sandbox_stays)
+{
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+
+	PQclear(testdb_exec(c, SNAP_FIXTURE READY_SNAPSHOT
+			    "UPDATE sandboxes SET status = 'hibernated', active_vmm_id = NULL"));
+	cr_assert_str_eq(testdb_fail(c, "UPDATE snapshots SET state = 'deleted'"), "VO062");
+	cr_assert_str_eq(testdb_fail(c, "UPDATE snapshots SET state = 'failed'"), "VO062");
+	cr_assert_str_eq(testdb_fail(c, "DELETE FROM snapshots"), "VO062");
+	/* A restore ends it, in the transaction that makes the sandbox run again. */
+	PQclear(testdb_exec(c, "BEGIN;"
+			       "INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state) VALUES (1, 1, 'qemu', 'running');"
+			       "UPDATE snapshots SET state = 'restored', restore_vmm_id = 2, time_restored = now();"
+			       "UPDATE sandboxes SET status = 'running', active_vmm_id = 2;"
+			       "COMMIT"));
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'restored'"), 1);
+	PQfinish(c);
+}
+
+/*
+ * REPEATABLE READ writers: A deletes the bundle while B (committed after A's
+ * snapshot was taken) hibernates the sandbox.  A must not commit.
+ */
+Test(snapshot_db, repeatable_read_delete_races_hibernate)
+{
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	PGconn *a = PQconnectdb(ci), *b = PQconnectdb(ci);
+	PGresult *r;
+
+	cr_assert_eq(PQstatus(a), CONNECTION_OK);
+	cr_assert_eq(PQstatus(b), CONNECTION_OK);
+	PQclear(testdb_exec(c, SNAP_FIXTURE READY_SNAPSHOT));
+	PQclear(testdb_exec(a, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT status FROM sandboxes"));
+	PQclear(testdb_exec(b, "BEGIN ISOLATION LEVEL REPEATABLE READ;"
+			       "UPDATE sandboxes SET status = 'hibernated', active_vmm_id = NULL; COMMIT"));
+	r = PQexec(a, "UPDATE snapshots SET state = 'deleted'; COMMIT");
+	cr_assert_neq(PQresultStatus(r), PGRES_COMMAND_OK, "the bundle of a hibernated sandbox was deleted");
+	cr_assert(!strcmp(PQresultErrorField(r, PG_DIAG_SQLSTATE), "40001") ||
+		  !strcmp(PQresultErrorField(r, PG_DIAG_SQLSTATE), "VO062"),
+		  "SQLSTATE %s", PQresultErrorField(r, PG_DIAG_SQLSTATE));
+	PQclear(r);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'ready'"), 1);
+	PQfinish(a);
+	PQfinish(b);
+	PQfinish(c);
+}
