@@ -80,6 +80,8 @@ static struct vmops_qga *agent_open(struct vmops_hv *h, int agent_ms, struct vmo
 		return NULL;
 	left = deadline - now_ms();
 	if (vmops_qga_sync(g, left > 1 ? (int)left : 1, err) < 0) {
+		if (err->code == VMOPS_EXIT_TIMEOUT)
+			vmops_err_prefix(err, "agent timeout %d ms", agent_ms > 0 ? agent_ms : VMOPS_QMP_TIMEOUT_MS);
 		vmops_qga_close(g);
 		return NULL;
 	}
@@ -94,6 +96,8 @@ int vmops_qemu_quiesce(struct vmops_hv *h, int agent_ms, int op_ms, struct vmops
 	if (!g)
 		return -1;
 	n = vmops_qga_fsfreeze_freeze(g, op_ms, err);
+	if (n < 0 && err->code == VMOPS_EXIT_TIMEOUT)
+		vmops_err_prefix(err, "prepare timeout %d ms", op_ms > 0 ? op_ms : VMOPS_QMP_TIMEOUT_MS);
 	if (n >= 0)
 		vmops_debug(VMM_FMT ": %d guest filesystem%s frozen", VMM_ARG(h), n, n == 1 ? "" : "s");
 	return n;
