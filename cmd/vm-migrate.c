@@ -71,9 +71,21 @@ static void usage(void)
 
 static volatile sig_atomic_t stop;
 
+/*
+ * The first SIGINT/SIGTERM asks the attempt to stop and clean up; a second
+ * one leaves at once, saying what it leaves behind (async-signal-safe).
+ */
 static void on_signal(int sig)
 {
+	static const char msg[] =
+		"vm-migrate: second interrupt: leaving at once, without cleaning up; an attempt in"
+		" progress is left to its lease: run 'vm-migrate --recover' once it has expired\n";
+
 	(void)sig;
+	if (stop) {
+		(void)!write(STDERR_FILENO, msg, sizeof(msg) - 1);
+		_exit(VMOPS_EXIT_INTERRUPTED);
+	}
 	stop = 1;
 }
 

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The fault hook (see fault.h). */
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +13,8 @@
 int vmops_fault_state;
 
 static char fault_phase[32];
-static enum { ACT_NONE, ACT_EXIT, ACT_KILL, ACT_STOP } fault_action;
+static enum { ACT_NONE, ACT_EXIT, ACT_KILL, ACT_STOP, ACT_CUT_BEFORE, ACT_CUT_AFTER } fault_action;
+static bool commit_fault_fired;
 
 static void fault_read(void)
 {
@@ -28,6 +30,10 @@ static void fault_read(void)
 		fault_action = ACT_KILL;
 	else if (!strcmp(colon + 1, "stop"))
 		fault_action = ACT_STOP;
+	else if (!strcmp(colon + 1, "cut-before-commit"))
+		fault_action = ACT_CUT_BEFORE;
+	else if (!strcmp(colon + 1, "cut-after-commit"))
+		fault_action = ACT_CUT_AFTER;
 	else
 		return;
 	memcpy(fault_phase, v, (size_t)(colon - v));
@@ -39,7 +45,8 @@ void vmops_fault_check_slow(const char *phase)
 {
 	if (vmops_fault_state == 0)
 		fault_read();
-	if (vmops_fault_state != 2 || strcmp(phase, fault_phase) != 0)
+	if (vmops_fault_state != 2 || strcmp(phase, fault_phase) != 0 ||
+	    fault_action == ACT_CUT_BEFORE || fault_action == ACT_CUT_AFTER)
 		return;
 	vmops_debug("VMOPS_FAULT: %s at phase %s", fault_action == ACT_EXIT ? "exit" :
 		    fault_action == ACT_KILL ? "sigkill-self" : "stop", phase);
@@ -53,6 +60,22 @@ void vmops_fault_check_slow(const char *phase)
 		raise(SIGSTOP);
 		break;
 	case ACT_NONE:
+	case ACT_CUT_BEFORE:
+	case ACT_CUT_AFTER:
 		break;
 	}
+}
+
+enum vmops_fault_commit vmops_fault_commit(const char *phase)
+{
+	if (vmops_fault_state == 0)
+		fault_read();
+	if (vmops_fault_state != 2 || commit_fault_fired || strcmp(phase, fault_phase) != 0 ||
+	    (fault_action != ACT_CUT_BEFORE && fault_action != ACT_CUT_AFTER))
+		return VMOPS_FAULT_COMMIT_NONE;
+	commit_fault_fired = true;
+	vmops_debug("VMOPS_FAULT: cut the connection %s the COMMIT into phase %s",
+		    fault_action == ACT_CUT_BEFORE ? "before" : "after", phase);
+	return fault_action == ACT_CUT_BEFORE ? VMOPS_FAULT_COMMIT_CUT_BEFORE
+					      : VMOPS_FAULT_COMMIT_CUT_AFTER;
 }

@@ -11,9 +11,17 @@
  *   stop          SIGSTOP to itself; after SIGCONT it carries on
  *                 (a stalled process, or a window for a test to act in)
  *
- * PHASE is a phase name of the operation (vm-migrate: claim, receiver,
- * transfer, switchover, finish, rollback).  Unset, empty or malformed: no
- * effect; a check then costs one load and one branch.  This is the one place
+ * and, for the transaction that ends a phase (vmops_fault_commit(); vm-migrate:
+ * claim (cut-after only), finish, done), once per process:
+ *
+ *   cut-before-commit  the database connection is cut just before COMMIT
+ *                      (the server rolls the transaction back)
+ *   cut-after-commit   COMMIT succeeds, then the connection is cut and the
+ *                      reply treated as lost: the outcome is ambiguous
+ *
+ * PHASE is a phase name of the operation (vm-migrate: prepare, claim,
+ * receiver, transfer, switchover, finish, rollback).  Unset, empty or
+ * malformed: no effect; a check then costs one load and one branch.  This is the one place
  * in the library that may end the process, and only because it was asked to.
  */
 #ifndef VMOPS_FAULT_H
@@ -31,5 +39,14 @@ static inline void vmops_fault_point(const char *phase)
 	if (__builtin_expect(vmops_fault_state != 1, 0))
 		vmops_fault_check_slow(phase);
 }
+
+enum vmops_fault_commit {
+	VMOPS_FAULT_COMMIT_NONE,
+	VMOPS_FAULT_COMMIT_CUT_BEFORE,
+	VMOPS_FAULT_COMMIT_CUT_AFTER,
+};
+
+/* What to do to the COMMIT of the transaction that moves to phase `phase`. */
+enum vmops_fault_commit vmops_fault_commit(const char *phase);
 
 #endif

@@ -12,6 +12,7 @@
 
 #include "exitcodes.h"
 #include "hv.h"
+#include "hv/rest.h"
 #include "log.h"
 #include "proc.h"
 
@@ -24,7 +25,7 @@ struct vmops_hv {
 };
 
 static const struct vmops_hv_driver *const drivers[] = {
-	&vmops_hv_qemu_driver,
+	&vmops_hv_qemu_driver, &vmops_hv_chv_driver, &vmops_hv_firecracker_driver,
 };
 
 const struct vmops_hv_driver *vmops_hv_driver_find(const char *kind)

@@ -29,6 +29,7 @@
 #include "log.h"
 #include "macro.h"
 #include "qmp.h"
+#include "rundir.h"
 
 #define QEMU_DEFAULT_BINARY "qemu-system-x86_64"
 
@@ -334,7 +335,7 @@ static int qemu_launch(struct vmops_hv *h, const struct vmops_spec *spec,
 	struct qemu_priv *p = priv(h);
 	struct strv argv = { 0 };
 	_cleanup_free_ char *binary = NULL;
-	_cleanup_close_ int logfd = -1, nullfd = -1;
+	_cleanup_close_ int logfd = -1, nullfd = -1, dirfd = -1;
 	int pipefd[2] = { -1, -1 };
 	char eb[128];
 	int child_errno = 0;
@@ -361,9 +362,9 @@ static int qemu_launch(struct vmops_hv *h, const struct vmops_spec *spec,
 		return vmops_err(err, VMOPS_EXIT_FAILURE,
 				 VMM_FMT ": run dir %s: too long for a socket path (at most %zu bytes)",
 				 VMM_ARG(h), opts->run_dir, VMOPS_HV_SOCKPATH_MAX - sizeof("/qmp.sock"));
-	if (mkdir(opts->run_dir, 0700) < 0 && errno != EEXIST)
-		return vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": mkdir %s: %s", VMM_ARG(h),
-				 opts->run_dir, errstr(errno, eb, sizeof(eb)));
+	dirfd = vmops_rundir_open(opts->run_dir, err);
+	if (dirfd < 0)
+		return vmops_err_prefix(err, VMM_FMT, VMM_ARG(h));
 	snprintf(info->run_dir, sizeof(info->run_dir), "%s", opts->run_dir);
 	snprintf(info->control_socket, sizeof(info->control_socket), "%s/qmp.sock", opts->run_dir);
 	snprintf(info->agent_socket, sizeof(info->agent_socket), "%s/qga.sock", opts->run_dir);
@@ -378,9 +379,9 @@ static int qemu_launch(struct vmops_hv *h, const struct vmops_spec *spec,
 		goto out;
 
 	/* Stale sockets of a previous VMM in this run dir. */
-	unlink(info->control_socket);
-	unlink(info->agent_socket);
-	logfd = open(info->stderr_log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	unlinkat(dirfd, "qmp.sock", 0);
+	unlinkat(dirfd, "qga.sock", 0);
+	logfd = openat(dirfd, "qemu.log", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (logfd < 0) {
 		vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": %s: %s", VMM_ARG(h), info->stderr_log,
 			  errstr(errno, eb, sizeof(eb)));

@@ -80,6 +80,9 @@ bool vmops_migrate_lowwater_stalled(struct vmops_migrate_lowwater *lw, uint64_t 
 
 /* ---- the sandbox and its source ------------------------------------------ */
 
+/* When a sandbox is found migrating: what to do if nobody is moving it. */
+#define ALREADY_HINT " (if no vm-migrate is moving it, run 'vm-migrate --recover' once its lease has expired)"
+
 struct source {
 	long long sandbox_id, vmm_id, worker_id;
 	char org[128];
@@ -112,7 +115,8 @@ static int load_source(PGconn *c, const char *sandbox, struct source *s, struct 
 	snprintf(s->worker, sizeof(s->worker), "%s",
 		 vmops_db_get(r, 0, "worker") ? vmops_db_get(r, 0, "worker") : "");
 	if (strcmp(s->status, "migrating") == 0)
-		return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s is already migrating", sandbox);
+		return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s is already migrating%s", sandbox,
+				 ALREADY_HINT);
 	if (strcmp(s->status, "running") != 0)
 		return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s is %s, not running", sandbox, s->status);
 	if (s->vmm_id < 0 || s->worker_id < 0)
@@ -305,6 +309,67 @@ static bool interrupted(const struct vmops_migrate_opts *o)
 	return o->interrupted && *o->interrupted;
 }
 
+/* VMOPS_FAULT=claim:cut-after-commit: the claim committed, its reply "lost". */
+static int claim_commit_fault(PGconn *c, struct claim *a, struct vmops_error *e)
+{
+	if (a->dry || vmops_fault_commit("claim") != VMOPS_FAULT_COMMIT_CUT_AFTER)
+		return 0;
+	shutdown(PQsocket(c), SHUT_RDWR);
+	return vmops_err(e, VMOPS_EXIT_DB, "database connection lost during COMMIT (VMOPS_FAULT)");
+}
+
+/* After a lost connection: is there a claim of ours for this sandbox?  Fill *a from it. */
+static int claim_read_back(PGconn *c, struct claim *a, struct vmops_error *e)
+{
+	char sid[24];
+	_cleanup_pgresult_ PGresult *r = vmops_db_q(c, e,
+		"SELECT m.id, m.target_vmm_id, w.id AS wid, w.name, w.migration_address, w.port_min, w.port_max,"
+		"  v.run_dir"
+		" FROM migrations m JOIN workers w ON w.id = m.target_worker_id JOIN vmms v ON v.id = m.target_vmm_id"
+		" WHERE m.sandbox_id = $1 AND m.lease_owner = $2 AND m.phase = 'claim' AND m.generation = 1",
+		vmops_db_ll(sid, a->src->sandbox_id), a->owner);
+
+	if (!r)
+		return -1;
+	if (PQntuples(r) != 1)
+		return 0;
+	a->migration_id = vmops_db_get_ll(r, 0, "id", -1);
+	a->target_vmm_id = vmops_db_get_ll(r, 0, "target_vmm_id", -1);
+	a->target_worker_id = vmops_db_get_ll(r, 0, "wid", -1);
+	snprintf(a->target, sizeof(a->target), "%s", vmops_db_get(r, 0, "name"));
+	snprintf(a->address, sizeof(a->address), "%s", vmops_db_get(r, 0, "migration_address"));
+	a->port_min = vmops_db_get_ll(r, 0, "port_min", 49152);
+	a->port_max = vmops_db_get_ll(r, 0, "port_max", 49407);
+	/* The VMM's run dir is RUN_DIR/vmm-ID: the worker's part is its parent. */
+	snprintf(a->run_dir, sizeof(a->run_dir), "%s", vmops_db_get(r, 0, "run_dir"));
+	if (strrchr(a->run_dir, '/'))
+		*strrchr(a->run_dir, '/') = '\0';
+	return 1;
+}
+
+/*
+ * The connection was lost during the claim (nothing physical has happened
+ * yet): reconnect for up to the lease length, then read back whether the
+ * claim committed.  1: it had (*a filled), 0: it had not (claim again), -1.
+ */
+static int claim_reconnect(PGconn *c, struct claim *a, struct vmops_error *e)
+{
+	uint64_t until = now_ms() + a->o->lease_ms;
+	int k;
+
+	while (PQreset(c), PQstatus(c) != CONNECTION_OK) {
+		if (now_ms() >= until || interrupted(a->o))
+			return vmops_err(e, VMOPS_EXIT_DB, "database unreachable while claiming a target (%s)",
+					 PQerrorMessage(c));
+		sleep_ms(500);
+	}
+	k = claim_read_back(c, a, e);
+	if (k >= 0)
+		vmops_warn("sandbox %s: connection lost while claiming a target; the claim %s", a->o->sandbox,
+			   k ? "had committed" : "had not committed: claiming again");
+	return k;
+}
+
 static int claim_target(PGconn *c, struct claim *a, struct vmops_migrate_report *rep,
 			struct vmops_error *e)
 {
@@ -314,9 +379,22 @@ static int claim_target(PGconn *c, struct claim *a, struct vmops_migrate_report 
 		struct vmops_error ce = { 0 };
 		uint64_t waited, next;
 
-		if (vmops_db_tx(c, VMOPS_READ_COMMITTED, claim_tx, a, &ce) == 0) {
+		if (vmops_db_tx(c, VMOPS_READ_COMMITTED, claim_tx, a, &ce) == 0 &&
+		    claim_commit_fault(c, a, &ce) == 0) {
 			rep->wait_ms = now_ms() - start;
 			return 0;
+		}
+		if (ce.code == VMOPS_EXIT_DB && !a->dry) {
+			int k = claim_reconnect(c, a, &ce);
+			if (k < 0) {
+				*e = ce;
+				return -1;
+			}
+			if (k > 0) {
+				rep->wait_ms = now_ms() - start;
+				return 0;
+			}
+			continue;
 		}
 		/* Lost a race for the guard or the room: choose again right away. */
 		if (strcmp(ce.sqlstate, "23505") == 0 || strcmp(ce.sqlstate, "VO001") == 0 ||
@@ -324,14 +402,15 @@ static int claim_target(PGconn *c, struct claim *a, struct vmops_migrate_report 
 		    strcmp(ce.sqlstate, "40001") == 0) {
 			if (strstr(ce.msg, "migrations_active_sandbox_uq")) {
 				*e = ce;
-				return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s is already migrating",
+				return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s is already migrating" ALREADY_HINT,
 						 a->o->sandbox);
 			}
 			vmops_debug("target claim lost a race (%s); choosing again", ce.msg);
 			sleep_ms(50 + vmops_db_jitter_ms(200));
 			continue;
 		}
-		if (!a->none) {
+		if (!a->none || a->o->dry_run) {
+			/* A dry run reports the situation now; it never waits for room. */
 			*e = ce;
 			return -1;
 		}
@@ -360,7 +439,42 @@ static int claim_target(PGconn *c, struct claim *a, struct vmops_migrate_report 
 
 /* ---- the attempt, phase by phase ---------------------------------------------- */
 
+/*
+ * The source did not answer: was it taken from under us (another migration
+ * claimed the sandbox, or moved it and stopped this VMM)?  Then that, not
+ * the hypervisor, is the error: CONFLICT, and true.
+ */
+static bool source_changed(PGconn *c, const char *sandbox, const struct source *was,
+			   struct vmops_error *e)
+{
+	struct vmops_error le = { 0 };
+	struct source now = { 0 };
+	bool changed;
+
+	if (load_source(c, sandbox, &now, &le) < 0) {
+		changed = le.code == VMOPS_EXIT_CONFLICT || le.code == VMOPS_EXIT_NOTFOUND;
+		if (changed)
+			vmops_err(e, le.code, "%s (changed while vm-migrate was preparing)", le.msg);
+	} else {
+		changed = now.vmm_id != was->vmm_id;
+		if (changed)
+			vmops_err(e, VMOPS_EXIT_CONFLICT,
+				  "sandbox %s changed while vm-migrate was preparing: it now runs on VMM %lld (%s)",
+				  sandbox, now.vmm_id, now.worker);
+	}
+	free(now.spec_json);
+	return changed;
+}
+
 /* Everything up to the claim: the sandbox, its spec, a --to that can work, a source that answers. */
+/* Does this kind of hypervisor migrate live (an unknown kind: let the attach say)? */
+static bool hv_migrates(const char *kind)
+{
+	const struct vmops_hv_driver *d = vmops_hv_driver_find(kind);
+
+	return !d || (d->prepare_incoming && d->send);
+}
+
 static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source *src, struct vmops_spec **spec,
 		   struct vmops_vmm_info *sinfo, struct vmops_migrate_report *r, struct vmops_error *e)
 {
@@ -378,6 +492,10 @@ static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source 
 		e->code = VMOPS_EXIT_CONFLICT;
 		return -1;
 	}
+	if (!hv_migrates((*spec)->hypervisor))
+		return vmops_err(e, VMOPS_EXIT_CONFLICT,
+				 "sandbox %s: %s has no live migration; move it by hibernating it (snapshot-prep hibernate) and waking it on another worker",
+				 o->sandbox, (*spec)->hypervisor);
 	if (o->to) {
 		_cleanup_pgresult_ PGresult *w = vmops_db_q(c, e, "SELECT state FROM workers WHERE name = $1", o->to);
 		if (!w)
@@ -395,8 +513,11 @@ static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source 
 	 * may take minutes, so do not hold its control connection meanwhile. */
 	if (vmops_vm_load_info(c, src->vmm_id, sinfo, e) < 0)
 		return -1;
+	vmops_fault_point("prepare");
 	h = vmops_hv_attach(sinfo, 5000, e);
 	if (!h) {
+		if (source_changed(c, o->sandbox, src, e))
+			return -1;
 		e->code = VMOPS_EXIT_HYPERVISOR;
 		return vmops_err_prefix(e, "sandbox %s: source vmm %lld", o->sandbox, src->vmm_id);
 	}

@@ -11,6 +11,7 @@
 #include "fleet.h"
 #include "log.h"
 #include "proc.h"
+#include "rundir.h"
 #include "vm.h"
 
 int vmops_vm_worker_run_dir(const char *worker_run_dir, const char *worker, char *buf,
@@ -18,13 +19,9 @@ int vmops_vm_worker_run_dir(const char *worker_run_dir, const char *worker, char
 {
 	int n;
 
-	if (worker_run_dir && *worker_run_dir)
-		n = snprintf(buf, len, "%s", worker_run_dir);
-	else if (geteuid() == 0)
-		n = snprintf(buf, len, "/run/vmops/%s", worker);
-	else
-		n = snprintf(buf, len, "%s/vmops-%u/%s", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
-			     (unsigned)geteuid(), worker);
+	if (!worker_run_dir || !*worker_run_dir)
+		return vmops_rundir_default(worker, buf, len, e);
+	n = snprintf(buf, len, "%s", worker_run_dir);
 	if (n < 0 || (size_t)n >= len)
 		return vmops_err(e, VMOPS_EXIT_FAILURE, "worker %s: run directory path too long", worker);
 	return 0;
@@ -32,19 +29,11 @@ int vmops_vm_worker_run_dir(const char *worker_run_dir, const char *worker, char
 
 int vmops_vm_mkdir_p(const char *path, struct vmops_error *e)
 {
-	char tmp[PATH_MAX];
+	int fd = vmops_rundir_open(path, e);
 
-	snprintf(tmp, sizeof(tmp), "%s", path);
-	for (char *p = tmp + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-			return vmops_err(e, VMOPS_EXIT_FAILURE, "mkdir %s: %s", tmp, strerror(errno));
-		*p = '/';
-	}
-	if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
-		return vmops_err(e, VMOPS_EXIT_FAILURE, "mkdir %s: %s", tmp, strerror(errno));
+	if (fd < 0)
+		return -1;
+	close(fd);
 	return 0;
 }
 
@@ -381,7 +370,7 @@ int vmops_vm_destroy(PGconn *c, const char *sandbox, int timeout_ms, bool dry_ru
 		     struct vmops_destroy_res *res, struct vmops_error *e)
 {
 	_cleanup_pgresult_ PGresult *r = NULL;
-	struct vmops_vmm_info info;
+	struct vmops_vmm_info info = { 0 };
 	struct destroy_ctx d = { .sandbox = sandbox };
 	struct vmops_hv *h;
 
@@ -431,5 +420,17 @@ int vmops_vm_destroy(PGconn *c, const char *sandbox, int timeout_ms, bool dry_ru
 			}
 		}
 	}
-	return vmops_db_tx(c, VMOPS_READ_COMMITTED, destroy_tx, &d, e);
+	if (vmops_db_tx(c, VMOPS_READ_COMMITTED, destroy_tx, &d, e) < 0)
+		return -1;
+	if (d.vmm_id > 0 && info.run_dir[0]) {
+		/* The VMM is gone and recorded so: its sockets and logs go too. */
+		struct vmops_error re = { 0 };
+		int kept = 0;
+		if (vmops_rundir_remove(info.run_dir, &kept, &re) < 0)
+			vmops_warn("sandbox %s: %s", sandbox, re.msg);
+		else if (kept)
+			vmops_info("sandbox %s: run directory %s kept: it holds files vmops did not put there",
+				   sandbox, info.run_dir);
+	}
+	return 0;
 }

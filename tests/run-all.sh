@@ -9,7 +9,9 @@
 #      (`make check-long`).
 #   3. valgrind over the pure-library suites
 #   4. CLI golden tests (tests/cli)
-#   5. --help / man page / completions agreement and man page lint
+#   5. --help / man page / completions agreement and man page lint, and
+#      this script's own skip policy (tests/check-skip-policy.sh)
+#   6. the hypervisor fakes against their API documents (tests/fakes/conformance)
 # Ends with "check: N passed, N failed, N skipped".  A skipped test fails the
 # run unless the operator opted out explicitly (VMOPS_SKIP_QEMU=1), and then a
 # line before the tally says so.  Cases a pass leaves to another pass on
@@ -66,76 +68,88 @@ run_criterion() {
 	fi
 }
 
-echo "check: PostgreSQL at $PGHOST (port $PGPORT)"
-psql -qAtX -c "CREATE DATABASE vmops_template" >/dev/null || exit 1
-bin/vm-fleet --db "dbname=vmops_template" -q init || exit 1
+run_everything() {
+	echo "check: PostgreSQL at $PGHOST (port $PGPORT)"
+	psql -qAtX -c "CREATE DATABASE vmops_template" >/dev/null || exit 1
+	bin/vm-fleet --db "dbname=vmops_template" -q init || exit 1
 
-# The test guest (kernel + busybox initramfs), built once and cached.
-if [ -z "${VMOPS_SKIP_QEMU:-}" ] || [ "${VMOPS_SKIP_QEMU}" = 0 ]; then
-	if tests/guest/build-guest.sh "$top/build/guest" >"$log/guest.log" 2>&1; then
-		eval "$(grep '^VMOPS_TEST_[A-Z]*=' "$log/guest.log" | sed 's/^/export /')"
-		echo "check: test guest $VMOPS_TEST_KERNEL $VMOPS_TEST_INITRD"
-	else
-		echo "check: building the test guest failed:"; tail -20 "$log/guest.log"
-		note_fail guest
+	# The test guest (kernel + busybox initramfs), built once and cached.
+	if [ -z "${VMOPS_SKIP_QEMU:-}" ] || [ "${VMOPS_SKIP_QEMU}" = 0 ]; then
+		if tests/guest/build-guest.sh "$top/build/guest" >"$log/guest.log" 2>&1; then
+			eval "$(grep '^VMOPS_TEST_[A-Z]*=' "$log/guest.log" | sed 's/^/export /')"
+			echo "check: test guest $VMOPS_TEST_KERNEL $VMOPS_TEST_INITRD"
+		else
+			echo "check: building the test guest failed:"; tail -20 "$log/guest.log"
+			note_fail guest
+		fi
 	fi
-fi
 
-# The soak belongs to `make check-long`.
-long_only() {
-	case $(basename "$1") in
-	test_soak) [ "${VMOPS_CHECK_LONG:-0}" = 0 ] ;;
-	*) false ;;
-	esac
+	# The soak belongs to `make check-long`.
+	long_only() {
+		case $(basename "$1") in
+		test_soak) [ "${VMOPS_CHECK_LONG:-0}" = 0 ] ;;
+		*) false ;;
+		esac
+	}
+
+	for t in build/tests/test_*; do
+		[ -x "$t" ] || continue
+		long_only "$t" && continue
+		run_criterion "$(basename "$t")" env VMOPS_BIN_DIR="$top/bin" "$t"
+	done
+
+	# Real QEMU runs under ASan too (the programs under test are the sanitized
+	# ones), except the fault matrix, which would double its minutes.
+	asan_elsewhere=${VMOPS_ASAN_QEMU_ELSEWHERE:-test_faults test_pgrestart test_soak}
+	for t in build-san/tests/test_*; do
+		[ -x "$t" ] || continue
+		long_only "$t" && continue
+		where=plain
+		case " $asan_elsewhere " in *" $(basename "$t") "*) where=elsewhere ;; esac
+		run_criterion "asan:$(basename "$t")" env VMOPS_BIN_DIR="$top/build-san/bin" \
+			VMOPS_QEMU_CASES=$where \
+			ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+			LSAN_OPTIONS=suppressions="$top/tests/lsan.supp":print_suppressions=0 "$t"
+	done
+
+	if command -v valgrind >/dev/null; then
+		for n in ${VMOPS_VALGRIND_SUITES:-test_parse test_output test_proc test_qmp}; do
+			t=build/tests/$n
+			[ -x "$t" ] || continue
+			run_criterion "valgrind:$n" env VMOPS_QEMU_CASES=elsewhere VMOPS_BIN_DIR="$top/bin" \
+				valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+				--suppressions="$top/tests/valgrind.supp" --trace-children=yes "$t"
+		done
+	fi
+
+	# CLI golden tests and the documentation checks print their own tallies.
+	for s in tests/cli/run.sh tests/check-docs.sh tests/check-skip-policy.sh tests/fakes/conformance; do
+		[ -x "$s" ] || continue
+		"$s" >"$log/$(basename "$s").log" 2>&1
+		rc=$?
+		tally=$(grep -E '^[a-z-]+: [0-9]+ passed, [0-9]+ failed' "$log/$(basename "$s").log" | tail -n1)
+		p=$(echo "$tally" | sed -n 's/.*: \([0-9]*\) passed.*/\1/p')
+		f=$(echo "$tally" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
+		passed=$((passed + ${p:-0}))
+		if [ "$rc" -ne 0 ] || [ -z "$tally" ]; then
+			n=${f:-1}; [ "$n" -eq 0 ] && n=1
+			note_fail "$(basename "$s")" "$n"
+			echo "FAIL $s"; grep -E '^(FAIL|---|\+\+\+|[-+])' "$log/$(basename "$s").log" | head -60
+		else
+			echo "ok   $s: $tally"
+		fi
+	done
 }
 
-for t in build/tests/test_*; do
-	[ -x "$t" ] || continue
-	long_only "$t" && continue
-	run_criterion "$(basename "$t")" env VMOPS_BIN_DIR="$top/bin" "$t"
-done
-
-# Real QEMU runs under ASan too (the programs under test are the sanitized
-# ones), except the fault matrix, which would double its minutes.
-asan_elsewhere=${VMOPS_ASAN_QEMU_ELSEWHERE:-test_faults test_pgrestart test_soak}
-for t in build-san/tests/test_*; do
-	[ -x "$t" ] || continue
-	long_only "$t" && continue
-	where=plain
-	case " $asan_elsewhere " in *" $(basename "$t") "*) where=elsewhere ;; esac
-	run_criterion "asan:$(basename "$t")" env VMOPS_BIN_DIR="$top/build-san/bin" \
-		VMOPS_QEMU_CASES=$where \
-		ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-		LSAN_OPTIONS=suppressions="$top/tests/lsan.supp":print_suppressions=0 "$t"
-done
-
-if command -v valgrind >/dev/null; then
-	for n in ${VMOPS_VALGRIND_SUITES:-test_parse test_output test_proc test_qmp}; do
-		t=build/tests/$n
-		[ -x "$t" ] || continue
-		run_criterion "valgrind:$n" env VMOPS_QEMU_CASES=elsewhere VMOPS_BIN_DIR="$top/bin" \
-			valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
-			--suppressions="$top/tests/valgrind.supp" --trace-children=yes "$t"
+# tests/check-skip-policy.sh runs this script on stand-in suites
+# (VMOPS_CHECK_SUITES, executables printing Criterion's lines): only they run.
+if [ -n "${VMOPS_CHECK_SUITES:-}" ]; then
+	for t in $VMOPS_CHECK_SUITES; do
+		run_criterion "$(basename "$t")" "$t"
 	done
+else
+	run_everything
 fi
-
-# CLI golden tests and the documentation checks print their own tallies.
-for s in tests/cli/run.sh tests/check-docs.sh; do
-	[ -x "$s" ] || continue
-	"$s" >"$log/$(basename "$s").log" 2>&1
-	rc=$?
-	tally=$(grep -E '^[a-z-]+: [0-9]+ passed, [0-9]+ failed' "$log/$(basename "$s").log" | tail -n1)
-	p=$(echo "$tally" | sed -n 's/.*: \([0-9]*\) passed.*/\1/p')
-	f=$(echo "$tally" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
-	passed=$((passed + ${p:-0}))
-	if [ "$rc" -ne 0 ] || [ -z "$tally" ]; then
-		n=${f:-1}; [ "$n" -eq 0 ] && n=1
-		note_fail "$(basename "$s")" "$n"
-		echo "FAIL $s"; grep -E '^(FAIL|---|\+\+\+|[-+])' "$log/$(basename "$s").log" | head -60
-	else
-		echo "ok   $s: $tally"
-	fi
-done
 
 # A skip is a failure unless the operator asked for it.
 if [ "$skipped" -gt 0 ]; then

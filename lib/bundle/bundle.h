@@ -16,6 +16,19 @@
  * Writing to a path goes to a temporary name in the same directory,
  * fsynced, renamed, and the directory fsynced: the final name holds a whole
  * bundle or nothing.  Writing to a file descriptor streams (a pipe works).
+ *
+ * Layout: a pax archive (GNU tar reads it: `zstd -dc B | tar -xf -`),
+ * zstd-compressed through libarchive's filter with worker threads.
+ * Members are stored with mode 0600 and their mtime; sparse members carry
+ * a GNU.sparse 1.0 map (found with SEEK_DATA/SEEK_HOLE), their holes
+ * neither read nor stored.  A member's sha256 is that of its whole content,
+ * holes as zeros (what sha256sum prints).
+ *
+ * Cost: the manifest comes first and names every checksum, so the writer
+ * reads each member twice: a hashing pass (all members at once, one thread
+ * per CPU up to one per member; it also brings them into the page cache),
+ * then the archive pass.  A member whose size or mtime changes in between
+ * fails the write.  The reader hashes while it extracts (one pass).
  */
 #ifndef VMOPS_BUNDLE_H
 #define VMOPS_BUNDLE_H
@@ -55,12 +68,14 @@ struct vmops_manifest {
 	struct vmops_bundle_member members[VMOPS_BUNDLE_MEMBERS_MAX];
 };
 
-/* Progress of a long write or read: bytes of member data done / in all. */
+/* Progress of a long write or read: bytes of member data done / in all
+ * (holes included).  Writing reports the archive pass, reading the whole
+ * read; called at least once per MiB and per member. */
 typedef void (*vmops_bundle_progress_fn)(uint64_t done, uint64_t total, void *arg);
 
 struct vmops_bundle_opts {
 	int zstd_level;                      /* 0: the default (1) */
-	int threads;                         /* zstd worker threads; 0: one per CPU */
+	int threads;                         /* zstd worker threads and hashing threads; 0: one per CPU */
 	vmops_bundle_progress_fn progress;   /* may be NULL */
 	void *progress_arg;
 	volatile sig_atomic_t *interrupted;  /* stop (VMOPS_EXIT_INTERRUPTED) when set; may be NULL */
@@ -70,13 +85,18 @@ struct vmops_bundle_opts {
  * Write a bundle of the regular files `names[0..n)` in directory dirfd to
  * out_fd.  Fills m->members (names, sizes, checksums) and m->format; the
  * caller fills the rest of *m (vmops_version and created are filled if
- * empty).  out_fd is not closed.
+ * empty).  out_fd is not closed.  Streaming to a pipe, ignore SIGPIPE:
+ * a reader that goes away then fails the write with EPIPE.
  */
 int vmops_bundle_write_fd(int out_fd, int dirfd, const char *const *names, size_t n,
 			  struct vmops_manifest *m, const struct vmops_bundle_opts *o,
 			  struct vmops_error *err);
-/* The same to `path`, atomically (temporary name, fsync, rename, fsync of
- * the directory).  On failure nothing is left under either name. */
+/* The same to `path`, atomically (temporary name .NAME.tmp.XXXXXX, fsync,
+ * rename, fsync of the directory).  The bundle gets mode 0600; an existing
+ * file at `path` is replaced.  On failure nothing is left under either name.
+ * Errors: VMOPS_EXIT_FAILURE (a member unreadable, not a regular file, a
+ * bad name, a manifest field the reader would refuse, an I/O error),
+ * VMOPS_EXIT_INTERRUPTED. */
 int vmops_bundle_write_path(const char *path, int dirfd, const char *const *names, size_t n,
 			    struct vmops_manifest *m, const struct vmops_bundle_opts *o,
 			    struct vmops_error *err);
@@ -85,6 +105,10 @@ int vmops_bundle_write_path(const char *path, int dirfd, const char *const *name
  * Read a bundle from in_fd, verify it, and extract its members into the
  * (empty) directory dirfd.  On success *m holds the manifest.  On any
  * refusal the files extracted so far are removed and *m is cleared.
+ * Errors: VMOPS_EXIT_INTEGRITY (the bundle is refused; the message names
+ * the member and why), VMOPS_EXIT_FAILURE (writing into dirfd failed, e.g.
+ * a name already exists there: nothing is written through it),
+ * VMOPS_EXIT_INTERRUPTED.
  */
 int vmops_bundle_extract_fd(int in_fd, int dirfd, struct vmops_manifest *m,
 			    const struct vmops_bundle_opts *o, struct vmops_error *err);

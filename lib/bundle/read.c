@@ -193,6 +193,8 @@ static int read_data(struct reader *r, int fd, const struct vmops_bundle_member 
 	if (bundle_sha_zeros(s, b->size - pos) < 0 || bundle_sha_final(s, hex) < 0)
 		return vmops_err(err, VMOPS_EXIT_FAILURE, "bundle: %s: sha256 failed", b->name);
 	r->done += b->size - pos;
+	if (r->o && r->o->progress)
+		r->o->progress(r->done, r->total, r->o->progress_arg);
 	if (strcmp(hex, b->sha256) != 0)
 		return refuse(err, b->name, "sha256 mismatch");
 	if (fd >= 0 && ftruncate(fd, (off_t)b->size) < 0)

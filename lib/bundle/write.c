@@ -145,6 +145,7 @@ static struct archive *open_archive(int out_fd, const struct vmops_bundle_opts *
 	    archive_write_add_filter_zstd(a) != ARCHIVE_OK ||
 	    archive_write_set_filter_option(a, "zstd", "compression-level", level) != ARCHIVE_OK ||
 	    archive_write_set_filter_option(a, "zstd", "threads", threads) != ARCHIVE_OK ||
+	    archive_write_set_bytes_per_block(a, 1 << 20) != ARCHIVE_OK ||
 	    archive_write_set_bytes_in_last_block(a, 1) != ARCHIVE_OK ||
 	    archive_write_open_fd(a, out_fd) != ARCHIVE_OK) {
 		archive_fail(a, "opening the archive", err);
@@ -312,6 +313,13 @@ static int write_archive(int out_fd, const char *text, const char *const *names,
 	}
 	rc = 0;
 out:
+	if (rc < 0) {
+		/* Fail first so closing neither pads the unfinished entry nor
+		 * leaves a well-formed end; close anyway: libarchive 3.6 frees
+		 * its output buffer only there, even after a failed write. */
+		archive_write_fail(a);
+		archive_write_close(a);
+	}
 	archive_write_free(a);
 	return rc;
 }

@@ -10,11 +10,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "attempt.h"
 #include "db.h"
 #include "exitcodes.h"
+#include "fault.h"
 #include "log.h"
 
 /* Keep this much of the lease in hand: never act on the last moments of it. */
@@ -157,6 +159,22 @@ void vmops_mig_release_lease(struct attempt *at)
 				 " WHERE id = $1 AND lease_owner = $2 AND generation = $3");
 }
 
+/* COMMIT, with the fault hook's connection cuts around it (see fault.h). */
+static int commit(struct attempt *at, const char *phase_after, struct vmops_error *e)
+{
+	enum vmops_fault_commit f = phase_after ? vmops_fault_commit(phase_after) : VMOPS_FAULT_COMMIT_NONE;
+
+	if (f == VMOPS_FAULT_COMMIT_CUT_BEFORE)
+		shutdown(PQsocket(at->c), SHUT_RDWR);
+	if (vmops_db_x(at->c, e, "COMMIT") < 0)
+		return -1;
+	if (f == VMOPS_FAULT_COMMIT_CUT_AFTER) {
+		shutdown(PQsocket(at->c), SHUT_RDWR);
+		return vmops_err(e, VMOPS_EXIT_DB, "database connection lost during COMMIT (VMOPS_FAULT)");
+	}
+	return 0;
+}
+
 /* After a COMMIT whose outcome we did not hear: is the row where the transaction would have put it? */
 static int committed(struct attempt *at, const char *phase_after, struct vmops_error *e)
 {
@@ -185,7 +203,7 @@ int vmops_mig_tx(struct attempt *at, vmops_mig_tx_fn fn, void *data, const char 
 			rc = fn(at, data, &le);
 		if (rc == 0) {
 			at_commit = true;
-			rc = vmops_db_x(at->c, &le, "COMMIT");
+			rc = commit(at, phase_after, &le);
 		}
 		if (rc == 0)
 			return 0;

@@ -235,7 +235,9 @@ static int transfer_step(struct attempt *at, const struct vmops_migrate_progress
 		return vmops_err(e, VMOPS_EXIT_TIMEOUT, "not completed within %llus (%llus per GiB of guest memory)",
 				 (unsigned long long)((deadline - start) / 1000),
 				 (unsigned long long)(o->timeout_per_gib_ms / 1000));
-	if (strcmp(p->status, "active") == 0 &&
+	/* A hypervisor that reports no byte counts (Cloud Hypervisor) gives no
+	 * stall signal: only the completion timeout applies to it. */
+	if (strcmp(p->status, "active") == 0 && (p->remaining_bytes || p->transferred_bytes) &&
 	    vmops_migrate_lowwater_stalled(lw, p->remaining_bytes, t, o->progress_timeout_ms))
 		return vmops_err(e, VMOPS_EXIT_TIMEOUT,
 				 "no progress for %llus: remaining bytes never fell below %llu",

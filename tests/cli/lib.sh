@@ -1,8 +1,7 @@
 #!/bin/sh
 # Runs one CLI case with its helpers.  In a case:
-#   run CMD ARGS...   print "$ CMD ARGS", its stdout and stderr, "[exit N]"
-#   runs CMD ARGS...  the same with the streams apart and the arguments
-#                     quoted where needed: "$ CMD ARGS", stdout as is, then
+#   runs CMD ARGS...  print the command with its arguments quoted where
+#                     needed: "$ CMD ARGS", stdout as is, then
 #                     each stderr line as "stderr: LINE", "[exit N]".  With
 #                     --json among ARGS, a stdout that is not empty must be
 #                     exactly one JSON document, else the line
@@ -19,11 +18,6 @@ NODB="host=/nonexistent-vmops port=1"
 # manager's shim may take a second to start.
 PYTHON3=python3
 [ -x /usr/bin/python3 ] && PYTHON3=/usr/bin/python3
-run() {
-	echo "\$ $*"
-	"$@" 2>&1
-	echo "[exit $?]"
-}
 _tmp=$(mktemp -d)
 runs() {
 	_line='$'

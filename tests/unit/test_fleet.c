@@ -94,9 +94,18 @@ Test(fleet, launch_records_identity_reservation_and_billing, .timeout = 120, .fi
 	cr_assert_eq(r.status, 0, "%s", r.err);
 	cr_assert(strstr(r.out, "was_running: yes"), "%s", r.out);
 	testrun_free(&r);
-	cr_assert_neq(vmops_proc_check("/proc", (pid_t)pid, (unsigned long long)start, NULL, NULL), VMOPS_PROC_ALIVE);
+	cr_assert_neq(start, 0);
+	{
+		int st = vmops_proc_check("/proc", (pid_t)pid, (unsigned long long)start, NULL, NULL);
+		cr_assert(st == VMOPS_PROC_DEAD || st == VMOPS_PROC_REUSED, "QEMU %lld after destroy: %d", pid, st);
+	}
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'destroyed'"), 1);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE state = 'destroyed'"), 1);
+	{
+		PGresult *rd = testdb_exec(c, "SELECT run_dir FROM vmms");
+		cr_assert_neq(access(PQgetvalue(rd, 0, 0), F_OK), 0, "run directory %s left behind", PQgetvalue(rd, 0, 0));
+		PQclear(rd);
+	}
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 0);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 0);
 	TESTRUN(&r, "vm-fleet", "--db", ci, "destroy", "sb1");
@@ -138,14 +147,19 @@ Test(fleet, failed_launches_change_nothing, .timeout = 120, .fini = kill_test_vm
 	testrun_free(&r);
 	/* a malformed spec is a usage error before any database contact */
 	{
-		FILE *f = fopen("/tmp/vmops-badspec.json", "w");
+		char bad[300];
+		FILE *f;
+		snprintf(bad, sizeof(bad), "%s/badspec.json", rundir);
+		f = fopen(bad, "w");
+		cr_assert(f);
 		fputs("{\"hypervisor\":\"qemu\",\"memory_mb\":\"lots\"}", f);
 		fclose(f);
+		TESTRUN(&r, "vm-fleet", "--db", "host=/nonexistent-vmops", "launch", "--sandbox", "sb1", "--org",
+			"acme", "--worker", "w1", "--spec", bad);
 	}
-	TESTRUN(&r, "vm-fleet", "--db", "host=/nonexistent-vmops", "launch", "--sandbox", "sb1", "--org", "acme",
-		"--worker", "w1", "--spec", "/tmp/vmops-badspec.json");
 	cr_assert_eq(r.status, VMOPS_EXIT_USAGE, "%s", r.err);
 	testrun_free(&r);
+	cr_assert_eq(testlib_count_vms_under(rundir), 0, "a failed launch left a QEMU running");
 	after = snapshot(c);
 	cr_assert_str_eq(after, before, "a failed launch left rows behind");
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE action = 'launch-failed'"), 1);
@@ -154,6 +168,7 @@ Test(fleet, failed_launches_change_nothing, .timeout = 120, .fini = kill_test_vm
 		"--spec", spec("ok", "qemu", getenv("VMOPS_TEST_KERNEL"), 192));
 	cr_assert_eq(r.status, 0, "%s", r.err);
 	testrun_free(&r);
+	cr_assert_eq(testlib_count_vms_under(rundir), 1, "the counter of leftover QEMUs does not see this one");
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "sb1");
 	cr_assert_eq(r.status, 0, "%s", r.err);
 	testrun_free(&r);

@@ -323,6 +323,10 @@ static void summarise(int n_procs, int n_sb, double soak_s, long long *completed
 	*completed_out = completed;
 	for (int i = 1; i <= n_sb; i++)
 		cr_expect(per_sb[i] > 0, "sb%d was never migrated: the soak did not exercise it", i);
+	/* Racing migrations refuse each other (10) or find no room (9); none blames the hypervisor. */
+	for (int i = 0; i < n_reasons; i++)
+		cr_expect(reasons[i].rc != VMOPS_EXIT_HYPERVISOR, "%d runs exited %d: %s", reasons[i].n,
+			  reasons[i].rc, reasons[i].why);
 }
 
 static void print_attempts(PGconn *c)

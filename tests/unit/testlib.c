@@ -256,6 +256,32 @@ static int kill_if_under(const struct vmops_proc_info *i, void *data)
 	return 0;
 }
 
+struct count_under {
+	const char *dir;
+	int n;
+};
+
+static int count_if_under(const struct vmops_proc_info *i, void *data)
+{
+	struct count_under *cu = data;
+
+	for (int k = 0; k < i->argc; k++)
+		if (strstr(i->argv[k], cu->dir) && i->stat.state != 'Z' && i->stat.state != 'X') {
+			cu->n++;
+			break;
+		}
+	return 0;
+}
+
+int testlib_count_vms_under(const char *dir)
+{
+	struct count_under cu = { dir, 0 };
+
+	cr_assert(dir && *dir);
+	cr_assert_eq(vmops_proc_scan("/proc", VMOPS_PROC_SCAN_HV_ONLY, count_if_under, &cu, NULL), 0);
+	return cu.n;
+}
+
 void testlib_kill_vms_under(const char *dir)
 {
 	if (dir && *dir)

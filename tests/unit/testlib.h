@@ -63,6 +63,8 @@ void testlib_missing(const char *what);
 /* SIGKILL every hypervisor process whose argv mentions `dir` (a test's own
  * run directory): a .fini teardown that also runs after a failed assertion. */
 void testlib_kill_vms_under(const char *dir);
+/* Hypervisor processes (not zombies) with `dir` in their command line. */
+int testlib_count_vms_under(const char *dir);
 
 /*
  * The test guest's serial log (tests/guest/build-guest.sh documents the

@@ -88,12 +88,17 @@ sql "$STATE"
 # Choosing a target.  w2 has the most room but sb3's attempt is going into
 # it (the in-flight guard), so w5 is chosen; w4 has no room and --to w4 must
 # wait for it: --wait-target 0s gives up at once, exit 9; so does sb-big.
+# (Without --dry-run, that is; a dry run never waits.)
 runs vm-migrate --db "$DB" sb1 --dry-run | mask
 runs vm-migrate --db "$DB" sb1 --dry-run --json --connections 4 | mask
 runs vm-migrate --db "$DB" sb1 --dry-run -q
 runs vm-migrate --db "$DB" sb1 --to w2 --dry-run --wait-target 0s
 runs vm-migrate --db "$DB" sb1 --to w4 --dry-run --wait-target 0s
 runs vm-migrate --db "$DB" sb-big --dry-run --wait-target 0s --json
+# A dry run never waits for room, whatever --wait-target says (a
+# regression shows as timeout's exit 124 instead of 9).
+runs timeout 20 vm-migrate --db "$DB" sb1 --to w4 --dry-run
+runs timeout 20 vm-migrate --db "$DB" sb1 --to w4 --dry-run --wait-target 10m
 # The attempt into w2 ends: w2 is the choice again.
 sql "UPDATE migrations SET state = 'completed', lease_owner = NULL, lease_expires_at = NULL, time_finished = now();
      UPDATE sandboxes SET status = 'running', target_vmm_id = NULL WHERE id = 3"

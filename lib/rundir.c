@@ -1,0 +1,176 @@
+/* SPDX-License-Identifier: MIT */
+/* Run directories (see rundir.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "exitcodes.h"
+#include "rundir.h"
+
+/* What a VMM leaves in its run directory (all drivers). */
+static const char *const vmm_files[] = {
+	"qmp.sock", "qga.sock", "serial.log", "serial.log.1", "qemu.log", "api.sock",
+	"vmm.log", "vsock.sock", NULL,
+};
+
+static int refuse(struct vmops_error *e, const char *path, size_t upto, const char *why)
+{
+	return vmops_err(e, VMOPS_EXIT_CONFLICT, "run directory %.*s: %s: refusing to use it",
+			 (int)upto, path, why);
+}
+
+/*
+ * Check an open directory component.  `last`: the run directory itself.
+ * *open_to_others is set when others may write into it (then the next
+ * component must be ours).
+ */
+static int check_component(int fd, const char *path, size_t upto, bool last, bool parent_open,
+			   bool *open_to_others, struct vmops_error *e)
+{
+	struct stat st;
+	uid_t me = geteuid();
+	char why[96];
+
+	if (fstat(fd, &st) < 0)
+		return vmops_err(e, VMOPS_EXIT_FAILURE, "run directory %.*s: %s", (int)upto, path,
+				 strerror(errno));
+	if (st.st_uid != me && (st.st_uid != 0 || last || parent_open)) {
+		snprintf(why, sizeof(why), "owned by uid %u, not by us (uid %u)%s", (unsigned)st.st_uid,
+			 (unsigned)me, parent_open ? " in a directory others can write to" : "");
+		return refuse(e, path, upto, why);
+	}
+	if (last && (st.st_mode & 077)) {
+		snprintf(why, sizeof(why), "mode %04o, expected 0700", (unsigned)(st.st_mode & 07777));
+		return refuse(e, path, upto, why);
+	}
+	*open_to_others = (st.st_mode & 022) != 0;
+	if (*open_to_others && !(st.st_mode & S_ISVTX))
+		return refuse(e, path, upto, "writable by others and not sticky");
+	return 0;
+}
+
+/* Open (creating if missing) one component below dirfd, never through a link. */
+static int open_component(int dirfd, const char *name, const char *path, size_t upto,
+			  struct vmops_error *e)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd < 0 && errno == ENOENT) {
+		if (mkdirat(dirfd, name, 0700) < 0 && errno != EEXIST)
+			return vmops_err(e, VMOPS_EXIT_FAILURE, "run directory %.*s: mkdir: %s", (int)upto,
+					 path, strerror(errno));
+		fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	}
+	if (fd >= 0)
+		return fd;
+	if (errno == ELOOP || errno == ENOTDIR) {
+		struct stat st;
+		bool link = fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
+		return refuse(e, path, upto, link ? "a symbolic link" : "not a directory");
+	}
+	return vmops_err(e, VMOPS_EXIT_FAILURE, "run directory %.*s: %s", (int)upto, path, strerror(errno));
+}
+
+int vmops_rundir_open(const char *path, struct vmops_error *e)
+{
+	char comp[NAME_MAX + 1];
+	bool open_prev = false, open_now = false;
+	const char *p = path;
+	int fd;
+
+	if (!path || path[0] != '/')
+		return vmops_err(e, VMOPS_EXIT_FAILURE, "run directory %s: not an absolute path",
+				 path ? path : "(none)");
+	fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return vmops_err(e, VMOPS_EXIT_FAILURE, "open /: %s", strerror(errno));
+	for (;;) {
+		size_t n;
+		int next;
+
+		while (*p == '/')
+			p++;
+		if (!*p)
+			break;
+		n = strcspn(p, "/");
+		if (n > NAME_MAX || (n == 2 && !strncmp(p, "..", 2)) || (n == 1 && *p == '.')) {
+			close(fd);
+			return refuse(e, path, (size_t)(p - path + (ptrdiff_t)n), "'.', '..' or a too long name");
+		}
+		memcpy(comp, p, n);
+		comp[n] = '\0';
+		p += n;
+		next = open_component(fd, comp, path, (size_t)(p - path), e);
+		close(fd);
+		if (next < 0)
+			return -1;
+		fd = next;
+		while (*p == '/')
+			p++;
+		if (check_component(fd, path, strlen(path) - strlen(p), !*p, open_prev, &open_now, e) < 0) {
+			close(fd);
+			return -1;
+		}
+		open_prev = open_now;
+	}
+	return fd;
+}
+
+int vmops_rundir_default(const char *worker, char *buf, size_t len, struct vmops_error *e)
+{
+	const char *xdg = getenv("XDG_RUNTIME_DIR");
+	int n;
+
+	if (geteuid() == 0)
+		n = snprintf(buf, len, "/run/vmops/%s", worker);
+	else if (xdg && xdg[0] == '/')
+		n = snprintf(buf, len, "%s/vmops/%s", xdg, worker);
+	else
+		return vmops_err(e, VMOPS_EXIT_FAILURE,
+				 "worker %s has no run directory and XDG_RUNTIME_DIR is not set:"
+				 " give the worker one (vm-fleet worker add --run-dir) or set XDG_RUNTIME_DIR",
+				 worker);
+	if (n < 0 || (size_t)n >= len)
+		return vmops_err(e, VMOPS_EXIT_FAILURE, "worker %s: run directory path too long", worker);
+	return 0;
+}
+
+int vmops_rundir_remove(const char *path, int *kept, struct vmops_error *e)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	char parent[PATH_MAX];
+	char *slash;
+
+	*kept = 0;
+	if (fd < 0)
+		return errno == ENOENT ? 0 : vmops_err(e, VMOPS_EXIT_FAILURE, "run directory %s: %s", path,
+						       strerror(errno));
+	for (int i = 0; vmm_files[i]; i++)
+		(void)unlinkat(fd, vmm_files[i], 0);   /* what is not there, or is not a file, stays */
+	close(fd);
+	snprintf(parent, sizeof(parent), "%s", path);
+	slash = strrchr(parent, '/');
+	if (!slash || slash == parent)
+		return vmops_err(e, VMOPS_EXIT_FAILURE, "run directory %s: no parent", path);
+	*slash = '\0';
+	fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return vmops_err(e, VMOPS_EXIT_FAILURE, "run directory %s: %s", parent, strerror(errno));
+	if (unlinkat(fd, slash + 1, AT_REMOVEDIR) < 0) {
+		int err = errno;
+		close(fd);
+		if (err == ENOTEMPTY || err == EEXIST) {
+			*kept = 1;
+			return 0;
+		}
+		return err == ENOENT ? 0 : vmops_err(e, VMOPS_EXIT_FAILURE, "rmdir %s: %s", path, strerror(err));
+	}
+	close(fd);
+	return 0;
+}

@@ -1,0 +1,864 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Firecracker driver against tests/fakes/fake-firecracker (a real process
+ * serving the v1.16.1 API on a UNIX socket, with a request log): launch,
+ * pause, resume, status, destroy, Full and Diff snapshots and their load,
+ * balloon, no live migration, the hypervisor's fault_message, every fake
+ * fault at every call, and the free-page hinting lesson: a round that
+ * finishes in time is waited for; one that does not is stopped before the
+ * pause (call order asserted from the fake's log) and the snapshot is
+ * intact; a stop that fails aborts the snapshot and leaves the VM running.
+ * No QEMU; one case (vm-migrate refusing a Firecracker sandbox) uses the
+ * test database (tests/run-one.sh).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "exitcodes.h"
+#include "hv.h"
+#include "hv/firecracker.h"
+#include "hv/hint.h"
+#include "hv/rest.h"
+#include "ghost.h"
+#include "log.h"
+#include "proc.h"
+#include "spec.h"
+#include "testlib.h"
+
+static char dir[64];
+static char fake[PATH_MAX];
+static char kernel[128];
+static char disk[128];
+static pid_t pids[64];
+static int npids;
+
+static void log_to_stderr(void *data, int level, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
+
+static void log_to_stderr(void *data, int level, const char *fmt, va_list ap)
+{
+	(void)data;
+	fprintf(stderr, "vmops[%d]: ", level);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
+static void touch(const char *path, off_t size)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+	cr_assert(fd >= 0 && ftruncate(fd, size) == 0, "%s: %s", path, strerror(errno));
+	close(fd);
+}
+
+static void setup(void)
+{
+	const char *fd = getenv("VMOPS_FAKES_DIR");
+
+	if (getenv("VMOPS_TEST_DEBUG"))
+		vmops_set_log_fn(log_to_stderr, NULL);
+	snprintf(dir, sizeof(dir), "/tmp/vmops-fc.XXXXXX");
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	cr_assert(realpath(fd ? fd : "tests/fakes", fake), "tests/fakes not found (run from the top)");
+	strcat(fake, "/fake-firecracker");
+	cr_assert(access(fake, X_OK) == 0, "%s: not executable", fake);
+	snprintf(kernel, sizeof(kernel), "%s/vmlinux", dir);
+	snprintf(disk, sizeof(disk), "%s/rootfs.ext4", dir);
+	touch(kernel, 4096);
+	touch(disk, 1 << 20);
+	vmops_hv_rest_set_default_timeout(3000);
+	unsetenv("VMOPS_FAKE_FAULT");
+	setenv("VMOPS_FAKE_HINT_MS", "200", 1);
+	npids = 0;
+}
+
+static bool procs_naming(const char *needle, bool kill_them);
+
+static void teardown(void)
+{
+	char cmd[128];
+
+	for (int i = 0; i < npids; i++)
+		kill(pids[i], SIGKILL);
+	if (dir[0])
+		procs_naming(dir, true);   /* VMMs that programs under test started */
+	if (!getenv("VMOPS_TEST_KEEP") && !strncmp(dir, "/tmp/vmops-fc.", 14)) {
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+		if (system(cmd) != 0)
+			fprintf(stderr, "cannot remove %s\n", dir);
+	}
+}
+
+TestSuite(firecracker, .init = setup, .fini = teardown, .timeout = 120);
+
+static struct vmops_spec *spec16(void)
+{
+	char json[1024];
+	struct vmops_spec *s;
+
+	snprintf(json, sizeof(json),
+		 "{\"hypervisor\":\"firecracker\",\"memory_mb\":16,\"vcpus\":1,\"kernel\":\"%s\","
+		 "\"cmdline\":\"console=ttyS0 root=/dev/vda\","
+		 "\"disks\":[{\"path\":\"%s\",\"readonly\":false}],"
+		 "\"balloon\":{\"free_page_hint\":true}}", kernel, disk);
+	s = vmops_spec_parse(json, (size_t)-1, NULL);
+	cr_assert(s);
+	return s;
+}
+
+static struct vmops_hv_launch_opts opts_for(int id, char *rd, size_t rdlen)
+{
+	struct vmops_hv_launch_opts o = { 0 };
+
+	snprintf(rd, rdlen, "%s/vm-%d", dir, id);
+	o.run_dir = rd;
+	o.vmm_id = (uint64_t)id;
+	o.binary = fake;
+	o.die_with_parent = true;
+	return o;
+}
+
+static void track(struct vmops_hv *h)
+{
+	if (h && vmops_hv_info(h)->pid > 0 && npids < 64)
+		pids[npids++] = vmops_hv_info(h)->pid;
+}
+
+static struct vmops_hv *launch(int id, struct vmops_error *err)
+{
+	struct vmops_spec *s = spec16();
+	char rd[PATH_MAX];
+	struct vmops_hv_launch_opts o = opts_for(id, rd, sizeof(rd));
+	struct vmops_hv *h = vmops_hv_launch(s, &o, err);
+
+	vmops_spec_free(s);
+	track(h);
+	return h;
+}
+
+static struct vmops_hv *launch_ok(int id)
+{
+	struct vmops_error e = { 0 };
+	struct vmops_hv *h = launch(id, &e);
+
+	cr_assert(h, "launch: %s", e.msg);
+	return h;
+}
+
+static cJSON *read_log(struct vmops_hv *h)
+{
+	char path[PATH_MAX + 8], line[65536];
+	cJSON *arr = cJSON_CreateArray();
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s.log", vmops_hv_info(h)->control_socket);
+	f = fopen(path, "r");
+	cr_assert(f, "%s: %s", path, strerror(errno));
+	while (fgets(line, sizeof(line), f)) {
+		cJSON *e = cJSON_Parse(line);
+
+		cr_assert(e, "bad log line %s", line);
+		cJSON_AddItemToArray(arr, e);
+	}
+	fclose(f);
+	return arr;
+}
+
+static const char *str(const cJSON *o, const char *k)
+{
+	const char *s = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, k));
+
+	return s ? s : "";
+}
+
+/* First request `call` at or after `from` whose body contains `body` (NULL: any). */
+static int find_call(const cJSON *log, const char *call, const char *body, int from)
+{
+	for (int i = from; i < cJSON_GetArraySize(log); i++) {
+		const cJSON *e = cJSON_GetArrayItem(log, i);
+
+		if (!strcmp(str(e, "call"), call) && (!body || strstr(str(e, "body"), body)))
+			return i;
+	}
+	return -1;
+}
+
+static int last_call(const cJSON *log, const char *call)
+{
+	int last = -1;
+
+	for (int i = 0; (i = find_call(log, call, NULL, i)) >= 0; i++)
+		last = i;
+	return last;
+}
+
+static const cJSON *find_event(const cJSON *log, const char *event)
+{
+	const cJSON *e;
+
+	cJSON_ArrayForEach(e, log)
+		if (!strcmp(str(e, "event"), event))
+			return e;
+	return NULL;
+}
+
+static const char *vm_status(struct vmops_hv *h)
+{
+	static struct vmops_vm_status st;
+	struct vmops_error e = { 0 };
+
+	cr_assert(vmops_hv_status(h, &st, &e) == 0, "status: %s", e.msg);
+	return st.status;
+}
+
+static void destroy(struct vmops_hv *h)
+{
+	struct vmops_error e = { 0 };
+
+	cr_assert(vmops_hv_destroy(h, 5000, &e) == 0, "destroy: %s", e.msg);
+	cr_assert(!vmops_hv_is_alive(h));
+	vmops_hv_free(h);
+}
+
+static int open_dir(const char *name)
+{
+	char p[PATH_MAX];
+	int fd;
+
+	snprintf(p, sizeof(p), "%s/%s", dir, name);
+	cr_assert(mkdir(p, 0700) == 0);
+	fd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	cr_assert(fd >= 0);
+	return fd;
+}
+
+/* sha256 of a file, through the fake's own helper (python3 is a test dep). */
+static void sha256(const char *path, char out[65])
+{
+	char cmd[PATH_MAX * 2];
+	FILE *p;
+
+	snprintf(cmd, sizeof(cmd), "sha256sum '%s'", path);
+	p = popen(cmd, "r");
+	cr_assert(p && fscanf(p, "%64s", out) == 1, "sha256sum %s", path);
+	pclose(p);
+}
+
+/* Does the snapshot's memory file hold what the guest had (the checksum the
+ * state file recorded before the memory was written)? */
+static bool snapshot_intact(const char *sub)
+{
+	char state[PATH_MAX], mem[PATH_MAX], sum[65], buf[8192];
+	const char *want;
+	cJSON *j;
+	FILE *f;
+	size_t n;
+	bool ok;
+
+	snprintf(state, sizeof(state), "%s/%s/vmstate", dir, sub);
+	snprintf(mem, sizeof(mem), "%s/%s/memory", dir, sub);
+	f = fopen(state, "r");
+	cr_assert(f, "%s", state);
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	j = cJSON_Parse(buf);
+	want = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "memory_sha256"));
+	cr_assert(want);
+	sha256(mem, sum);
+	ok = !strcmp(sum, want);
+	cJSON_Delete(j);
+	return ok;
+}
+
+static off_t file_size(const char *sub, const char *name)
+{
+	char p[PATH_MAX];
+	struct stat st;
+
+	snprintf(p, sizeof(p), "%s/%s/%s", dir, sub, name);
+	return stat(p, &st) == 0 ? st.st_size : -1;
+}
+
+/* ======================================================================= */
+
+Test(firecracker, lifecycle)
+{
+	struct vmops_hv *h = launch_ok(1);
+	struct vmops_error e = { 0 };
+	static const char *const order[] = {
+		"GET /", "PUT /machine-config", "PUT /boot-source", "PUT /drives/{drive_id}",
+		"PUT /balloon", "PUT /actions",
+	};
+	cJSON *log;
+	int i = 0;
+
+	cr_expect_str_eq(vmops_hv_info(h)->kind, "firecracker");
+	cr_assert(vmops_hv_wait_ready(h, 5000, &e) == 0, "%s", e.msg);
+	cr_expect_str_eq(vm_status(h), "running");
+	cr_assert(vmops_hv_pause(h, &e) == 0, "%s", e.msg);
+	cr_expect_str_eq(vm_status(h), "paused");
+	cr_assert(vmops_hv_resume(h, &e) == 0, "%s", e.msg);
+	cr_expect_str_eq(vm_status(h), "running");
+	log = read_log(h);
+	for (size_t k = 0; k < sizeof(order) / sizeof(order[0]); k++) {
+		i = find_call(log, order[k], NULL, i);
+		cr_assert(i >= 0, "%s missing or out of order", order[k]);
+	}
+	cr_expect(find_call(log, "PUT /balloon", "\"free_page_hinting\":true", 0) >= 0);
+	cr_expect(find_call(log, "PUT /drives/{drive_id}", "\"drive_id\":\"disk0\"", 0) >= 0);
+	cr_expect(find_call(log, "PATCH /vm", "\"Paused\"", 0) >= 0);
+	cr_expect(find_call(log, "PATCH /vm", "\"Resumed\"", 0) >= 0);
+	cJSON_Delete(log);
+	destroy(h);
+}
+
+Test(firecracker, no_live_migration)
+{
+	struct vmops_hv *h = launch_ok(2);
+	struct vmops_spec *s = spec16();
+	char rd[PATH_MAX];
+	struct vmops_hv_launch_opts o = opts_for(3, rd, sizeof(rd));
+	struct vmops_migrate_params mp = { .connections = 1 };
+	struct vmops_error e = { 0 };
+
+	cr_expect(!vmops_hv_can(h, VMOPS_HV_OP_MIGRATE));
+	cr_expect(vmops_hv_can(h, VMOPS_HV_OP_HINT));
+	cr_expect(vmops_hv_can(h, VMOPS_HV_OP_SNAPSHOT));
+	cr_expect(vmops_hv_can(h, VMOPS_HV_OP_BALLOON));
+	cr_expect_eq(vmops_hv_supports_multifd(h, &e), 0);
+	cr_expect(vmops_hv_send(h, "tcp:127.0.0.1:9", &mp, &e) < 0);
+	cr_expect_eq(e.code, VMOPS_EXIT_CONFLICT);
+	cr_expect(!vmops_hv_prepare_incoming(s, &o, "tcp:127.0.0.1:0", &mp, 1000, &e));
+	cr_expect_eq(e.code, VMOPS_EXIT_CONFLICT);
+	cr_expect(strstr(e.msg, "not supported"), "%s", e.msg);
+	vmops_spec_free(s);
+	destroy(h);
+}
+
+Test(firecracker, fault_message_in_errors)
+{
+	struct vmops_hv *h = launch_ok(4);
+	int fd = open_dir("snap");
+	struct vmops_snapshot_opts so = { .timeout_ms = 5000 };
+	struct vmops_error e = { 0 };
+
+	/* a running VM cannot be snapshotted: Firecracker says so, and it runs on */
+	cr_assert(vmops_hv_snapshot(h, fd, &so, &e) < 0);
+	cr_expect_eq(e.code, VMOPS_EXIT_HYPERVISOR);
+	cr_expect(strstr(e.msg, "HTTP 400"), "%s", e.msg);
+	cr_expect(strstr(e.msg, "must be paused"), "%s", e.msg);
+	cr_expect_str_eq(vm_status(h), "running");
+	close(fd);
+	destroy(h);
+}
+
+Test(firecracker, balloon)
+{
+	struct vmops_hv *h = launch_ok(5);
+	struct vmops_error e = { 0 };
+	uint64_t b = 1;
+
+	cr_assert(vmops_hv_balloon_get(h, &b, &e) == 0, "%s", e.msg);
+	cr_expect_eq(b, 0);
+	cr_assert(vmops_hv_balloon_set(h, 4u << 20, &e) == 0, "%s", e.msg);
+	cr_assert(vmops_hv_balloon_get(h, &b, &e) == 0, "%s", e.msg);
+	cr_expect_eq(b, 4u << 20);
+	cr_expect(vmops_hv_balloon_set(h, 64u << 20, &e) < 0, "more than the guest has");
+	cr_expect(strstr(e.msg, "too large"), "%s", e.msg);
+	destroy(h);
+}
+
+Test(firecracker, snapshot_full_diff_and_restore)
+{
+	struct vmops_hv *h = launch_ok(6), *r;
+	struct vmops_snapshot_opts so = { .timeout_ms = 5000 };
+	struct vmops_error e = { 0 };
+	struct vmops_spec *s = spec16();
+	char rd[PATH_MAX];
+	struct vmops_hv_launch_opts o = opts_for(7, rd, sizeof(rd));
+	int full = open_dir("full"), diff = open_dir("diff");
+	cJSON *log;
+
+	cr_assert(vmops_hv_pause(h, &e) == 0, "%s", e.msg);
+	cr_assert(vmops_hv_snapshot(h, full, &so, &e) == 0, "%s", e.msg);
+	cr_assert(vmops_hv_fc_snapshot(h, diff, true, 5000, &e) == 0, "%s", e.msg);
+	cr_expect_eq(file_size("full", "memory"), 16 << 20);
+	cr_expect(file_size("full", "vmstate") > 0);
+	cr_expect_eq(file_size("diff", "memory"), 16 << 20);
+	cr_expect(snapshot_intact("full"));
+	log = read_log(h);
+	cr_expect(find_call(log, "PUT /snapshot/create", "\"snapshot_type\":\"Full\"", 0) >= 0);
+	cr_expect(find_call(log, "PUT /snapshot/create", "\"snapshot_type\":\"Diff\"", 0) >= 0);
+	cJSON_Delete(log);
+	destroy(h);
+
+	r = vmops_hv_launch_for_restore(s, &o, &e);
+	track(r);
+	cr_assert(r, "%s", e.msg);
+	cr_expect_str_eq(vm_status(r), "inmigrate");
+	cr_assert(vmops_hv_restore(r, full, 5000, &e) == 0, "%s", e.msg);
+	cr_expect_str_eq(vm_status(r), "paused");
+	cr_assert(vmops_hv_resume(r, &e) == 0, "%s", e.msg);
+	cr_expect_str_eq(vm_status(r), "running");
+	log = read_log(r);
+	cr_expect(find_call(log, "PUT /snapshot/load", "\"backend_type\":\"File\"", 0) >= 0);
+	cr_expect(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(find_event(log, "snapshot-loaded"),
+								"memory_intact")));
+	cJSON_Delete(log);
+	destroy(r);
+	vmops_spec_free(s);
+	close(full);
+	close(diff);
+}
+
+/* --- the hinting lesson ------------------------------------------------------------ */
+
+/* hint round started, then the drained snapshot; returns its result */
+static int hinted_snapshot(struct vmops_hv *h, const char *sub, int drain_ms, int stop_ms,
+			   struct vmops_error *e)
+{
+	struct vmops_snapshot_opts so = { .timeout_ms = 5000 };
+	int fd = open_dir(sub), r;
+
+	cr_assert(vmops_hv_hint_start(h, e) == 0, "%s", e->msg);
+	r = vmops_hv_snapshot_drained(h, fd, &so, drain_ms, stop_ms, false, e);
+	close(fd);
+	return r;
+}
+
+Test(firecracker, hinting_finishes_in_time)
+{
+	struct vmops_hv *h = launch_ok(10);
+	struct vmops_error e = { 0 };
+	cJSON *log;
+	int pause;
+
+	setenv("VMOPS_FAKE_HINT_MS", "200", 1);   /* read by the fake at start: already 200 */
+	cr_assert(hinted_snapshot(h, "s", 5000, 1000, &e) == 0, "%s", e.msg);
+	cr_expect(snapshot_intact("s"), "snapshot damaged");
+	cr_expect_str_eq(vm_status(h), "running");
+	log = read_log(h);
+	pause = find_call(log, "PATCH /vm", "\"Paused\"", 0);
+	cr_assert(pause >= 0);
+	cr_expect(find_call(log, "PATCH /balloon/hinting/start", NULL, 0) < pause);
+	cr_expect(last_call(log, "GET /balloon/hinting/status") < pause);
+	cr_expect_eq(find_call(log, "PATCH /balloon/hinting/stop", NULL, 0), -1,
+		     "a finished round was stopped");
+	cr_expect(find_event(log, "hinting-finished"));
+	cr_expect(!find_event(log, "memory-damaged"));
+	cr_expect(find_call(log, "PUT /snapshot/create", NULL, pause) > pause);
+	cr_expect(find_call(log, "PATCH /vm", "\"Resumed\"", pause) > pause);
+	cJSON_Delete(log);
+	destroy(h);
+}
+
+Test(firecracker, hinting_hangs_and_is_stopped_before_the_pause)
+{
+	struct vmops_hv *h;
+	struct vmops_error e = { 0 };
+	cJSON *log;
+	int stop, pause, snap;
+
+	setenv("VMOPS_FAKE_HINT_MS", "-1", 1);    /* the round never ends by itself */
+	h = launch_ok(11);
+	cr_assert(hinted_snapshot(h, "s", 300, 1000, &e) == 0, "%s", e.msg);
+	log = read_log(h);
+	stop = find_call(log, "PATCH /balloon/hinting/stop", NULL, 0);
+	pause = find_call(log, "PATCH /vm", "\"Paused\"", 0);
+	snap = find_call(log, "PUT /snapshot/create", NULL, 0);
+	cr_assert(stop >= 0, "the running round was never stopped");
+	cr_assert(pause >= 0 && snap >= 0);
+	cr_expect(stop < pause, "stopped after the pause (stop %d, pause %d)", stop, pause);
+	cr_expect(pause < snap);
+	cr_expect(!find_event(log, "memory-damaged"), "hinting ran during the snapshot");
+	cr_expect(snapshot_intact("s"), "snapshot damaged");
+	cr_expect_str_eq(vm_status(h), "running");
+	cJSON_Delete(log);
+	destroy(h);
+}
+
+Test(firecracker, hinting_left_running_damages_the_snapshot)
+{
+	/* the fake's side of the lesson: without the stop, the memory is lost */
+	struct vmops_hv *h;
+	struct vmops_snapshot_opts so = { .timeout_ms = 5000 };
+	struct vmops_error e = { 0 };
+	int fd;
+	cJSON *log;
+
+	setenv("VMOPS_FAKE_HINT_MS", "-1", 1);
+	h = launch_ok(12);
+	fd = open_dir("s");
+	cr_assert(vmops_hv_hint_start(h, &e) == 0, "%s", e.msg);
+	cr_assert(vmops_hv_pause(h, &e) == 0, "%s", e.msg);
+	cr_assert(vmops_hv_snapshot(h, fd, &so, &e) == 0, "%s", e.msg);
+	cr_expect(!snapshot_intact("s"));
+	log = read_log(h);
+	cr_expect(find_event(log, "memory-damaged"));
+	cJSON_Delete(log);
+	close(fd);
+	destroy(h);
+}
+
+Test(firecracker, hinting_stop_fails_aborts_and_leaves_running)
+{
+	static const char *const modes[] = { "error", "hang", "drop" };
+	static const int codes[] = { VMOPS_EXIT_HYPERVISOR, VMOPS_EXIT_TIMEOUT, VMOPS_EXIT_HYPERVISOR };
+
+	setenv("VMOPS_FAKE_HINT_MS", "-1", 1);
+	for (int m = 0; m < 3; m++) {
+		char f[96], sub[16];
+		struct vmops_error e = { 0 };
+		struct vmops_hv *h;
+		cJSON *log;
+
+		snprintf(f, sizeof(f), "PATCH /balloon/hinting/stop:%s", modes[m]);
+		setenv("VMOPS_FAKE_FAULT", f, 1);
+		h = launch_ok(20 + m);
+		snprintf(sub, sizeof(sub), "s%d", m);
+		cr_assert(hinted_snapshot(h, sub, 200, 500, &e) < 0, "%s: snapshot went on", modes[m]);
+		cr_expect_eq(e.code, codes[m], "%s: code %d: %s", modes[m], e.code, e.msg);
+		cr_expect(strstr(e.msg, "could not be stopped"), "%s", e.msg);
+		cr_expect_str_eq(vm_status(h), "running", "%s", modes[m]);
+		log = read_log(h);
+		cr_expect(find_call(log, "PATCH /balloon/hinting/stop", NULL, 0) >= 0);
+		cr_expect_eq(find_call(log, "PATCH /vm", NULL, 0), -1, "%s: paused anyway", modes[m]);
+		cr_expect_eq(find_call(log, "PUT /snapshot/create", NULL, 0), -1, "%s: snapshot anyway",
+			     modes[m]);
+		cJSON_Delete(log);
+		destroy(h);
+	}
+	unsetenv("VMOPS_FAKE_FAULT");
+}
+
+Test(firecracker, hinting_status_fails_round_is_stopped)
+{
+	struct vmops_hv *h;
+	struct vmops_error e = { 0 };
+	cJSON *log;
+	int stop, pause;
+
+	setenv("VMOPS_FAKE_HINT_MS", "-1", 1);
+	setenv("VMOPS_FAKE_FAULT", "GET /balloon/hinting/status:error", 1);
+	h = launch_ok(25);
+	cr_assert(hinted_snapshot(h, "s", 5000, 1000, &e) == 0, "%s", e.msg);
+	log = read_log(h);
+	stop = find_call(log, "PATCH /balloon/hinting/stop", NULL, 0);
+	pause = find_call(log, "PATCH /vm", "\"Paused\"", 0);
+	cr_expect(stop >= 0 && stop < pause, "stop %d pause %d", stop, pause);
+	cr_expect(snapshot_intact("s"));
+	cJSON_Delete(log);
+	destroy(h);
+	unsetenv("VMOPS_FAKE_FAULT");
+}
+
+/* --- faults at every call ------------------------------------------------------------ */
+
+static const char *const modes[] = { "error", "hang", "drop", "slow" };
+
+static int expected_code(const char *mode)
+{
+	return !strcmp(mode, "hang") ? VMOPS_EXIT_TIMEOUT
+	       : !strcmp(mode, "slow") ? 0 : VMOPS_EXIT_HYPERVISOR;
+}
+
+/* Processes whose command line contains `needle` (kill: SIGKILL them). */
+static bool procs_naming(const char *needle, bool kill_them)
+{
+	char path[300], buf[8192];
+	DIR *d = opendir("/proc");
+	struct dirent *de;
+	bool found = false;
+
+	if (!d)
+		return false;
+	while ((kill_them || !found) && (de = readdir(d))) {
+		ssize_t n;
+		int fd;
+
+		if (de->d_name[0] < '1' || de->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/cmdline", de->d_name);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		n = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		for (ssize_t i = 0; i < n; i++)
+			if (!buf[i])
+				buf[i] = ' ';
+		buf[n > 0 ? n : 0] = '\0';
+		if (strstr(buf, needle) && atoi(de->d_name) != getpid()) {
+			found = true;
+			if (kill_them)
+				kill(atoi(de->d_name), SIGKILL);
+		}
+	}
+	closedir(d);
+	return found;
+}
+
+static bool runs_under(int id)
+{
+	char needle[PATH_MAX];
+
+	snprintf(needle, sizeof(needle), "%s/vm-%d/", dir, id);
+	return procs_naming(needle, false);
+}
+
+static bool runs_under_dir(void)
+{
+	char needle[PATH_MAX];
+
+	snprintf(needle, sizeof(needle), "%s/", dir);
+	return procs_naming(needle, false);
+}
+
+Test(firecracker, faults_at_launch)
+{
+	static const char *const calls[] = {
+		"GET /", "PUT /machine-config", "PUT /boot-source", "PUT /drives/{drive_id}",
+		"PUT /balloon", "PUT /actions",
+	};
+	int id = 40;
+
+	setenv("VMOPS_FAKE_SLOW_MS", "300", 1);
+	for (size_t c = 0; c < sizeof(calls) / sizeof(calls[0]); c++)
+		for (size_t m = 0; m < 4; m++) {
+			char f[96];
+			struct vmops_error e = { 0 };
+			struct vmops_hv *h;
+
+			snprintf(f, sizeof(f), "%s:%s", calls[c], modes[m]);
+			setenv("VMOPS_FAKE_FAULT", f, 1);
+			h = launch(id++, &e);
+			if (!expected_code(modes[m])) {
+				cr_expect(h, "%s: %s", f, e.msg);
+				if (h)
+					destroy(h);
+				continue;
+			}
+			cr_expect(!h, "%s: launch succeeded", f);
+			cr_expect_eq(e.code, expected_code(modes[m]), "%s: code %d: %s", f, e.code, e.msg);
+			cr_expect(!runs_under(id - 1), "%s: the vmm still runs", f);
+			vmops_hv_free(h);
+		}
+	unsetenv("VMOPS_FAKE_FAULT");
+}
+
+/* Arm a fault in a running fake (see tests/fakes/fakelib.py). */
+static bool fault_arm(struct vmops_hv *h, const char *rule)
+{
+	char path[PATH_MAX + 8];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s.fault", vmops_hv_info(h)->control_socket);
+	f = fopen(path, "w");
+	if (!f)
+		return false;
+	fprintf(f, "%s\n", rule);
+	return fclose(f) == 0;
+}
+
+typedef int (*op_fn)(struct vmops_hv *h, struct vmops_error *err);
+
+static int snap_fd = -1;
+
+static int op_pause(struct vmops_hv *h, struct vmops_error *e) { return vmops_hv_pause(h, e); }
+static int op_resume(struct vmops_hv *h, struct vmops_error *e) { return vmops_hv_resume(h, e); }
+
+static int op_status(struct vmops_hv *h, struct vmops_error *e)
+{
+	struct vmops_vm_status st;
+
+	return vmops_hv_status(h, &st, e);
+}
+
+static int op_snapshot(struct vmops_hv *h, struct vmops_error *e)
+{
+	struct vmops_snapshot_opts so = { .timeout_ms = 0 };
+
+	return vmops_hv_snapshot(h, snap_fd, &so, e);
+}
+
+static int op_balloon(struct vmops_hv *h, struct vmops_error *e)
+{
+	return vmops_hv_balloon_set(h, 2u << 20, e);
+}
+
+static int op_hint_start(struct vmops_hv *h, struct vmops_error *e)
+{
+	return vmops_hv_hint_start(h, e);
+}
+
+Test(firecracker, faults_at_each_call)
+{
+	static const struct {
+		const char *call;
+		op_fn op;
+		bool paused_first;
+		const char *found;
+	} cases[] = {
+		{ "PATCH /vm", op_pause, false, "running" },
+		{ "PATCH /vm", op_resume, true, "paused" },
+		{ "PUT /snapshot/create", op_snapshot, true, "paused" },
+		{ "GET /", op_status, false, "running" },
+		{ "PATCH /balloon", op_balloon, false, "running" },
+		{ "PATCH /balloon/hinting/start", op_hint_start, false, "running" },
+	};
+	int id = 80;
+
+	setenv("VMOPS_FAKE_SLOW_MS", "300", 1);
+	snap_fd = open_dir("faultsnap");
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++)
+		for (size_t m = 0; m < 4; m++) {
+			struct vmops_error e = { 0 };
+			struct vmops_hv *h = launch_ok(id++);
+			char f[96];
+			int r;
+
+			if (cases[c].paused_first)
+				cr_assert(vmops_hv_pause(h, &e) == 0, "%s", e.msg);
+			/* armed after launch: the fault is the next such call, once */
+			snprintf(f, sizeof(f), "%s:%s:1", cases[c].call, modes[m]);
+			cr_assert(fault_arm(h, f));
+			r = cases[c].op(h, &e);
+			if (!expected_code(modes[m])) {
+				cr_expect(r >= 0, "%s: %s", f, e.msg);
+			} else {
+				cr_expect(r < 0, "%s: succeeded", f);
+				cr_expect_eq(e.code, expected_code(modes[m]), "%s: code %d: %s", f,
+					     e.code, e.msg);
+				cr_expect_str_eq(vm_status(h), cases[c].found, "%s: not left as found", f);
+			}
+			destroy(h);
+		}
+	close(snap_fd);
+}
+
+/* --- vm-migrate (database: run through tests/run-one.sh) ------------------------------- */
+
+static char *db_state(PGconn *c)
+{
+	PGresult *r = testdb_exec(c,
+		"SELECT (SELECT count(*) FROM migrations) || '/' || (SELECT count(*) FROM vmms) || '/' ||"
+		" (SELECT count(*) FROM reservations) || '/' ||"
+		" (SELECT string_agg(name || ':' || status, ',' ORDER BY name) FROM sandboxes) || '/' ||"
+		" (SELECT count(*) FROM scale_events WHERE ended_at IS NULL)");
+	char *s = strdup(PQgetvalue(r, 0, 0));
+
+	PQclear(r);
+	return s;
+}
+
+Test(firecracker, vm_migrate_refuses_and_says_how)
+{
+	char ci[512], sql[1024];
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	struct testrun r;
+	char *before, *after;
+
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO workers (name, memory_mb, vcpus, run_dir, state) VALUES"
+		 " ('w1', 4096, 8, '%s/w1', 'active'), ('w2', 4096, 8, '%s/w2', 'active')", dir, dir);
+	PQclear(testdb_exec(c, sql));
+	/* the socket does not exist: a refusal must come before any attach */
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "register", "--sandbox", "fc1", "--org", "acme",
+		"--worker", "w1", "--memory", "256M", "--vcpus", "1", "--hypervisor", "firecracker",
+		"--control-socket", "/nonexistent-vmops/fc.sock");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	testrun_free(&r);
+	PQclear(testdb_exec(c, "UPDATE sandboxes SET launch_spec = '{\"hypervisor\":\"firecracker\","
+				"\"memory_mb\":256,\"vcpus\":1,\"kernel\":\"/boot/vmlinux\"}'"));
+	before = db_state(c);
+	TESTRUN(&r, "vm-migrate", "--db", ci, "fc1");
+	cr_expect_eq(r.status, VMOPS_EXIT_CONFLICT, "exit %d: %s", r.status, r.err);
+	cr_expect(strstr(r.err, "firecracker has no live migration"), "%s", r.err);
+	cr_expect(strstr(r.err, "snapshot-prep hibernate"), "%s", r.err);
+	cr_expect_eq(testlib_lines(r.err), 1, "%s", r.err);
+	cr_expect_str_eq(r.out, "");
+	testrun_free(&r);
+	after = db_state(c);
+	cr_expect_str_eq(after, before, "the refusal changed the database");
+	free(before);
+	free(after);
+	PQfinish(c);
+}
+
+/* ghost-reap finds this VMM by its command line: the fleet token names its
+ * id and the API socket option names its socket. */
+Test(firecracker, command_line_identifies_the_vmm)
+{
+	struct vmops_hv *h = launch_ok(99);
+	const struct vmops_vmm_info *info = vmops_hv_info(h);
+	struct vmops_error e = { 0 };
+	char ctl[VMOPS_HV_SOCKPATH_MAX], agent[VMOPS_HV_SOCKPATH_MAX];
+	char **argv = NULL;
+	int argc = 0;
+
+	cr_assert(vmops_proc_read_cmdline(NULL, info->pid, &argv, &argc, &e) == 0, "%s", e.msg);
+	/* the fake runs under python3: skip argv[0] the way a real VMM has none extra */
+	cr_assert(argc > 2);
+	cr_expect_eq(vmops_proc_vmm_id(argc - 1, argv + 1), 99);
+	vmops_ghost_argv_sockets(VMOPS_HV_FIRECRACKER, argc - 1, argv + 1, ctl, sizeof(ctl), agent, sizeof(agent));
+	cr_expect_str_eq(ctl, info->control_socket);
+	free(argv);
+	destroy(h);
+}
+
+Test(firecracker, vm_fleet_launch_records_and_destroys)
+{
+	char ci[512], sql[1024], bin[128], link[PATH_MAX], path[8192], specf[PATH_MAX];
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	const char *old = getenv("PATH");
+	struct testrun r;
+	FILE *f;
+
+	snprintf(sql, sizeof(sql), "INSERT INTO workers (name, memory_mb, vcpus, run_dir, state)"
+		 " VALUES ('w1', 4096, 8, '%s/w1', 'active')", dir);
+	PQclear(testdb_exec(c, sql));
+	snprintf(bin, sizeof(bin), "%s/bin", dir);
+	cr_assert(mkdir(bin, 0700) == 0);
+	snprintf(link, sizeof(link), "%s/firecracker", bin);
+	cr_assert(symlink(fake, link) == 0);
+	snprintf(path, sizeof(path), "%s:%s", bin, old ? old : "/usr/bin:/bin");
+	setenv("PATH", path, 1);
+	snprintf(specf, sizeof(specf), "%s/fc1.json", dir);
+	f = fopen(specf, "w");
+	cr_assert(f);
+	fprintf(f, "{\"hypervisor\":\"firecracker\",\"memory_mb\":16,\"vcpus\":1,\"kernel\":\"%s\","
+		   "\"disks\":[{\"path\":\"%s\",\"readonly\":false}],\"balloon\":{\"free_page_hint\":true}}\n",
+		kernel, disk);
+	fclose(f);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", "fc1", "--org", "acme",
+		"--worker", "w1", "--spec", specf);
+	cr_assert_eq(r.status, 0, "launch: %s", r.err);
+	testrun_free(&r);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms v JOIN sandboxes s ON s.active_vmm_id = v.id"
+			       " WHERE s.name = 'fc1' AND s.status = 'running' AND v.hypervisor = 'firecracker'"
+			       " AND v.state = 'running' AND v.pid > 0 AND v.pid_start_time > 0"
+			       " AND v.control_socket LIKE '%/vmops-vmm-%.sock'"), 1,
+		     "launch did not record the vmm");
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
+			       " WHERE s.name = 'fc1' AND e.ended_at IS NULL"), 1);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "fc1");
+	cr_expect_eq(r.status, 0, "destroy: %s", r.err);
+	testrun_free(&r);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
+			       " WHERE s.name = 'fc1' AND e.ended_at IS NULL"), 0);
+	cr_expect(!runs_under_dir(), "a vmm outlived destroy");
+	if (old)
+		setenv("PATH", old, 1);
+	PQfinish(c);
+}

@@ -1,0 +1,150 @@
+/* SPDX-License-Identifier: MIT */
+/* Run directories on a shared host: made safely, hostile paths refused (lib/rundir). */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "exitcodes.h"
+#include "rundir.h"
+#include "testlib.h"
+
+static char base[256];
+
+static void setup(void)
+{
+	snprintf(base, sizeof(base), "/tmp/vmops-rd.XXXXXX");
+	cr_assert(mkdtemp(base));
+}
+
+static void teardown(void)
+{
+	char cmd[700];
+
+	snprintf(cmd, sizeof(cmd), "chmod -R u+rwx '%s' 2>/dev/null; rm -rf --one-file-system '%s'", base, base);
+	(void)system(cmd);
+}
+
+/* Refused with CONFLICT, the message containing `why`. */
+static void assert_refused(const char *path, const char *why)
+{
+	struct vmops_error e = { 0 };
+
+	cr_assert_eq(vmops_rundir_open(path, &e), -1, "%s was accepted", path);
+	cr_assert_eq(e.code, VMOPS_EXIT_CONFLICT, "%s: %s", path, e.msg);
+	cr_assert(strstr(e.msg, why), "%s: %s (expected: %s)", path, e.msg, why);
+	cr_assert(strstr(e.msg, "refusing"), "%s", e.msg);
+}
+
+static char *at(const char *rel)
+{
+	static char buf[4][512];
+	static int i;
+
+	i = (i + 1) % 4;
+	snprintf(buf[i], sizeof(buf[i]), "%s/%s", base, rel);
+	return buf[i];
+}
+
+TestSuite(rundir, .init = setup, .fini = teardown);
+
+Test(rundir, creates_every_level_private)
+{
+	struct vmops_error e = { 0 };
+	struct stat st;
+	int fd = vmops_rundir_open(at("w1/vmm-7"), &e);
+
+	cr_assert_geq(fd, 0, "%s", e.msg);
+	close(fd);
+	cr_assert_eq(stat(at("w1"), &st), 0);
+	cr_assert_eq(st.st_mode & 07777, 0700);
+	cr_assert_eq(stat(at("w1/vmm-7"), &st), 0);
+	cr_assert_eq(st.st_mode & 07777, 0700);
+	cr_assert_eq(st.st_uid, geteuid());
+	/* again: an existing safe directory is fine */
+	fd = vmops_rundir_open(at("w1/vmm-7"), &e);
+	cr_assert_geq(fd, 0, "%s", e.msg);
+	close(fd);
+}
+
+Test(rundir, symlinks_anywhere_are_refused)
+{
+	cr_assert_eq(mkdir(at("elsewhere"), 0700), 0);
+	cr_assert_eq(symlink(at("elsewhere"), at("vmm-1")), 0);
+	assert_refused(at("vmm-1"), "a symbolic link");
+	cr_assert_eq(symlink(at("elsewhere"), at("w2")), 0);
+	assert_refused(at("w2/vmm-1"), "a symbolic link");
+	/* nothing was created through the link */
+	cr_assert_neq(access(at("elsewhere/vmm-1"), F_OK), 0);
+}
+
+Test(rundir, wrong_type_mode_and_names_are_refused)
+{
+	int fd = open(at("file"), O_WRONLY | O_CREAT, 0600);
+
+	cr_assert_geq(fd, 0);
+	close(fd);
+	assert_refused(at("file"), "not a directory");
+	cr_assert_eq(mkdir(at("loose"), 0755), 0);
+	cr_assert_eq(chmod(at("loose"), 0755), 0);
+	assert_refused(at("loose"), "mode 0755, expected 0700");
+	cr_assert_eq(mkdir(at("shared"), 0777), 0);
+	cr_assert_eq(chmod(at("shared"), 0777), 0);
+	assert_refused(at("shared/vmm-1"), "writable by others and not sticky");
+	assert_refused(at("w1/../w1"), "'..'");
+}
+
+Test(rundir, others_directories_are_refused)
+{
+	struct vmops_error e = { 0 };
+	int fd;
+
+	if (geteuid() != 0)
+		testlib_missing("needs root to plant another user's directory");
+	/* someone else's directory, even with the right mode */
+	cr_assert_eq(mkdir(at("planted"), 0700), 0);
+	cr_assert_eq(chown(at("planted"), 65534, 65534), 0);
+	assert_refused(at("planted"), "owned by uid 65534");
+	/* a sticky world-writable directory (like /tmp): what is below it must be ours */
+	cr_assert_eq(mkdir(at("tmp"), 01777), 0);
+	cr_assert_eq(chmod(at("tmp"), 01777), 0);
+	cr_assert_eq(mkdir(at("tmp/theirs"), 0755), 0);
+	cr_assert_eq(chown(at("tmp/theirs"), 65534, 65534), 0);
+	assert_refused(at("tmp/theirs/vmm-1"), "in a directory others can write to");
+	fd = vmops_rundir_open(at("tmp/mine/vmm-1"), &e);
+	cr_assert_geq(fd, 0, "%s", e.msg);
+	close(fd);
+}
+
+Test(rundir, remove_takes_only_what_a_vmm_leaves)
+{
+	struct vmops_error e = { 0 };
+	int kept = -1, fd = vmops_rundir_open(at("w1/vmm-3"), &e);
+
+	cr_assert_geq(fd, 0, "%s", e.msg);
+	close(fd);
+	fclose(fopen(at("w1/vmm-3/serial.log"), "w"));
+	fclose(fopen(at("w1/vmm-3/qemu.log"), "w"));
+	cr_assert_eq(vmops_rundir_remove(at("w1/vmm-3"), &kept, &e), 0, "%s", e.msg);
+	cr_assert_eq(kept, 0);
+	cr_assert_neq(access(at("w1/vmm-3"), F_OK), 0, "the run directory is still there");
+	/* a file it does not know keeps the directory (and the file) */
+	fd = vmops_rundir_open(at("w1/vmm-4"), &e);
+	cr_assert_geq(fd, 0, "%s", e.msg);
+	close(fd);
+	fclose(fopen(at("w1/vmm-4/keep-me"), "w"));
+	cr_assert_eq(vmops_rundir_remove(at("w1/vmm-4"), &kept, &e), 0, "%s", e.msg);
+	cr_assert_eq(kept, 1);
+	cr_assert_eq(access(at("w1/vmm-4/keep-me"), F_OK), 0);
+	/* a symlinked run directory is not followed */
+	cr_assert_eq(mkdir(at("victim"), 0700), 0);
+	fclose(fopen(at("victim/serial.log"), "w"));
+	cr_assert_eq(symlink(at("victim"), at("w1/vmm-5")), 0);
+	cr_assert_eq(vmops_rundir_remove(at("w1/vmm-5"), &kept, &e), -1);
+	cr_assert_eq(access(at("victim/serial.log"), F_OK), 0, "removed through a link");
+	/* gone already: fine */
+	cr_assert_eq(vmops_rundir_remove(at("w1/vmm-9"), &kept, &e), 0, "%s", e.msg);
+}
