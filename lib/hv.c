@@ -115,6 +115,7 @@ struct vmops_hv *vmops_hv_launch_for_restore(const struct vmops_spec *spec,
 					     struct vmops_error *err)
 {
 	struct vmops_hv *h = hv_new(spec->hypervisor, err);
+	struct vmops_hv_launch_opts lo;
 
 	if (!h)
 		return NULL;
@@ -125,7 +126,10 @@ struct vmops_hv *vmops_hv_launch_for_restore(const struct vmops_spec *spec,
 		vmops_hv_free(h);
 		return NULL;
 	}
-	if (h->drv->launch(h, spec, opts, true, err) < 0) {
+	/* Whatever the snapshot's run state, the guest runs only after resume. */
+	lo = *opts;
+	lo.incoming_paused = true;
+	if (h->drv->launch(h, spec, &lo, true, err) < 0) {
 		vmops_hv_free(h);
 		return NULL;
 	}

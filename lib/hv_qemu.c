@@ -25,6 +25,7 @@
 
 #include "exitcodes.h"
 #include "hv.h"
+#include "hv_qemu.h"
 #include "log.h"
 #include "macro.h"
 #include "qmp.h"
@@ -559,6 +560,17 @@ static int qmp(struct vmops_hv *h, const char *cmd, const cJSON *args, cJSON **r
 	return 0;
 }
 
+int vmops_qemu_cmd(struct vmops_hv *h, const char *cmd, const cJSON *args, cJSON **reply,
+		   struct vmops_error *err)
+{
+	return qmp(h, cmd, args, reply, err);
+}
+
+struct vmops_qmp *vmops_qemu_conn(struct vmops_hv *h, struct vmops_error *err)
+{
+	return qmp_ensure(h, err) < 0 ? NULL : priv(h)->qmp;
+}
+
 struct vmops_qmp *vmops_hv_qmp(struct vmops_hv *h)
 {
 	struct qemu_priv *p;
@@ -941,5 +953,12 @@ const struct vmops_hv_driver vmops_hv_qemu_driver = {
 	.resume = qemu_resume,
 	.status = qemu_status,
 	.supports_multifd = qemu_supports_multifd,
+	.quiesce = vmops_qemu_quiesce,
+	.thaw = vmops_qemu_thaw,
+	.balloon_set = vmops_qemu_balloon_set,
+	.balloon_get = vmops_qemu_balloon_get,
+	/* hint_*: QEMU's free-page hinting runs inside migration only. */
+	.snapshot = vmops_qemu_snapshot,
+	.restore = vmops_qemu_restore,
 	.release = qemu_release,
 };

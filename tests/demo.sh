@@ -80,6 +80,35 @@ if [ -x bin/vmm-reap ]; then
 	bold "vmm-reap cleans the abandoned source VMM's reservation"
 	show vmm-reap
 fi
+if [ -x bin/snapshot-prep ]; then
+	bold "hibernate demo-2: quiesce, pause, snapshot, bundle; then sandbox hibernated, billing closed, QEMU stopped"
+	mkdir -p "$run/bundles"
+	log2=$(ls "$run"/worker-a/vmm-*/serial.log | tail -n1)
+	boot2=$(grep -ao 'VMOPS-GUEST-READY.* static=[0-9a-f]*' "$log2" | head -n1 | sed 's/.* static=//')
+	before=$(grep -ao 'HEARTBEAT [0-9]*' "$log2" | tail -n1 | sed 's/HEARTBEAT //')
+	show snapshot-prep hibernate --sandbox demo-2 --bundle-dir "$run/bundles"
+	show vm-fleet list
+	psql -X -P pager=off -c "SELECT s.name, s.status, count(e.id) FILTER (WHERE e.ended_at IS NULL) AS open_events FROM sandboxes s LEFT JOIN scale_events e ON e.sandbox_id = s.id GROUP BY s.name, s.status ORDER BY s.name"
+	psql -X -P pager=off -c "SELECT id, state, size_bytes, left(sha256, 16) AS sha256, location FROM snapshots"
+	bold "wake demo-2 on worker-b: admitted there, restored from the bundle, billed again"
+	show snapshot-prep wake --sandbox demo-2 --worker worker-b
+	show vm-fleet list
+	wlog=$(ls -t "$run"/worker-b/vmm-*/serial.log | head -n1)
+	i=0
+	until [ "$(grep -ac 'HEARTBEAT [0-9]* static=' "$wlog" 2>/dev/null || :)" -ge 3 ] 2>/dev/null; do
+		i=$((i + 1)); [ $i -gt 60 ] && { echo "no heartbeats after the wake after 60s"; exit 1; }
+		sleep 1
+	done
+	grep -ao 'HEARTBEAT .*' "$wlog" | tr -d '\r' | tail -n2
+	first=$(grep -ao 'HEARTBEAT [0-9]*' "$wlog" | head -n1 | sed 's/HEARTBEAT //')
+	if [ "$first" -le "$before" ] || grep -aqE 'Oops|BUG:|panic|CHECKSUM-MISMATCH|VMOPS-GUEST-ERROR' "$wlog" ||
+	   grep -ao 'HEARTBEAT .*' "$wlog" | tr -d '\r' |
+		grep -qv "^HEARTBEAT [0-9]* static=$boot2 static_ok=1 pass=[0-9]* pass_ok=1 bad=0\$"; then
+		echo "woken guest is unhealthy!"; exit 1
+	fi
+	echo "heartbeats go on from $before (before hibernating), static checksum as at boot ($boot2), every heartbeat OK"
+	psql -X -P pager=off -c "SELECT s.name, e.worker_id, e.vmm_id, e.started_at::time(0), e.ended_at::time(0) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id WHERE s.name = 'demo-2' ORDER BY e.id"
+fi
 bold "destroy both VMs (billing closes with the status)"
 show vm-fleet destroy demo-1
 show vm-fleet destroy demo-2

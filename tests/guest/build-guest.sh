@@ -35,6 +35,21 @@
 #   vmops.corrupt_after=N   after N heartbeats, invert one byte of the static
 #                           region and one of the dirtier's seed (simulated
 #                           memory corruption; default 0: never)
+#   vmops.qga=MODE          the guest agent: on (default), off (not started:
+#                           "agent missing"), stopped (started, then SIGSTOP:
+#                           "agent hangs"), slowfreeze (its fsfreeze hook
+#                           sleeps vmops.freeze_delay_s seconds, default 20,
+#                           before freezing: "prepare hangs")
+#
+# Data disk: when the first virtio-blk disk (/dev/vda) holds ext4 (the
+# tests make it with mkfs.ext4), it is mounted on /data and a writer
+# rewrites 64 slot files there for ever: record n goes to /data/w/<n % 64>
+# as 2048 lines "vmops-data <n, 10 digits>" (45056 bytes), written to a
+# temporary name and renamed; /data/last then holds n.  A record is
+# consistent when every line is the same and names a number whose slot is
+# the file's name; the guest checks the last 8 records every 8 records.
+# The writer resumes from /data/last after a restore or a reboot.
+# fsfreeze blocks it while the filesystem is frozen.
 #
 # Serial console lines printed by the guest (kernel output and terminal
 # escapes may precede a marker on the same line: match anywhere in a line):
@@ -53,6 +68,10 @@
 #   CHECKSUM-MISMATCH dirty beat=<n> failed_passes=<k> pass=<p> block=<b> got=<md5> want=<md5>
 #       at the first beat after more dirtier passes failed (details of the
 #       newest failed pass's first bad block)
+#   VMOPS-DATA n=<n> ok=<0|1> bad=<k>
+#       after each heartbeat while the data disk is mounted: the writer's
+#       last record n, whether its last check of all slots passed, failed
+#       checks since boot (ok=1 bad=0 for a healthy disk)
 #   VMOPS-GUEST-ERROR <what>
 #       setting up failed (e.g. the regions do not fit in the guest's memory)
 #   VMOPS-GUEST: ...
@@ -99,8 +118,9 @@ qga=/usr/sbin/qemu-ga
 [ -x "$qga" ] || qga=
 
 # Modules in load order (see docs/TESTBED.md), plus the console driver for
-# the guest agent's virtio-serial port.
-modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_balloon virtio_console"
+# the guest agent's virtio-serial port, and virtio-blk + ext4 for the data
+# disk (ext4 needs crc16, mbcache, jbd2 and a crc32c implementation).
+modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_balloon virtio_console virtio_blk crc16 mbcache jbd2 crc32c_generic ext4"
 
 # --- cache check -------------------------------------------------------------
 
@@ -202,18 +222,23 @@ static_mb=4
 dirty_mb=64
 dirty_pause_us=0
 corrupt_after=0
+qga_mode=on
+freeze_delay_s=20
 for arg in $(cat /proc/cmdline); do
 	case $arg in
 	vmops.static_mb=*) static_mb=${arg#*=} ;;
 	vmops.dirty_mb=*) dirty_mb=${arg#*=} ;;
 	vmops.dirty_pause_us=*) dirty_pause_us=${arg#*=} ;;
 	vmops.corrupt_after=*) corrupt_after=${arg#*=} ;;
+	vmops.qga=*) qga_mode=${arg#*=} ;;
+	vmops.freeze_delay_s=*) freeze_delay_s=${arg#*=} ;;
 	esac
 done
 case $static_mb in '' | 0 | *[!0-9]*) static_mb=4 ;; esac
 case $dirty_mb in '' | *[!0-9]*) dirty_mb=64 ;; esac
 case $dirty_pause_us in '' | *[!0-9]*) dirty_pause_us=0 ;; esac
 case $corrupt_after in '' | *[!0-9]*) corrupt_after=0 ;; esac
+case $freeze_delay_s in '' | *[!0-9]*) freeze_delay_s=20 ;; esac
 
 for m in $(cat /lib/modules/order); do
 	insmod /lib/modules/$m.ko 2>/dev/null || echo "VMOPS-GUEST: insmod $m failed"
@@ -278,7 +303,55 @@ dirtier() {
 }
 [ "$dirty_mb" -gt 0 ] && dirtier </dev/null >/dev/null 2>&1 &
 
-if [ -x /usr/sbin/qemu-ga ]; then
+# The data disk (see the header): mounted only if it is ext4.
+data=0
+if [ -b /dev/vda ] && mkdir -p /data && mount -t ext4 /dev/vda /data 2>/dev/null; then
+	data=1
+	mkdir -p /data/w
+	echo "VMOPS-GUEST: data disk mounted"
+fi
+# Record n: 2048 identical fixed-width lines.
+record() {
+	yes "$(printf 'vmops-data %010d' "$1")" | head -n 2048
+}
+# The 8 records up to n (slots (n-7..n) % 64) consistent: echo 1, else 0.
+# (Bounded work: the host checks every slot through debugfs.)
+check_slots() {
+	k=$(($1 - 7))
+	[ $k -lt 1 ] && k=1
+	while [ $k -le "$1" ]; do
+		f=/data/w/$((k % 64))
+		set -- "$1" $(uniq "$f" | wc -l) $(wc -c <"$f") $(head -n 1 "$f")
+		[ "$2" = 1 ] && [ "$3" = 45056 ] && [ "$4" = vmops-data ] || { echo 0; return; }
+		[ $((1$5 % 10000000000)) = $k ] || { echo 0; return; }
+		k=$((k + 1))
+	done
+	echo 1
+}
+datawriter() {
+	n=0 bad=0
+	[ -f /data/last ] && read -r n </data/last
+	case $n in '' | *[!0-9]*) n=0 ;; esac
+	while :; do
+		n=$((n + 1))
+		s=$((n % 64))
+		record $n >/data/w/$s.new
+		mv -f /data/w/$s.new /data/w/$s
+		echo $n >/data/last.new
+		mv -f /data/last.new /data/last
+		ok=1
+		if [ $((n % 8)) = 0 ]; then
+			ok=$(check_slots $n)
+			[ "$ok" = 1 ] || bad=$((bad + 1))
+			echo "$n $ok $bad" >/run/data.new
+			mv -f /run/data.new /run/data
+		fi
+		usleep 200000
+	done
+}
+[ $data = 1 ] && datawriter </dev/null >/dev/null 2>&1 &
+
+if [ -x /usr/sbin/qemu-ga ] && [ "$qga_mode" != off ]; then
 	mkdir -p /dev/virtio-ports /run/qga
 	i=0
 	while [ $i -lt 50 ]; do
@@ -292,10 +365,22 @@ if [ -x /usr/sbin/qemu-ga ]; then
 		usleep 100000
 	done
 	if [ -e /dev/virtio-ports/org.qemu.guest_agent.0 ]; then
+		hook=
+		if [ "$qga_mode" = slowfreeze ]; then
+			printf '#!/bin/sh\n[ "$1" = freeze ] && sleep %s\nexit 0\n' "$freeze_delay_s" >/run/qga/hook
+			chmod 755 /run/qga/hook
+			hook=/run/qga/hook
+		fi
 		/usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 \
 			-t /run/qga -f /run/qga/qemu-ga.pid -l /run/qga/qemu-ga.log \
-			</dev/null >/dev/null 2>&1 &
-		echo "VMOPS-GUEST: qemu-ga started"
+			${hook:+-F"$hook"} </dev/null >/dev/null 2>&1 &
+		qpid=$!
+		echo "VMOPS-GUEST: qemu-ga started ($qga_mode)"
+		if [ "$qga_mode" = stopped ]; then
+			sleep 1
+			kill -STOP $qpid
+			echo "VMOPS-GUEST: qemu-ga stopped"
+		fi
 	fi
 fi
 
@@ -336,6 +421,10 @@ while :; do
 		seen=$pbad
 	fi
 	echo "HEARTBEAT $n static=$sum static_ok=$sok pass=${pass:-0} pass_ok=${pok:-0} bad=$((sbad + ${pbad:-0}))"
+	if [ $data = 1 ] && [ -f /run/data ]; then
+		read -r dn dok dbad </run/data
+		echo "VMOPS-DATA n=$dn ok=$dok bad=$dbad"
+	fi
 	now_cs
 	left=$((100 - (now - t0)))
 	[ $left -gt 0 ] && usleep $((left * 10000))

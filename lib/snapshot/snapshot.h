@@ -1,0 +1,190 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * snapshot: bring a VM into a state that is safe to snapshot, take the
+ * snapshot, and bring the VM back — with every change undone on failure.
+ *
+ * Prepare, in this order, each step a fault point (VMOPS_FAULT=STEP:ACTION,
+ * lib/fault.h) checked before it acts:
+ *
+ *   hint      free-page hinting round (drivers that have one): started and
+ *             waited for within hint_ms; on timeout or error it is stopped
+ *             (its own short budget) before anything else happens
+ *   balloon   optional reclaim (balloon_bytes > 0): undo = back to the
+ *             balloon size found
+ *   quiesce   guest filesystems frozen through the guest agent (agent_ms to
+ *             reach it, op_ms for the freeze; separate budgets): undo = thaw,
+ *             registered BEFORE the freeze is asked for (a freeze that timed
+ *             out may still happen in the guest)
+ *   pause     vCPUs stopped: undo = resume (only if the VM was running)
+ *
+ * then `snapshot` (vmstate written into the directory: undo = delete it)
+ * and `disks` (the spec's writable disk images copied sparse next to it,
+ * taken while paused: undo = delete them).
+ *
+ * Undo runs in reverse order of registration; it ignores the interrupted
+ * flag (unwinding must finish) and tries every action even after one failed
+ * (the first error is kept).  Thaw is retried until unwind_ms has passed:
+ * an agent still busy with a late freeze answers once that freeze is done.
+ * A failure, a timeout or the interrupted flag (SIGINT/SIGTERM) during
+ * prepare or snapshot unwinds everything: the VM is left running, thawed,
+ * at its balloon size, and no snapshot file is left.
+ */
+#ifndef VMOPS_SNAPSHOT_H
+#define VMOPS_SNAPSHOT_H
+
+#include <libpq-fe.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../error.h"
+#include "../hv.h"
+#include "../spec.h"
+
+#define VMOPS_SNAP_UNDO_MAX 24
+#define VMOPS_SNAP_AGENT_MS 10000     /* default: reaching the guest agent */
+#define VMOPS_SNAP_PREPARE_MS 30000   /* default: the freeze itself */
+#define VMOPS_SNAP_HINT_MS 10000      /* default: a free-page hinting round */
+#define VMOPS_SNAP_UNWIND_MS 60000    /* default: retrying undo actions */
+
+enum vmops_snap_undo_kind {
+	VMOPS_UNDO_VM,     /* puts the VM back: thaw, resume, deflate, hint stop */
+	VMOPS_UNDO_FILE,   /* deletes something we wrote */
+};
+
+struct vmops_snap_undo {
+	const char *what;                 /* "thaw", "resume", ... */
+	enum vmops_snap_undo_kind kind;
+	uint64_t arg;                     /* balloon size; file index */
+};
+
+struct vmops_prepare_opts {
+	int agent_ms;                     /* <= 0: VMOPS_SNAP_AGENT_MS */
+	int prepare_ms;                   /* <= 0: VMOPS_SNAP_PREPARE_MS */
+	int hint_ms;                      /* <= 0: VMOPS_SNAP_HINT_MS */
+	int unwind_ms;                    /* <= 0: VMOPS_SNAP_UNWIND_MS */
+	bool no_quiesce;                  /* skip the freeze (no agent in the guest) */
+	uint64_t balloon_bytes;           /* > 0: reclaim this much first */
+	volatile sig_atomic_t *interrupted;  /* may be NULL */
+};
+
+/* One prepared VM: the handle (not owned) and what to undo. */
+struct vmops_prep {
+	struct vmops_hv *h;
+	struct vmops_prepare_opts o;
+	int dirfd;                        /* snapshot directory (not owned), -1: none */
+	size_t n_undo;
+	struct vmops_snap_undo undo[VMOPS_SNAP_UNDO_MAX];
+	char files[VMOPS_SNAP_UNDO_MAX][64];  /* names of files written into dirfd */
+	size_t n_files;
+	int frozen;                       /* filesystems the guest froze, -1: unknown */
+	bool was_running;
+	uint64_t balloon_found;
+	int64_t paused_at_ms, resumed_at_ms;  /* CLOCK_MONOTONIC; downtime = difference */
+	const char *failed_step;          /* step that failed, NULL if none */
+};
+
+/*
+ * Prepare `h` (see the top).  On failure everything done is undone before
+ * returning -1.  On success the VM is quiesced and paused; the caller
+ * either snapshots, or undoes with vmops_prep_undo (prepare-only mode).
+ */
+int vmops_prepare(struct vmops_prep *p, struct vmops_hv *h, const struct vmops_prepare_opts *o,
+		  struct vmops_error *err);
+
+/*
+ * Take the snapshot into dirfd while prepared: the VMM's files, then a
+ * sparse copy of each writable disk of `spec` (named disk<i>.img).  On
+ * failure everything is unwound (files deleted, VM resumed and thawed).
+ * `names`, if not NULL, receives the file names (static storage of p).
+ */
+int vmops_prep_snapshot(struct vmops_prep *p, int dirfd, const struct vmops_spec *spec,
+			int timeout_ms, const char *names[VMOPS_SNAP_UNDO_MAX], size_t *n_names,
+			struct vmops_error *err);
+
+/* Put the VM back (resume, thaw, deflate, ...) and keep the files. */
+int vmops_prep_release(struct vmops_prep *p, struct vmops_error *err);
+/* Undo everything, files included. */
+int vmops_prep_undo(struct vmops_prep *p, struct vmops_error *err);
+
+/*
+ * Put back a VM that a crashed run left prepared, from what it observes:
+ * resume it if paused (not after a completed snapshot migration:
+ * "postmigrate" is resumed too, the source of a snapshot is still the
+ * VM), then thaw the guest's filesystems.  Returns 0 or -1.
+ */
+int vmops_prep_recover(struct vmops_hv *h, const struct vmops_prepare_opts *o,
+		       struct vmops_error *err);
+
+/* Copy regular file `src` to `name` in dirfd, holes kept (SEEK_DATA/SEEK_HOLE). */
+int vmops_copy_sparse(const char *src, int dirfd, const char *name,
+		      volatile sig_atomic_t *interrupted, struct vmops_error *err);
+
+#endif
+
+/* --- hibernate and wake (the fleet database) ------------------------------- */
+
+#define VMOPS_HIBERNATE_BUDGET_MS (2u * 60 * 1000)
+
+struct vmops_hibernate_opts {
+	const char *sandbox;
+	const char *bundle_dir;      /* absolute; bundle = <dir>/<sandbox>-<snapshot id>.vmops */
+	const char *work_dir;        /* staging (NULL: bundle_dir) */
+	uint64_t budget_ms;          /* the state write (0: VMOPS_HIBERNATE_BUDGET_MS) */
+	int agent_ms, prepare_ms;    /* see struct vmops_prepare_opts */
+	const char *program;         /* for the lease owner and audit rows */
+	volatile sig_atomic_t *interrupted;
+};
+
+struct vmops_hibernate_report {
+	long long sandbox_id, vmm_id, snapshot_id;
+	char location[PATH_MAX];
+	uint64_t size_bytes;
+	char sha256[65];
+	bool committed;              /* the sandbox is hibernated in the database */
+	bool vmm_stopped;            /* and its QEMU is gone, reservation freed */
+};
+
+/*
+ * Hibernate a running sandbox: record the snapshot (state writing, with a
+ * lease), prepare its VM, snapshot, write the bundle durably, then in ONE
+ * transaction: snapshot ready, VMM destroyed, sandbox hibernated (the
+ * trigger closes its billing).  The VMM is stopped after the commit and its
+ * reservation freed only once the process is gone.  Any failure before the
+ * commit unwinds the VM (running, thawed), removes the bundle and marks the
+ * snapshot failed: the sandbox is running where it was.  A lost database
+ * connection at the commit leaves the VM paused (UNKNOWN): resuming a
+ * sandbox that may be hibernated could run it twice.
+ */
+int vmops_hibernate(PGconn *c, const struct vmops_hibernate_opts *o,
+		    struct vmops_hibernate_report *r, struct vmops_error *e);
+
+struct vmops_wake_opts {
+	const char *sandbox;
+	const char *worker;          /* NULL: the active worker with the most room */
+	int timeout_ms;              /* loading the state (0: 10 min) */
+	int agent_ms, prepare_ms;
+	enum vmops_accel auto_accel;
+	const char *program;
+	volatile sig_atomic_t *interrupted;
+};
+
+struct vmops_wake_report {
+	long long sandbox_id, snapshot_id, vmm_id, worker_id, scale_event_id;
+	char worker[128];
+};
+
+/*
+ * Wake a hibernated sandbox: admit a new VMM on a worker with room (its
+ * reservation in the same transaction), verify the bundle (SHA-256 as
+ * recorded, then every member), restore, resume, thaw; then in ONE
+ * transaction: VMM running, sandbox running on its new worker, one open
+ * scale event, snapshot restored.  Any failure destroys the new VMM, frees
+ * its reservation and leaves the sandbox hibernated with its bundle.
+ */
+int vmops_wake(PGconn *c, const struct vmops_wake_opts *o, struct vmops_wake_report *r,
+	       struct vmops_error *e);
+
+/* SHA-256 (lowercase hex) and size of a whole file. */
+int vmops_file_sha256(const char *path, char hex[65], uint64_t *size, struct vmops_error *e);
