@@ -123,6 +123,19 @@ static pid_t spawn_migrate_fault(const char *fault, const char *lease)
 	return spawn_migrate_fault_bw(fault, lease, "32G/s");
 }
 
+/* What the spawned vm-migrate printed (RUNDIR/mig.out), into buf. */
+static __attribute__((unused)) void read_mig_out(char *buf, size_t len)
+{
+	char out[300];
+	FILE *f;
+
+	snprintf(out, sizeof(out), "%s/mig.out", rundir);
+	f = fopen(out, "r");
+	cr_assert(f, "%s: %s", out, strerror(errno));
+	buf[fread(buf, 1, len - 1, f)] = '\0';
+	fclose(f);
+}
+
 static pid_t spawn_migrate(const char *phase, const char *lease)
 {
 	char fault[64];
@@ -513,7 +526,7 @@ Test(faults, stalled_owner_is_fenced_off, .timeout = 300, .fini = kill_test_vms)
 static void ambiguous_commit(const char *phase, const char *cut, const char *said)
 {
 	PGconn *c = fleet();
-	char log1[512], outcome[200], fault[64], out[300];
+	char log1[512], outcome[200], fault[64];
 	struct testlib_guest g0;
 	int rc;
 
@@ -523,13 +536,9 @@ static void ambiguous_commit(const char *phase, const char *cut, const char *sai
 	testlib_wait_heartbeat(log1, 2, 90, &g0);
 	snprintf(fault, sizeof(fault), "%s:%s", phase, cut);
 	rc = wait_exit(spawn_migrate_fault(fault, "10s"));
-	snprintf(out, sizeof(out), "%s/mig.out", rundir);
 	{
 		char buf[8192] = "";
-		FILE *f = fopen(out, "r");
-		cr_assert(f);
-		buf[fread(buf, 1, sizeof(buf) - 1, f)] = '\0';
-		fclose(f);
+		read_mig_out(buf, sizeof(buf));
 		cr_assert_eq(rc, 0, "vm-migrate with %s exited %d:\n%s", fault, rc, buf);
 		cr_assert(strstr(buf, said),
 			  "vm-migrate with %s did not say it %s:\n%s", fault, said, buf);
@@ -573,10 +582,9 @@ Test(faults, commit_cut_after_claim, .timeout = 300, .fini = kill_test_vms)
 Test(faults, source_moved_while_preparing, .timeout = 300, .fini = kill_test_vms)
 {
 	PGconn *c = fleet();
-	char log1[512], outcome[200], out[300], buf[8192] = "";
+	char log1[512], outcome[200], buf[8192] = "";
 	struct testlib_guest g0;
 	struct testrun r;
-	FILE *f;
 	pid_t a;
 	int rc;
 
@@ -594,11 +602,7 @@ Test(faults, source_moved_while_preparing, .timeout = 300, .fini = kill_test_vms
 	testrun_free(&r);
 	kill(a, SIGCONT);
 	rc = wait_exit(a);
-	snprintf(out, sizeof(out), "%s/mig.out", rundir);
-	f = fopen(out, "r");
-	cr_assert(f);
-	buf[fread(buf, 1, sizeof(buf) - 1, f)] = '\0';
-	fclose(f);
+	read_mig_out(buf, sizeof(buf));
 	cr_assert_eq(rc, VMOPS_EXIT_CONFLICT, "exit %d:\n%s", rc, buf);
 	cr_assert(strstr(buf, "changed while vm-migrate was preparing"), "%s", buf);
 	check_end_state(c, &g0, outcome, sizeof(outcome));
@@ -616,10 +620,9 @@ Test(faults, source_moved_while_preparing, .timeout = 300, .fini = kill_test_vms
 Test(faults, second_interrupt_leaves_at_once, .timeout = 300, .fini = kill_test_vms)
 {
 	PGconn *c = fleet();
-	char log1[512], outcome[200], out[300], buf[8192] = "";
+	char log1[512], outcome[200], buf[8192] = "";
 	struct testlib_guest g0;
 	int rc, first = -1;
-	FILE *f;
 	pid_t mig;
 
 	testlib_need_qemu();
@@ -641,11 +644,7 @@ Test(faults, second_interrupt_leaves_at_once, .timeout = 300, .fini = kill_test_
 	kill(mig, SIGINT);
 	kill(mig, SIGCONT);
 	rc = wait_exit(mig);
-	snprintf(out, sizeof(out), "%s/mig.out", rundir);
-	f = fopen(out, "r");
-	cr_assert(f);
-	buf[fread(buf, 1, sizeof(buf) - 1, f)] = '\0';
-	fclose(f);
+	read_mig_out(buf, sizeof(buf));
 	cr_assert_eq(rc, VMOPS_EXIT_INTERRUPTED, "exit %d:\n%s", rc, buf);
 	cr_assert(strstr(buf, "second interrupt: leaving at once") && strstr(buf, "vm-migrate --recover"), "%s", buf);
 	wait_leases_expired(c);
