@@ -374,6 +374,7 @@ static int claim_target(PGconn *c, struct claim *a, struct vmops_migrate_report 
 			struct vmops_error *e)
 {
 	uint64_t start = now_ms();
+	int lost = 0;
 
 	for (;;) {
 		struct vmops_error ce = { 0 };
@@ -385,7 +386,15 @@ static int claim_target(PGconn *c, struct claim *a, struct vmops_migrate_report 
 			return 0;
 		}
 		if (ce.code == VMOPS_EXIT_DB && !a->dry) {
-			int k = claim_reconnect(c, a, &ce);
+			int k;
+
+			/* A server that keeps dropping us is not ridden out forever. */
+			if (++lost > 5) {
+				*e = ce;
+				return vmops_err_prefix(e, "connection lost %d times while claiming a target",
+							lost - 1);
+			}
+			k = claim_reconnect(c, a, &ce);
 			if (k < 0) {
 				*e = ce;
 				return -1;
