@@ -129,10 +129,18 @@ Test(fleet, failed_launches_change_nothing, .timeout = 120, .fini = kill_test_vm
 	cr_assert(strstr(r.err, "could not open kernel file"), "%s", r.err);
 	cr_assert_eq(testlib_lines(r.err), 1, "%s", r.err);
 	testrun_free(&r);
-	/* not built in */
-	TESTRUN(&r, "vm-fleet", "--db", ci, "launch", "--sandbox", "sb1", "--org", "acme", "--worker", "w1",
-		"--spec", spec("fc", "firecracker", getenv("VMOPS_TEST_KERNEL"), 192));
+	/* a hypervisor whose binary is not installed (no firecracker on PATH here) */
+	{
+		char *saved = strdup(getenv("PATH"));
+		setenv("PATH", "/nonexistent-vmops", 1);
+		TESTRUN(&r, "vm-fleet", "--db", ci, "launch", "--sandbox", "sb1", "--org", "acme",
+			"--worker", "w1", "--spec", spec("fc", "firecracker", getenv("VMOPS_TEST_KERNEL"), 192));
+		setenv("PATH", saved, 1);
+		free(saved);
+	}
 	cr_assert_eq(r.status, VMOPS_EXIT_HYPERVISOR, "%s", r.err);
+	cr_assert(strstr(r.err, "firecracker"), "%s", r.err);
+	cr_assert_eq(testlib_lines(r.err), 1, "%s", r.err);
 	testrun_free(&r);
 	/* too big for the worker */
 	TESTRUN(&r, "vm-fleet", "--db", ci, "launch", "--sandbox", "sb1", "--org", "acme", "--worker", "w1",
@@ -162,7 +170,8 @@ Test(fleet, failed_launches_change_nothing, .timeout = 120, .fini = kill_test_vm
 	cr_assert_eq(testlib_count_vms_under(rundir), 0, "a failed launch left a QEMU running");
 	after = snapshot(c);
 	cr_assert_str_eq(after, before, "a failed launch left rows behind");
-	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE action = 'launch-failed'"), 1);
+	/* the two launches that reached the hypervisor (missing kernel, missing binary) */
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE action = 'launch-failed'"), 2);
 	/* the name is free again */
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", "sb1", "--org", "acme", "--worker", "w1",
 		"--spec", spec("ok", "qemu", getenv("VMOPS_TEST_KERNEL"), 192));
