@@ -11,6 +11,7 @@
  *   wake      a hibernated sandbox on a worker with room, from its bundle
  *   restore   verify and extract a bundle (-i FILE or -i -), launch a VMM
  *             for it in --run-dir, load it, resume + thaw
+ *   recover   finish what a crashed hibernate or wake left in flight
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,6 +27,7 @@
 #include "bundle/bundle.h"
 #include "db.h"
 #include "fault.h"
+#include "host.h"
 #include "hv.h"
 #include "qmp.h"
 #include "prog.h"
@@ -82,8 +84,9 @@ static void usage(void)
 	       " %s snapshot --sandbox NAME -o FILE|- [options]\n"
 	       " %s restore -i FILE|- --run-dir DIR [options]\n"
 	       " %s hibernate --sandbox NAME --bundle-dir DIR [options]\n"
-	       " %s wake --sandbox NAME [--worker NAME] [options]\n\n",
-	       prog_name, prog_name, prog_name, prog_name, prog_name);
+	       " %s wake --sandbox NAME [--worker NAME] [options]\n"
+	       " %s recover --sandbox NAME [options]\n\n",
+	       prog_name, prog_name, prog_name, prog_name, prog_name, prog_name);
 	printf("Bring a VM into a state that is safe to snapshot (guest filesystems frozen\n"
 	       "through the guest agent, vCPUs paused), and back.  Any failure, timeout or\n"
 	       "SIGINT/SIGTERM after the first change undoes every step in reverse order:\n"
@@ -92,7 +95,8 @@ static void usage(void)
 	vmops_cli_print_options(stdout, options);
 	printf("\nExit status: 0 ok, 1 failure, 2 usage, 5 database unreachable, 6 schema,\n"
 	       "7 hypervisor, 8 timeout, 10 conflict, 11 not found, 12 interrupted (undone),\n"
-	       "16 integrity (a bundle refused, nothing launched); see vmops(7).\n");
+	       "13 wrong host (recover), 16 integrity (a bundle refused, nothing launched);\n"
+	       "see vmops(7).\n");
 	printf("\nFor more details see snapshot-prep(1).\n");
 }
 
@@ -348,8 +352,9 @@ static void check_args(const char *mode)
 	bool needs_sandbox = strcmp(mode, "restore") != 0;
 
 	if (strcmp(mode, "prepare") && strcmp(mode, "undo") && strcmp(mode, "snapshot") &&
-	    strcmp(mode, "restore") && strcmp(mode, "hibernate") && strcmp(mode, "wake"))
-		usage_error("unknown mode '%s' (prepare, undo, snapshot, restore, hibernate, wake)", mode);
+	    strcmp(mode, "restore") && strcmp(mode, "hibernate") && strcmp(mode, "wake") &&
+	    strcmp(mode, "recover"))
+		usage_error("unknown mode '%s' (prepare, undo, snapshot, restore, hibernate, wake, recover)", mode);
 	if (!strcmp(mode, "hibernate") && (!opt.bundle_dir || opt.bundle_dir[0] != '/'))
 		usage_error("hibernate: an absolute --bundle-dir is required");
 	if (strcmp(mode, "hibernate") && opt.bundle_dir)
@@ -485,6 +490,70 @@ out:
 	return r;
 }
 
+static const char *recover_action(const struct vmops_snap_recover_report *rr)
+{
+	if (!strcmp(rr->state, "none"))
+		return "nothing in flight";
+	if (vmops_cli.dry_run)
+		return "would recover";
+	if (!strcmp(rr->state, "writing"))
+		return rr->vm_put_back ? "vm resumed and thawed; partial bundle removed; snapshot failed"
+				       : "no vm to put back; partial bundle removed; snapshot failed";
+	return rr->vmm_stopped ? "new vmm stopped; reservation freed; snapshot ready again"
+			       : "new vmm gone already; reservation freed; snapshot ready again";
+}
+
+static void print_recover(const struct vmops_snap_recover_report *rr)
+{
+	static const struct vmops_column cols[] = {
+		{ "sandbox", VMOPS_COL_STRING, 0, 0 },
+		{ "in_flight", VMOPS_COL_STRING, 0, 0 },
+		{ "snapshot_id", VMOPS_COL_INT, 0, 0 },
+		{ "left_by", VMOPS_COL_STRING, 0, 0 },
+		{ "action", VMOPS_COL_STRING, 0, 0 },
+		{ "dry_run", VMOPS_COL_BOOL, 0, 0 },
+	};
+	struct vmops_output *o = vmops_output_new();
+	struct vmops_section *s = vmops_output_record(o, "recover", cols, ARRAY_SIZE(cols));
+	bool none = !strcmp(rr->state, "none");
+
+	vmops_set_str(s, 0, opt.sandbox);
+	vmops_set_str(s, 1, rr->state);
+	if (!none) {
+		vmops_set_int(s, 2, rr->snapshot_id);
+		vmops_set_str(s, 3, rr->previous_owner);
+	}
+	vmops_set_str(s, 4, recover_action(rr));
+	vmops_set_bool(s, 5, vmops_cli.dry_run);
+	if (!vmops_cli.quiet || vmops_cli.json)
+		print_output(o);
+	vmops_output_free(o);
+}
+
+/* recover: a crashed hibernate or wake, from the database's record of it. */
+static int run_recover(struct vmops_error *err)
+{
+	struct vmops_prepare_opts po;
+	struct vmops_snap_recover_report rr;
+	struct vmops_snap_recover_opts ro = { .sandbox = opt.sandbox, .dry_run = vmops_cli.dry_run,
+					      .host_id_override = getenv(VMOPS_HOST_ID_ENV),
+					      .program = prog_name };
+	PGconn *c = vmops_db_connect(vmops_cli.db, prog_name, err);
+	int r = -1;
+
+	prepare_opts(&po);
+	ro.agent_ms = po.agent_ms;
+	ro.prepare_ms = po.prepare_ms;
+	if (c && vmops_schema_check(c, err) == 0) {
+		r = vmops_snapshot_recover(c, &ro, &rr, err);
+		if (r == 0)
+			print_recover(&rr);
+	}
+	if (c)
+		PQfinish(c);
+	return r;
+}
+
 int main(int argc, const char **argv)
 {
 	struct vmops_error err = { 0 };
@@ -499,7 +568,7 @@ int main(int argc, const char **argv)
 	ctx = prog_parse(argc, argv, options, usage);
 	left = poptGetArgs(ctx);
 	if (!left || !left[0])
-		usage_error("a mode is required (prepare, undo, snapshot, restore, hibernate, wake)");
+		usage_error("a mode is required (prepare, undo, snapshot, restore, hibernate, wake, recover)");
 	if (left[1])
 		usage_error("unexpected argument '%s'", left[1]);
 	mode = left[0];
@@ -509,7 +578,9 @@ int main(int argc, const char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 
-	if (!strcmp(mode, "hibernate") || !strcmp(mode, "wake")) {
+	if (!strcmp(mode, "recover")) {
+		r = run_recover(&err);
+	} else if (!strcmp(mode, "hibernate") || !strcmp(mode, "wake")) {
 		r = run_db_mode(mode, timeout_ms, &err);
 	} else if (strcmp(mode, "restore")) {
 		r = run_on_sandbox(mode, timeout_ms, &err);

@@ -35,11 +35,11 @@ _snapshot_prep()
 	local i mode=
 	for ((i = 1; i < cword; i++)); do
 		case ${words[i]} in
-		prepare | undo | snapshot | restore | hibernate | wake) mode=${words[i]} ;;
+		prepare | undo | snapshot | restore | hibernate | wake | recover) mode=${words[i]} ;;
 		esac
 	done
 	if [[ -z $mode && $cur != -* ]]; then
-		COMPREPLY=($(compgen -W 'prepare undo snapshot restore hibernate wake' -- "$cur"))
+		COMPREPLY=($(compgen -W 'prepare undo snapshot restore hibernate wake recover' -- "$cur"))
 		return
 	fi
 	local opts='--sandbox -s --output -o --input -i --run-dir --vmm-id --bundle-dir --worker --work-dir --agent-timeout --prepare-timeout --timeout --no-quiesce --dry-run --db --json --verbose -v --quiet -q --help -h --version -V'

@@ -3,7 +3,7 @@
 # SPDX-License-Identifier: MIT
 
 _arguments -s \
-  '1:mode:(prepare undo snapshot restore hibernate wake)' \
+  '1:mode:(prepare undo snapshot restore hibernate wake recover)' \
   '(-s --sandbox)'{-s+,--sandbox=}'[the sandbox (prepare, undo, snapshot)]:sandbox name: ' \
   '(-o --output)'{-o+,--output=}'[snapshot: write the bundle to FILE (- for stdout)]:bundle file:_files' \
   '(-i --input)'{-i+,--input=}'[restore: read the bundle from FILE (- for stdin)]:bundle file:_files' \

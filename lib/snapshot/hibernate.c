@@ -25,6 +25,7 @@ struct hib {
 	struct vmops_hibernate_report *r;
 	char owner[160];
 	char worker[128];
+	char staging[PATH_MAX];
 	char *spec_json;
 	struct vmops_vmm_info info;
 	struct vmops_manifest m;
@@ -76,8 +77,11 @@ static int claim_tx(PGconn *c, void *data, struct vmops_error *e)
 	h->r->snapshot_id = atoll(PQgetvalue(i, 0, 0));
 	snprintf(loc, sizeof(loc), "%s/%s-%lld.vmops", h->o->bundle_dir, h->o->sandbox, h->r->snapshot_id);
 	snprintf(h->r->location, sizeof(h->r->location), "%s", loc);
-	return vmops_db_x(c, e, "UPDATE snapshots SET location = $2 WHERE id = $1",
-			  vmops_db_ll(sid, h->r->snapshot_id), loc);
+	/* Recorded before it exists, for `snapshot-prep recover` after a crash. */
+	snprintf(h->staging, sizeof(h->staging), "%s/.hibernate-%lld",
+		 h->o->work_dir ? h->o->work_dir : h->o->bundle_dir, h->r->snapshot_id);
+	return vmops_db_x(c, e, "UPDATE snapshots SET location = $2, staging = $3 WHERE id = $1",
+			  vmops_db_ll(sid, h->r->snapshot_id), loc, h->staging);
 }
 
 /* Writing failed: the snapshot is failed; the sandbox was never touched. */
@@ -150,16 +154,15 @@ static int write_bundle(struct hib *h, struct vmops_hv *hv, struct vmops_prep *p
 	struct vmops_bundle_opts bo = { .interrupted = h->o->interrupted };
 	const char *names[VMOPS_SNAP_UNDO_MAX];
 	_cleanup_spec_ struct vmops_spec *spec = vmops_spec_parse(h->spec_json, (size_t)-1, e);
-	char dir[PATH_MAX];
+	const char *dir = h->staging;
 	size_t n = 0;
 	int dfd, rc;
 
 	if (!spec)
 		return -1;
 	h->m.memory_bytes = (uint64_t)spec->memory_mb << 20;
-	snprintf(dir, sizeof(dir), "%s/.hibernate-%lld.XXXXXX",
-		 h->o->work_dir ? h->o->work_dir : h->o->bundle_dir, h->r->snapshot_id);
-	if (!mkdtemp(dir) || (dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+	/* Named by the snapshot id (unique): one that exists already is not ours. */
+	if (mkdir(dir, 0700) < 0 || (dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
 		return vmops_err(e, VMOPS_EXIT_FAILURE, "staging %s: %s", dir, strerror(errno));
 	rc = vmops_prepare(p, hv, &po, e);
 	if (rc == 0)

@@ -121,7 +121,6 @@ int vmops_prep_recover(struct vmops_hv *h, const struct vmops_prepare_opts *o,
 int vmops_copy_sparse(const char *src, int dirfd, const char *name,
 		      volatile sig_atomic_t *interrupted, struct vmops_error *err);
 
-#endif
 
 /* --- hibernate and wake (the fleet database) ------------------------------- */
 
@@ -186,5 +185,47 @@ struct vmops_wake_report {
 int vmops_wake(PGconn *c, const struct vmops_wake_opts *o, struct vmops_wake_report *r,
 	       struct vmops_error *e);
 
+struct vmops_snap_recover_opts {
+	const char *sandbox;
+	bool dry_run;                /* say what is in flight; change nothing */
+	int agent_ms, prepare_ms;    /* thawing the guest (see struct vmops_prepare_opts) */
+	const char *host_id_override;  /* $VMOPS_HOST_ID, see host.h */
+	const char *program;
+};
+
+struct vmops_snap_recover_report {
+	char state[16];              /* what was in flight: "writing", "restoring" or "none" */
+	long long snapshot_id, vmm_id, restore_vmm_id;
+	char previous_owner[160];    /* the run that left it */
+	bool vm_put_back;            /* writing: the VM was resumed and thawed */
+	bool vmm_stopped;            /* restoring: the half-started VMM was stopped by us */
+	int files_removed;           /* partial bundle, staging, extracted run directory */
+};
+
+/*
+ * Recover what a crashed or killed hibernate or wake of the sandbox left in
+ * flight (its snapshot 'writing' or 'restoring'), once that run's lease has
+ * expired (before that: CONFLICT, nothing done).  A hibernate that did not
+ * commit: its VM is put back (resumed, thawed) if its VMM still runs, the
+ * partial bundle and the staging files are deleted, the snapshot is failed;
+ * the sandbox runs where it was.  A wake that did not commit: its new VMM is
+ * stopped (identified by pid and start time, or by its fleet token), its
+ * reservation freed, the snapshot ready again; the sandbox stays hibernated
+ * and can be woken.  Nothing in flight: state "none", 0.  The VMM must run
+ * on this host (WRONG_HOST otherwise).  An unreachable VM stays as found
+ * (HYPERVISOR), the snapshot in flight: run it again.
+ */
+int vmops_snapshot_recover(PGconn *c, const struct vmops_snap_recover_opts *o,
+			   struct vmops_snap_recover_report *r, struct vmops_error *e);
+
+/*
+ * Remove the run directory of a VMM that restored a bundle and is gone: the
+ * extracted files in its snapshot/ (regular files only), then what
+ * vmops_rundir_remove removes.  1 removed, 0 kept (other contents), -1 error.
+ */
+int vmops_snap_remove_run_dir(const char *run_dir, struct vmops_error *e);
+
 /* SHA-256 (lowercase hex) and size of a whole file. */
 int vmops_file_sha256(const char *path, char hex[65], uint64_t *size, struct vmops_error *e);
+
+#endif

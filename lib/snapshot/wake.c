@@ -29,6 +29,12 @@ struct wake {
 	const struct vmops_vmm_info *info;
 };
 
+/* The wake's lease: its load timeout and a margin for extracting and launching. */
+static long long lease_s(const struct wake *w)
+{
+	return (w->o->timeout_ms > 0 ? w->o->timeout_ms : 600000) / 1000 + 300;
+}
+
 /* Tx 1: hibernated sandbox, ready snapshot, a worker with room: VMM starting,
  * its reservation (admission), snapshot restoring under our lease. */
 static int claim_tx(PGconn *c, void *data, struct vmops_error *e)
@@ -87,8 +93,8 @@ static int claim_tx(PGconn *c, void *data, struct vmops_error *e)
 	    vmops_db_x(c, e, "UPDATE vmms SET run_dir = $2 WHERE id = $1", vid, w->run_dir) < 0 ||
 	    vmops_db_x(c, e, "UPDATE sandboxes SET target_vmm_id = $2 WHERE id = $1", sid, vid) < 0 ||
 	    vmops_db_x(c, e, "UPDATE snapshots SET state = 'restoring', restore_vmm_id = $2, lease_owner = $3,"
-			     " lease_expires_at = now() + interval '1 hour' WHERE id = $1",
-		       vmops_db_ll(mem, w->r->snapshot_id), vid, w->owner) < 0)
+			     " lease_expires_at = now() + make_interval(secs => $4::int) WHERE id = $1",
+		       vmops_db_ll(mem, w->r->snapshot_id), vid, w->owner, vmops_db_ll(cpu, lease_s(w))) < 0)
 		return -1;
 	return 0;
 }
@@ -252,6 +258,8 @@ int vmops_wake(PGconn *c, const struct vmops_wake_opts *o, struct vmops_wake_rep
 			   r->vmm_id, e2.msg);
 	} else if (vmops_db_tx(c, VMOPS_READ_COMMITTED, failed_tx, &w, &e2) < 0) {
 		vmops_warn("sandbox %s: recording the failed wake: %s", oo.sandbox, e2.msg);
+	} else if (w.run_dir[0] && vmops_snap_remove_run_dir(w.run_dir, &e2) < 0) {
+		vmops_warn("sandbox %s: removing %s: %s", oo.sandbox, w.run_dir, e2.msg);
 	}
 	vmops_hv_free(hv);
 	free(w.spec_json);

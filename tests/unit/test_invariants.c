@@ -447,6 +447,8 @@ Test(inv, not_drained_while_holding_live_reservations)
 	/* sandbox a's VMM holds a reservation on w1, but a is hibernated: VO004 does not apply */
 	x(c, two_on_w1);
 	x(c, RESERVE_A "; UPDATE vmms SET state = 'running' WHERE id = 1;"
+	     "INSERT INTO snapshots (sandbox_id, vmm_id, worker_id, location, size_bytes, sha256, manifest, state,"
+	     " time_ready) SELECT id, id, 1, '/b/' || name, 1, repeat('0', 64), '{}', 'ready', now() FROM sandboxes;"
 	     "UPDATE sandboxes SET status = 'hibernated'");
 	cr_assert_str_eq(try_sql(c, "UPDATE workers SET state = 'drained' WHERE name = 'w1'", msg), "VO007");
 	cr_assert(strstr(msg, "worker w1 still holds 1 live reservation(s) (vmm 1) and 0 in-flight receiver(s): it cannot be drained"),

@@ -174,6 +174,10 @@ Test(invariants, terminal_status_closes_billing)
 	static const char *const terminal[] = { "stopped", "hibernated", "error", "destroyed" };
 
 	fleet(c);
+	/* A hibernated sandbox has its bundle (schema 11). */
+	PQclear(testdb_exec(c, "INSERT INTO snapshots (sandbox_id, vmm_id, worker_id, location, size_bytes, sha256,"
+			       " manifest, state, time_ready) VALUES (1, 1, 1, '/b/sb1', 1, repeat('0', 64), '{}',"
+			       " 'ready', now())"));
 	for (size_t i = 0; i < 4; i++) {
 		char sql[256];
 		PQclear(testdb_exec(c, "UPDATE sandboxes SET status = 'running' WHERE id = 1"));
@@ -368,7 +372,11 @@ Test(invariants, worker_not_drained_while_holding_sandboxes)
 	cr_assert_str_eq(testdb_fail(c, "UPDATE workers SET state = 'drained' WHERE id = 1"), "VO004");
 	cr_assert_str_eq(testdb_fail(c, "UPDATE workers SET state = 'terminated' WHERE id = 1"), "VO004");
 	PQclear(testdb_exec(c, "UPDATE workers SET state = 'draining' WHERE id = 1"));
-	PQclear(testdb_exec(c, "UPDATE sandboxes SET status = 'hibernated' WHERE worker_id = 1"));
+	/* Hibernated sandboxes have their bundles (schema 11). */
+	PQclear(testdb_exec(c, "INSERT INTO snapshots (sandbox_id, vmm_id, worker_id, location, size_bytes, sha256,"
+			       " manifest, state, time_ready) SELECT id, active_vmm_id, 1, '/b/' || name, 1,"
+			       " repeat('0', 64), '{}', 'ready', now() FROM sandboxes WHERE worker_id = 1;"
+			       "UPDATE sandboxes SET status = 'hibernated' WHERE worker_id = 1"));
 	PQclear(testdb_exec(c, "UPDATE workers SET state = 'drained' WHERE id = 1"));
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM workers WHERE state = 'drained'"), 1);
 	PQfinish(c);

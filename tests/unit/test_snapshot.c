@@ -18,6 +18,7 @@
 #include "exitcodes.h"
 #include "hv.h"
 #include "proc.h"
+#include "schema.h"
 #include "qga.h"
 #include "snapshot/snapshot.h"
 #include "spec.h"
@@ -651,6 +652,108 @@ Test(snapshot, hibernate_then_wake_on_the_other_worker, .timeout = 1200, .fini =
 	PQfinish(c);
 }
 
+static void expire_leases(PGconn *c)
+{
+	PQclear(testdb_exec(c, "UPDATE snapshots SET lease_expires_at = now() - interval '1 second'"
+			       " WHERE lease_owner IS NOT NULL"));
+}
+
+/* snapshot-prep recover, with the exit status wanted; its stdout into out. */
+static void recover(const char *extra, int want, char *out, size_t len)
+{
+	struct testrun r;
+
+	if (extra)
+		TESTRUN(&r, "snapshot-prep", "--db", ci, "recover", "--sandbox", "sb1", extra);
+	else
+		TESTRUN(&r, "snapshot-prep", "--db", ci, "recover", "--sandbox", "sb1");
+	cr_assert_eq(r.status, want, "recover %s: exit %d\n%s\n%s", extra ? extra : "", r.status, r.out, r.err);
+	if (out)
+		snprintf(out, len, "%s%s", r.out, r.err);
+	testrun_free(&r);
+}
+
+/*
+ * A hibernate killed while writing its bundle leaves the VM paused and
+ * frozen, the snapshot 'writing' and its staging files; a wake killed before
+ * its commit leaves a restored VMM running with a reservation.  `recover`
+ * waits for each lease, then puts everything back from the recorded facts.
+ */
+Test(snapshot, crashed_hibernate_and_wake_are_recovered, .timeout = 1500, .fini = kill_test_vms)
+{
+	PGconn *c = fleet_with_guest(NULL);
+	struct testlib_guest g0;
+	struct vmops_vm_status st;
+	struct vmops_error err = { 0 };
+	struct vmops_hv *h;
+	char log[4200], bdir[600], log2[600], out[4096], sql[512];
+	long long pid, start, vmm2;
+	long rec;
+
+	h = attach_sb1(c, log, sizeof(log));
+	vmops_hv_free(h);              /* QMP takes one client at a time */
+	testlib_wait_heartbeat(log, 2, 120, NULL);
+	rec = wait_data(log, 8, 300);
+	snprintf(bdir, sizeof(bdir), "%s/bundles", dir);
+	mkdir(bdir, 0700);
+	cr_assert_eq(run_prog_env("VMOPS_FAULT=bundle:sigkill-self", NULL, (const char *const[]){ "snapshot-prep",
+			"--db", ci, "-q", "hibernate", "--sandbox", "sb1", "--bundle-dir", bdir, NULL }), 128 + SIGKILL);
+	h = attach_sb1(c, log, sizeof(log));
+	cr_assert_eq(vmops_hv_status(h, &st, &err), 0, "%s", err.msg);
+	cr_assert(!st.running, "the crash left the vm %s, not paused: nothing to recover", st.status);
+	cr_assert_eq(sh("ls -A %s/.hibernate-* | grep -q .", bdir), 0, "no staging files left to clean up");
+	vmops_hv_free(h);
+
+	recover(NULL, VMOPS_EXIT_CONFLICT, out, sizeof(out));      /* its lease still runs */
+	cr_assert(strstr(out, "still in progress"), "%s", out);
+	expire_leases(c);
+	recover("--dry-run", 0, out, sizeof(out));
+	cr_assert(strstr(out, "writing") && strstr(out, "would recover"), "%s", out);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'writing'"), 1, "dry run changed it");
+	recover(NULL, 0, out, sizeof(out));
+	cr_assert(strstr(out, "vm resumed and thawed"), "%s", out);
+	assert_put_back(c, log, &rec);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'failed' AND lease_owner IS NULL"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'running'"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE action = 'hibernate-recovered'"), 1);
+	cr_assert_eq(sh("ls -A %s | grep -q .", bdir), 1, "bundle or staging files left in %s", bdir);
+	recover(NULL, 0, out, sizeof(out));                        /* again: nothing in flight */
+	cr_assert(strstr(out, "nothing in flight"), "%s", out);
+
+	/* Hibernate for real, then a wake killed before its commit. */
+	testlib_guest_read(log, &g0);
+	cr_assert_eq(run_prog_env(NULL, NULL, (const char *const[]){ "snapshot-prep", "--db", ci, "-q",
+			"hibernate", "--sandbox", "sb1", "--bundle-dir", bdir, NULL }), 0);
+	cr_assert_eq(run_prog_env("VMOPS_FAULT=commit:sigkill-self", NULL, (const char *const[]){ "snapshot-prep",
+			"--db", ci, "-q", "wake", "--sandbox", "sb1", "--worker", "w2", NULL }), 128 + SIGKILL);
+	vmm2 = testdb_ll(c, "SELECT restore_vmm_id FROM snapshots WHERE state = 'restoring'");
+	snprintf(sql, sizeof(sql), "SELECT pid FROM vmms WHERE id = %lld", vmm2);
+	pid = testdb_ll(c, sql);
+	snprintf(sql, sizeof(sql), "SELECT pid_start_time FROM vmms WHERE id = %lld", vmm2);
+	start = testdb_ll(c, sql);
+	cr_assert_eq(vmops_proc_check("/proc", (pid_t)pid, (unsigned long long)start, NULL, NULL), VMOPS_PROC_ALIVE,
+		     "the killed wake's vmm is not running: nothing to recover");
+	expire_leases(c);
+	recover(NULL, 0, out, sizeof(out));
+	cr_assert(strstr(out, "new vmm stopped"), "%s", out);
+	cr_assert_neq(vmops_proc_check("/proc", (pid_t)pid, (unsigned long long)start, NULL, NULL), VMOPS_PROC_ALIVE,
+		      "the half-woken vmm still runs");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 0, "its reservation was not freed");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'ready' AND restore_vmm_id IS NULL"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'hibernated' AND target_vmm_id IS NULL"), 1);
+	snprintf(sql, sizeof(sql), "%s/w2/vmm-%lld", dir, vmm2);
+	cr_assert_neq(access(sql, F_OK), 0, "run directory %s (with the extracted bundle) left", sql);
+
+	/* And the sandbox wakes from its bundle, memory and data intact. */
+	cr_assert_eq(run_prog_env(NULL, NULL, (const char *const[]){ "snapshot-prep", "--db", ci, "-q",
+			"wake", "--sandbox", "sb1", "--worker", "w2", NULL }), 0);
+	snprintf(log2, sizeof(log2), "%s/w2/vmm-%lld/serial.log", dir,
+		 testdb_ll(c, "SELECT active_vmm_id FROM sandboxes"));
+	testlib_assert_guest_continues(log2, g0.boot_sum, &g0.last, 120, NULL);
+	wait_data(log2, rec + 8, 300);
+	PQfinish(c);
+}
+
 /* ---- the snapshots table: invariants held by the database (no QEMU) ---------------------- */
 
 #define SNAP_FIXTURE \
@@ -731,5 +834,81 @@ Test(snapshot_db, repeatable_read_delete_races_hibernate)
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'ready'"), 1);
 	PQfinish(a);
 	PQfinish(b);
+	PQfinish(c);
+}
+
+/* Schema 11: a sandbox is hibernated only with its bundle, whoever writes it. */
+Test(snapshot_db, hibernated_needs_a_ready_snapshot)
+{
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+
+	PQclear(testdb_exec(c, SNAP_FIXTURE));
+	cr_assert_str_eq(testdb_fail(c, "UPDATE sandboxes SET status = 'hibernated', active_vmm_id = NULL"), "VO111");
+	cr_assert_str_eq(testdb_fail(c, "INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
+					" VALUES ('sb2', 'acme', 'hibernated', 1, 256, 1)"), "VO111");
+	/* A snapshot still being written is not a bundle yet. */
+	PQclear(testdb_exec(c, "INSERT INTO snapshots (sandbox_id, vmm_id, worker_id, location, lease_owner,"
+			       " lease_expires_at) VALUES (1, 1, 1, '/b/x', 'me', now() + interval '1 minute')"));
+	cr_assert_str_eq(testdb_fail(c, "UPDATE sandboxes SET status = 'hibernated', active_vmm_id = NULL"), "VO111");
+	/* Ready in the same transaction (as hibernate does it): accepted. */
+	PQclear(testdb_exec(c, "BEGIN;"
+			       "UPDATE sandboxes SET status = 'hibernated', active_vmm_id = NULL;"
+			       "UPDATE snapshots SET state = 'ready', size_bytes = 1, sha256 = " SHA ", manifest = '{}',"
+			       " time_ready = now(), lease_owner = NULL, lease_expires_at = NULL;"
+			       "COMMIT"));
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'hibernated'"), 1);
+	PQfinish(c);
+}
+
+/*
+ * REPEATABLE READ: A hibernates the sandbox from a snapshot taken while its
+ * bundle was ready; B marks that bundle failed (the sandbox still running)
+ * and commits first.  A must not commit a hibernated sandbox without it.
+ */
+Test(snapshot_db, repeatable_read_hibernate_races_bundle_failure)
+{
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	PGconn *a = PQconnectdb(ci), *b = PQconnectdb(ci);
+	PGresult *r;
+
+	cr_assert_eq(PQstatus(a), CONNECTION_OK);
+	cr_assert_eq(PQstatus(b), CONNECTION_OK);
+	PQclear(testdb_exec(c, SNAP_FIXTURE READY_SNAPSHOT));
+	PQclear(testdb_exec(a, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT state FROM snapshots"));
+	PQclear(testdb_exec(b, "BEGIN ISOLATION LEVEL REPEATABLE READ; UPDATE snapshots SET state = 'failed'; COMMIT"));
+	r = PQexec(a, "UPDATE sandboxes SET status = 'hibernated', active_vmm_id = NULL; COMMIT");
+	cr_assert_neq(PQresultStatus(r), PGRES_COMMAND_OK, "a sandbox hibernated without its bundle");
+	cr_assert(!strcmp(PQresultErrorField(r, PG_DIAG_SQLSTATE), "40001") ||
+		  !strcmp(PQresultErrorField(r, PG_DIAG_SQLSTATE), "VO111"),
+		  "SQLSTATE %s", PQresultErrorField(r, PG_DIAG_SQLSTATE));
+	PQclear(r);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'running'"), 1);
+	PQfinish(a);
+	PQfinish(b);
+	PQfinish(c);
+}
+
+/* An older database holding a hibernated sandbox without a bundle is not upgraded. */
+Test(snapshot_db, upgrade_refused_for_a_hibernated_sandbox_without_bundle)
+{
+	PGconn *c = testdb_new(false, ci, sizeof(ci));
+	struct vmops_error e = { 0 };
+	char sql[256];
+	int v = 0;
+
+	PQclear(testdb_exec(c, "CREATE TABLE vmops_schema_version (version integer PRIMARY KEY,"
+			       " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"));
+	for (size_t i = 0; i < vmops_n_migrations && vmops_migrations[i].version < 11; i++) {
+		PQclear(testdb_exec(c, vmops_migrations[i].sql));
+		snprintf(sql, sizeof(sql), "INSERT INTO vmops_schema_version VALUES (%d, '%s')",
+			 vmops_migrations[i].version, vmops_migrations[i].name);
+		PQclear(testdb_exec(c, sql));
+	}
+	PQclear(testdb_exec(c, SNAP_FIXTURE "UPDATE sandboxes SET status = 'hibernated', active_vmm_id = NULL"));
+	cr_assert_eq(vmops_schema_apply(c, NULL, NULL, &e), -1);
+	cr_assert(strstr(e.msg, "hibernated sandboxes without a ready snapshot: sb1"), "%s", e.msg);
+	cr_assert_eq(vmops_schema_version(c, &v, &e), 0);
+	cr_assert_lt(v, 11, "the upgrade went through");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM information_schema.columns WHERE column_name = 'staging'"), 0);
 	PQfinish(c);
 }

@@ -573,3 +573,64 @@ void testdb_wait_n_blocked_by(PGconn *observer, int blocker, int n, int timeout_
 		usleep(5000);
 	}
 }
+
+/*
+ * VMs that outlive their test.  A test that Criterion kills on its timeout
+ * runs no .fini, and the VMMs that the programs under test started (they
+ * detach on purpose) would run on for hours.  The runner marks its
+ * environment, which every test worker, program and VMM inherits, and at
+ * its exit kills the hypervisor processes that carry its mark: only those
+ * this runner's tests started, never another run's.
+ */
+#define RUNNER_ENV "VMOPS_TEST_RUNNER"
+
+static pid_t runner_pid;
+
+static bool marked(pid_t pid, const char *mark, size_t len)
+{
+	char path[64], buf[65536];
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	for (ssize_t k = 0; n > 0 && k < n; k += (ssize_t)strnlen(buf + k, (size_t)(n - k)) + 1)
+		if ((size_t)(n - k) > len && !memcmp(buf + k, mark, len + 1))
+			return true;
+	return false;
+}
+
+static int kill_if_marked(const struct vmops_proc_info *i, void *data)
+{
+	const char *mark = data;
+
+	if (i->stat.state != 'Z' && marked(i->stat.pid, mark, strlen(mark)))
+		(void)vmops_proc_signal(i->stat.pid, i->stat.starttime, SIGKILL, NULL);
+	return 0;
+}
+
+static void sweep_marked_vms(void)
+{
+	char mark[64];
+
+	if (getpid() != runner_pid)
+		return;            /* a forked test worker: its runner sweeps */
+	snprintf(mark, sizeof(mark), RUNNER_ENV "=%d", (int)runner_pid);
+	(void)vmops_proc_scan("/proc", VMOPS_PROC_SCAN_HV_ONLY, kill_if_marked, mark, NULL);
+}
+
+__attribute__((constructor)) static void mark_runner(void)
+{
+	char v[24];
+
+	if (getenv(RUNNER_ENV))
+		return;            /* a test worker, or a runner under another runner */
+	runner_pid = getpid();
+	snprintf(v, sizeof(v), "%d", (int)runner_pid);
+	setenv(RUNNER_ENV, v, 1);
+	atexit(sweep_marked_vms);
+}

@@ -22,3 +22,21 @@ rm -rf "$T"
 runs snapshot-prep --db "$DB" hibernate --sandbox stopped1 --bundle-dir /tmp
 runs snapshot-prep --db "$DB" wake --sandbox stopped1
 runs snapshot-prep --db "$DB" wake --sandbox nosuch --json
+# recover: nothing in flight; a missing sandbox; a crashed hibernate whose
+# lease still runs (refused, says until when) and then has expired (dry run:
+# what would be done, nothing changed).
+psql -qAtX -d "$DB" >/dev/null <<'SQL'
+INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)
+  VALUES ('run1', 'acme', 'running', 1, 256, 1);
+INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state) VALUES (2, 1, 'qemu', 'running');
+UPDATE sandboxes SET active_vmm_id = 1 WHERE name = 'run1';
+INSERT INTO snapshots (sandbox_id, vmm_id, worker_id, location, lease_owner, lease_expires_at)
+  VALUES (2, 1, 1, '/tmp/vmops-cli-never/run1-1.vmops', 'snapshot-prep pid 1 on h',
+          '2999-01-01 00:00:00+00');
+SQL
+runs snapshot-prep --db "$DB" recover --sandbox stopped1
+runs snapshot-prep --db "$DB" recover --sandbox nosuch --json
+runs snapshot-prep --db "$DB" recover --sandbox run1
+psql -qAtX -d "$DB" -c "UPDATE snapshots SET lease_expires_at = now() - interval '1 second'" >/dev/null
+runs snapshot-prep --db "$DB" recover --sandbox run1 --dry-run --json
+echo "still writing: $(psql -qAtX -d "$DB" -c "SELECT count(*) FROM snapshots WHERE state = 'writing'")"

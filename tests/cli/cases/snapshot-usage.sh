@@ -31,3 +31,6 @@ runs snapshot-prep --db "$NODB" hibernate --sandbox sb1 --bundle-dir relative
 runs snapshot-prep --db "$NODB" wake --sandbox sb1 --bundle-dir /tmp
 runs snapshot-prep --db "$NODB" hibernate --sandbox sb1 --bundle-dir /tmp --worker w2
 runs snapshot-prep --db "$NODB" wake
+# recover: a sandbox, and none of the other modes' options.
+runs snapshot-prep --db "$NODB" recover
+runs snapshot-prep --db "$NODB" recover --sandbox sb1 --bundle-dir /tmp
