@@ -43,7 +43,7 @@ static struct poptOption options[] = {
 	{ "rate", '\0', POPT_ARG_STRING, &opt.rate, 0,
 	  "expected rate per move, for the plan and the ETA (default 100M/s)", "SIZE/s" },
 	{ "bundle-dir", '\0', POPT_ARG_STRING, &opt.bundle_dir, 0,
-	  "hibernate a sandbox that cannot move into this directory (absolute; default: none, it stays)", "DIR" },
+	  "hibernate what cannot move into DIR (absolute; default: no fallback)", "DIR" },
 	{ "hibernate-timeout", '\0', POPT_ARG_STRING, &opt.hibernate_timeout, 0,
 	  "budget of one sandbox's hibernate (default 2m)", "DURATION" },
 	{ "fallback-timeout", '\0', POPT_ARG_STRING, &opt.fallback_timeout, 0,
@@ -242,6 +242,7 @@ static const char *opt_bundle_dir(const char *v)
 		return NULL;
 	if (v[0] != '/')
 		usage_error("--bundle-dir: '%s' is not an absolute path", v);
+	errno = 0;
 	if (stat(v, &st) < 0 || !S_ISDIR(st.st_mode))
 		usage_error("--bundle-dir: %s: %s", v, errno ? strerror(errno) : "not a directory");
 	if (access(v, W_OK | X_OK) < 0)
