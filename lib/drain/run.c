@@ -249,12 +249,12 @@ static int load_input(PGconn *c, long long worker_id, long long drain_id, double
 	memset(in, 0, sizeof(*in));
 	vmops_db_ll(wid, worker_id);
 	in->ir = drain_id > 0
-		? vmops_db_q(c, e, "SELECT x.sandbox_id, s.name, s.memory_mb, s.vcpus, x.attempts"
+		? vmops_db_q(c, e, "SELECT x.sandbox_id, s.name, s.memory_mb, s.vcpus, x.attempts, s.launch_spec->>'hypervisor' AS hv"
 				   " FROM drain_sandboxes x JOIN sandboxes s ON s.id = x.sandbox_id"
 				   " WHERE x.drain_id = $1 AND x.outcome = 'pending' AND s.status = 'running'"
 				   "   AND s.worker_id = $2 AND coalesce(x.next_attempt_at <= now(), true)",
 			     vmops_db_ll(did, drain_id), wid)
-		: vmops_db_q(c, e, "SELECT s.id AS sandbox_id, s.name, s.memory_mb, s.vcpus, 0 AS attempts"
+		: vmops_db_q(c, e, "SELECT s.id AS sandbox_id, s.name, s.memory_mb, s.vcpus, 0 AS attempts, s.launch_spec->>'hypervisor' AS hv"
 				   " FROM sandboxes s WHERE s.worker_id = $1"
 				   "   AND s.status IN ('pending', 'running', 'migrating')", wid);
 	if (!in->ir)
@@ -564,6 +564,22 @@ static int finish(struct run *r, struct vmops_error *e)
 
 /* ---- entry points ---------------------------------------------------------------- */
 
+/* One step of the plan as --dry-run shows it: stuck when no target fits or it cannot migrate live. */
+static void dry_step(const struct vmops_drain_opts *o, const struct input *in, const struct vmops_drain_step *st,
+		     struct vmops_drain_sandbox_report *s)
+{
+	const char *hv = vmops_db_get(in->ir, (int)st->item, "hv");
+	bool live = migrates_live(hv);
+	const char *then = o->bundle_dir ? "; it would be hibernated" : "";
+
+	snprintf(s->outcome, sizeof(s->outcome), "%s", st->target < 0 || !live ? "stuck" : "pending");
+	snprintf(s->target, sizeof(s->target), "%s", st->target < 0 || !live ? "" : in->tg[st->target].name);
+	if (!live)
+		snprintf(s->error, sizeof(s->error), "its hypervisor (%s) has no live migration%s", hv, then);
+	else if (st->target < 0)
+		snprintf(s->error, sizeof(s->error), "no active worker has room for it%s", then);
+}
+
 static int dry_run(PGconn *c, const struct vmops_drain_opts *o, struct vmops_drain_report *rep, struct vmops_error *e)
 {
 	_cleanup_pgresult_ PGresult *w = NULL;
@@ -590,16 +606,13 @@ static int dry_run(PGconn *c, const struct vmops_drain_opts *o, struct vmops_dra
 		struct vmops_drain_sandbox_report *s = &rep->sandboxes[q];
 		const struct vmops_drain_step *st = &plan.steps[q];
 		snprintf(s->sandbox, sizeof(s->sandbox), "%s", in.items[st->item].name);
-		snprintf(s->outcome, sizeof(s->outcome), "%s", st->target < 0 ? "stuck" : "pending");
-		snprintf(s->target, sizeof(s->target), "%s", st->target < 0 ? "" : in.tg[st->target].name);
-		if (st->target < 0)
-			snprintf(s->error, sizeof(s->error), "no active worker has room for it");
+		dry_step(o, &in, st, s);
 		s->mem_mb = in.items[st->item].mem_mb;
 		s->migration_id = -1;
-		s->plan_start_s = st->target < 0 ? -1 : st->start_s;
-		s->plan_finish_s = st->target < 0 ? -1 : st->finish_s;
-		rep->stuck += st->target < 0;
-		rep->remaining += st->target >= 0;
+		s->plan_start_s = !strcmp(s->outcome, "stuck") ? -1 : st->start_s;
+		s->plan_finish_s = !strcmp(s->outcome, "stuck") ? -1 : st->finish_s;
+		rep->stuck += !strcmp(s->outcome, "stuck");
+		rep->remaining += strcmp(s->outcome, "stuck") != 0;
 	}
 	rep->n = plan.n;
 	rep->planned_s = plan.makespan_s;

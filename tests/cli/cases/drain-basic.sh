@@ -68,8 +68,9 @@ sql "INSERT INTO workers (id, name, memory_mb, vcpus, state, host_id, run_dir) O
        (5, 5, 6, 'firecracker', 'running');
      UPDATE sandboxes SET active_vmm_id = id WHERE id = 5"
 psql -qAtX -d "$DB" -c "UPDATE workers SET run_dir = '$RDIR/' || name WHERE name = 'w-fc'"
-runs vm-drain --db "$DB" w-fc | mask
 mkdir "$RDIR/bundles"
+runs vm-drain --db "$DB" --dry-run --bundle-dir "$RDIR/bundles" w-fc | mask
+runs vm-drain --db "$DB" w-fc | mask
 runs vm-drain --db "$DB" --json --bundle-dir "$RDIR/bundles" w-fc | mask
 sql "SELECT s.name, x.outcome, x.attempts, x.last_error FROM drain_sandboxes x JOIN sandboxes s ON s.id = x.sandbox_id WHERE s.name = 'fc'" | mask
 sql "SELECT state, error FROM snapshots" | mask
