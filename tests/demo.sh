@@ -84,7 +84,7 @@ boot2=$(boot_sum demo-2)
 show vm-fleet list
 
 bold "drain worker-a, live: the plan first (largest first, to the most free room, one inbound per target)"
-show vm-drain --dry-run worker-a
+show vm-drain --dry-run --max-parallel 1 worker-a
 bold "now for real: worker-a is draining (no new placements); its guests keep running while they move"
 before1=$(last_beat demo-1)
 before2=$(last_beat demo-2)
@@ -94,7 +94,8 @@ echo "(static: the md5 of a region written at boot, measured at every beat; pass
 echo " last pass of rewritten data the guest verified; bad: failed checks since boot)"
 check_goes_on demo-1 "$before1" "$boot1"
 check_goes_on demo-2 "$before2" "$boot2"
-echo "demo-1 and demo-2: heartbeats go on from before the drain, static checksums as at boot, every heartbeat OK"
+echo "demo-1 (heartbeat $before1 before the drain) and demo-2 ($before2): heartbeats go on on the new workers,"
+echo "static checksums as at boot, every heartbeat OK"
 bold "worker-a is drained: counted empty in the database and in /proc first"
 show vm-fleet worker list
 show vm-fleet list
@@ -104,10 +105,10 @@ bold "the ledger moved with them: each source event closed on worker-a, one open
 psql -X -P pager=off -c "SELECT id, state, connections_used AS conns, downtime_ms, bytes_transferred, error FROM migrations"
 psql -X -P pager=off -c "SELECT s.name, w.name AS worker, e.vmm_id, e.started_at::time(0), e.ended_at::time(0) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id JOIN workers w ON w.id = e.worker_id ORDER BY s.name, e.id"
 psql -X -P pager=off -c "SELECT id, state, pid, time_deleted IS NOT NULL AS reaped FROM vmms ORDER BY id"
-bold "usage-parity: no billing drift"
+bold "usage-parity: no billing drift (the ledger's invariants now; usage over the last full hour)"
 show usage-parity
 if [ -x bin/vmm-reap ]; then
-	bold "vmm-reap cleans the abandoned source VMM's reservation"
+	bold "vmm-reap removes the destroyed source VMMs' rows (the moves freed their reservations)"
 	show vmm-reap
 fi
 if [ -x bin/snapshot-prep ]; then
