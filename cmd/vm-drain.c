@@ -3,10 +3,12 @@
  * vm-drain — empty a worker, live: move its sandboxes to other workers,
  * count again, and only then declare it drained.
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "db.h"
@@ -20,7 +22,7 @@
 
 static struct {
 	const char *max_parallel, *timeout, *retries, *backoff, *timeout_per_gib, *progress_timeout;
-	const char *max_bandwidth, *rate, *wait;
+	const char *max_bandwidth, *rate, *wait, *bundle_dir, *hibernate_timeout, *fallback_timeout;
 	int terminate, cancel;
 } opt;
 
@@ -40,6 +42,12 @@ static struct poptOption options[] = {
 	  "bandwidth cap per move, e.g. 1G/s (default: none)", "SIZE/s" },
 	{ "rate", '\0', POPT_ARG_STRING, &opt.rate, 0,
 	  "expected rate per move, for the plan and the ETA (default 100M/s)", "SIZE/s" },
+	{ "bundle-dir", '\0', POPT_ARG_STRING, &opt.bundle_dir, 0,
+	  "hibernate what cannot move into DIR (absolute; default: no fallback)", "DIR" },
+	{ "hibernate-timeout", '\0', POPT_ARG_STRING, &opt.hibernate_timeout, 0,
+	  "budget of one sandbox's hibernate (default 2m)", "DURATION" },
+	{ "fallback-timeout", '\0', POPT_ARG_STRING, &opt.fallback_timeout, 0,
+	  "budget of all the hibernates of one run (default 30m)", "DURATION" },
 	{ "terminate", '\0', POPT_ARG_NONE, &opt.terminate, 0, "declare the worker terminated, not drained", NULL },
 	{ "cancel", '\0', POPT_ARG_NONE, &opt.cancel, 0,
 	  "cancel the worker's drain: moves in flight finish or roll back, the worker is active again", NULL },
@@ -56,8 +64,9 @@ static void usage(void)
 	       " %s [options] WORKER\n"
 	       " %s [options] --cancel WORKER\n"
 	       "\nEmpty a worker, live: mark it draining, move its sandboxes to other workers\n"
-	       "(largest first, one inbound per target), count again from the database and\n"
-	       "the worker's processes, and only then declare it drained.  Rerun to continue.\n"
+	       "(largest first, one inbound per target), hibernate into --bundle-dir what\n"
+	       "cannot move, count again from the database and the worker's processes, and\n"
+	       "only then declare it drained.  Rerun to continue.\n"
 	       "\nOptions:\n", prog_name, prog_name);
 	vmops_cli_print_options(stdout, options);
 	printf("\nExit status: 0 drained (or cancelled, or the plan printed), 1 failure, 2 usage,\n"
@@ -103,19 +112,25 @@ static void on_sandbox(void *data, const struct vmops_drain_sandbox_report *s)
 			(double)s->wall_ms / 1000.0, s->migration_id);
 	else if (!strcmp(s->outcome, "pending"))
 		fprintf(stderr, "%s: %s: attempt %d failed, will retry: %s\n", prog_name, s->sandbox, s->attempts, s->error);
+	else if (!strcmp(s->outcome, "hibernating"))
+		fprintf(stderr, "%s: %s: cannot move; hibernating into %s (budget %.0fs)\n", prog_name, s->sandbox,
+			s->bundle, (double)s->wall_ms / 1000.0);
+	else if (!strcmp(s->outcome, "hibernated"))
+		fprintf(stderr, "%s: %s: hibernated in %.1fs (bundle %s)\n", prog_name, s->sandbox,
+			(double)s->wall_ms / 1000.0, s->bundle);
 	else if (!strcmp(s->outcome, "requeued"))
 		fprintf(stderr, "%s: %s: not moved now (%s); planning again\n", prog_name, s->sandbox, s->error);
 	else
 		fprintf(stderr, "%s: %s: %s%s%s\n", prog_name, s->sandbox, s->outcome, s->error[0] ? ": " : "", s->error);
 }
 
-static void on_progress(void *data, int moved, int stuck, int failed, int remaining, double eta_s)
+static void on_progress(void *data, int moved, int hibernated, int stuck, int failed, int remaining, double eta_s)
 {
 	(void)data;
 	if (!tty || !chatty())
 		return;
-	fprintf(stderr, "\r\033[Kmoved %d, stuck %d, failed %d, remaining %d, ETA %.0fs", moved, stuck, failed,
-		remaining, eta_s);
+	fprintf(stderr, "\r\033[Kmoved %d, hibernated %d, stuck %d, failed %d, remaining %d, ETA %.0fs", moved,
+		hibernated, stuck, failed, remaining, eta_s);
 	progress_shown = true;
 }
 
@@ -137,7 +152,7 @@ static void print_report(const struct vmops_drain_report *r)
 		{ "attempts", VMOPS_COL_INT, VMOPS_COL_RIGHT, 0 }, { "migration_id", VMOPS_COL_INT, VMOPS_COL_RIGHT, 0 },
 		{ "plan_start_s", VMOPS_COL_NUMBER, VMOPS_COL_RIGHT, 1 },
 		{ "plan_finish_s", VMOPS_COL_NUMBER, VMOPS_COL_RIGHT, 1 },
-		{ "error", VMOPS_COL_STRING, 0, 0 },
+		{ "error", VMOPS_COL_STRING, 0, 0 },       { "bundle", VMOPS_COL_STRING, 0, 0 },
 	};
 	struct vmops_output *o = vmops_output_new();
 	struct vmops_section *d = vmops_output_record(o, "drain", dcols, ARRAY_SIZE(dcols));
@@ -179,6 +194,7 @@ static void print_report(const struct vmops_drain_report *r)
 			vmops_set_num(s, 7, x->plan_finish_s);
 		}
 		vmops_set_str(s, 8, x->error[0] ? x->error : NULL);
+		vmops_set_str(s, 9, x->bundle[0] ? x->bundle : NULL);
 	}
 	if (vmops_cli.json || !vmops_cli.quiet)
 		print_output(o);
@@ -217,12 +233,30 @@ static unsigned opt_int(const char *name, const char *v, unsigned dflt, long lon
 	return (unsigned)n;
 }
 
+/* Where bundles go: explicit, absolute, an existing directory we may write to. */
+static const char *opt_bundle_dir(const char *v)
+{
+	struct stat st;
+
+	if (!v)
+		return NULL;
+	if (v[0] != '/')
+		usage_error("--bundle-dir: '%s' is not an absolute path", v);
+	errno = 0;
+	if (stat(v, &st) < 0 || !S_ISDIR(st.st_mode))
+		usage_error("--bundle-dir: %s: %s", v, errno ? strerror(errno) : "not a directory");
+	if (access(v, W_OK | X_OK) < 0)
+		usage_error("--bundle-dir: %s: %s", v, strerror(errno));
+	return v;
+}
+
 static void parse_opts(struct vmops_drain_opts *o, const char *worker, uint64_t *wait_ms)
 {
 	if (!opt.cancel && opt.wait)
 		usage_error("--wait goes with --cancel");
 	if (opt.cancel && (opt.max_parallel || opt.timeout || opt.retries || opt.backoff || opt.timeout_per_gib ||
-			   opt.progress_timeout || opt.max_bandwidth || opt.rate || opt.terminate || vmops_cli.dry_run))
+			   opt.progress_timeout || opt.max_bandwidth || opt.rate || opt.terminate || vmops_cli.dry_run ||
+			   opt.bundle_dir || opt.hibernate_timeout || opt.fallback_timeout))
 		usage_error("--cancel takes only --wait and the common options");
 	o->worker = worker;
 	o->max_parallel = opt_int("max-parallel", opt.max_parallel, VMOPS_DRAIN_DEFAULT_MAX_PARALLEL, 1, 64);
@@ -235,6 +269,13 @@ static void parse_opts(struct vmops_drain_opts *o, const char *worker, uint64_t 
 					      VMOPS_MIGRATE_DEFAULT_PROGRESS_TIMEOUT_MS, 1, WEEK_MS);
 	o->max_bandwidth = opt_rate("max-bandwidth", opt.max_bandwidth, 0);
 	o->rate_mbps = (double)opt_rate("rate", opt.rate, 100ull << 20) / 1048576.0;
+	o->bundle_dir = opt_bundle_dir(opt.bundle_dir);
+	o->hibernate_timeout_ms = opt_duration("hibernate-timeout", opt.hibernate_timeout,
+					       VMOPS_DRAIN_DEFAULT_HIBERNATE_MS, 1000, WEEK_MS);
+	o->fallback_timeout_ms = opt_duration("fallback-timeout", opt.fallback_timeout,
+					      VMOPS_DRAIN_DEFAULT_FALLBACK_MS, 1000, WEEK_MS);
+	if (!opt.bundle_dir && (opt.hibernate_timeout || opt.fallback_timeout))
+		usage_error("--hibernate-timeout and --fallback-timeout go with --bundle-dir");
 	o->terminate = opt.terminate;
 	o->dry_run = vmops_cli.dry_run;
 	*wait_ms = opt_duration("wait", opt.wait, 600000, 0, WEEK_MS);

@@ -24,7 +24,7 @@ _vm_drain()
 	fi
 
 	local opts='--max-parallel --timeout --retries --backoff --timeout-per-gib --progress-timeout
-		--max-bandwidth --rate --terminate --cancel --wait --dry-run
+		--max-bandwidth --rate --bundle-dir --hibernate-timeout --fallback-timeout --terminate --cancel --wait --dry-run
 		--db --json --verbose -v --quiet -q --help -h --version -V'
 
 	local i w db='' cancel=false npos=0
@@ -43,7 +43,7 @@ _vm_drain()
 			;;
 		--*=*) ;;
 		--max-parallel | --timeout | --retries | --backoff | --timeout-per-gib | --progress-timeout | \
-			--max-bandwidth | --rate | --wait)
+			--max-bandwidth | --rate | --wait | --bundle-dir | --hibernate-timeout | --fallback-timeout)
 			((i++))
 			;;
 		-*) ;;
@@ -62,7 +62,11 @@ _vm_drain()
 		COMPREPLY=($(compgen -W '1 3 5' -- "$cur"))
 		return
 		;;
-	--db | --timeout | --backoff | --timeout-per-gib | --progress-timeout | --max-bandwidth | --rate | --wait)
+	--bundle-dir)
+		COMPREPLY=($(compgen -d -- "$cur"))
+		return
+		;;
+	--db | --hibernate-timeout | --fallback-timeout | --timeout | --backoff | --timeout-per-gib | --progress-timeout | --max-bandwidth | --rate | --wait)
 		return
 		;;
 	esac

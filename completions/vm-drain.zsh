@@ -29,6 +29,9 @@ _vm-drain() {
     '--progress-timeout=[abort a move when nothing moves for this long (default 150s)]:duration (e.g. 150s): '
     '--max-bandwidth=[bandwidth cap per move (default: none)]:size per second (e.g. 1G/s): '
     '--rate=[expected rate per move, for the plan and the ETA (default 100M/s)]:size per second (e.g. 100M/s): '
+    '--bundle-dir=[hibernate what cannot move into this directory (absolute)]:bundle directory:_directories'
+    '--hibernate-timeout=[budget of one sandbox'\''s hibernate (default 2m)]:duration (e.g. 2m): '
+    '--fallback-timeout=[budget of all the hibernates of one run (default 30m)]:duration (e.g. 30m): '
     '--terminate[declare the worker terminated, not drained]'
     '--dry-run[print the plan, change nothing]'
   )

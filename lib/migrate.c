@@ -289,7 +289,8 @@ static int claim_tx(PGconn *c, void *data, struct vmops_error *e)
 			return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s changed while choosing a target",
 					 a->o->sandbox);
 	}
-	return vmops_audit(c, "vm-migrate", "migration-start", "migration", a->migration_id, NULL, NULL,
+	return vmops_audit(c, a->o->program ? a->o->program : "vm-migrate", "migration-start", "migration",
+			   a->migration_id, NULL, NULL,
 			   a->target, e);
 }
 
@@ -663,7 +664,8 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 {
 	struct source src = { 0 };
 	struct claim cl = { .o = o, .src = &src };
-	struct attempt at = { .c = c, .o = o, .r = r, .actor = "vm-migrate", .lease_ms = o->lease_ms };
+	const char *program = o->program ? o->program : "vm-migrate";
+	struct attempt at = { .c = c, .o = o, .r = r, .actor = program, .lease_ms = o->lease_ms };
 	struct vmops_vmm_info sinfo;
 	struct vmops_spec *spec = NULL;
 	uint64_t start = now_ms();
@@ -676,7 +678,7 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 	snprintf(r->sandbox, sizeof(r->sandbox), "%s", o->sandbox);
 	snprintf(r->state, sizeof(r->state), "failed");
 	snprintf(at.sandbox, sizeof(at.sandbox), "%s", o->sandbox);
-	cl.owner = vmops_mig_owner(at.owner, sizeof(at.owner), "vm-migrate");
+	cl.owner = vmops_mig_owner(at.owner, sizeof(at.owner), program);
 
 	vmops_fault_point("claim");
 	if (prepare(c, o, &src, &spec, &sinfo, r, e) < 0 || claim_target(c, &cl, r, e) < 0)

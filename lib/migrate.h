@@ -40,6 +40,7 @@ struct vmops_migrate_opts {
 	double rtt_s;                     /* round-trip time to the target for the ETA */
 	bool dry_run;                     /* choose a target and report; change nothing */
 	enum vmops_accel auto_accel;
+	const char *program;              /* acting program for audit rows and the lease owner; NULL: "vm-migrate" */
 	/* The program's signal handler sets this; the attempt is then cancelled. */
 	volatile sig_atomic_t *interrupted;
 	/* Called about every 500 ms while transferring (may be NULL). */

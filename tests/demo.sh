@@ -1,9 +1,12 @@
 #!/bin/sh
 # `make demo`: the main job end to end on real parts — a throwaway
-# PostgreSQL cluster, two workers on this machine, two real QEMU guests
-# (a tiny Linux built from Debian packages, under TCG), and a live
-# migration of one of them with the database showing every step.
+# PostgreSQL cluster, three workers on this machine, two real QEMU guests
+# (a tiny Linux built from Debian packages, under TCG) on the first one,
+# a live drain of that worker while the guests keep running (the worker
+# drained after the count, the ledger moved, usage-parity clean), then a
+# hibernate and a wake, with the database showing every step.
 # Everything it starts is stopped and removed at the end.
+# Slow machines (2 cores, TCG): one move at a time, generous waits.
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -25,14 +28,15 @@ eval "$(tests/guest/build-guest.sh "$top/build/guest" | grep '^VMOPS_TEST_[A-Z]*
 cat >"$run/spec.json" <<SPEC
 {"hypervisor": "qemu", "memory_mb": 256, "vcpus": 1, "accel": "tcg",
  "kernel": "$VMOPS_TEST_KERNEL", "initrd": "$VMOPS_TEST_INITRD",
- "cmdline": "console=ttyS0 vmops.dirty_mb=32"}
+ "cmdline": "console=ttyS0 vmops.dirty_mb=16"}
 SPEC
 
 bold "a throwaway PostgreSQL at $PGHOST; the fleet schema"
 show vm-fleet init
-bold "two workers on this machine"
+bold "three workers on this machine"
 show vm-fleet worker add worker-a --memory 1G --vcpus 2 --run-dir "$run/worker-a"
 show vm-fleet worker add worker-b --memory 1G --vcpus 2 --run-dir "$run/worker-b"
+show vm-fleet worker add worker-c --memory 1G --vcpus 2 --run-dir "$run/worker-c"
 bold "two real QEMU VMs on worker-a: capacity reserved, then launched, then billed"
 show vm-fleet launch --sandbox demo-1 --org acme --worker worker-a --spec "$run/spec.json"
 show vm-fleet launch --sandbox demo-2 --org acme --worker worker-a --spec "$run/spec.json"
@@ -43,58 +47,80 @@ show vm-fleet launch --sandbox demo-3 --org acme --worker worker-a --spec "$run/
 # A sandbox's serial log, by what the database says runs it (not by file
 # names or times: every guest writes its log every second).
 serial_of() { echo "$(psql -XAtc "SELECT v.run_dir FROM sandboxes s JOIN vmms v ON v.id = s.active_vmm_id WHERE s.name = '$1'")/serial.log"; }
-log=$(serial_of demo-1)
-printf '\nwaiting for demo-1 to boot and write its heartbeat'
-i=0
-until grep -q 'HEARTBEAT 2 ' "$log" 2>/dev/null; do
-	i=$((i + 1)); [ $i -gt 120 ] && { echo " (no heartbeat after 120s)"; exit 1; }
-	printf .; sleep 1
-done
-echo; grep -ao 'HEARTBEAT .*' "$log" | tr -d '\r' | tail -n1
+# Wait until a guest beats (heartbeat number above $2); print its last beat.
+wait_beat() {
+	printf '\nwaiting for %s to boot and write its heartbeat' "$1"
+	i=0
+	until [ "$(grep -ao 'HEARTBEAT [0-9]* static=' "$(serial_of "$1")" 2>/dev/null |
+		sed 's/HEARTBEAT \([0-9]*\).*/\1/' | tail -n1)" -gt "$2" ] 2>/dev/null; do
+		i=$((i + 1)); [ $i -gt 300 ] && { echo " (no heartbeat after 300s)"; exit 1; }
+		printf .; sleep 1
+	done
+	echo; grep -ao 'HEARTBEAT .*' "$(serial_of "$1")" | tr -d '\r' | tail -n1
+}
 # The static region's checksum at boot (markers may follow console junk).
-boot=$(grep -ao 'VMOPS-GUEST-READY.* static=[0-9a-f]*' "$log" | head -n1 | sed 's/.* static=//')
+boot_sum() { grep -ao 'VMOPS-GUEST-READY.* static=[0-9a-f]*' "$(serial_of "$1")" | head -n1 | sed 's/.* static=//'; }
+last_beat() { grep -ao 'HEARTBEAT [0-9]*' "$(serial_of "$1")" | tail -n1 | sed 's/HEARTBEAT //'; }
+# The guest goes on where it runs now: 3 new heartbeats after $2, every one
+# reporting its memory checks OK with the boot checksum $3.
+check_goes_on() {
+	i=0
+	until [ "$(last_beat "$1")" -ge $(($2 + 3)) ] 2>/dev/null; do
+		i=$((i + 1)); [ $i -gt 120 ] && { echo "$1: no new heartbeats after 120s"; exit 1; }
+		sleep 1
+	done
+	l=$(serial_of "$1")
+	grep -ao 'HEARTBEAT .*' "$l" | tr -d '\r' | tail -n1 | sed "s/^/$1: /"
+	if grep -aqE 'Oops|BUG:|panic|CHECKSUM-MISMATCH|VMOPS-GUEST-ERROR' "$l" ||
+	   grep -ao 'HEARTBEAT .*' "$l" | tr -d '\r' |
+		grep -qv "^HEARTBEAT [0-9]* static=$3 static_ok=1 pass=[0-9]* pass_ok=1 bad=0\$"; then
+		echo "$1 is unhealthy on its new worker!"; exit 1
+	fi
+}
+wait_beat demo-1 1
+wait_beat demo-2 1
+boot1=$(boot_sum demo-1)
+boot2=$(boot_sum demo-2)
 show vm-fleet list
 
-bold "live-migrate demo-1: worker-b is the only target with room"
-show vm-migrate demo-1 --connections 2
-bold "the guest goes on on worker-b: same heartbeat sequence, its memory checks pass"
+bold "drain worker-a, live: the plan first (largest first, to the most free room, one inbound per target)"
+show vm-drain --dry-run --max-parallel 1 worker-a
+bold "now for real: worker-a is draining (no new placements); its guests keep running while they move"
+before1=$(last_beat demo-1)
+before2=$(last_beat demo-2)
+show vm-drain --max-parallel 1 worker-a
+bold "the guests went on on their new workers: heartbeats continue, memory checks pass"
 echo "(static: the md5 of a region written at boot, measured at every beat; pass: the"
 echo " last pass of rewritten data the guest verified; bad: failed checks since boot)"
-tlog=$(serial_of demo-1)
-i=0
-until [ "$(grep -ac 'HEARTBEAT [0-9]* static=' "$tlog" 2>/dev/null || :)" -ge 3 ] 2>/dev/null; do
-	i=$((i + 1)); [ $i -gt 60 ] && { echo "no heartbeats on worker-b after 60s"; exit 1; }
-	sleep 1
-done
-grep -ao 'HEARTBEAT .*' "$tlog" | tr -d '\r' | tail -n2
-if grep -aqE 'Oops|BUG:|panic|CHECKSUM-MISMATCH|VMOPS-GUEST-ERROR' "$tlog" ||
-   grep -ao 'HEARTBEAT .*' "$tlog" | tr -d '\r' |
-	grep -qv "^HEARTBEAT [0-9]* static=$boot static_ok=1 pass=[0-9]* pass_ok=1 bad=0\$"; then
-	echo "guest on worker-b is unhealthy!"; exit 1
-fi
-echo "static checksum as at boot ($boot), every heartbeat OK"
-show vm-fleet list
+check_goes_on demo-1 "$before1" "$boot1"
+check_goes_on demo-2 "$before2" "$boot2"
+echo "demo-1 (heartbeat $before1 before the drain) and demo-2 ($before2): heartbeats go on on the new workers,"
+echo "static checksums as at boot, every heartbeat OK"
+bold "worker-a is drained: counted empty in the database and in /proc first"
 show vm-fleet worker list
-bold "the database: the attempt, the ledger (source event closed, target event open)"
+show vm-fleet list
+psql -X -P pager=off -c "SELECT d.id, w.name AS worker, d.state, d.runs, d.time_finished::time(0) AS finished FROM drains d JOIN workers w ON w.id = d.worker_id"
+psql -X -P pager=off -c "SELECT s.name, x.outcome, x.attempts, t.name AS target, x.migration_id FROM drain_sandboxes x JOIN sandboxes s ON s.id = x.sandbox_id LEFT JOIN workers t ON t.id = x.target_worker_id ORDER BY s.name"
+bold "the ledger moved with them: each source event closed on worker-a, one open event on the new worker"
 psql -X -P pager=off -c "SELECT id, state, connections_used AS conns, downtime_ms, bytes_transferred, error FROM migrations"
-psql -X -P pager=off -c "SELECT s.name, e.worker_id, e.vmm_id, e.started_at::time(0), e.ended_at::time(0) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id ORDER BY e.id"
+psql -X -P pager=off -c "SELECT s.name, w.name AS worker, e.vmm_id, e.started_at::time(0), e.ended_at::time(0) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id JOIN workers w ON w.id = e.worker_id ORDER BY s.name, e.id"
 psql -X -P pager=off -c "SELECT id, state, pid, time_deleted IS NOT NULL AS reaped FROM vmms ORDER BY id"
+bold "usage-parity: no billing drift (the ledger's invariants now; usage over the last full hour)"
+show usage-parity
 if [ -x bin/vmm-reap ]; then
-	bold "vmm-reap cleans the abandoned source VMM's reservation"
+	bold "vmm-reap removes the destroyed source VMMs' rows (the moves freed their reservations)"
 	show vmm-reap
 fi
 if [ -x bin/snapshot-prep ]; then
 	bold "hibernate demo-2: quiesce, pause, snapshot, bundle; then sandbox hibernated, billing closed, QEMU stopped"
 	mkdir -p "$run/bundles"
-	log2=$(serial_of demo-2)
-	boot2=$(grep -ao 'VMOPS-GUEST-READY.* static=[0-9a-f]*' "$log2" | head -n1 | sed 's/.* static=//')
-	before=$(grep -ao 'HEARTBEAT [0-9]*' "$log2" | tail -n1 | sed 's/HEARTBEAT //')
+	before=$(last_beat demo-2)
 	show snapshot-prep hibernate --sandbox demo-2 --bundle-dir "$run/bundles"
 	show vm-fleet list
 	psql -X -P pager=off -c "SELECT s.name, s.status, count(e.id) FILTER (WHERE e.ended_at IS NULL) AS open_events FROM sandboxes s LEFT JOIN scale_events e ON e.sandbox_id = s.id GROUP BY s.name, s.status ORDER BY s.name"
 	psql -X -P pager=off -c "SELECT id, state, size_bytes, left(sha256, 16) AS sha256, location FROM snapshots"
-	bold "wake demo-2 on worker-b: admitted there, restored from the bundle, billed again"
-	show snapshot-prep wake --sandbox demo-2 --worker worker-b
+	bold "wake demo-2 on the active worker with the most room: admitted there, restored from the bundle, billed again"
+	show snapshot-prep wake --sandbox demo-2
 	show vm-fleet list
 	wlog=$(serial_of demo-2)
 	i=0

@@ -10,7 +10,9 @@
  * `drains` record (schema 007), marks the worker draining, recovers expired
  * attempts, then re-plans every tick from the database and starts the
  * moves the plan puts at time 0, each in a thread with its own database
- * connection, through vmops_migrate() with `to` set.  At the end it counts
+ * connection, through vmops_migrate() with `to` set (audited as vm-drain).
+ * A sandbox that cannot move after its retries is hibernated (fallback.c,
+ * snapshot-prep's vmops_hibernate) into bundle_dir.  At the end it counts
  * again, from the database and from the worker's processes (the /proc
  * identification of ghost-reap), before it declares the worker drained.
  */
@@ -18,6 +20,7 @@
 #define VMOPS_DRAIN_H
 
 #include <libpq-fe.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -91,6 +94,8 @@ double vmops_drain_lower_bound(const struct vmops_drain_item *items, size_t nite
 #define VMOPS_DRAIN_MAX_BACKOFF_MS         60000u
 #define VMOPS_DRAIN_DEFAULT_RATE_MBPS      100.0
 #define VMOPS_DRAIN_LEASE_MS               30000u
+#define VMOPS_DRAIN_DEFAULT_HIBERNATE_MS   (2ull * 60 * 1000)    /* per sandbox */
+#define VMOPS_DRAIN_DEFAULT_FALLBACK_MS    (30ull * 60 * 1000)   /* all hibernates of a run */
 
 struct vmops_drain_sandbox_report;
 
@@ -105,24 +110,30 @@ struct vmops_drain_opts {
 	double rate_mbps;                /* planning rate */
 	bool terminate;                  /* end as terminated, not drained */
 	bool dry_run;                    /* plan only, change nothing */
+	/* The hibernate fallback: bundles go to bundle_dir (absolute; NULL: no fallback, a sandbox
+	 * that cannot move stays stuck and the drain ends partial). */
+	const char *bundle_dir;
+	uint64_t hibernate_timeout_ms;   /* per sandbox */
+	uint64_t fallback_timeout_ms;    /* all hibernates of one run together */
 	const char *host_id;             /* this host (host.h), for the process count */
 	const char *proc_root;           /* NULL: /proc */
 	volatile sig_atomic_t *interrupted;
 	/* Called from the calling thread (never concurrently). */
 	void (*on_sandbox)(void *data, const struct vmops_drain_sandbox_report *s);
-	void (*on_progress)(void *data, int moved, int stuck, int failed, int remaining, double eta_s);
+	void (*on_progress)(void *data, int moved, int hibernated, int stuck, int failed, int remaining, double eta_s);
 	void *data;
 };
 
 struct vmops_drain_sandbox_report {
 	char sandbox[64];
-	char outcome[16];                /* pending moving moved stuck failed hibernated */
+	char outcome[16];                /* pending moving moved stuck failed hibernated (hibernating: told only) */
 	char target[64];
 	int attempts;
 	long long migration_id;
 	long long mem_mb;
 	double plan_start_s, plan_finish_s;   /* --dry-run */
-	uint64_t wall_ms;                /* last attempt */
+	uint64_t wall_ms;                /* last attempt (hibernating: its budget) */
+	char bundle[PATH_MAX];           /* hibernated: its bundle (hibernating: the directory) */
 	char error[VMOPS_ERRMSG_MAX];
 };
 

@@ -37,4 +37,19 @@ int vmops_drain_rec_report(PGconn *c, long long drain_id, struct vmops_drain_rep
 int vmops_drain_count(PGconn *c, const struct drain_rec *d, const struct vmops_drain_opts *o,
 		      struct vmops_drain_report *rep, struct vmops_error *e);
 
+/* The hibernate fallback (fallback.c). */
+struct drain_fb_ctl {
+	/* Called about every 200 ms while a hibernate runs and before each: renew the drain's lease.
+	 * 0 go on; 1 start no other hibernate (--cancel); 2 also interrupt the one running
+	 * (signal, whole-drain timeout); -1 database error (`e` filled). */
+	int (*tick)(void *arg, struct vmops_error *e);
+	void *arg;
+};
+
+/* Hibernate the drain's stuck sandboxes still running on the worker (see fallback.c).  0 done
+ * (each one hibernated or still stuck with the reason); > 0: that many stuck and no bundle
+ * directory given (none tried); -1 db. */
+int vmops_drain_fallback(PGconn *c, const char *conninfo, const struct drain_rec *d, const struct vmops_drain_opts *o,
+			 const struct drain_fb_ctl *ctl, struct vmops_error *e);
+
 #endif

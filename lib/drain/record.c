@@ -215,7 +215,9 @@ int vmops_drain_rec_report(PGconn *c, long long drain_id, struct vmops_drain_rep
 	int n;
 
 	r = vmops_db_q(c, e, "SELECT s.name, x.outcome, x.attempts, x.last_error, x.migration_id, w.name AS target,"
-			     " s.memory_mb FROM drain_sandboxes x JOIN sandboxes s ON s.id = x.sandbox_id"
+			     " s.memory_mb, CASE WHEN x.outcome = 'hibernated' THEN (SELECT b.location FROM snapshots b"
+			     "   WHERE b.sandbox_id = s.id AND b.state = 'ready' ORDER BY b.id DESC LIMIT 1) END AS bundle"
+			     " FROM drain_sandboxes x JOIN sandboxes s ON s.id = x.sandbox_id"
 			     " LEFT JOIN workers w ON w.id = x.target_worker_id WHERE x.drain_id = $1"
 			     " ORDER BY s.memory_mb DESC, s.name", vmops_db_ll(id, drain_id));
 	if (!r)
@@ -234,6 +236,7 @@ int vmops_drain_rec_report(PGconn *c, long long drain_id, struct vmops_drain_rep
 		snprintf(s->outcome, sizeof(s->outcome), "%s", o);
 		snprintf(s->target, sizeof(s->target), "%s", vmops_db_get(r, i, "target") ? vmops_db_get(r, i, "target") : "");
 		snprintf(s->error, sizeof(s->error), "%s", vmops_db_get(r, i, "last_error") ? vmops_db_get(r, i, "last_error") : "");
+		snprintf(s->bundle, sizeof(s->bundle), "%s", vmops_db_get(r, i, "bundle") ? vmops_db_get(r, i, "bundle") : "");
 		s->attempts = (int)vmops_db_get_ll(r, i, "attempts", 0);
 		s->migration_id = vmops_db_get_ll(r, i, "migration_id", -1);
 		s->mem_mb = vmops_db_get_ll(r, i, "memory_mb", 0);

@@ -19,6 +19,7 @@
 #include "db.h"
 #include "drain/internal.h"
 #include "exitcodes.h"
+#include "hv.h"
 #include "log.h"
 #include "migrate.h"
 
@@ -57,6 +58,7 @@ struct run {
 	double setup_sum_s;                  /* measured fixed cost of the moves done */
 	unsigned moves_done;
 	double eta_s;
+	char fallback_note[200];             /* why stuck sandboxes were not hibernated */
 };
 
 static uint64_t now_ms(void)
@@ -130,7 +132,7 @@ static int start_move(struct run *r, struct mover *m, long long sid, const char 
 		.sandbox = m->sandbox, .to = m->target, .connections = 1, .wait_target_ms = 0,
 		.timeout_per_gib_ms = r->o->migrate_timeout_per_gib_ms, .progress_timeout_ms = r->o->progress_timeout_ms,
 		.max_bandwidth = r->o->max_bandwidth, .lease_ms = VMOPS_MIGRATE_DEFAULT_LEASE_MS, .rtt_s = 0.001,
-		.auto_accel = VMOPS_ACCEL_AUTO, .interrupted = &r->abort_moves,
+		.auto_accel = VMOPS_ACCEL_AUTO, .program = "vm-drain", .interrupted = &r->abort_moves,
 	};
 	atomic_store(&m->done, false);
 	if (pthread_create(&m->th, NULL, mover_main, m) != 0) {
@@ -247,12 +249,12 @@ static int load_input(PGconn *c, long long worker_id, long long drain_id, double
 	memset(in, 0, sizeof(*in));
 	vmops_db_ll(wid, worker_id);
 	in->ir = drain_id > 0
-		? vmops_db_q(c, e, "SELECT x.sandbox_id, s.name, s.memory_mb, s.vcpus, x.attempts"
+		? vmops_db_q(c, e, "SELECT x.sandbox_id, s.name, s.memory_mb, s.vcpus, x.attempts, s.launch_spec->>'hypervisor' AS hv"
 				   " FROM drain_sandboxes x JOIN sandboxes s ON s.id = x.sandbox_id"
 				   " WHERE x.drain_id = $1 AND x.outcome = 'pending' AND s.status = 'running'"
 				   "   AND s.worker_id = $2 AND coalesce(x.next_attempt_at <= now(), true)",
 			     vmops_db_ll(did, drain_id), wid)
-		: vmops_db_q(c, e, "SELECT s.id AS sandbox_id, s.name, s.memory_mb, s.vcpus, 0 AS attempts"
+		: vmops_db_q(c, e, "SELECT s.id AS sandbox_id, s.name, s.memory_mb, s.vcpus, 0 AS attempts, s.launch_spec->>'hypervisor' AS hv"
 				   " FROM sandboxes s WHERE s.worker_id = $1"
 				   "   AND s.status IN ('pending', 'running', 'migrating')", wid);
 	if (!in->ir)
@@ -316,6 +318,39 @@ static int mark_unplaceable(struct run *r, const struct input *in, const struct 
 	return 0;
 }
 
+/* Does this kind of hypervisor migrate live (an unknown kind: let vm-migrate's engine say)? */
+static bool migrates_live(const char *kind)
+{
+	const struct vmops_hv_driver *d = kind ? vmops_hv_driver_find(kind) : NULL;
+
+	return !d || (d->prepare_incoming && d->send);
+}
+
+/* A sandbox whose hypervisor has no live migration (Firecracker) is stuck at once: no retries. */
+static int mark_not_live(struct run *r, struct vmops_error *e)
+{
+	_cleanup_pgresult_ PGresult *q = NULL;
+	char id[24], wid[24], why[200];
+
+	q = vmops_db_q(r->c, e, "SELECT x.sandbox_id, s.name, s.launch_spec->>'hypervisor' AS hv FROM drain_sandboxes x"
+				" JOIN sandboxes s ON s.id = x.sandbox_id WHERE x.drain_id = $1 AND x.outcome = 'pending'"
+				"   AND s.status = 'running' AND s.worker_id = $2",
+		       vmops_db_ll(id, r->d.id), vmops_db_ll(wid, r->d.worker_id));
+	if (!q)
+		return -1;
+	for (int i = 0; i < PQntuples(q); i++) {
+		const char *hv = vmops_db_get(q, i, "hv");
+		if (migrates_live(hv))
+			continue;
+		snprintf(why, sizeof(why), "its hypervisor (%s) has no live migration", hv);
+		if (vmops_drain_rec_outcome(r->c, &r->d, vmops_db_get_ll(q, i, "sandbox_id", -1), "stuck", 0, 0, why, -1,
+					    NULL, e) < 0)
+			return -1;
+		tell(r, vmops_db_get(q, i, "name"), "stuck", NULL, 0, -1, 0, why);
+	}
+	return 0;
+}
+
 /* Re-plan and start what the plan puts at time 0. */
 static int schedule(struct run *r, struct vmops_error *e)
 {
@@ -332,6 +367,8 @@ static int schedule(struct run *r, struct vmops_error *e)
 			busy[nbusy++] = left > 0.5 ? left : 0.5;
 		}
 	p = params(r->o, setup_s(r), busy, nbusy);
+	if (mark_not_live(r, e) < 0)
+		return -1;
 	if (load_input(r->c, r->d.worker_id, r->d.id, r->o->rate_mbps, &in, e) < 0 ||
 	    vmops_drain_plan(in.items, in.ni, in.tg, in.nt, &p, &plan, e) < 0)
 		goto out;
@@ -419,7 +456,7 @@ static void progress(struct run *r, struct vmops_error *e)
 {
 	if (!r->o->on_progress || vmops_drain_rec_report(r->c, r->d.id, r->rep, e) < 0)
 		return;
-	r->o->on_progress(r->o->data, r->rep->moved + r->rep->hibernated, r->rep->stuck, r->rep->failed,
+	r->o->on_progress(r->o->data, r->rep->moved, r->rep->hibernated, r->rep->stuck, r->rep->failed,
 			  r->rep->remaining, r->eta_s);
 }
 
@@ -448,48 +485,59 @@ static int loop(struct run *r, struct vmops_error *e)
 	}
 }
 
-/*
- * ==== THE HIBERNATE FALLBACK: the one call site =============================
- * A sandbox that cannot move after its retries (outcome 'stuck') is to be
- * hibernated through snapshot-prep: vmops_hibernate() (lib/snapshot/
- * snapshot.h, being built on branch `snap`), within a per-sandbox budget
- * (default 2 min) and a total fallback budget (default 30 min); on success
- * its outcome becomes 'hibernated' (the database checks the sandbox is) and
- * the honest count runs again.  Until snapshot-prep lands, nothing is done:
- * the sandbox stays 'stuck', the worker stays draining, the drain ends
- * partial (exit 15).
- */
-static int hibernate_fallback(struct run *r, struct vmops_error *e)
+/* The fallback's tick: keep the lease, learn of a stop; 2: interrupt the hibernate in flight too. */
+static int fallback_tick(void *arg, struct vmops_error *e)
 {
-	(void)r;
-	(void)e;
-	return 0;
+	struct run *r = arg;
+
+	if (check_stop(r, e) < 0)
+		return -1;
+	return !r->stop ? 0 : r->abort_moves ? 2 : 1;
 }
 
-static int finish(struct run *r, struct vmops_error *e)
+/* The hibernate fallback (fallback.c): the sandboxes still stuck after their retries. */
+static int hibernate_fallback(struct run *r, struct vmops_error *e)
+{
+	struct drain_fb_ctl ctl = { fallback_tick, r };
+	int n = vmops_drain_fallback(r->c, r->conninfo, &r->d, r->o, &ctl, e);
+
+	if (n > 0)
+		snprintf(r->fallback_note, sizeof(r->fallback_note),
+			 "%d sandbox(es) cannot move and no --bundle-dir was given to hibernate them", n);
+	return n < 0 ? -1 : 0;
+}
+
+/* Scheduling stopped (signal, --cancel, timeout, lease): end the drain so. */
+static int stopped(struct run *r, struct vmops_error *e)
 {
 	const char *stop = r->stop;
-	int left;
 
-	if (stop && !strcmp(stop, "lease"))
+	if (!strcmp(stop, "lease"))
 		return vmops_err(e, VMOPS_EXIT_CONFLICT, "worker %s: drain %lld was taken over by another vm-drain",
 				 r->d.worker, r->d.id);
-	if (stop && !strcmp(stop, "cancelled")) {
+	if (!strcmp(stop, "cancelled")) {
 		if (vmops_drain_rec_end(r->c, &r->d, "cancelled", false, "cancelled by vm-drain --cancel", e) < 0)
 			return -1;
 		snprintf(r->rep->state, sizeof(r->rep->state), "cancelled");
 		return VMOPS_EXIT_INTERRUPTED;
 	}
-	if (stop) {
-		if (vmops_drain_rec_end(r->c, &r->d, "partial", false, stop, e) < 0)
-			return -1;
-		snprintf(r->rep->state, sizeof(r->rep->state), "partial");
-		snprintf(r->rep->count_detail, sizeof(r->rep->count_detail), "%s", !strcmp(stop, "timeout")
-			 ? "the whole-drain timeout passed" : "interrupted: run vm-drain again to continue");
-		return !strcmp(stop, "timeout") ? VMOPS_EXIT_PARTIAL : VMOPS_EXIT_INTERRUPTED;
-	}
-	if (hibernate_fallback(r, e) < 0)
+	if (vmops_drain_rec_end(r->c, &r->d, "partial", false, stop, e) < 0)
 		return -1;
+	snprintf(r->rep->state, sizeof(r->rep->state), "partial");
+	snprintf(r->rep->count_detail, sizeof(r->rep->count_detail), "%s", !strcmp(stop, "timeout")
+		 ? "the whole-drain timeout passed" : "interrupted: run vm-drain again to continue");
+	return !strcmp(stop, "timeout") ? VMOPS_EXIT_PARTIAL : VMOPS_EXIT_INTERRUPTED;
+}
+
+/* Nothing left to try: the fallback, then the honest count, and only then drained. */
+static int finish(struct run *r, struct vmops_error *e)
+{
+	int left;
+
+	if (!r->stop && hibernate_fallback(r, e) < 0)
+		return -1;
+	if (r->stop)
+		return stopped(r, e);
 	left = vmops_drain_count(r->c, &r->d, r->o, r->rep, e);
 	if (left < 0)
 		return -1;
@@ -502,6 +550,12 @@ static int finish(struct run *r, struct vmops_error *e)
 		/* Refused by the database (something arrived meanwhile): not drained. */
 		snprintf(r->rep->count_detail, sizeof(r->rep->count_detail), "%.1000s", de.msg);
 	}
+	if (r->fallback_note[0]) {
+		char count[VMOPS_ERRMSG_MAX];
+		snprintf(count, sizeof(count), "%s", r->rep->count_detail);
+		snprintf(r->rep->count_detail, sizeof(r->rep->count_detail), "%s%s%.800s", r->fallback_note,
+			 count[0] ? "; " : "", count);
+	}
 	if (vmops_drain_rec_end(r->c, &r->d, "partial", false, r->rep->count_detail, e) < 0)
 		return -1;
 	snprintf(r->rep->state, sizeof(r->rep->state), "partial");
@@ -509,6 +563,22 @@ static int finish(struct run *r, struct vmops_error *e)
 }
 
 /* ---- entry points ---------------------------------------------------------------- */
+
+/* One step of the plan as --dry-run shows it: stuck when no target fits or it cannot migrate live. */
+static void dry_step(const struct vmops_drain_opts *o, const struct input *in, const struct vmops_drain_step *st,
+		     struct vmops_drain_sandbox_report *s)
+{
+	const char *hv = vmops_db_get(in->ir, (int)st->item, "hv");
+	bool live = migrates_live(hv);
+	const char *then = o->bundle_dir ? "; it would be hibernated" : "";
+
+	snprintf(s->outcome, sizeof(s->outcome), "%s", st->target < 0 || !live ? "stuck" : "pending");
+	snprintf(s->target, sizeof(s->target), "%s", st->target < 0 || !live ? "" : in->tg[st->target].name);
+	if (!live)
+		snprintf(s->error, sizeof(s->error), "its hypervisor (%s) has no live migration%s", hv, then);
+	else if (st->target < 0)
+		snprintf(s->error, sizeof(s->error), "no active worker has room for it%s", then);
+}
 
 static int dry_run(PGconn *c, const struct vmops_drain_opts *o, struct vmops_drain_report *rep, struct vmops_error *e)
 {
@@ -536,16 +606,13 @@ static int dry_run(PGconn *c, const struct vmops_drain_opts *o, struct vmops_dra
 		struct vmops_drain_sandbox_report *s = &rep->sandboxes[q];
 		const struct vmops_drain_step *st = &plan.steps[q];
 		snprintf(s->sandbox, sizeof(s->sandbox), "%s", in.items[st->item].name);
-		snprintf(s->outcome, sizeof(s->outcome), "%s", st->target < 0 ? "stuck" : "pending");
-		snprintf(s->target, sizeof(s->target), "%s", st->target < 0 ? "" : in.tg[st->target].name);
-		if (st->target < 0)
-			snprintf(s->error, sizeof(s->error), "no active worker has room for it");
+		dry_step(o, &in, st, s);
 		s->mem_mb = in.items[st->item].mem_mb;
 		s->migration_id = -1;
-		s->plan_start_s = st->target < 0 ? -1 : st->start_s;
-		s->plan_finish_s = st->target < 0 ? -1 : st->finish_s;
-		rep->stuck += st->target < 0;
-		rep->remaining += st->target >= 0;
+		s->plan_start_s = !strcmp(s->outcome, "stuck") ? -1 : st->start_s;
+		s->plan_finish_s = !strcmp(s->outcome, "stuck") ? -1 : st->finish_s;
+		rep->stuck += !strcmp(s->outcome, "stuck");
+		rep->remaining += strcmp(s->outcome, "stuck") != 0;
 	}
 	rep->n = plan.n;
 	rep->planned_s = plan.makespan_s;

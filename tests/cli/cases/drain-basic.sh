@@ -57,3 +57,22 @@ sql "SELECT name, state FROM workers ORDER BY id"
 runs vm-drain --db "$DB" w-empty | mask
 runs vm-drain --db "$DB" w-empty
 sql "SELECT w.name, w.state, d.state FROM drains d JOIN workers w ON w.id = d.worker_id WHERE w.name = 'w-empty'"
+# the hibernate fallback: a Firecracker sandbox has no live migration (stuck at once, no
+# retries); without --bundle-dir it stays, the detail says why; with one, its hibernate is
+# tried and fails here (a fixture VMM, no process): it stays stuck with the reason, partial
+sql "INSERT INTO workers (id, name, memory_mb, vcpus, state, host_id, run_dir) OVERRIDING SYSTEM VALUE VALUES
+       (6, 'w-fc', 4096, 8, 'active', 'cli-drain-host', '/nonexistent/w-fc');
+     INSERT INTO sandboxes (id, name, org_id, status, worker_id, memory_mb, vcpus, launch_spec)
+       OVERRIDING SYSTEM VALUE VALUES (5, 'fc', 'acme', 'running', 6, 256, 1, '{\"hypervisor\": \"firecracker\"}');
+     INSERT INTO vmms (id, sandbox_id, worker_id, hypervisor, state) OVERRIDING SYSTEM VALUE VALUES
+       (5, 5, 6, 'firecracker', 'running');
+     UPDATE sandboxes SET active_vmm_id = id WHERE id = 5"
+psql -qAtX -d "$DB" -c "UPDATE workers SET run_dir = '$RDIR/' || name WHERE name = 'w-fc'"
+mkdir "$RDIR/bundles"
+runs vm-drain --db "$DB" --dry-run --bundle-dir "$RDIR/bundles" w-fc | mask
+runs vm-drain --db "$DB" w-fc | mask
+runs vm-drain --db "$DB" --json --bundle-dir "$RDIR/bundles" w-fc | mask
+sql "SELECT s.name, x.outcome, x.attempts, x.last_error FROM drain_sandboxes x JOIN sandboxes s ON s.id = x.sandbox_id WHERE s.name = 'fc'" | mask
+sql "SELECT state, error FROM snapshots" | mask
+sql "SELECT actor, action, object_type FROM audit_log WHERE action IN ('hibernate', 'migration-start') ORDER BY id"
+ls "$RDIR/bundles"

@@ -21,6 +21,13 @@ runs vm-drain --db "$NODB" w1 --max-bandwidth 0/s
 runs vm-drain --db "$NODB" w1 --max-bandwidth fast
 runs vm-drain --db "$NODB" w1 --rate 0
 runs vm-drain --db "$NODB" w1 --wait 1m
+runs vm-drain --db "$NODB" w1 --bundle-dir relative/dir
+runs vm-drain --db "$NODB" w1 --bundle-dir /nonexistent/vmops-bundles
+runs vm-drain --db "$NODB" w1 --bundle-dir /etc/hostname
+runs vm-drain --db "$NODB" w1 --hibernate-timeout 1m
+runs vm-drain --db "$NODB" w1 --bundle-dir /tmp --hibernate-timeout 0s
+runs vm-drain --db "$NODB" w1 --bundle-dir /tmp --fallback-timeout 2
+runs vm-drain --db "$NODB" --cancel w1 --bundle-dir /tmp
 runs vm-drain --db "$NODB" --cancel w1 --max-parallel 4
 runs vm-drain --db "$NODB" --cancel w1 --dry-run
 runs vm-drain --db "$NODB" --cancel w1 --terminate
