@@ -39,9 +39,9 @@ to=$(iso t_end)
 from=$(iso "t_end - interval '1 hour'")
 fail=false
 
-# The fleet at the current schema (usage-parity exits 6 on an older one).
+# The fleet at the current schema (vmm-reap --dry-run exits 6 on an older one).
 cur=$src
-rc=0; bin/usage-parity --db "dbname=$src" --from "$to" --to "$to" -q 2>/dev/null || rc=$?
+rc=0; bin/vmm-reap --db "dbname=$src" --dry-run -q 2>/dev/null || rc=$?
 if [ "$rc" = 6 ]; then
 	cur=${src}_latest
 	if [ "$(q -d postgres -c "SELECT count(*) FROM pg_database WHERE datname = '$cur'")" = 0 ]; then
