@@ -35,7 +35,7 @@ static void usage(void)
 	printf("Clean up abandoned VMM records: VMMs that are destroyed or failed, not yet\n"
 	       "deleted, and no longer any sandbox's active or target VMM.  Their reservations\n"
 	       "are deleted and they are marked deleted, in batches, each in its own\n"
-	       "transaction with its audit rows.  Safe to run from several hosts at once.\n\n"
+	       "transaction with one audit row.  Safe to run from several hosts at once.\n\n"
 	       "Options:\n");
 	vmops_cli_print_options(stdout, options);
 	printf("\nExit status: 0 ok (also when nothing was abandoned), 1 some VMMs could not\n"

@@ -287,6 +287,11 @@ static const char pending_sql[] =
 	" SELECT id, sandbox_id, org_id, memory_mb, started_at, ended_at, 'infinity'::timestamptz" \
 	"   FROM scale_events WHERE ended_at IS NULL AND started_at < $2"
 
+/* Event t intersects the window [$1, $2) and is not empty. */
+#define IN_WINDOW(t) \
+	" (" t ".ended_at > $1 OR " t ".ended_at IS NULL) AND " t ".started_at < $2" \
+	" AND (" t ".ended_at IS NULL OR " t ".ended_at > " t ".started_at)"
+
 /*
  * Overlapping events of one sandbox.  A running maximum of the ends of the
  * earlier events finds the events that start before an earlier one ended;
@@ -296,18 +301,30 @@ static const char pending_sql[] =
  * memory over the overlap, billed twice.  Safe to repair when the earlier
  * event is closed and ends inside the later one (it was superseded and
  * closed late): its end moves to the later one's start.
+ *
+ * The running maximum reads only what it needs (sandbox, start, id, end),
+ * one scan: for a short window the events of the window (bitmap scans of
+ * scale_events_ended_idx and scale_events_one_open_uq), sorted in memory;
+ * for a long one, scale_events_sandbox_idx in its order, index-only (schema
+ * version 8), with no sort at all.  The few events it flags find their
+ * partners through the same index (a probe per flagged event), not by
+ * joining the whole window back to itself.
  */
 static const char overlap_sql[] =
-	"WITH ev AS MATERIALIZED (" WINDOW_EVENTS "),"
-	" later AS (SELECT * FROM (SELECT ev.*, max(end_at) OVER (PARTITION BY sandbox_id"
-	"   ORDER BY started_at, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end FROM ev) w"
+	"WITH later AS MATERIALIZED (SELECT id, sandbox_id, started_at, ended_at FROM ("
+	"  SELECT e.id, e.sandbox_id, e.started_at, e.ended_at,"
+	"   max(coalesce(e.ended_at, 'infinity')) OVER (PARTITION BY e.sandbox_id ORDER BY e.started_at, e.id"
+	"    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end"
+	"  FROM scale_events e WHERE" IN_WINDOW("e") ") w"
 	"  WHERE started_at < prev_end),"
 	" p AS MATERIALIZED (SELECT a.id AS a_id, a.sandbox_id, a.org_id, a.memory_mb, a.started_at AS a_start,"
-	"   a.ended_at AS a_ended, a.end_at AS a_end, b.id AS b_id, b.started_at AS b_start,"
-	"   b.ended_at AS b_ended, b.end_at AS b_end"
+	"   a.ended_at AS a_ended, coalesce(a.ended_at, 'infinity') AS a_end, b.id AS b_id, b.started_at AS b_start,"
+	"   b.ended_at AS b_ended, coalesce(b.ended_at, 'infinity') AS b_end"
 	"  FROM later b"
-	"  JOIN ev a ON a.sandbox_id = b.sandbox_id AND (a.started_at, a.id) < (b.started_at, b.id)"
-	"   AND a.end_at > b.started_at)"
+	"  CROSS JOIN LATERAL (SELECT x.id FROM scale_events x WHERE x.sandbox_id = b.sandbox_id"
+	"   AND (x.started_at, x.id) < (b.started_at, b.id) AND coalesce(x.ended_at, 'infinity') > b.started_at"
+	"   AND" IN_WINDOW("x") " OFFSET 0) ax"
+	"  JOIN scale_events a ON a.id = ax.id)"
 	" SELECT 'overlap', p.sandbox_id, s.name, p.org_id, p.a_id, p.b_id,"
 	"  (p.memory_mb::numeric / 1024 * " SECS("least(p.a_end, p.b_end, now()) - p.b_start") ")::float8,"
 	"  NULL::float8, NULL::float8, NULL::float8,"

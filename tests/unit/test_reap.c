@@ -112,16 +112,24 @@ Test(reap, exact_counts_and_null_references)
 	ids = text_of(c, "SELECT string_agg(vmm_id::text, ',' ORDER BY vmm_id) FROM reservations");
 	cr_expect_str_eq(ids, "1,2,6");
 	free(ids);
-	ids = text_of(c, "SELECT string_agg(object_id::text, ',' ORDER BY object_id) FROM audit_log"
-			 " WHERE program = 'vmm-reap' AND action = 'reap' AND object_type = 'vmm'");
+	/* one audit row for the batch; the view vmm_reaps gives one row per VMM */
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log"), 1);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE program = 'vmm-reap'"
+				  " AND action = 'reap-batch' AND object_type = 'vmm' AND object_id IS NULL"
+				  " AND detail = '3 vmms deleted, 2 reservations deleted'"), 1);
+	ids = text_of(c, "SELECT string_agg(vmm_id::text, ',' ORDER BY vmm_id) FROM vmm_reaps"
+			 " WHERE program = 'vmm-reap' AND state IS NOT NULL");
 	cr_expect_str_eq(ids, "3,4,7");
 	free(ids);
-	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log"), 3);
-	/* the audit row keeps what was freed */
-	cr_expect_eq(testdb_ll(c, "SELECT (before->'reservation'->>'memory_mb')::bigint FROM audit_log"
-				  " WHERE object_id = 3"), 2048);
-	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE object_id = 4"
-				  " AND before->'reservation' = 'null'::jsonb AND after->>'time_deleted' IS NOT NULL"), 1);
+	/* each VMM as it was (state, sandbox, worker), deleted when vmms says */
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmm_reaps r JOIN vmms v ON v.id = r.vmm_id"
+				  " WHERE (r.state, r.sandbox_id, r.worker_id, r.time_deleted)"
+				  "     = (v.state, v.sandbox_id, v.worker_id, v.time_deleted)"), 3);
+	/* what was freed: vmm 3's reservation and vmm 7's, none for vmm 4 */
+	ids = text_of(c, "SELECT string_agg(format('%s:%s/%s/%s', vmm_id, reservation_worker_id,"
+			 " reservation_memory_mb, reservation_vcpus), ',' ORDER BY vmm_id) FROM vmm_reaps");
+	cr_expect_str_eq(ids, "3:1/2048/2,4://,7:2/512/1");
+	free(ids);
 
 	/* Nothing left: a second run finds nothing and changes nothing. */
 	TESTRUN(&r, "vmm-reap", "--db", ci, "--json");
@@ -132,7 +140,7 @@ Test(reap, exact_counts_and_null_references)
 	cr_expect_eq(jint(j, "reservations_deleted"), 0);
 	cJSON_Delete(j);
 	testrun_free(&r);
-	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log"), 3);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log"), 1);
 	PQfinish(c);
 }
 
@@ -221,6 +229,7 @@ Test(reap, batches_and_limit)
 	PGconn *c = testdb_new(true, ci, sizeof(ci));
 	struct testrun r;
 	cJSON *j;
+	char *ids;
 
 	PQclear(testdb_exec(c,
 		"INSERT INTO workers (name, memory_mb, vcpus) VALUES ('w1', 65536, 64);"
@@ -241,7 +250,13 @@ Test(reap, batches_and_limit)
 	testrun_free(&r);
 	/* the lowest ids went first */
 	cr_expect_eq(testdb_ll(c, "SELECT max(id) FROM vmms WHERE time_deleted IS NOT NULL"), 15);
-	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log"), 15);
+	/* one audit row per batch, naming its VMMs: 1-10, then 11-15 */
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log"), 2);
+	ids = text_of(c, "SELECT string_agg(format('%s:%s-%s', audit_id, min, max), ',' ORDER BY audit_id)"
+			 " FROM (SELECT audit_id, min(vmm_id), max(vmm_id) FROM vmm_reaps GROUP BY audit_id) x");
+	cr_expect_str_eq(ids, "1:1-10,2:11-15");
+	free(ids);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmm_reaps WHERE reservation_memory_mb = 256"), 3);
 
 	TESTRUN(&r, "vmm-reap", "--db", ci, "--json", "--batch", "4");
 	cr_assert_eq(r.status, 0);
@@ -300,7 +315,7 @@ Test(reap, four_concurrent_reapers_on_200k, .timeout = 240)
 	const long long n = 200000;
 	char ci[256], out[4][64];
 	PGconn *c = testdb_new(true, ci, sizeof(ci));
-	long long found = 0, deleted = 0, already = 0, res = 0;
+	long long found = 0, deleted = 0, already = 0, res = 0, batches = 0;
 	PGconn *gate, *observer;
 	pid_t pid[4];
 
@@ -367,6 +382,7 @@ Test(reap, four_concurrent_reapers_on_200k, .timeout = 240)
 		deleted += jint(j, "vmms_deleted");
 		already += jint(j, "vmms_already_deleted");
 		res += jint(j, "reservations_deleted");
+		batches += jint(j, "batches");
 		cJSON_Delete(j);
 		free(txt);
 	}
@@ -374,8 +390,16 @@ Test(reap, four_concurrent_reapers_on_200k, .timeout = 240)
 	cr_expect_eq(found, deleted + already);
 	cr_expect_eq(res, nres);
 	/* no VMM deleted twice: one audit row each, and none left behind */
-	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE action = 'reap'"), n);
-	cr_expect_eq(testdb_ll(c, "SELECT count(DISTINCT object_id) FROM audit_log WHERE action = 'reap'"), n);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmm_reaps WHERE state IS NOT NULL"), n);
+	cr_expect_eq(testdb_ll(c, "SELECT count(DISTINCT vmm_id) FROM vmm_reaps WHERE state IS NOT NULL"), n);
+	/* every freed reservation attributed once, to the batch that reaped its VMM */
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmm_reaps WHERE reservation_memory_mb IS NOT NULL"), nres);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmm_reaps WHERE state IS NULL"), 0);
+	/* one audit row per committed batch of every reaper (a batch whose VMMs
+	 * another run had deleted first, with no reservation, writes none) */
+	if (already == 0)
+		cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE action = 'reap-batch'"), batches);
+	cr_expect_leq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE action = 'reap-batch'"), batches);
 	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE time_deleted IS NULL"), 150);
 	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM reservations"),
 		     testdb_ll(c, "SELECT count(*) FROM vmms WHERE id <= 200 AND id % 3 = 0 AND time_deleted IS NULL"));
@@ -383,6 +407,43 @@ Test(reap, four_concurrent_reapers_on_200k, .timeout = 240)
 	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM workers w WHERE (w.reserved_memory_mb, w.reserved_vcpus) <>"
 				  " (SELECT coalesce(sum(memory_mb), 0), coalesce(sum(vcpus), 0) FROM reservations r"
 				  "  WHERE r.worker_id = w.id)"), 0);
+	PQfinish(c);
+}
+
+/*
+ * The view vmm_reaps also gives the per-VMM audit rows that vmm-reap wrote
+ * before schema version 8 (action reap, and reap-reservation for a
+ * reservation freed without its VMM), next to the batch rows.
+ */
+Test(reap, audit_view_keeps_rows_written_before_version_8)
+{
+	char ci[256];
+	PGconn *c = setup(ci, sizeof(ci));
+	struct testrun r;
+	char *rows;
+
+	PQclear(testdb_exec(c,
+		"INSERT INTO audit_log (actor, program, action, object_type, object_id, before, after) VALUES"
+		" ('a@h', 'vmm-reap', 'reap', 'vmm', 5,"
+		"  '{\"state\": \"destroyed\", \"sandbox_id\": 3, \"worker_id\": 1, \"time_deleted\": null,"
+		"    \"reservation\": {\"worker_id\": 1, \"memory_mb\": 768, \"vcpus\": 3}}',"
+		"  '{\"time_deleted\": \"2026-01-02T03:04:05+00:00\", \"reservation\": null}'),"
+		" ('a@h', 'vmm-reap', 'reap-reservation', 'vmm', 6,"
+		"  '{\"state\": null, \"sandbox_id\": null, \"worker_id\": null, \"time_deleted\": null,"
+		"    \"reservation\": {\"worker_id\": 1, \"memory_mb\": 1024, \"vcpus\": 1}}',"
+		"  '{\"time_deleted\": null, \"reservation\": null}'),"
+		" ('a@h', 'vm-fleet', 'destroy', 'vmm', 6, NULL, NULL)"));
+	TESTRUN(&r, "vmm-reap", "--db", ci, "-q");
+	cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+	testrun_free(&r);
+	rows = text_of(c, "SELECT string_agg(format('%s %s %s/%s/%s %s %s/%s/%s', vmm_id, coalesce(state, '-'),"
+			  " sandbox_id, worker_id, coalesce(to_char(time_deleted AT TIME ZONE 'UTC', 'YYYY-MM-DD'), '-'),"
+			  " program, reservation_worker_id, reservation_memory_mb, reservation_vcpus), ', '"
+			  " ORDER BY audit_id, vmm_id) FROM vmm_reaps WHERE vmm_id IN (5, 6) OR audit_id <= 2");
+	cr_expect_str_eq(rows, "5 destroyed 3/1/2026-01-02 vmm-reap 1/768/3, 6 - //- vmm-reap 1/1024/1");
+	free(rows);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmm_reaps"), 5);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmm_reaps WHERE audit_id = 4"), 3);
 	PQfinish(c);
 }
 

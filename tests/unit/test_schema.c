@@ -381,3 +381,38 @@ Test(invariants, worker_not_drained_while_holding_sandboxes)
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM workers WHERE state = 'drained'"), 1);
 	PQfinish(c);
 }
+
+/*
+ * A VMM's time_state_updated follows its state (schema version 8 runs the
+ * trigger only then): stamped when the state changes, also under REPEATABLE
+ * READ and when another BEFORE trigger changes the state; left alone by
+ * every other update (vmm-reap's time_deleted, or a client's own value).
+ */
+Test(schema, vmm_time_state_updated_follows_the_state)
+{
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	static const char stale[] = "SELECT count(*) FROM vmms WHERE id = 1 AND time_state_updated = '2001-01-01'";
+
+	fleet(c);
+	PQclear(testdb_exec(c, "UPDATE vmms SET time_state_updated = '2001-01-01' WHERE id = 1"));
+	cr_expect_eq(testdb_ll(c, stale), 1, "a client's own value is kept when the state does not change");
+	PQclear(testdb_exec(c, "UPDATE vmms SET time_deleted = now(), pid = 7 WHERE id = 1"));
+	cr_expect_eq(testdb_ll(c, stale), 1, "an update that leaves the state alone does not stamp it");
+	PQclear(testdb_exec(c, "UPDATE vmms SET state = 'running' WHERE id = 1"));
+	cr_expect_eq(testdb_ll(c, stale), 1, "the same state again is no change");
+	PQclear(testdb_exec(c, "BEGIN ISOLATION LEVEL REPEATABLE READ;"
+			       "UPDATE vmms SET state = 'destroyed' WHERE id = 1; COMMIT"));
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE id = 1 AND time_state_updated > '2001-01-01'"), 1,
+		     "a state change under REPEATABLE READ is stamped");
+
+	/* a BEFORE trigger that runs first (by name) and changes the state */
+	PQclear(testdb_exec(c, "UPDATE vmms SET time_state_updated = '2001-01-01' WHERE id = 2;"
+			       "CREATE FUNCTION t_fail() RETURNS trigger LANGUAGE plpgsql AS $$"
+			       " BEGIN IF NEW.pid = 4242 THEN NEW.state := 'failed'; END IF; RETURN NEW; END $$;"
+			       "CREATE TRIGGER aaa_fail BEFORE UPDATE ON vmms FOR EACH ROW EXECUTE FUNCTION t_fail()"));
+	PQclear(testdb_exec(c, "UPDATE vmms SET pid = 4242 WHERE id = 2"));
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE id = 2 AND state = 'failed'"
+				  " AND time_state_updated > '2001-01-01'"), 1,
+		     "a state changed by an earlier trigger is stamped");
+	PQfinish(c);
+}

@@ -76,6 +76,11 @@ runs vmm-reap --db "$DB" -v | grep -v '^stderr: vmm-reap: batch [0-9]*: 0 vmms c
 runs vmm-reap --db "$DB"
 runs vmm-reap --db "$DB" --json
 sql "$STATE"
-sql "SELECT program, action, object_type, object_id, before->>'state',
-            before->'reservation'->>'memory_mb', after->'time_deleted' IS NOT NULL
+# One audit row per committed batch; the view vmm_reaps, one row per VMM.
+sql "SELECT id, program, action, object_type, object_id, detail,
+            jsonb_array_length(before->'vmms'->'id'), jsonb_array_length(before->'reservations'->'vmm_id'),
+            after->'time_deleted' IS NOT NULL
        FROM audit_log ORDER BY id"
+sql "SELECT r.audit_id, r.program, r.vmm_id, r.state, r.sandbox_id, r.worker_id,
+            r.time_deleted = v.time_deleted, r.reservation_worker_id, r.reservation_memory_mb, r.reservation_vcpus
+       FROM vmm_reaps r JOIN vmms v ON v.id = r.vmm_id ORDER BY r.audit_id, r.vmm_id"
