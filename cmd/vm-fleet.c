@@ -12,6 +12,7 @@
 #include "db.h"
 #include "fleet.h"
 #include "host.h"
+#include "images.h"
 #include "parse.h"
 #include "proc.h"
 #include "prog.h"
@@ -23,7 +24,7 @@ static struct {
 	const char *memory, *vcpus, *address, *transport, *run_dir, *ports;
 	const char *sandbox, *org, *worker, *hypervisor, *status, *disk;
 	const char *pid, *pid_start_time, *control_socket, *agent_socket, *spec;
-	const char *wait, *accel, *timeout, *host_id;
+	const char *wait, *accel, *timeout, *host_id, *image_dirs;
 } opt;
 
 static struct poptOption top_options[] = {
@@ -51,6 +52,16 @@ static struct poptOption worker_add_options[] = {
 	{ "ports", '\0', POPT_ARG_STRING, &opt.ports, 0, "migration port range (default 49152-49407)", "MIN-MAX" },
 	{ "host-id", '\0', POPT_ARG_STRING, &opt.host_id, 0,
 	  "identity of the worker's host (default: this host's, $VMOPS_HOST_ID or /etc/machine-id)", "ID" },
+	{ "image-dirs", '\0', POPT_ARG_STRING, &opt.image_dirs, 0,
+	  "directories launch specs' kernels, initrds and disks may come from (default: see vmops(7))", "DIR[:DIR...]" },
+	VMOPS_DRY_RUN_OPTION,
+	VMOPS_COMMON_OPTIONS,
+	POPT_TABLEEND
+};
+
+static struct poptOption set_images_options[] = {
+	{ "image-dirs", '\0', POPT_ARG_STRING, &opt.image_dirs, 0,
+	  "the directories to allow (default: back to the built-in list, see vmops(7))", "DIR[:DIR...]" },
 	VMOPS_DRY_RUN_OPTION,
 	VMOPS_COMMON_OPTIONS,
 	POPT_TABLEEND
@@ -132,6 +143,7 @@ static int cmd_worker_add(PGconn *c, const char **args);
 static int cmd_worker_list(PGconn *c, const char **args);
 static int cmd_worker_set_state(PGconn *c, const char **args);
 static int cmd_worker_set_host(PGconn *c, const char **args);
+static int cmd_worker_set_images(PGconn *c, const char **args);
 static int cmd_list(PGconn *c, const char **args);
 static int cmd_register(PGconn *c, const char **args);
 static int cmd_launch(PGconn *c, const char **args);
@@ -146,6 +158,8 @@ static const struct command commands[] = {
 	  set_state_options, 2, cmd_worker_set_state, true },
 	{ "worker set-host", "NAME", "record which host a worker is (ghost-reap checks it)",
 	  set_host_options, 1, cmd_worker_set_host, true },
+	{ "worker set-image-dirs", "NAME", "set where a worker's launch specs may take images from",
+	  set_images_options, 1, cmd_worker_set_images, true },
 	{ "list", "", "list sandboxes with their worker and VMM", list_options, 0, cmd_list, true },
 	{ "register", "--sandbox NAME --org ORG --worker NAME --memory SIZE --vcpus N",
 	  "record a VMM that another system launched", register_options, 0, cmd_register, true },
@@ -380,6 +394,7 @@ static int cmd_worker_add(PGconn *c, const char **args)
 	if (opt.ports)
 		parse_ports(opt.ports, &w.port_min, &w.port_max);
 	w.host_id = opt.host_id;
+	w.image_dirs = opt.image_dirs;
 	if (!w.host_id) {
 		/* transport local: the worker is this host */
 		if (vmops_host_id(getenv(VMOPS_HOST_ID_ENV), here, sizeof(here), &err) == 0)
@@ -478,6 +493,24 @@ static int cmd_worker_set_host(PGconn *c, const char **args)
 		die_err(&err);
 	print_result("worker", cols, ARRAY_SIZE(cols), (long long[]){ 0, 0, 0, vmops_cli.dry_run },
 		     (const char *[]){ args[0], old[0] ? old : NULL, id, NULL });
+	return VMOPS_EXIT_OK;
+}
+
+static int cmd_worker_set_images(PGconn *c, const char **args)
+{
+	static const struct vmops_column cols[] = {
+		{ "name", VMOPS_COL_STRING, 0, 0 },
+		{ "old_image_dirs", VMOPS_COL_STRING, 0, 0 },
+		{ "image_dirs", VMOPS_COL_STRING, 0, 0 },
+		{ "dry_run", VMOPS_COL_BOOL, 0, 0 },
+	};
+	struct vmops_error err = { 0 };
+	char old[8192] = "";
+
+	if (vmops_fleet_worker_set_image_dirs(c, args[0], opt.image_dirs, vmops_cli.dry_run, old, &err) < 0)
+		die_err(&err);
+	print_result("worker", cols, ARRAY_SIZE(cols), (long long[]){ 0, 0, 0, vmops_cli.dry_run },
+		     (const char *[]){ args[0], old[0] ? old : NULL, opt.image_dirs, NULL });
 	return VMOPS_EXIT_OK;
 }
 
@@ -700,6 +733,15 @@ static void validate(const struct command *cmd, const char **args)
 		if (opt.host_id && !vmops_host_id_valid(opt.host_id))
 			usage_error("--host-id: invalid host identity '%s': 1 to 128 of letters, digits, '.', '_', ':', '-'",
 				    opt.host_id);
+		if (opt.image_dirs && !vmops_images_dirs_valid(opt.image_dirs))
+			usage_error("--image-dirs: invalid list '%s': absolute, normalised directories separated by ':',"
+				    " never / and never under /dev, /proc or /sys", opt.image_dirs);
+	} else if (cmd->run == cmd_worker_set_images) {
+		if (!vmops_fleet_valid_name(args[0]))
+			usage_error("invalid worker name '%s': letters, digits, '.', '_', '-', at most 63", args[0]);
+		if (opt.image_dirs && !vmops_images_dirs_valid(opt.image_dirs))
+			usage_error("--image-dirs: invalid list '%s': absolute, normalised directories separated by ':',"
+				    " never / and never under /dev, /proc or /sys", opt.image_dirs);
 	} else if (cmd->run == cmd_worker_set_host) {
 		if (!vmops_fleet_valid_name(args[0]))
 			usage_error("invalid worker name '%s': letters, digits, '.', '_', '-', at most 63", args[0]);

@@ -9,6 +9,7 @@
 #include "db.h"
 #include "exitcodes.h"
 #include "fleet.h"
+#include "images.h"
 #include "log.h"
 #include "proc.h"
 #include "rundir.h"
@@ -235,6 +236,14 @@ int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
 		return vmops_err(e, VMOPS_EXIT_HYPERVISOR, "launch spec: hypervisor %s is not supported by this build",
 				 spec->hypervisor);
 	r.spec = spec;
+	/* The launch-spec policy, before anything is reserved (images.h). */
+	{
+		char dirs[8192];
+
+		if (vmops_images_worker_dirs(c, req->worker, dirs, sizeof(dirs), e) < 0 ||
+		    vmops_images_check(spec, dirs, e) < 0)
+			return vmops_err_prefix(e, "launch of sandbox %s on worker %s", req->sandbox, req->worker);
+	}
 	if (interrupted(req))
 		return vmops_err(e, VMOPS_EXIT_INTERRUPTED, "launch of sandbox %s on worker %s: interrupted; nothing done",
 				 req->sandbox, req->worker);

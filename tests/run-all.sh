@@ -25,6 +25,9 @@ if [ -z "${VMOPS_TEST_PGHOST:-}" ]; then
 fi
 
 log=$(mktemp -d /tmp/vmops-check.XXXXXX)
+# The launch-spec policy (vmops(7)): the test guest, and the images tests
+# make under /tmp, are where launches may take files from.
+export VMOPS_IMAGE_DIRS="${VMOPS_IMAGE_DIRS:-$top/build/guest:/tmp}"
 passed=0
 failed=0
 skipped=0
