@@ -500,3 +500,55 @@ Test(fleet, launch_spec_policy_refuses_before_reserving, .timeout = 60, .fini = 
 	cr_assert_str_eq(testdb_fail(c, "UPDATE workers SET image_dirs = ARRAY['/srv/../dev']"), "23514");
 	PQfinish(c);
 }
+
+static long long size_of(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 ? (long long)st.st_size : -1;
+}
+
+/*
+ * The serial log (and QEMU's own log) stay under the cap while the guest
+ * runs: over it, the log is copied to serial.log.1 and emptied, and the
+ * guest's heartbeat lines go on in serial.log.  On today's main the log
+ * only grows and there is no serial.log.1.
+ */
+Test(fleet, serial_log_is_capped_while_the_guest_runs, .timeout = 240, .fini = kill_test_vms)
+{
+	PGconn *c = fleet();
+	struct testlib_guest g;
+	struct testrun r;
+	char dir[512], log[600], old[600];
+	PGresult *res;
+	long long s1 = -1;
+
+	testlib_need_qemu();
+	setenv("VMOPS_LOG_MAX", "4K", 1);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", "sb1", "--org", "acme", "--worker", "w1",
+		"--spec", spec("sb1", "qemu", getenv("VMOPS_TEST_KERNEL"), 192));
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	testrun_free(&r);
+	res = testdb_exec(c, "SELECT run_dir FROM vmms WHERE id = 1");
+	snprintf(dir, sizeof(dir), "%s", PQgetvalue(res, 0, 0));
+	PQclear(res);
+	snprintf(log, sizeof(log), "%s/serial.log", dir);
+	snprintf(old, sizeof(old), "%s/serial.log.1", dir);
+	/* the kernel's boot messages alone are more than 4 KiB: rotated within seconds of the boot */
+	for (int i = 0; i < 1200 && (s1 = size_of(old)) < 0; i++)
+		usleep(100000);
+	cr_assert_geq(s1, 0, "no serial.log.1 after 120 s: the log is not capped (serial.log is %lld bytes)",
+		      size_of(log));
+	cr_assert_leq(s1, 4096, "serial.log.1 is %lld bytes, over the cap", s1);
+	/* the heartbeat goes on in serial.log, which stays near the cap */
+	testlib_wait_heartbeat(log, 0, 120, &g);
+	testlib_wait_heartbeat(log, g.last.n, 60, &g);
+	cr_assert_leq(size_of(log), 4096 + 65536, "serial.log is %lld bytes", size_of(log));
+	cr_assert_leq(size_of(old), 4096);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "sb1");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	testrun_free(&r);
+	/* the run directory went with the VMM, rotated log included */
+	cr_assert_neq(access(dir, F_OK), 0, "%s is still there", dir);
+	PQfinish(c);
+}
