@@ -4,10 +4,13 @@
  * schema, workers, sandboxes and their VMMs.
  */
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "db.h"
 #include "fleet.h"
@@ -654,6 +657,50 @@ static void catch_launch_signals(void)
 		sigaction(sigs[i], &sa, NULL);
 }
 
+/*
+ * The progress line of a launch, on a terminal only (stderr): a thread that
+ * rewrites it every second while vmops_vm_launch waits for the VMM.
+ */
+struct ticker {
+	pthread_t thread;
+	atomic_bool done;
+	bool running, printed;
+	char what[200];
+};
+
+static void *tick(void *arg)
+{
+	struct ticker *t = arg;
+	struct timespec one = { 1, 0 };
+	unsigned long s = 0;
+
+	while (nanosleep(&one, NULL) == 0 || errno == EINTR) {
+		if (atomic_load(&t->done))
+			break;
+		fprintf(stderr, "\r%s: %s: waiting for the VMM (%lus)", prog_name, t->what, ++s);
+		t->printed = true;
+	}
+	return NULL;
+}
+
+static void ticker_start(struct ticker *t)
+{
+	atomic_init(&t->done, false);
+	snprintf(t->what, sizeof(t->what), "launching %s on %s", opt.sandbox, opt.worker);
+	t->running = isatty(STDERR_FILENO) && !vmops_cli.quiet && !vmops_cli.json && !vmops_cli.dry_run &&
+		     pthread_create(&t->thread, NULL, tick, t) == 0;
+}
+
+static void ticker_stop(struct ticker *t)
+{
+	if (!t->running)
+		return;
+	atomic_store(&t->done, true);
+	pthread_join(t->thread, NULL);
+	if (t->printed)
+		fputc('\n', stderr);
+}
+
 static int cmd_launch(PGconn *c, const char **args)
 {
 	static const struct vmops_column cols[] = {
@@ -680,8 +727,16 @@ static int cmd_launch(PGconn *c, const char **args)
 	q.auto_accel = accel_opt();
 	q.dry_run = vmops_cli.dry_run;
 	q.interrupted = &launch_interrupted;
-	if (vmops_vm_launch(c, &q, &res, &err) < 0)
-		die_err(&err);
+	{
+		struct ticker t = { 0 };
+		int rc;
+
+		ticker_start(&t);
+		rc = vmops_vm_launch(c, &q, &res, &err);
+		ticker_stop(&t);
+		if (rc < 0)
+			die_err(&err);
+	}
 	print_result("launched", cols, ARRAY_SIZE(cols),
 		     (long long[]){ 0, q.dry_run ? -1 : res.sandbox_id, q.dry_run ? -1 : res.vmm_id, 0,
 				    q.dry_run ? -1 : res.info.pid, 0, 0,

@@ -131,7 +131,7 @@ run_everything() {
 	fi
 
 	# CLI golden tests and the documentation checks print their own tallies.
-	for s in tests/cli/run.sh tests/check-docs.sh tests/check-skip-policy.sh tests/fakes/conformance; do
+	for s in tests/cli/run.sh tests/check-docs.sh tests/check-skip-policy.sh tests/fakes/conformance tests/check-nonroot.sh; do
 		[ -x "$s" ] || continue
 		"$s" >"$log/$(basename "$s").log" 2>&1
 		rc=$?

@@ -552,3 +552,43 @@ Test(fleet, serial_log_is_capped_while_the_guest_runs, .timeout = 240, .fini = k
 	cr_assert_neq(access(dir, F_OK), 0, "%s is still there", dir);
 	PQfinish(c);
 }
+
+/* Run `cmd` (a shell command line) on a pseudo-terminal (script(1)); its whole output. */
+static char *on_a_tty(const char *cmd)
+{
+	char line[8192];
+	static char out[65536];
+	size_t n = 0;
+	FILE *p;
+
+	snprintf(line, sizeof(line), "script -qefc \"%s\" /dev/null 2>&1", cmd);
+	p = popen(line, "r");
+	cr_assert(p);
+	n = fread(out, 1, sizeof(out) - 1, p);
+	out[n] = '\0';
+	pclose(p);
+	return out;
+}
+
+/*
+ * While `vm-fleet launch` waits for the VMM, a terminal shows a progress
+ * line on stderr (here: a QEMU whose control socket never appears, a 4 s
+ * wait); without a terminal there is none (the other cases' stderr).
+ */
+Test(fleet, launch_shows_progress_on_a_tty, .timeout = 120, .fini = kill_test_vms)
+{
+	PGconn *c = fleet();
+	char cmd[4096];
+	const char *out;
+
+	testlib_need_qemu();
+	use_qemu_hiding_qmp();
+	snprintf(cmd, sizeof(cmd), "%s/vm-fleet --db '%s' launch --sandbox sbt --org acme --worker w1 --wait 4s --spec %s",
+		 getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin", ci,
+		 spec("sbt", "qemu", getenv("VMOPS_TEST_KERNEL"), 192));
+	out = on_a_tty(cmd);
+	cr_assert(strstr(out, "\rvm-fleet: launching sbt on w1: waiting for the VMM (2s)"), "%s", out);
+	cr_assert(strstr(out, "exit") || strstr(out, "timed out") || strstr(out, "vm-fleet: launch"), "%s", out);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes"), 0);
+	PQfinish(c);
+}

@@ -511,3 +511,25 @@ Test(reap, run_directories_of_gone_vmms_on_this_host)
 	(void)system(sql);
 	PQfinish(c);
 }
+
+/* On a terminal, a progress line per batch on stderr; without one, none (text_output). */
+Test(reap, progress_line_on_a_tty_only)
+{
+	char ci[256], cmd[1024], line[1400], out[8192];
+	PGconn *c = setup(ci, sizeof(ci));
+	size_t n;
+	FILE *p;
+
+	snprintf(cmd, sizeof(cmd), "%s/vmm-reap --db '%s' --batch 1",
+		 getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin", ci);
+	snprintf(line, sizeof(line), "script -qefc \"%s\" /dev/null 2>&1", cmd);
+	p = popen(line, "r");
+	cr_assert(p);
+	n = fread(out, 1, sizeof(out) - 1, p);
+	out[n] = '\0';
+	cr_assert_eq(pclose(p), 0, "%s", out);
+	cr_assert(strstr(out, "\rvmm-reap: batch 1: 1 vmms found, 1 deleted"), "%s", out);
+	cr_assert(strstr(out, "\rvmm-reap: batch 3: 3 vmms found, 3 deleted, 2 reservations deleted"), "%s", out);
+	cr_assert(strstr(out, "vmms_deleted:         3"), "%s", out);
+	PQfinish(c);
+}
