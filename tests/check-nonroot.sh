@@ -33,8 +33,10 @@ else
 	uid=$(id -u)
 	as() { "$@"; }
 fi
-xdg="$work/xdg"
-mkdir -p "$xdg" && chown "$uid" "$xdg" && chmod 700 "$xdg"
+# Its own runtime directory, as pam_systemd would make it (/run/user/UID):
+# every level above root's or its own, none writable by others unless sticky.
+xdg=$(mktemp -d /tmp/vmops-xdg.XXXXXX)
+chown "$uid" "$xdg" && chmod 700 "$xdg"
 export VMOPS_HOST_ID=nonroot-host
 DBC="host=$PGHOST port=$PGPORT user=$PGUSER dbname=$db"
 
@@ -69,13 +71,14 @@ check "vm-fleet worker add" 0 vm-fleet --db "$DBC" -q worker add w1 --memory 1G 
 check "vm-fleet worker add" 0 vm-fleet --db "$DBC" -q worker add w2 --memory 1G --vcpus 2
 check "vm-fleet status" 0 vm-fleet --db "$DBC" status
 check "vm-fleet register" 0 vm-fleet --db "$DBC" -q register --sandbox reg1 --org o --worker w2 --memory 128M --vcpus 1 --pid 1
-check "vm-migrate --dry-run" 0 vm-migrate --db "$DBC" reg1 --dry-run
+# (a registered sandbox has no launch spec: refused, 10, after reading the database)
+check "vm-migrate --dry-run" 10 vm-migrate --db "$DBC" reg1 --dry-run
 check "vm-migrate --recover" 0 vm-migrate --db "$DBC" --recover
 check "vm-drain --dry-run" 0 vm-drain --db "$DBC" w1 --dry-run
 check "vmm-reap" 0 vmm-reap --db "$DBC"
 check "usage-parity" 0 usage-parity --db "$DBC"
 check "ghost-reap (other users' processes unreadable)" 0 ghost-reap --db "$DBC" --worker w1
-check "snapshot-prep (no such sandbox)" 11 snapshot-prep --db "$DBC" snapshot nope -o "$work/x.bundle"
+check "snapshot-prep (no such sandbox)" 11 snapshot-prep --db "$DBC" prepare --sandbox nope
 # A real VM as that user: run directory below $XDG_RUNTIME_DIR/vmops, private, gone after destroy.
 if [ -f "$work/images/vmlinuz" ]; then
 	cat >"$work/spec.json" <<SPEC
@@ -102,6 +105,6 @@ if [ -f "$work/images/vmlinuz" ]; then
 		vm-fleet --db "$DBC" launch --sandbox vm2 --org o --worker w1 --spec "$work/spec.json"
 fi
 psql -qAtX -c "DROP DATABASE $db" >/dev/null 2>&1
-rm -rf --one-file-system "$work"
+rm -rf --one-file-system "$work" "$xdg"
 echo "nonroot: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
