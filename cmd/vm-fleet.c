@@ -4,14 +4,18 @@
  * schema, workers, sandboxes and their VMMs.
  */
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "db.h"
 #include "fleet.h"
 #include "host.h"
+#include "images.h"
 #include "parse.h"
 #include "proc.h"
 #include "prog.h"
@@ -23,7 +27,7 @@ static struct {
 	const char *memory, *vcpus, *address, *transport, *run_dir, *ports;
 	const char *sandbox, *org, *worker, *hypervisor, *status, *disk;
 	const char *pid, *pid_start_time, *control_socket, *agent_socket, *spec;
-	const char *wait, *accel, *timeout, *host_id;
+	const char *wait, *accel, *timeout, *host_id, *image_dirs;
 } opt;
 
 static struct poptOption top_options[] = {
@@ -51,6 +55,16 @@ static struct poptOption worker_add_options[] = {
 	{ "ports", '\0', POPT_ARG_STRING, &opt.ports, 0, "migration port range (default 49152-49407)", "MIN-MAX" },
 	{ "host-id", '\0', POPT_ARG_STRING, &opt.host_id, 0,
 	  "identity of the worker's host (default: this host's, $VMOPS_HOST_ID or /etc/machine-id)", "ID" },
+	{ "image-dirs", '\0', POPT_ARG_STRING, &opt.image_dirs, 0,
+	  "directories launch specs' kernels, initrds and disks may come from (default: see vmops(7))", "DIR[:DIR...]" },
+	VMOPS_DRY_RUN_OPTION,
+	VMOPS_COMMON_OPTIONS,
+	POPT_TABLEEND
+};
+
+static struct poptOption set_images_options[] = {
+	{ "image-dirs", '\0', POPT_ARG_STRING, &opt.image_dirs, 0,
+	  "the directories to allow (default: back to the built-in list, see vmops(7))", "DIR[:DIR...]" },
 	VMOPS_DRY_RUN_OPTION,
 	VMOPS_COMMON_OPTIONS,
 	POPT_TABLEEND
@@ -132,6 +146,7 @@ static int cmd_worker_add(PGconn *c, const char **args);
 static int cmd_worker_list(PGconn *c, const char **args);
 static int cmd_worker_set_state(PGconn *c, const char **args);
 static int cmd_worker_set_host(PGconn *c, const char **args);
+static int cmd_worker_set_images(PGconn *c, const char **args);
 static int cmd_list(PGconn *c, const char **args);
 static int cmd_register(PGconn *c, const char **args);
 static int cmd_launch(PGconn *c, const char **args);
@@ -146,6 +161,8 @@ static const struct command commands[] = {
 	  set_state_options, 2, cmd_worker_set_state, true },
 	{ "worker set-host", "NAME", "record which host a worker is (ghost-reap checks it)",
 	  set_host_options, 1, cmd_worker_set_host, true },
+	{ "worker set-image-dirs", "NAME", "set where a worker's launch specs may take images from",
+	  set_images_options, 1, cmd_worker_set_images, true },
 	{ "list", "", "list sandboxes with their worker and VMM", list_options, 0, cmd_list, true },
 	{ "register", "--sandbox NAME --org ORG --worker NAME --memory SIZE --vcpus N",
 	  "record a VMM that another system launched", register_options, 0, cmd_register, true },
@@ -380,6 +397,7 @@ static int cmd_worker_add(PGconn *c, const char **args)
 	if (opt.ports)
 		parse_ports(opt.ports, &w.port_min, &w.port_max);
 	w.host_id = opt.host_id;
+	w.image_dirs = opt.image_dirs;
 	if (!w.host_id) {
 		/* transport local: the worker is this host */
 		if (vmops_host_id(getenv(VMOPS_HOST_ID_ENV), here, sizeof(here), &err) == 0)
@@ -478,6 +496,24 @@ static int cmd_worker_set_host(PGconn *c, const char **args)
 		die_err(&err);
 	print_result("worker", cols, ARRAY_SIZE(cols), (long long[]){ 0, 0, 0, vmops_cli.dry_run },
 		     (const char *[]){ args[0], old[0] ? old : NULL, id, NULL });
+	return VMOPS_EXIT_OK;
+}
+
+static int cmd_worker_set_images(PGconn *c, const char **args)
+{
+	static const struct vmops_column cols[] = {
+		{ "name", VMOPS_COL_STRING, 0, 0 },
+		{ "old_image_dirs", VMOPS_COL_STRING, 0, 0 },
+		{ "image_dirs", VMOPS_COL_STRING, 0, 0 },
+		{ "dry_run", VMOPS_COL_BOOL, 0, 0 },
+	};
+	struct vmops_error err = { 0 };
+	char old[8192] = "";
+
+	if (vmops_fleet_worker_set_image_dirs(c, args[0], opt.image_dirs, vmops_cli.dry_run, old, &err) < 0)
+		die_err(&err);
+	print_result("worker", cols, ARRAY_SIZE(cols), (long long[]){ 0, 0, 0, vmops_cli.dry_run },
+		     (const char *[]){ args[0], old[0] ? old : NULL, opt.image_dirs, NULL });
 	return VMOPS_EXIT_OK;
 }
 
@@ -621,6 +657,50 @@ static void catch_launch_signals(void)
 		sigaction(sigs[i], &sa, NULL);
 }
 
+/*
+ * The progress line of a launch, on a terminal only (stderr): a thread that
+ * rewrites it every second while vmops_vm_launch waits for the VMM.
+ */
+struct ticker {
+	pthread_t thread;
+	atomic_bool done;
+	bool running, printed;
+	char what[200];
+};
+
+static void *tick(void *arg)
+{
+	struct ticker *t = arg;
+	struct timespec one = { 1, 0 };
+	unsigned long s = 0;
+
+	while (nanosleep(&one, NULL) == 0 || errno == EINTR) {
+		if (atomic_load(&t->done))
+			break;
+		fprintf(stderr, "\r%s: %s: waiting for the VMM (%lus)", prog_name, t->what, ++s);
+		t->printed = true;
+	}
+	return NULL;
+}
+
+static void ticker_start(struct ticker *t)
+{
+	atomic_init(&t->done, false);
+	snprintf(t->what, sizeof(t->what), "launching %s on %s", opt.sandbox, opt.worker);
+	t->running = isatty(STDERR_FILENO) && !vmops_cli.quiet && !vmops_cli.json && !vmops_cli.dry_run &&
+		     pthread_create(&t->thread, NULL, tick, t) == 0;
+}
+
+static void ticker_stop(struct ticker *t)
+{
+	if (!t->running)
+		return;
+	atomic_store(&t->done, true);
+	pthread_join(t->thread, NULL);
+	if (t->printed)
+		fputc('\n', stderr);
+}
+
 static int cmd_launch(PGconn *c, const char **args)
 {
 	static const struct vmops_column cols[] = {
@@ -647,8 +727,16 @@ static int cmd_launch(PGconn *c, const char **args)
 	q.auto_accel = accel_opt();
 	q.dry_run = vmops_cli.dry_run;
 	q.interrupted = &launch_interrupted;
-	if (vmops_vm_launch(c, &q, &res, &err) < 0)
-		die_err(&err);
+	{
+		struct ticker t = { 0 };
+		int rc;
+
+		ticker_start(&t);
+		rc = vmops_vm_launch(c, &q, &res, &err);
+		ticker_stop(&t);
+		if (rc < 0)
+			die_err(&err);
+	}
 	print_result("launched", cols, ARRAY_SIZE(cols),
 		     (long long[]){ 0, q.dry_run ? -1 : res.sandbox_id, q.dry_run ? -1 : res.vmm_id, 0,
 				    q.dry_run ? -1 : res.info.pid, 0, 0,
@@ -700,6 +788,15 @@ static void validate(const struct command *cmd, const char **args)
 		if (opt.host_id && !vmops_host_id_valid(opt.host_id))
 			usage_error("--host-id: invalid host identity '%s': 1 to 128 of letters, digits, '.', '_', ':', '-'",
 				    opt.host_id);
+		if (opt.image_dirs && !vmops_images_dirs_valid(opt.image_dirs))
+			usage_error("--image-dirs: invalid list '%s': absolute, normalised directories separated by ':',"
+				    " never / and never under /dev, /proc or /sys", opt.image_dirs);
+	} else if (cmd->run == cmd_worker_set_images) {
+		if (!vmops_fleet_valid_name(args[0]))
+			usage_error("invalid worker name '%s': letters, digits, '.', '_', '-', at most 63", args[0]);
+		if (opt.image_dirs && !vmops_images_dirs_valid(opt.image_dirs))
+			usage_error("--image-dirs: invalid list '%s': absolute, normalised directories separated by ':',"
+				    " never / and never under /dev, /proc or /sys", opt.image_dirs);
 	} else if (cmd->run == cmd_worker_set_host) {
 		if (!vmops_fleet_valid_name(args[0]))
 			usage_error("invalid worker name '%s': letters, digits, '.', '_', '-', at most 63", args[0]);

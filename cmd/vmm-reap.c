@@ -8,10 +8,13 @@
 #include <stdlib.h>
 
 #include "db.h"
+#include "host.h"
 #include "parse.h"
+#include "proc.h"
 #include "prog.h"
 #include "reap.h"
 #include "schema.h"
+#include "vm.h"
 
 static struct {
 	const char *batch, *limit, *older_than;
@@ -28,6 +31,59 @@ static struct poptOption options[] = {
 	VMOPS_COMMON_OPTIONS,
 	POPT_TABLEEND
 };
+
+struct after_batch {
+	PGconn *c;
+	char host[VMOPS_HOST_ID_MAX];   /* "" when this host has no identity: no run dir is touched */
+	bool tty;
+	long long dirs_removed;
+};
+
+/*
+ * The reaped VMMs of this host whose process is positively gone (dead, or
+ * its pid taken by another process): their run directories go, through
+ * lib/rundir's checked walk.  A VMM on another host, with no recorded
+ * process, or whose process cannot be shown gone keeps its directory.
+ */
+static void remove_run_dirs(struct after_batch *a, const char *ids)
+{
+	_cleanup_pgresult_ PGresult *r = NULL;
+	struct vmops_error e = { 0 };
+
+	if (!a->host[0])
+		return;
+	r = vmops_db_q(a->c, &e,
+		       "SELECT v.id, v.run_dir, v.pid, v.pid_start_time FROM vmms v JOIN workers w ON w.id = v.worker_id"
+		       " WHERE v.id = ANY ($1::bigint[]) AND v.time_deleted IS NOT NULL AND v.run_dir IS NOT NULL"
+		       " AND v.pid IS NOT NULL AND w.host_id = $2 ORDER BY v.id", ids, a->host);
+	if (!r) {
+		vmops_warn("run directories of the batch: %s", e.msg);
+		return;
+	}
+	for (int i = 0; i < PQntuples(r); i++) {
+		long long st = vmops_db_get_ll(r, i, "pid_start_time", 0);
+		int live = vmops_proc_check(NULL, (pid_t)vmops_db_get_ll(r, i, "pid", 0), (unsigned long long)st,
+					    NULL, &e);
+
+		if (live != VMOPS_PROC_DEAD && live != VMOPS_PROC_REUSED) {
+			vmops_info("vmm %s: its process may still run: run directory kept", PQgetvalue(r, i, 0));
+			continue;
+		}
+		if (vmops_vm_run_dir_gone(vmops_db_get(r, i, "run_dir"), "vmm", PQgetvalue(r, i, 0)) == 0)
+			a->dirs_removed++;
+	}
+}
+
+static void after_batch(void *arg, const struct vmops_reap_stats *st, const char *ids)
+{
+	struct after_batch *a = arg;
+
+	remove_run_dirs(a, ids);
+	/* The progress line: on a terminal only, on stderr, rewritten in place. */
+	if (a->tty)
+		fprintf(stderr, "\r%s: batch %lld: %lld vmms found, %lld deleted, %lld reservations deleted",
+			prog_name, st->batches, st->found, st->vmms_deleted, st->reservations_deleted);
+}
 
 static void usage(void)
 {
@@ -56,6 +112,7 @@ int main(int argc, const char **argv)
 		{ "dry_run", VMOPS_COL_BOOL, 0, 0 },
 	};
 	struct vmops_reap_opts ro = { .program = "vmm-reap" };
+	struct after_batch ab = { 0 };
 	struct vmops_reap_stats st;
 	struct vmops_error err = { 0 };
 	struct vmops_output *o;
@@ -83,7 +140,18 @@ int main(int argc, const char **argv)
 	c = vmops_db_connect(vmops_cli.db, prog_name, &err);
 	if (!c || vmops_schema_check(c, &err) < 0)
 		die_err(&err);
+	ab.c = c;
+	ab.tty = isatty(STDERR_FILENO) && !vmops_cli.quiet && !vmops_cli.json;
+	if (vmops_host_id(getenv(VMOPS_HOST_ID_ENV), ab.host, sizeof(ab.host), &err) < 0) {
+		vmops_debug("no host identity (%s): run directories are left alone", err.msg);
+		ab.host[0] = '\0';
+		vmops_err_clear(&err);
+	}
+	ro.on_batch = after_batch;
+	ro.arg = &ab;
 	if (vmops_reap(c, &ro, &st, &err) < 0) {
+		if (ab.tty && st.batches)
+			fputc('\n', stderr);
 		PQfinish(c);
 		if (st.found)
 			fprintf(stderr, "%s: stopped after %lld vmms found, %lld deleted, %lld reservations deleted\n",
@@ -91,6 +159,8 @@ int main(int argc, const char **argv)
 		die_err(&err);
 	}
 	PQfinish(c);
+	if (ab.tty && st.batches)
+		fputc('\n', stderr);
 
 	o = vmops_output_new();
 	s = vmops_output_record(o, "reap", cols, ARRAY_SIZE(cols));

@@ -49,7 +49,7 @@ _vm_fleet()
 		--*=*) ;;
 		--memory | --vcpus | --address | --transport | --run-dir | --ports | --worker | \
 			--status | --sandbox | --org | --hypervisor | --disk | --pid | --pid-start-time | \
-			--control-socket | --agent-socket | --spec | --wait | --accel | --timeout | --host-id)
+			--control-socket | --agent-socket | --spec | --wait | --accel | --timeout | --host-id | --image-dirs)
 			((i++))
 			;;
 		-*) ;;
@@ -121,13 +121,13 @@ _vm_fleet()
 		return
 		;;
 	worker)
-		COMPREPLY=($(compgen -W 'add list set-state set-host' -- "$cur"))
+		COMPREPLY=($(compgen -W 'add list set-state set-host set-image-dirs' -- "$cur"))
 		return
 		;;
 	init) opts='--dry-run' ;;
 	status) opts='' ;;
 	'worker add')
-		opts='--memory --vcpus --address --transport --run-dir --ports --host-id --dry-run'
+		opts='--memory --vcpus --address --transport --run-dir --ports --host-id --image-dirs --dry-run'
 		;;
 	'worker list') opts='' ;;
 	'worker set-state')
@@ -137,6 +137,14 @@ _vm_fleet()
 			0) COMPREPLY=($(compgen -W "$(_vm_fleet_workers "$db")" -- "$cur")) ;;
 			1) COMPREPLY=($(compgen -W "$worker_states" -- "$cur")) ;;
 			esac
+			return
+		fi
+		;;
+	'worker set-image-dirs')
+		opts='--image-dirs --dry-run'
+		if [[ $cur != -* ]]; then
+			((npos == 0)) &&
+				COMPREPLY=($(compgen -W "$(_vm_fleet_workers "$db")" -- "$cur"))
 			return
 		fi
 		;;

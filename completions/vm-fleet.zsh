@@ -54,6 +54,7 @@ _vm-fleet() {
     'list:list workers with reserved capacity'
     'set-state:set a worker active, draining, drained or terminated'
     'set-host:record which host a worker is (ghost-reap checks it)'
+    'set-image-dirs:set where a worker'\''s launch specs may take images from'
   )
 
   _arguments -C -A '-*' $common ': :->command' '*:: :->args' && ret=0
@@ -124,7 +125,8 @@ _vm-fleet() {
             '--transport=[how vmops reaches the worker]:transport:(local)' \
             '--run-dir=[directory for VMM sockets and logs on the worker]:directory:_directories' \
             '--ports=[migration port range (default 49152-49407)]:port range MIN-MAX: ' \
-            '--host-id=[identity of the worker'\''s host (default: this host'\''s)]:host identity: ' && ret=0
+            '--host-id=[identity of the worker'\''s host (default: this host'\''s)]:host identity: ' \
+            '--image-dirs=[directories launch specs may take images from]:directories (DIR\:DIR...):_directories' && ret=0
           ;;
         list)
           _arguments $common && ret=0
@@ -133,6 +135,11 @@ _vm-fleet() {
           _arguments $common $dry_run \
             ':worker:_vm-fleet_workers' \
             ":state:($worker_states)" && ret=0
+          ;;
+        set-image-dirs)
+          _arguments $common $dry_run \
+            ':worker:_vm-fleet_workers' \
+            '--image-dirs=[the directories to allow (default: the built-in list)]:directories (DIR\:DIR...):_directories' && ret=0
           ;;
         set-host)
           _arguments $common $dry_run \

@@ -7,6 +7,7 @@
 #include "db.h"
 #include "exitcodes.h"
 #include "fleet.h"
+#include "images.h"
 #include "host.h"
 
 bool vmops_fleet_valid_name(const char *s)
@@ -60,15 +61,17 @@ static int worker_add_tx(PGconn *c, void *data, struct vmops_error *e)
 
 	if (w->host_id && !vmops_host_id_valid(w->host_id))
 		return vmops_err(e, VMOPS_EXIT_USAGE, "invalid host identity '%.200s'", w->host_id);
+	if (w->image_dirs && !vmops_images_dirs_valid(w->image_dirs))
+		return vmops_err(e, VMOPS_EXIT_USAGE, "invalid image directories '%.200s'", w->image_dirs);
 	r = vmops_db_q(c, e,
 		       "INSERT INTO workers (name, memory_mb, vcpus, migration_address, transport, run_dir,"
-		       " port_min, port_max, host_id)"
+		       " port_min, port_max, host_id, image_dirs)"
 		       " VALUES ($1, $2, $3, coalesce($4, '127.0.0.1'), coalesce($5, 'local'), $6,"
-		       " coalesce($7::int, 49152), coalesce($8::int, 49407), $9)"
+		       " coalesce($7::int, 49152), coalesce($8::int, 49407), $9, string_to_array($10, ':'))"
 		       " RETURNING id, row_to_json(workers)::text AS j",
 		       w->name, vmops_db_ll(mem, w->memory_mb), vmops_db_ll(cpu, w->vcpus), w->address,
 		       w->transport, w->run_dir, w->port_min ? vmops_db_ll(pmin, w->port_min) : NULL,
-		       w->port_max ? vmops_db_ll(pmax, w->port_max) : NULL, w->host_id);
+		       w->port_max ? vmops_db_ll(pmax, w->port_max) : NULL, w->host_id, w->image_dirs);
 	if (!r) {
 		if (strcmp(e->sqlstate, "23505") == 0)
 			return vmops_err(e, VMOPS_EXIT_CONFLICT, "worker %s already exists", w->name);
@@ -220,6 +223,52 @@ int vmops_fleet_worker_set_host(PGconn *c, const char *name, const char *host_id
 		return -1;
 	if (old_host_id)
 		memcpy(old_host_id, a.old, sizeof(a.old));
+	return 0;
+}
+
+struct set_images_ctx {
+	const char *name, *dirs;
+	bool dry_run;
+	char old[8192];
+};
+
+static int set_images_tx(PGconn *c, void *data, struct vmops_error *e)
+{
+	struct set_images_ctx *a = data;
+	_cleanup_pgresult_ PGresult *r = NULL, *u = NULL;
+	const char *old;
+
+	r = vmops_db_q(c, e, "SELECT id, array_to_string(image_dirs, ':') AS d, row_to_json(workers)::text AS j"
+			     " FROM workers WHERE name = $1 FOR UPDATE", a->name);
+	if (!r)
+		return -1;
+	if (PQntuples(r) == 0)
+		return vmops_err(e, VMOPS_EXIT_NOTFOUND, "worker %s does not exist", a->name);
+	old = vmops_db_get(r, 0, "d");
+	snprintf(a->old, sizeof(a->old), "%s", old ? old : "");
+	u = vmops_db_q(c, e, "UPDATE workers SET image_dirs = string_to_array($2, ':') WHERE id = $1"
+			     " RETURNING row_to_json(workers)::text AS j", vmops_db_get(r, 0, "id"), a->dirs);
+	if (!u)
+		return vmops_err_prefix(e, "worker %s", a->name);
+	if (strcmp(a->old, a->dirs ? a->dirs : "") != 0 &&
+	    vmops_audit(c, "vm-fleet", "worker-set-image-dirs", "worker", vmops_db_get_ll(r, 0, "id", -1),
+			vmops_db_get(r, 0, "j"), vmops_db_get(u, 0, "j"), NULL, e) < 0)
+		return -1;
+	if (a->dry_run)
+		return vmops_err(e, VMOPS_EXIT_OK, "dry run");
+	return 0;
+}
+
+int vmops_fleet_worker_set_image_dirs(PGconn *c, const char *name, const char *dirs, bool dry_run,
+				      char *old, struct vmops_error *e)
+{
+	struct set_images_ctx a = { .name = name, .dirs = dirs, .dry_run = dry_run };
+	if (dirs && !vmops_images_dirs_valid(dirs))
+		return vmops_err(e, VMOPS_EXIT_USAGE, "invalid image directories '%.200s'", dirs);
+	if (run_tx(c, set_images_tx, &a, e) < 0)
+		return -1;
+	if (old)
+		memcpy(old, a.old, sizeof(a.old));
 	return 0;
 }
 

@@ -17,6 +17,7 @@ struct vmops_worker_spec {
 	const char *run_dir;    /* may be NULL */
 	long long port_min, port_max;  /* 0: defaults */
 	const char *host_id;    /* the worker's host identity (host.h); NULL: none recorded */
+	const char *image_dirs; /* where launch specs' files may come from, "DIR[:DIR...]"; NULL: default (images.h) */
 };
 
 /* Is `s` a valid worker/sandbox name (what the schema's CHECK accepts)? */
@@ -43,6 +44,12 @@ int vmops_fleet_worker_set_state(PGconn *c, const char *name, const char *state,
  * NOTFOUND; an invalid identity: USAGE. */
 int vmops_fleet_worker_set_host(PGconn *c, const char *name, const char *host_id, bool dry_run,
 				char *old_host_id, struct vmops_error *e);
+
+/* Set (or with NULL reset to the default) a worker's image directories,
+ * "DIR[:DIR...]" (+ audit row when they change).  `old` (at least 8192
+ * bytes, may be NULL) receives the previous list, "" for the default. */
+int vmops_fleet_worker_set_image_dirs(PGconn *c, const char *name, const char *dirs, bool dry_run,
+				      char *old, struct vmops_error *e);
 
 /* Sandboxes with their worker and active VMM.  Filters may be NULL. */
 PGresult *vmops_fleet_sandbox_list(PGconn *c, const char *worker, const char *status,

@@ -809,6 +809,26 @@ static void remove_socket(struct ctx *x, struct work *w, const char *path)
 
 static int repair_phantom(struct ctx *x, struct work *w, struct vmops_error *e);
 
+/*
+ * A killed ghost's run directory: the one recorded for its VMM, else the
+ * worker's vmm-ID.  lib/rundir refuses one that is not ours and keeps one
+ * with files a VMM does not leave.
+ */
+static void remove_run_dir(struct ctx *x, struct work *w)
+{
+	char dir[PATH_MAX], name[24];
+
+	if (w->r && w->r->run_dir[0])
+		snprintf(dir, sizeof(dir), "%s", w->r->run_dir);
+	else if (w->it.vmm_id > 0 && x->worker_run_dir[0] &&
+		 (size_t)snprintf(dir, sizeof(dir), "%s/vmm-%lld", x->worker_run_dir, w->it.vmm_id) < sizeof(dir))
+		;
+	else
+		return;
+	if (vmops_vm_run_dir_gone(dir, "vmm", vmops_db_ll(name, w->it.vmm_id)) == 0)
+		append(w, "; removed its run directory");
+}
+
 static int kill_ghost(struct ctx *x, struct work *w, struct vmops_error *e)
 {
 	struct vmops_proc_term_outcome out;
@@ -873,6 +893,9 @@ static int kill_ghost(struct ctx *x, struct work *w, struct vmops_error *e)
 	remove_socket(x, w, control);
 	if (strcmp(agent, control) != 0)
 		remove_socket(x, w, agent);
+	/* A stale start becomes a failed VMM below: its logs stay as evidence until vmm-reap. */
+	if (w->reason != REASON_STALE_START && out.how != VMOPS_PROC_TERM_ZOMBIE)
+		remove_run_dir(x, w);
 	if (w->reason == REASON_STALE_START) {
 		/* its process is gone now: the abandoned VMM is a phantom to repair */
 		if (repair_phantom(x, w, e) < 0)

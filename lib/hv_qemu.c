@@ -27,6 +27,7 @@
 #include "hv.h"
 #include "hv_qemu.h"
 #include "log.h"
+#include "logcap.h"
 #include "macro.h"
 #include "qmp.h"
 #include "rundir.h"
@@ -213,8 +214,11 @@ static int build_argv(struct vmops_hv *h, const struct vmops_spec *spec,
 		strv_add(a, "%s", spec->cmdline);
 	}
 	/* run_dir has no ',' (checked), so these need no QemuOpts escaping. */
+	/* Appended to, so that logcap can truncate it under the running VMM. */
+	strv_add(a, "-chardev");
+	strv_add(a, "file,id=serial0,path=%s,append=on", info->serial_log);
 	strv_add(a, "-serial");
-	strv_add(a, "file:%s", info->serial_log);
+	strv_add(a, "chardev:serial0");
 	strv_add(a, "-qmp");
 	strv_add(a, "unix:%s,server=on,wait=off", info->control_socket);
 	strv_add(a, "-chardev");
@@ -381,7 +385,9 @@ static int qemu_launch(struct vmops_hv *h, const struct vmops_spec *spec,
 	/* Stale sockets of a previous VMM in this run dir. */
 	unlinkat(dirfd, "qmp.sock", 0);
 	unlinkat(dirfd, "qga.sock", 0);
-	logfd = openat(dirfd, "qemu.log", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	logfd = openat(dirfd, "qemu.log", O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
+	/* A previous VMM's serial log in this run dir is not this one's (append=on keeps it otherwise). */
+	(void)unlinkat(dirfd, "serial.log", 0);
 	if (logfd < 0) {
 		vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": %s: %s", VMM_ARG(h), info->stderr_log,
 			  errstr(errno, eb, sizeof(eb)));
@@ -468,6 +474,13 @@ child_fail:
 	}
 	vmops_debug(VMM_FMT ": started pid %d (start time %llu)%s", VMM_ARG(h), (int)pid,
 		    info->start_time, incoming ? " as migration receiver" : "");
+	{
+		static const char *const logs[] = { "serial.log", "qemu.log", NULL };
+		struct vmops_error le = { 0 };
+
+		if (vmops_logcap_start(dirfd, pid, logs, vmops_logcap_max(), &le) < 0)
+			vmops_warn(VMM_FMT ": logs not capped: %s", VMM_ARG(h), le.msg);
+	}
 	r = 0;
 out:
 	if (pipefd[0] >= 0)

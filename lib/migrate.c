@@ -170,33 +170,40 @@ static const char *candidates_sql =
 	" WHERE w.id <> $1 AND ($2::text IS NULL OR w.name = $2)"
 	" ORDER BY free_mb DESC, free_cpu DESC, w.name";
 
-/* No target fits: is the room only held by leftovers?  Then say what frees it. */
+/*
+ * No target fits: is the room (or the target's one migration slot) only
+ * held by leftovers?  Then say so first, and what frees it; "no worker can
+ * take" only when nothing but real use explains it.
+ */
 static int no_target(struct claim *a, const PGresult *cand, struct vmops_error *e)
 {
 	const struct source *s = a->src;
-	char hint[512] = "";
 
-	for (int i = 0; i < PQntuples(cand) && !hint[0]; i++) {
+	a->none = true;
+	for (int i = 0; i < PQntuples(cand); i++) {
 		long long dead_mb = vmops_db_get_ll(cand, i, "dead_mb", 0), stale_mb = vmops_db_get_ll(cand, i, "stale_mb", 0);
 		long long dead_cpu = vmops_db_get_ll(cand, i, "dead_cpu", 0), stale_cpu = vmops_db_get_ll(cand, i, "stale_cpu", 0);
 		bool busy = strcmp(vmops_db_get(cand, i, "busy"), "t") == 0;
 		bool stale_busy = busy && strcmp(vmops_db_get(cand, i, "busy_only_stale"), "t") == 0;
+		bool stale = stale_mb || stale_cpu || stale_busy, dead = dead_mb || dead_cpu;
+		const char *w = vmops_db_get(cand, i, "name");
 
 		if (strcmp(vmops_db_get(cand, i, "state"), "active") != 0 || (busy && !stale_busy) ||
 		    vmops_db_get_ll(cand, i, "free_mb", 0) + dead_mb + stale_mb < s->memory_mb ||
 		    vmops_db_get_ll(cand, i, "free_cpu", 0) + dead_cpu + stale_cpu < s->vcpus)
 			continue;
-		snprintf(hint, sizeof(hint), "; room on %s is held by%s%lld destroyed VMM(s) not yet reaped (run vmm-reap)%s%s",
-			 vmops_db_get(cand, i, "name"), " ", vmops_db_get_ll(cand, i, "dead_n", 0),
-			 stale_mb || stale_busy ? " and by attempt(s) whose lease expired" : "",
-			 stale_mb || stale_busy ? " (run vm-migrate --recover)" : "");
-		if (!dead_mb && !dead_cpu)
-			snprintf(hint, sizeof(hint), "; room on %s is held by attempt(s) whose lease expired"
-				 " (run vm-migrate --recover)", vmops_db_get(cand, i, "name"));
+		if (stale && !dead)
+			return vmops_err(e, VMOPS_EXIT_NOCAPACITY,
+					 "sandbox %s cannot move to %s: an earlier migration attempt whose lease expired"
+					 " still holds %s; run vm-migrate --recover, then try again",
+					 a->o->sandbox, w, stale_busy ? "it (one migration per target)" : "its room");
+		return vmops_err(e, VMOPS_EXIT_NOCAPACITY,
+				 "sandbox %s cannot move to %s: its room is held by %lld destroyed VMM(s) not yet reaped"
+				 " (run vmm-reap)%s, then try again", a->o->sandbox, w, vmops_db_get_ll(cand, i, "dead_n", 0),
+				 stale ? " and by an attempt whose lease expired (run vm-migrate --recover)" : "");
 	}
-	a->none = true;
-	return vmops_err(e, VMOPS_EXIT_NOCAPACITY, "no worker can take sandbox %s (%lld MB, %lld vCPUs)%s%s%s",
-			 a->o->sandbox, s->memory_mb, s->vcpus, a->o->to ? " on " : "", a->o->to ? a->o->to : "", hint);
+	return vmops_err(e, VMOPS_EXIT_NOCAPACITY, "no worker can take sandbox %s (%lld MB, %lld vCPUs)%s%s",
+			 a->o->sandbox, s->memory_mb, s->vcpus, a->o->to ? " on " : "", a->o->to ? a->o->to : "");
 }
 
 static int claim_tx(PGconn *c, void *data, struct vmops_error *e)

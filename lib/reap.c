@@ -262,10 +262,14 @@ int vmops_reap(PGconn *c, const struct vmops_reap_opts *o, struct vmops_reap_sta
 				free(b.tids);
 				return -1;
 			}
+			if (o->on_batch)
+				o->on_batch(o->arg, st, b.ids);
 		} else if (b.claimed) {
 			account(st, &b);
 			vmops_info("batch %lld: %lld vmms claimed, %lld deleted, %lld reservations deleted",
 				   st->batches, b.claimed, b.deleted, b.reservations);
+			if (o->on_batch)
+				o->on_batch(o->arg, st, b.ids);
 		}
 		free(b.ids);
 		free(b.tids);

@@ -25,12 +25,21 @@
 #define VMOPS_REAP_BATCH_DEFAULT 1000
 #define VMOPS_REAP_BATCH_MAX 100000
 
+struct vmops_reap_stats;
+
 struct vmops_reap_opts {
 	long long batch;         /* VMMs per transaction; 0: VMOPS_REAP_BATCH_DEFAULT */
 	long long limit;         /* at most this many VMMs this run; 0: no limit */
 	uint64_t older_than_ms;  /* only VMMs destroyed/failed at least this long ago */
 	bool dry_run;            /* count what would be reaped, change nothing */
 	const char *program;     /* for audit rows; NULL: "vmm-reap" */
+	/*
+	 * Called after each committed batch (not in a dry run) with the totals
+	 * so far and the ids the batch claimed, "{1,2,3}", whose records are
+	 * now deleted; the connection is free (no transaction open).  NULL: none.
+	 */
+	void (*on_batch)(void *arg, const struct vmops_reap_stats *st, const char *ids);
+	void *arg;
 };
 
 struct vmops_reap_stats {

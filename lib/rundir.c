@@ -55,13 +55,18 @@ static int check_component(int fd, const char *path, size_t upto, bool last, boo
 	return 0;
 }
 
-/* Open (creating if missing) one component below dirfd, never through a link. */
-static int open_component(int dirfd, const char *name, const char *path, size_t upto,
+/*
+ * Open one component below dirfd, never through a link; create it (0700)
+ * when missing and `create`, else a missing one gives -2 (e untouched).
+ */
+static int open_component(int dirfd, const char *name, const char *path, size_t upto, bool create,
 			  struct vmops_error *e)
 {
 	int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
 	if (fd < 0 && errno == ENOENT) {
+		if (!create)
+			return -2;
 		if (mkdirat(dirfd, name, 0700) < 0 && errno != EEXIST)
 			return vmops_err(e, VMOPS_EXIT_FAILURE, "run directory %.*s: mkdir: %s", (int)upto,
 					 path, strerror(errno));
@@ -77,13 +82,21 @@ static int open_component(int dirfd, const char *name, const char *path, size_t 
 	return vmops_err(e, VMOPS_EXIT_FAILURE, "run directory %.*s: %s", (int)upto, path, strerror(errno));
 }
 
-int vmops_rundir_open(const char *path, struct vmops_error *e)
+/*
+ * The walk from "/": returns the run directory's fd (and, when `parent` is
+ * not NULL, its parent's fd and the last component's name), or -1.  With
+ * !create a missing component gives -1 with *missing set and e untouched.
+ */
+static int walk(const char *path, bool create, int *parent, char *last, bool *missing,
+		struct vmops_error *e)
 {
 	char comp[NAME_MAX + 1];
 	bool open_prev = false, open_now = false;
 	const char *p = path;
-	int fd;
+	int fd, up = -1;
 
+	if (missing)
+		*missing = false;
 	if (!path || path[0] != '/')
 		return vmops_err(e, VMOPS_EXIT_FAILURE, "run directory %s: not an absolute path",
 				 path ? path : "(none)");
@@ -101,25 +114,49 @@ int vmops_rundir_open(const char *path, struct vmops_error *e)
 		n = strcspn(p, "/");
 		if (n > NAME_MAX || (n == 2 && !strncmp(p, "..", 2)) || (n == 1 && *p == '.')) {
 			close(fd);
+			if (up >= 0)
+				close(up);
 			return refuse(e, path, (size_t)(p - path + (ptrdiff_t)n), "'.', '..' or a too long name");
 		}
 		memcpy(comp, p, n);
 		comp[n] = '\0';
 		p += n;
-		next = open_component(fd, comp, path, (size_t)(p - path), e);
-		close(fd);
-		if (next < 0)
+		next = open_component(fd, comp, path, (size_t)(p - path), create, e);
+		if (up >= 0)
+			close(up);
+		up = fd;
+		if (next < 0) {
+			if (missing && next == -2)
+				*missing = true;
+			close(up);
 			return -1;
+		}
 		fd = next;
 		while (*p == '/')
 			p++;
 		if (check_component(fd, path, strlen(path) - strlen(p), !*p, open_prev, &open_now, e) < 0) {
 			close(fd);
+			close(up);
 			return -1;
 		}
 		open_prev = open_now;
+		if (last)
+			snprintf(last, NAME_MAX + 1, "%s", comp);
+	}
+	if (parent && up >= 0)
+		*parent = up;
+	else if (up >= 0)
+		close(up);
+	if (parent && up < 0) {
+		close(fd);
+		return vmops_err(e, VMOPS_EXIT_FAILURE, "run directory %s: no parent", path);
 	}
 	return fd;
+}
+
+int vmops_rundir_open(const char *path, struct vmops_error *e)
+{
+	return walk(path, true, NULL, NULL, NULL, e);
 }
 
 int vmops_rundir_default(const char *worker, char *buf, size_t len, struct vmops_error *e)
@@ -141,45 +178,40 @@ int vmops_rundir_default(const char *worker, char *buf, size_t len, struct vmops
 	return 0;
 }
 
+/* The API socket of a Cloud Hypervisor or Firecracker VMM: vmm-ID/vmops-vmm-ID.sock */
+static void unlink_api_socket(int fd, const char *name)
+{
+	char sock[NAME_MAX + 1];
+
+	if (!strncmp(name, "vmm-", 4) && name[4] && strspn(name + 4, "0123456789") == strlen(name + 4) &&
+	    snprintf(sock, sizeof(sock), "vmops-%s.sock", name) < (int)sizeof(sock))
+		(void)unlinkat(fd, sock, 0);
+}
+
 int vmops_rundir_remove(const char *path, int *kept, struct vmops_error *e)
 {
-	int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	char parent[PATH_MAX];
-	char *slash;
+	char name[NAME_MAX + 1] = "";
+	bool missing = false;
+	int parent = -1, fd;
 
 	*kept = 0;
+	/* The same checked walk as for making it: a directory that is not ours is refused, not emptied. */
+	fd = walk(path, false, &parent, name, &missing, e);
 	if (fd < 0)
-		return errno == ENOENT ? 0 : vmops_err(e, VMOPS_EXIT_FAILURE, "run directory %s: %s", path,
-						       strerror(errno));
+		return missing ? 0 : -1;
 	for (int i = 0; vmm_files[i]; i++)
 		(void)unlinkat(fd, vmm_files[i], 0);   /* what is not there, or is not a file, stays */
-	{
-		/* The API socket of a Cloud Hypervisor or Firecracker VMM: vmm-ID/vmops-vmm-ID.sock */
-		const char *base = strrchr(path, '/');
-		char sock[NAME_MAX + 1];
-		if (base && !strncmp(base + 1, "vmm-", 4) && base[5] &&
-		    strspn(base + 5, "0123456789") == strlen(base + 5) &&
-		    snprintf(sock, sizeof(sock), "vmops-%s.sock", base + 1) < (int)sizeof(sock))
-			(void)unlinkat(fd, sock, 0);
-	}
+	unlink_api_socket(fd, name);
 	close(fd);
-	snprintf(parent, sizeof(parent), "%s", path);
-	slash = strrchr(parent, '/');
-	if (!slash || slash == parent)
-		return vmops_err(e, VMOPS_EXIT_FAILURE, "run directory %s: no parent", path);
-	*slash = '\0';
-	fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return vmops_err(e, VMOPS_EXIT_FAILURE, "run directory %s: %s", parent, strerror(errno));
-	if (unlinkat(fd, slash + 1, AT_REMOVEDIR) < 0) {
+	if (unlinkat(parent, name, AT_REMOVEDIR) < 0) {
 		int err = errno;
-		close(fd);
+		close(parent);
 		if (err == ENOTEMPTY || err == EEXIST) {
 			*kept = 1;
 			return 0;
 		}
 		return err == ENOENT ? 0 : vmops_err(e, VMOPS_EXIT_FAILURE, "rmdir %s: %s", path, strerror(err));
 	}
-	close(fd);
+	close(parent);
 	return 0;
 }

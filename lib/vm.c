@@ -9,6 +9,7 @@
 #include "db.h"
 #include "exitcodes.h"
 #include "fleet.h"
+#include "images.h"
 #include "log.h"
 #include "proc.h"
 #include "rundir.h"
@@ -24,6 +25,26 @@ int vmops_vm_worker_run_dir(const char *worker_run_dir, const char *worker, char
 	n = snprintf(buf, len, "%s", worker_run_dir);
 	if (n < 0 || (size_t)n >= len)
 		return vmops_err(e, VMOPS_EXIT_FAILURE, "worker %s: run directory path too long", worker);
+	return 0;
+}
+
+int vmops_vm_run_dir_gone(const char *run_dir, const char *what, const char *name)
+{
+	struct vmops_error re = { 0 };
+	int kept = 0;
+
+	if (!run_dir || !*run_dir)
+		return 1;
+	if (vmops_rundir_remove(run_dir, &kept, &re) < 0) {
+		vmops_warn("%s %s: run directory %s not removed: %s", what, name, run_dir, re.msg);
+		return -1;
+	}
+	if (kept) {
+		vmops_info("%s %s: run directory %s kept: it holds files vmops did not put there", what, name,
+			   run_dir);
+		return 1;
+	}
+	vmops_debug("%s %s: run directory %s removed", what, name, run_dir);
 	return 0;
 }
 
@@ -215,6 +236,14 @@ int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
 		return vmops_err(e, VMOPS_EXIT_HYPERVISOR, "launch spec: hypervisor %s is not supported by this build",
 				 spec->hypervisor);
 	r.spec = spec;
+	/* The launch-spec policy, before anything is reserved (images.h). */
+	{
+		char dirs[8192];
+
+		if (vmops_images_worker_dirs(c, req->worker, dirs, sizeof(dirs), e) < 0 ||
+		    vmops_images_check(spec, dirs, e) < 0)
+			return vmops_err_prefix(e, "launch of sandbox %s on worker %s", req->sandbox, req->worker);
+	}
 	if (interrupted(req))
 		return vmops_err(e, VMOPS_EXIT_INTERRUPTED, "launch of sandbox %s on worker %s: interrupted; nothing done",
 				 req->sandbox, req->worker);
@@ -422,15 +451,7 @@ int vmops_vm_destroy(PGconn *c, const char *sandbox, int timeout_ms, bool dry_ru
 	}
 	if (vmops_db_tx(c, VMOPS_READ_COMMITTED, destroy_tx, &d, e) < 0)
 		return -1;
-	if (d.vmm_id > 0 && info.run_dir[0]) {
-		/* The VMM is gone and recorded so: its sockets and logs go too. */
-		struct vmops_error re = { 0 };
-		int kept = 0;
-		if (vmops_rundir_remove(info.run_dir, &kept, &re) < 0)
-			vmops_warn("sandbox %s: %s", sandbox, re.msg);
-		else if (kept)
-			vmops_info("sandbox %s: run directory %s kept: it holds files vmops did not put there",
-				   sandbox, info.run_dir);
-	}
+	if (d.vmm_id > 0)
+		vmops_vm_run_dir_gone(info.run_dir, "sandbox", sandbox);   /* the VMM is gone and recorded so */
 	return 0;
 }

@@ -59,6 +59,15 @@ struct vmops_launch_res {
 int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
 		    struct vmops_launch_res *res, struct vmops_error *e);
 
+/*
+ * A VMM has ended (its process is gone, and recorded so): remove its run
+ * directory through vmops_rundir_remove (checked walk, only what a VMM
+ * leaves).  What stays is logged ("what name" names it).  Returns 0 when
+ * the directory is gone, 1 when there was none to remove or it was kept
+ * (foreign files), -1 when it was refused or could not be removed.
+ */
+int vmops_vm_run_dir_gone(const char *run_dir, const char *what, const char *name);
+
 /* The run directory of a worker: its run_dir, else a per-user default. */
 int vmops_vm_worker_run_dir(const char *worker_run_dir, const char *worker, char *buf,
 			    size_t len, struct vmops_error *e);

@@ -34,9 +34,9 @@ SPEC
 bold "a throwaway PostgreSQL at $PGHOST; the fleet schema"
 show vm-fleet init
 bold "three workers on this machine"
-show vm-fleet worker add worker-a --memory 1G --vcpus 2 --run-dir "$run/worker-a"
-show vm-fleet worker add worker-b --memory 1G --vcpus 2 --run-dir "$run/worker-b"
-show vm-fleet worker add worker-c --memory 1G --vcpus 2 --run-dir "$run/worker-c"
+show vm-fleet worker add worker-a --memory 1G --vcpus 2 --run-dir "$run/worker-a" --image-dirs "$top/build/guest"
+show vm-fleet worker add worker-b --memory 1G --vcpus 2 --run-dir "$run/worker-b" --image-dirs "$top/build/guest"
+show vm-fleet worker add worker-c --memory 1G --vcpus 2 --run-dir "$run/worker-c" --image-dirs "$top/build/guest"
 bold "two real QEMU VMs on worker-a: capacity reserved, then launched, then billed"
 show vm-fleet launch --sandbox demo-1 --org acme --worker worker-a --spec "$run/spec.json"
 show vm-fleet launch --sandbox demo-2 --org acme --worker worker-a --spec "$run/spec.json"

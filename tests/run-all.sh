@@ -25,6 +25,9 @@ if [ -z "${VMOPS_TEST_PGHOST:-}" ]; then
 fi
 
 log=$(mktemp -d /tmp/vmops-check.XXXXXX)
+# The launch-spec policy (vmops(7)): the test guest, and the images tests
+# make under /tmp, are where launches may take files from.
+export VMOPS_IMAGE_DIRS="${VMOPS_IMAGE_DIRS:-$top/build/guest:/tmp}"
 passed=0
 failed=0
 skipped=0
@@ -128,7 +131,7 @@ run_everything() {
 	fi
 
 	# CLI golden tests and the documentation checks print their own tallies.
-	for s in tests/cli/run.sh tests/check-docs.sh tests/check-skip-policy.sh tests/fakes/conformance; do
+	for s in tests/cli/run.sh tests/check-docs.sh tests/check-skip-policy.sh tests/fakes/conformance tests/check-nonroot.sh; do
 		[ -x "$s" ] || continue
 		"$s" >"$log/$(basename "$s").log" 2>&1
 		rc=$?

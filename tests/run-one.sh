@@ -10,6 +10,9 @@ if [ -z "${VMOPS_TEST_PGHOST:-}" ]; then
 	exec tests/pgcluster.sh "$0" "$@"
 fi
 suite=$1; shift
+# The launch-spec policy (vmops(7)): the test guest, and the images tests
+# make under /tmp, are where launches may take files from.
+export VMOPS_IMAGE_DIRS="${VMOPS_IMAGE_DIRS:-$top/build/guest:/tmp}"
 psql -qAtX -c "CREATE DATABASE vmops_template" >/dev/null
 bin/vm-fleet --db "dbname=vmops_template" -q init
 if [ -z "${VMOPS_SKIP_QEMU:-}" ]; then

@@ -15,6 +15,7 @@
 #include "fleet.h"
 #include "log.h"
 #include "proc.h"
+#include "vm.h"
 
 /* The target's run state, asked a few times: QMP serves one client at a time. */
 static int target_status(struct attempt *at, struct vmops_vm_status *st, struct vmops_error *e)
@@ -172,12 +173,34 @@ static int release_tx(struct attempt *at, void *data, struct vmops_error *e)
 	       vmops_db_x(at->c, e, "DELETE FROM reservations WHERE vmm_id = $1", svid) < 0 ? -1 : 0;
 }
 
+/* A VMM seen gone and recorded so: its run directory goes too (lib/rundir checks it is ours). */
+static void run_dir_gone(struct attempt *at, struct vmops_hv *h, long long vmm_id, const char *known)
+{
+	struct vmops_vmm_info info;
+	struct vmops_error le = { 0 };
+	const char *dir = known;
+	char name[24];
+
+	if (vmm_id <= 0)
+		return;
+	if (!dir || !*dir) {
+		if (h)
+			dir = vmops_hv_info(h)->run_dir;
+		else if (vmops_vm_load_info(at->c, vmm_id, &info, &le) == 0)
+			dir = info.run_dir;
+	}
+	vmops_vm_run_dir_gone(dir, "vmm", vmops_db_ll(name, vmm_id));
+}
+
 int vmops_mig_phase_release(struct attempt *at, struct vmops_error *e)
 {
 	/* The old source is marked destroyed, and its room freed, only once its process is gone. */
 	if (vmops_mig_stop_vmm(at, at->source, at->source_vmm_id, NULL, NULL, e) < 0)
 		return vmops_err_prefix(e, "sandbox %s: the old source did not stop", at->sandbox);
-	return vmops_mig_tx(at, release_tx, NULL, "done", e);
+	if (vmops_mig_tx(at, release_tx, NULL, "done", e) < 0)
+		return -1;
+	run_dir_gone(at, at->source, at->source_vmm_id, NULL);
+	return 0;
 }
 
 /* ---- rollback and lost --------------------------------------------------------- */
@@ -257,7 +280,10 @@ int vmops_mig_phase_rollback(struct attempt *at, const char *state, const char *
 	    vmops_mig_stop_vmm(at, at->target, at->target_vmm_id, at->target_run_dir, &at->receivers_killed, e) < 0)
 		return vmops_err_prefix(e, "sandbox %s: the receiver did not stop", at->sandbox);
 	resume_source(at);
-	return vmops_mig_tx(at, undo_tx, &u, "done", e);
+	if (vmops_mig_tx(at, undo_tx, &u, "done", e) < 0)
+		return -1;
+	run_dir_gone(at, at->target, at->target_vmm_id, at->target_run_dir);
+	return 0;
 }
 
 int vmops_mig_phase_lost(struct attempt *at, const char *why, struct vmops_error *e)
@@ -269,5 +295,6 @@ int vmops_mig_phase_lost(struct attempt *at, const char *why, struct vmops_error
 	if (vmops_mig_stop_vmm(at, at->target, at->target_vmm_id, at->target_run_dir, NULL, e) < 0 ||
 	    vmops_mig_stop_vmm(at, at->source, at->source_vmm_id, NULL, NULL, e) < 0)
 		return -1;
+	/* Both run directories stay: their logs are the evidence of an error sandbox. */
 	return vmops_mig_tx(at, undo_tx, &u, "done", e);
 }

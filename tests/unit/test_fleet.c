@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -122,11 +125,11 @@ Test(fleet, failed_launches_change_nothing, .timeout = 120, .fini = kill_test_vm
 
 	testlib_need_qemu();
 	before = snapshot(c);
-	/* the kernel does not exist: QEMU exits at once */
+	/* the kernel does not exist: refused by the launch-spec policy, nothing reserved */
 	TESTRUN(&r, "vm-fleet", "--db", ci, "launch", "--sandbox", "sb1", "--org", "acme", "--worker", "w1",
 		"--spec", spec("bad", "qemu", "/nonexistent-vmops/vmlinuz", 192));
-	cr_assert_eq(r.status, VMOPS_EXIT_HYPERVISOR, "%s", r.err);
-	cr_assert(strstr(r.err, "could not open kernel file"), "%s", r.err);
+	cr_assert_eq(r.status, VMOPS_EXIT_CONFLICT, "%s", r.err);
+	cr_assert(strstr(r.err, "kernel /nonexistent-vmops/vmlinuz: does not exist"), "%s", r.err);
 	cr_assert_eq(testlib_lines(r.err), 1, "%s", r.err);
 	testrun_free(&r);
 	/* a hypervisor whose binary is not installed (no firecracker on PATH here) */
@@ -170,8 +173,8 @@ Test(fleet, failed_launches_change_nothing, .timeout = 120, .fini = kill_test_vm
 	cr_assert_eq(testlib_count_vms_under(rundir), 0, "a failed launch left a QEMU running");
 	after = snapshot(c);
 	cr_assert_str_eq(after, before, "a failed launch left rows behind");
-	/* the two launches that reached the hypervisor (missing kernel, missing binary) */
-	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE action = 'launch-failed'"), 2);
+	/* the one launch that reached the hypervisor (missing binary) */
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE action = 'launch-failed'"), 1);
 	/* the name is free again */
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", "sb1", "--org", "acme", "--worker", "w1",
 		"--spec", spec("ok", "qemu", getenv("VMOPS_TEST_KERNEL"), 192));
@@ -385,5 +388,207 @@ Test(fleet, destroy_refuses_a_vmm_without_start_time, .timeout = 120, .fini = ki
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'running'"), 1);
 	free(before);
 	free(after);
+	PQfinish(c);
+}
+
+/* A spec with these files (disk may be NULL). */
+static const char *spec_files(const char *name, const char *kernel, const char *initrd, const char *disk)
+{
+	static char path[300];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s.json", rundir, name);
+	f = fopen(path, "w");
+	cr_assert(f);
+	fprintf(f, "{\"hypervisor\":\"qemu\",\"memory_mb\":128,\"vcpus\":1,\"kernel\":\"%s\"", kernel);
+	if (initrd)
+		fprintf(f, ",\"initrd\":\"%s\"", initrd);
+	if (disk)
+		fprintf(f, ",\"disks\":[{\"path\":\"%s\",\"readonly\":true}]", disk);
+	fputs("}\n", f);
+	fclose(f);
+	return path;
+}
+
+static void make_file(const char *path, mode_t mode)
+{
+	FILE *f = fopen(path, "w");
+
+	cr_assert(f, "%s", path);
+	fputs("not really a kernel\n", f);
+	fclose(f);
+	cr_assert_eq(chmod(path, mode), 0);
+}
+
+/* Refused with exit 10, one line naming `why`, nothing written (not even an audit row). */
+static void assert_policy_refuses(PGconn *c, const char *specfile, const char *why)
+{
+	struct testrun r;
+	char *before = snapshot(c);
+	long long audits = testdb_ll(c, "SELECT count(*) FROM audit_log");
+	char *after;
+
+	TESTRUN(&r, "vm-fleet", "--db", ci, "launch", "--sandbox", "sbp", "--org", "acme", "--worker", "w1",
+		"--spec", specfile);
+	cr_assert_eq(r.status, VMOPS_EXIT_CONFLICT, "%s: exit %d: %s", why, r.status, r.err);
+	cr_assert(strstr(r.err, why), "expected '%s' in: %s", why, r.err);
+	cr_assert(strstr(r.err, "refusing to launch"), "%s", r.err);
+	cr_assert_eq(testlib_lines(r.err), 1, "%s", r.err);
+	testrun_free(&r);
+	after = snapshot(c);
+	cr_assert_str_eq(after, before, "%s: a refused launch wrote rows", why);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM audit_log"), audits, "%s: audited", why);
+	free(before);
+	free(after);
+	cr_assert_eq(testlib_count_vms_under(rundir), 0);
+}
+
+/*
+ * The launch-spec policy: files come only from the worker's image
+ * directories, are regular files owned by root or us and not writable by
+ * others; a device node, a link, anything outside is refused before
+ * anything is reserved.  Decided before any hypervisor starts: no QEMU needed.
+ */
+Test(fleet, launch_spec_policy_refuses_before_reserving, .timeout = 60, .fini = kill_test_vms)
+{
+	PGconn *c = fleet();
+	char img[300], k[400], k2[400], dev[400], lnk[400], sub[400], sql[600];
+
+	snprintf(img, sizeof(img), "%s/images", rundir);
+	cr_assert_eq(mkdir(img, 0755), 0);
+	snprintf(k, sizeof(k), "%s/vmlinuz", img);
+	make_file(k, 0644);
+	snprintf(sql, sizeof(sql), "UPDATE workers SET image_dirs = ARRAY['%s']", img);
+	PQclear(testdb_exec(c, sql));
+
+	/* outside the worker's directories: a real root-owned file, and a device */
+	assert_policy_refuses(c, spec_files("p1", "/etc/hostname", NULL, NULL), "outside the worker's image directories");
+	assert_policy_refuses(c, spec_files("p2", k, NULL, "/dev/null"), "disk 0 /dev/null: outside");
+	/* a link inside that leads outside, and a linked directory */
+	snprintf(lnk, sizeof(lnk), "%s/link", img);
+	cr_assert_eq(symlink("/etc/hostname", lnk), 0);
+	assert_policy_refuses(c, spec_files("p3", lnk, NULL, NULL), "a symbolic link");
+	snprintf(sub, sizeof(sub), "%s/etc", img);
+	cr_assert_eq(symlink("/etc", sub), 0);
+	snprintf(sub, sizeof(sub), "%s/etc/hostname", img);
+	assert_policy_refuses(c, spec_files("p4", sub, NULL, NULL), "resolves outside");
+	/* writable by others */
+	snprintf(k2, sizeof(k2), "%s/loose", img);
+	make_file(k2, 0666);
+	assert_policy_refuses(c, spec_files("p5", k, k2, NULL), "initrd");
+	assert_policy_refuses(c, spec_files("p6", k, k2, NULL), "writable by group or others");
+	/* missing */
+	snprintf(k2, sizeof(k2), "%s/missing", img);
+	assert_policy_refuses(c, spec_files("p7", k2, NULL, NULL), "does not exist");
+	if (geteuid() == 0) {
+		/* a device node inside the directory, and another user's file */
+		snprintf(dev, sizeof(dev), "%s/sda", img);
+		cr_assert_eq(mknod(dev, S_IFBLK | 0600, makedev(7, 0)), 0, "mknod: %s", strerror(errno));
+		assert_policy_refuses(c, spec_files("p8", k, NULL, dev), "a device node");
+		snprintf(k2, sizeof(k2), "%s/theirs", img);
+		make_file(k2, 0644);
+		cr_assert_eq(chown(k2, 65534, 65534), 0);
+		assert_policy_refuses(c, spec_files("p9", k2, NULL, NULL), "owned by uid 65534");
+	}
+	/* the default list (NULL) does not hold the test's directory unless $VMOPS_IMAGE_DIRS does */
+	PQclear(testdb_exec(c, "UPDATE workers SET image_dirs = NULL"));
+	setenv("VMOPS_IMAGE_DIRS", "/nonexistent-vmops", 1);
+	assert_policy_refuses(c, spec_files("p10", k, NULL, NULL), "(default list; see vmops(7))");
+	/* the schema refuses a list with / or /dev in it */
+	cr_assert_str_eq(testdb_fail(c, "UPDATE workers SET image_dirs = ARRAY['/']"), "23514");
+	cr_assert_str_eq(testdb_fail(c, "UPDATE workers SET image_dirs = ARRAY['/dev/disk']"), "23514");
+	cr_assert_str_eq(testdb_fail(c, "UPDATE workers SET image_dirs = ARRAY['/srv/../dev']"), "23514");
+	PQfinish(c);
+}
+
+static long long size_of(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 ? (long long)st.st_size : -1;
+}
+
+/*
+ * The serial log (and QEMU's own log) stay under the cap while the guest
+ * runs: over it, the log is copied to serial.log.1 and emptied, and the
+ * guest's heartbeat lines go on in serial.log.  On today's main the log
+ * only grows and there is no serial.log.1.
+ */
+Test(fleet, serial_log_is_capped_while_the_guest_runs, .timeout = 240, .fini = kill_test_vms)
+{
+	PGconn *c = fleet();
+	struct testlib_guest g;
+	struct testrun r;
+	char dir[512], log[600], old[600];
+	PGresult *res;
+	long long s1 = -1;
+
+	testlib_need_qemu();
+	setenv("VMOPS_LOG_MAX", "4K", 1);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", "sb1", "--org", "acme", "--worker", "w1",
+		"--spec", spec("sb1", "qemu", getenv("VMOPS_TEST_KERNEL"), 192));
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	testrun_free(&r);
+	res = testdb_exec(c, "SELECT run_dir FROM vmms WHERE id = 1");
+	snprintf(dir, sizeof(dir), "%s", PQgetvalue(res, 0, 0));
+	PQclear(res);
+	snprintf(log, sizeof(log), "%s/serial.log", dir);
+	snprintf(old, sizeof(old), "%s/serial.log.1", dir);
+	/* the kernel's boot messages alone are more than 4 KiB: rotated within seconds of the boot */
+	for (int i = 0; i < 1200 && (s1 = size_of(old)) < 0; i++)
+		usleep(100000);
+	cr_assert_geq(s1, 0, "no serial.log.1 after 120 s: the log is not capped (serial.log is %lld bytes)",
+		      size_of(log));
+	cr_assert_leq(s1, 4096, "serial.log.1 is %lld bytes, over the cap", s1);
+	/* the heartbeat goes on in serial.log, which stays near the cap */
+	testlib_wait_heartbeat(log, 0, 120, &g);
+	testlib_wait_heartbeat(log, g.last.n, 60, &g);
+	cr_assert_leq(size_of(log), 4096 + 65536, "serial.log is %lld bytes", size_of(log));
+	cr_assert_leq(size_of(old), 4096);
+	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "sb1");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	testrun_free(&r);
+	/* the run directory went with the VMM, rotated log included */
+	cr_assert_neq(access(dir, F_OK), 0, "%s is still there", dir);
+	PQfinish(c);
+}
+
+/* Run `cmd` (a shell command line) on a pseudo-terminal (script(1)); its whole output. */
+static char *on_a_tty(const char *cmd)
+{
+	char line[8192];
+	static char out[65536];
+	size_t n = 0;
+	FILE *p;
+
+	snprintf(line, sizeof(line), "script -qefc \"%s\" /dev/null 2>&1", cmd);
+	p = popen(line, "r");
+	cr_assert(p);
+	n = fread(out, 1, sizeof(out) - 1, p);
+	out[n] = '\0';
+	pclose(p);
+	return out;
+}
+
+/*
+ * While `vm-fleet launch` waits for the VMM, a terminal shows a progress
+ * line on stderr (here: a QEMU whose control socket never appears, a 4 s
+ * wait); without a terminal there is none (the other cases' stderr).
+ */
+Test(fleet, launch_shows_progress_on_a_tty, .timeout = 120, .fini = kill_test_vms)
+{
+	PGconn *c = fleet();
+	char cmd[4096];
+	const char *out;
+
+	testlib_need_qemu();
+	use_qemu_hiding_qmp();
+	snprintf(cmd, sizeof(cmd), "%s/vm-fleet --db '%s' launch --sandbox sbt --org acme --worker w1 --wait 4s --spec %s",
+		 getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin", ci,
+		 spec("sbt", "qemu", getenv("VMOPS_TEST_KERNEL"), 192));
+	out = on_a_tty(cmd);
+	cr_assert(strstr(out, "\rvm-fleet: launching sbt on w1: waiting for the VMM (2s)"), "%s", out);
+	cr_assert(strstr(out, "exit") || strstr(out, "timed out") || strstr(out, "vm-fleet: launch"), "%s", out);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes"), 0);
 	PQfinish(c);
 }

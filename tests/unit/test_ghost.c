@@ -1524,9 +1524,16 @@ Test(ghost, abandoned_start_of_a_non_hypervisor_is_not_signalled, .timeout = 60,
 	cr_assert_eq(chmod(path, 0755), 0);
 	snprintf(path, sizeof(path), "%s:%s", dir, getenv("PATH"));
 	setenv("PATH", path, 1);
+	/* a kernel the launch-spec policy lets through (run-one/run-all allow /tmp); the fake never reads it */
+	snprintf(spec, sizeof(spec), "%s/vmlinuz", rundir);
+	f = fopen(spec, "w");
+	cr_assert(f);
+	fclose(f);
+	cr_assert_eq(chmod(spec, 0644), 0);
+	snprintf(path, sizeof(path), "{\"hypervisor\":\"qemu\",\"memory_mb\":128,\"vcpus\":1,\"kernel\":\"%s\"}\n", spec);
 	snprintf(spec, sizeof(spec), "%s/fake.json", rundir);
 	f = fopen(spec, "w");
-	fputs("{\"hypervisor\":\"qemu\",\"memory_mb\":128,\"vcpus\":1,\"kernel\":\"/nonexistent-vmops/vmlinuz\"}\n", f);
+	fputs(path, f);
 	fclose(f);
 	TESTRUN_START(&p, "vm-fleet", "--db", ci, "launch", "--sandbox", "fake", "--org", "acme", "--worker", "gw",
 		      "--spec", spec, "--wait", "10m");

@@ -158,6 +158,20 @@ static void assert_gone(long long pid, long long start)
 		  st == VMOPS_PROC_ALIVE ? "still running" : "liveness check failed or unknown");
 }
 
+/* A VMM that ended has no run directory left (its sockets and logs went with it). */
+static void assert_run_dir_gone(PGconn *c, long long vmm_id)
+{
+	char sql[128];
+	PGresult *r;
+
+	snprintf(sql, sizeof(sql), "SELECT run_dir FROM vmms WHERE id = %lld AND run_dir IS NOT NULL", vmm_id);
+	r = testdb_exec(c, sql);
+	cr_assert_eq(PQntuples(r), 1, "vmm %lld has no run_dir recorded", vmm_id);
+	cr_assert_neq(access(PQgetvalue(r, 0, 0), F_OK), 0, "vmm %lld: run directory %s is still there", vmm_id,
+		      PQgetvalue(r, 0, 0));
+	PQclear(r);
+}
+
 /* Teardown, also after a failed assertion: no VM of this test outlives it. */
 static void kill_test_vms(void)
 {
@@ -433,6 +447,7 @@ Test(migrate, live_with_one_and_four_connections, .timeout = 240, .fini = kill_t
 	assert_moved(c, "sb1", "w2");
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE id = 1 AND state = 'destroyed'"), 1);
 	assert_gone(src_pid, src_start);
+	assert_run_dir_gone(c, 1);
 	serial_of(c, "sb1", log2, sizeof(log2));
 	testlib_assert_guest_continues(log2, g0.boot_sum, &g0.last, 60, &g);
 
@@ -490,6 +505,7 @@ Test(migrate, target_killed_mid_transfer, .timeout = 180, .fini = kill_test_vms)
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations WHERE vmm_id = 2"), 0,
 		     "the receiver's reservation was not released");
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE id = 2 AND state = 'destroyed'"), 1);
+	assert_run_dir_gone(c, 2);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'failed' AND error <> ''"), 1);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 1);
 	{

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -495,5 +496,101 @@ Test(reap, unreachable_database_and_missing_schema)
 	cr_expect_eq(r.status, 5, "exit %d: %s", r.status, r.err);
 	cr_expect_eq(testlib_lines(r.err), 1, "stderr: %s", r.err);
 	testrun_free(&r);
+	PQfinish(c);
+}
+
+/* A pid that is certainly gone: a child that exited and was waited for. */
+static pid_t dead_pid(void)
+{
+	pid_t p = fork();
+
+	cr_assert_geq(p, 0);
+	if (p == 0)
+		_exit(0);
+	cr_assert_eq(waitpid(p, NULL, 0), p);
+	return p;
+}
+
+static void mkdir_private(const char *base, const char *rel, const char *file)
+{
+	char path[512];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", base, rel);
+	cr_assert_eq(mkdir(path, 0700), 0, "%s: %s", path, strerror(errno));
+	if (file) {
+		snprintf(path, sizeof(path), "%s/%s/%s", base, rel, file);
+		f = fopen(path, "w");
+		cr_assert(f);
+		fputs("heartbeat 1\n", f);
+		fclose(f);
+	}
+}
+
+static bool exists_in(const char *base, const char *rel)
+{
+	char path[512];
+
+	snprintf(path, sizeof(path), "%s/%s", base, rel);
+	return access(path, F_OK) == 0;
+}
+
+/*
+ * The run directories of the VMMs it reaps go, but only on this host and
+ * only where the process is positively gone: vmm 3 (this host, dead pid)
+ * goes; vmm 4 (this host, a live pid without a start time: unknown) and
+ * vmm 7 (another host's worker) keep theirs.
+ */
+Test(reap, run_directories_of_gone_vmms_on_this_host)
+{
+	char ci[256], base[] = "/tmp/vmops-reap-rd.XXXXXX", sql[2048];
+	PGconn *c = setup(ci, sizeof(ci));
+	struct testrun r;
+
+	cr_assert(mkdtemp(base));
+	mkdir_private(base, "w1", NULL);
+	mkdir_private(base, "w2", NULL);
+	mkdir_private(base, "w1/vmm-3", "serial.log");
+	mkdir_private(base, "w1/vmm-4", "serial.log");
+	mkdir_private(base, "w2/vmm-7", "serial.log");
+	snprintf(sql, sizeof(sql),
+		 "UPDATE workers SET host_id = 'reap-host-' || id;"
+		 "UPDATE vmms SET run_dir = '%s/w1/vmm-3', pid = %d, pid_start_time = 12345 WHERE id = 3;"
+		 "UPDATE vmms SET run_dir = '%s/w1/vmm-4', pid = %d WHERE id = 4;"
+		 "UPDATE vmms SET run_dir = '%s/w2/vmm-7', pid = %d, pid_start_time = 12345 WHERE id = 7;",
+		 base, (int)dead_pid(), base, (int)getpid(), base, (int)dead_pid());
+	PQclear(testdb_exec(c, sql));
+	setenv("VMOPS_HOST_ID", "reap-host-1", 1);
+	TESTRUN(&r, "vmm-reap", "--db", ci, "--json");
+	cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE id IN (3, 4, 7) AND time_deleted IS NOT NULL"), 3);
+	cr_expect_not(exists_in(base, "w1/vmm-3"), "the dead vmm's run directory is still there");
+	cr_expect(exists_in(base, "w1/vmm-4/serial.log"), "removed under a process that may live");
+	cr_expect(exists_in(base, "w2/vmm-7/serial.log"), "removed another host's run directory");
+	testrun_free(&r);
+	snprintf(sql, sizeof(sql), "rm -rf --one-file-system '%s'", base);
+	(void)system(sql);
+	PQfinish(c);
+}
+
+/* On a terminal, a progress line per batch on stderr; without one, none (text_output). */
+Test(reap, progress_line_on_a_tty_only)
+{
+	char ci[256], cmd[1024], line[1400], out[8192];
+	PGconn *c = setup(ci, sizeof(ci));
+	size_t n;
+	FILE *p;
+
+	snprintf(cmd, sizeof(cmd), "%s/vmm-reap --db '%s' --batch 1",
+		 getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin", ci);
+	snprintf(line, sizeof(line), "script -qefc \"%s\" /dev/null 2>&1", cmd);
+	p = popen(line, "r");
+	cr_assert(p);
+	n = fread(out, 1, sizeof(out) - 1, p);
+	out[n] = '\0';
+	cr_assert_eq(pclose(p), 0, "%s", out);
+	cr_assert(strstr(out, "\rvmm-reap: batch 1: 1 vmms found, 1 deleted"), "%s", out);
+	cr_assert(strstr(out, "\rvmm-reap: batch 3: 3 vmms found, 3 deleted, 2 reservations deleted"), "%s", out);
+	cr_assert(strstr(out, "vmms_deleted:         3"), "%s", out);
 	PQfinish(c);
 }

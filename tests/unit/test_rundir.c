@@ -152,3 +152,36 @@ Test(rundir, remove_takes_only_what_a_vmm_leaves)
 	/* gone already: fine */
 	cr_assert_eq(vmops_rundir_remove(at("w1/vmm-9"), &kept, &e), 0, "%s", e.msg);
 }
+
+/* Removal walks the path like making it does: no link anywhere, nothing loose or foreign. */
+Test(rundir, remove_refuses_what_is_not_ours)
+{
+	struct vmops_error e = { 0 };
+	int kept = -1;
+
+	/* a symlinked level above the run directory is not followed */
+	cr_assert_eq(mkdir(at("victim"), 0700), 0);
+	cr_assert_eq(mkdir(at("victim/vmm-5"), 0700), 0);
+	fclose(fopen(at("victim/vmm-5/serial.log"), "w"));
+	cr_assert_eq(symlink(at("victim"), at("w1")), 0);
+	cr_assert_eq(vmops_rundir_remove(at("w1/vmm-5"), &kept, &e), -1, "removed through a link");
+	cr_assert_eq(e.code, VMOPS_EXIT_CONFLICT, "%s", e.msg);
+	cr_assert(strstr(e.msg, "a symbolic link"), "%s", e.msg);
+	cr_assert_eq(access(at("victim/vmm-5/serial.log"), F_OK), 0, "emptied through a link");
+	/* a run directory others can read is not one vmops made: left alone */
+	cr_assert_eq(mkdir(at("loose"), 0755), 0);
+	cr_assert_eq(chmod(at("loose"), 0755), 0);
+	fclose(fopen(at("loose/serial.log"), "w"));
+	cr_assert_eq(vmops_rundir_remove(at("loose"), &kept, &e), -1);
+	cr_assert(strstr(e.msg, "mode 0755"), "%s", e.msg);
+	cr_assert_eq(access(at("loose/serial.log"), F_OK), 0);
+	if (geteuid() != 0)
+		return;
+	/* another user's directory, even 0700 */
+	cr_assert_eq(mkdir(at("theirs"), 0700), 0);
+	fclose(fopen(at("theirs/serial.log"), "w"));
+	cr_assert_eq(chown(at("theirs"), 65534, 65534), 0);
+	cr_assert_eq(vmops_rundir_remove(at("theirs"), &kept, &e), -1);
+	cr_assert(strstr(e.msg, "owned by uid 65534"), "%s", e.msg);
+	cr_assert_eq(access(at("theirs/serial.log"), F_OK), 0);
+}

@@ -33,3 +33,13 @@ runs vm-fleet --db "$DB" worker set-host w9
 runs vm-fleet --db "$DB" register --sandbox sb6 --org beta --worker w2 --memory 1G --vcpus 1
 runs vm-fleet --db "$DB" status
 sql "SELECT program, action, object_type FROM audit_log ORDER BY id"
+# Where launch specs may take images from (the launch-spec policy, vmops(7)).
+runs vm-fleet --db "$DB" worker add w4 --memory 1G --vcpus 1 --image-dirs /srv/images:/var/lib/vmops/images
+runs vm-fleet --db "$DB" worker add w5 --memory 1G --vcpus 1 --image-dirs /dev/disk
+runs vm-fleet --db "$DB" worker set-image-dirs w4 --image-dirs /srv/other --dry-run
+runs vm-fleet --db "$DB" worker set-image-dirs w4 --image-dirs /srv/other --json
+runs vm-fleet --db "$DB" worker set-image-dirs w4
+runs vm-fleet --db "$DB" worker set-image-dirs w4 --image-dirs /srv/../etc
+runs vm-fleet --db "$DB" worker set-image-dirs w9 --image-dirs /srv/other
+sql "SELECT name, image_dirs FROM workers WHERE name IN ('w4', 'w5') ORDER BY name"
+sql "SELECT action, before->'image_dirs', after->'image_dirs' FROM audit_log WHERE action = 'worker-set-image-dirs' ORDER BY id"

@@ -116,3 +116,6 @@ sql "$STATE"
 runs vm-migrate --db "$DB" --recover --dry-run
 runs vm-migrate --db "$DB" --recover --dry-run --json
 sql "$STATE"
+# The target is held only by that expired attempt: say so, and what frees it.
+runs vm-migrate --db "$DB" sb1 --to w2 --dry-run
+sql "$STATE"
