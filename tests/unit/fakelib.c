@@ -325,6 +325,17 @@ void fake_fleet(PGconn *c, const char *binary, const char *fake)
 	cr_assert(symlink(target, link) == 0, "symlink %s: %s", link, strerror(errno));
 }
 
+long long fake_ll(PGconn *c, const char *fmt, ...)
+{
+	char sql[2048];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(sql, sizeof(sql), fmt, ap);
+	va_end(ap);
+	return testdb_ll(c, sql);
+}
+
 const char *fake_write_file(const char *name, const char *json)
 {
 	static char path[PATH_MAX];

@@ -85,6 +85,8 @@ void fake_touch(const char *path, off_t size);
  * at teardown.  May be called once per binary.
  */
 void fake_fleet(PGconn *c, const char *binary, const char *fake);
+/* testdb_ll() of a printf-formatted query. */
+long long fake_ll(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Write `json` to <dir>/name; returns the path (static storage). */
 const char *fake_write_file(const char *name, const char *json);
 /* Wait until process pid has stopped itself (SIGSTOP: state T). */

@@ -481,19 +481,6 @@ Test(chv, faults_at_each_call)
 
 /* --- vm-fleet and vm-migrate (database: run through tests/run-one.sh) ------------------ */
 
-static long long q_ll(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static long long q_ll(PGconn *c, const char *fmt, ...)
-{
-	char sql[1024];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(sql, sizeof(sql), fmt, ap);
-	va_end(ap);
-	return testdb_ll(c, sql);
-}
-
 Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
 {
 	char ci[512];
@@ -513,7 +500,7 @@ Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
 		"--worker", "w1", "--spec", specf);
 	cr_assert_eq(r.status, 0, "launch: %s", r.err);
 	testrun_free(&r);
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM vmms v JOIN sandboxes s ON s.active_vmm_id = v.id"
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM vmms v JOIN sandboxes s ON s.active_vmm_id = v.id"
 			  " WHERE s.name = '%s' AND v.hypervisor = 'cloud-hypervisor' AND v.state = 'running'"
 			  " AND v.pid > 0 AND v.pid_start_time > 0 AND v.control_socket LIKE '%%/vmops-vmm-%%.sock'",
 			  "ch1"), 1, "launch did not record pid, start time and socket");
@@ -523,12 +510,12 @@ Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
 	TESTRUN(&r, "vm-migrate", "--db", ci, "--connections", "4", "ch1");
 	cr_expect_eq(r.status, 0, "vm-migrate: exit %d: %s", r.status, r.err);
 	testrun_free(&r);
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
 			  " JOIN vmms v ON v.id = s.active_vmm_id WHERE s.name = '%s' AND w.name = 'w2'"
 			  " AND s.status = 'running' AND v.state = 'running'", "ch1"), 1, "not moved to w2");
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM migrations m JOIN sandboxes s ON s.id = m.sandbox_id"
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM migrations m JOIN sandboxes s ON s.id = m.sandbox_id"
 			  " WHERE s.name = '%s' AND m.state = 'completed' AND m.connections_used = 4", "ch1"), 1);
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
 			  " WHERE s.name = '%s' AND e.ended_at IS NULL AND e.vmm_id = s.active_vmm_id", "ch1"), 1);
 	res = testdb_exec(c, "SELECT v.control_socket FROM sandboxes s JOIN vmms v ON v.id = s.active_vmm_id"
 			     " WHERE s.name = 'ch1'");
@@ -546,7 +533,7 @@ Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
 	cr_expect_eq(r.status, 0, "vm-migrate back: exit %d: %s", r.status, r.err);
 	testrun_free(&r);
 	unsetenv("VMOPS_FAKE_MIGRATE_MS");
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
 			  " WHERE s.name = '%s' AND w.name = 'w1' AND s.status = 'running'", "ch1"), 1,
 		     "not moved back to w1");
 

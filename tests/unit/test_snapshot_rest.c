@@ -53,18 +53,6 @@ static void setup(void)
 
 TestSuite(snapshot_rest, .init = setup, .fini = fake_teardown, .timeout = 180);
 
-static long long q_ll(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static long long q_ll(PGconn *c, const char *fmt, ...)
-{
-	char sql[2048];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(sql, sizeof(sql), fmt, ap);
-	va_end(ap);
-	return testdb_ll(c, sql);
-}
-
 /* A database with w1, w2, both fakes on PATH, and sandbox sb1 of `hv`
  * ("cloud-hypervisor" or "firecracker") running on w1. */
 static PGconn *fleet_with(const char *hv)
@@ -95,7 +83,7 @@ static struct vmops_hv *attach_sb1(PGconn *c)
 	struct vmops_vmm_info info;
 	struct vmops_error e = { 0 };
 	struct vmops_hv *h;
-	long long id = q_ll(c, "SELECT active_vmm_id FROM sandboxes WHERE name = 'sb1'");
+	long long id = fake_ll(c, "SELECT active_vmm_id FROM sandboxes WHERE name = 'sb1'");
 
 	cr_assert(vmops_vm_load_info(c, id, &info, &e) == 0, "%s", e.msg);
 	h = vmops_hv_attach(&info, 5000, &e);
@@ -135,11 +123,11 @@ static void hibernate_ok(PGconn *c)
 	cr_assert_eq(PROG(&r, "snapshot-prep", "--db", ci, "-q", "hibernate", "--sandbox", "sb1",
 			  "--bundle-dir", bundles), 0, "hibernate: %s", r.err);
 	testrun_free(&r);
-	cr_assert_eq(q_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'hibernated'"
+	cr_assert_eq(fake_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'hibernated'"
 			     " AND active_vmm_id IS NULL"), 1);
-	cr_assert_eq(q_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 0,
+	cr_assert_eq(fake_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 0,
 		     "billing still open");
-	cr_assert_eq(q_ll(c, "SELECT count(*) FROM reservations"), 0);
+	cr_assert_eq(fake_ll(c, "SELECT count(*) FROM reservations"), 0);
 	{
 		char needle[PATH_MAX + 8];
 
@@ -155,11 +143,11 @@ static void wake_ok(PGconn *c, const char *worker)
 	cr_assert_eq(PROG(&r, "snapshot-prep", "--db", ci, "-q", "wake", "--sandbox", "sb1",
 			  "--worker", worker), 0, "wake: %s", r.err);
 	testrun_free(&r);
-	cr_assert_eq(q_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
+	cr_assert_eq(fake_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
 			     " JOIN vmms v ON v.id = s.active_vmm_id WHERE s.status = 'running'"
 			     " AND w.name = '%s' AND v.state = 'running' AND v.pid > 0", worker), 1);
-	cr_assert_eq(q_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 1);
-	cr_assert_eq(q_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'restored'"), 1);
+	cr_assert_eq(fake_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 1);
+	cr_assert_eq(fake_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'restored'"), 1);
 }
 
 /* The bundle's members, as the manifest recorded them: "a,b,c" sorted. */
@@ -194,7 +182,7 @@ Test(snapshot_rest, chv_hibernate_then_wake_on_the_other_worker)
 	char *m;
 
 	hibernate_ok(c);
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'ready' AND size_bytes > 0"
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'ready' AND size_bytes > 0"
 			     " AND manifest->>'hypervisor' = 'cloud-hypervisor'"
 			     " AND manifest->>'hypervisor_version' = '53.0'"), 1);
 	m = members(c);
@@ -219,7 +207,7 @@ Test(snapshot_rest, fc_hibernate_then_wake_on_the_other_worker)
 	char *m;
 
 	hibernate_ok(c);
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'ready' AND size_bytes > 0"
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'ready' AND size_bytes > 0"
 			     " AND manifest->>'hypervisor' = 'firecracker'"
 			     " AND manifest->>'hypervisor_version' = '1.16.1'"), 1);
 	m = members(c);
@@ -383,9 +371,9 @@ Test(snapshot_rest, fc_round_that_never_stops_leaves_the_vm_running)
 	cr_expect_eq(fake_find_call(log, "PUT /snapshot/create", NULL, 0), -1, "snapshot anyway");
 	cJSON_Delete(log);
 	assert_nothing_written("never stops");
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'running'"), 1);
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'failed'"), 1);
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 1);
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'running'"), 1);
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'failed'"), 1);
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 1);
 	PQfinish(c);
 }
 
@@ -452,8 +440,8 @@ static void api_fault(PGconn *c, const char *rule, int code)
 	testrun_free(&r);
 	assert_running(c, rule);
 	assert_nothing_written(rule);
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'running'"), 1, "%s", rule);
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM snapshots WHERE state NOT IN ('failed')"), 0, "%s", rule);
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'running'"), 1, "%s", rule);
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM snapshots WHERE state NOT IN ('failed')"), 0, "%s", rule);
 }
 
 Test(snapshot_rest, fc_fake_faults_at_each_call_unwind)
