@@ -29,7 +29,6 @@
 #include "fault.h"
 #include "host.h"
 #include "hv.h"
-#include "qmp.h"
 #include "prog.h"
 #include "schema.h"
 #include "snapshot/snapshot.h"
@@ -38,7 +37,7 @@
 
 static struct {
 	const char *sandbox, *out, *in, *run_dir, *work_dir, *agent_timeout, *prepare_timeout,
-		*timeout, *vmm_id, *bundle_dir, *worker;
+		*timeout, *vmm_id, *bundle_dir, *worker, *hint_timeout;
 	int no_quiesce;
 } opt;
 
@@ -53,6 +52,7 @@ static struct poptOption options[] = {
 	{ "work-dir", '\0', POPT_ARG_STRING, &opt.work_dir, 0, "snapshot: where the files are staged (default $TMPDIR)", "DIR" },
 	{ "agent-timeout", '\0', POPT_ARG_STRING, &opt.agent_timeout, 0, "wait for the guest agent at most DUR (default 10s)", "DUR" },
 	{ "prepare-timeout", '\0', POPT_ARG_STRING, &opt.prepare_timeout, 0, "the freeze itself at most DUR (default 30s)", "DUR" },
+	{ "hint-timeout", '\0', POPT_ARG_STRING, &opt.hint_timeout, 0, "a running free-page hinting round may take at most DUR before it is stopped (default 10s)", "DUR" },
 	{ "timeout", '\0', POPT_ARG_STRING, &opt.timeout, 0, "writing or loading the snapshot at most DUR (default 10m)", "DUR" },
 	{ "no-quiesce", '\0', POPT_ARG_NONE, &opt.no_quiesce, 0, "do not freeze the guest's filesystems", NULL },
 	VMOPS_DRY_RUN_OPTION,
@@ -88,9 +88,11 @@ static void usage(void)
 	       " %s recover --sandbox NAME [options]\n\n",
 	       prog_name, prog_name, prog_name, prog_name, prog_name, prog_name);
 	printf("Bring a VM into a state that is safe to snapshot (guest filesystems frozen\n"
-	       "through the guest agent, vCPUs paused), and back.  Any failure, timeout or\n"
-	       "SIGINT/SIGTERM after the first change undoes every step in reverse order:\n"
-	       "the VM is left running and thawed, and no partial bundle is left.\n\n"
+	       "through the guest agent, a free-page hinting round finished or stopped,\n"
+	       "vCPUs paused), and back.  Any failure, timeout or SIGINT/SIGTERM after the\n"
+	       "first change undoes every step in reverse order: the VM is left running and\n"
+	       "thawed, and no partial bundle is left.  QEMU, Cloud Hypervisor and\n"
+	       "Firecracker.\n\n"
 	       "Options:\n");
 	vmops_cli_print_options(stdout, options);
 	printf("\nExit status: 0 ok, 1 failure, 2 usage, 5 database unreachable, 6 schema,\n"
@@ -143,6 +145,7 @@ static void prepare_opts(struct vmops_prepare_opts *po)
 	po->agent_ms = (int)opt_duration("agent-timeout", opt.agent_timeout, VMOPS_SNAP_AGENT_MS, 100, 3600000);
 	po->prepare_ms = (int)opt_duration("prepare-timeout", opt.prepare_timeout, VMOPS_SNAP_PREPARE_MS,
 					   100, 3600000);
+	po->hint_ms = (int)opt_duration("hint-timeout", opt.hint_timeout, VMOPS_SNAP_HINT_MS, 1, 3600000);
 	po->no_quiesce = opt.no_quiesce;
 	po->interrupted = &interrupted;
 }
@@ -162,19 +165,6 @@ static void bundle_opts(struct vmops_bundle_opts *bo)
 	bo->interrupted = &interrupted;
 	if (isatty(STDERR_FILENO) && !vmops_cli.quiet && !vmops_cli.json)
 		bo->progress = progress;
-}
-
-/* The hypervisor's version, for the manifest (QEMU: from the QMP greeting). */
-static int hv_version(struct vmops_hv *h, char *buf, size_t len, struct vmops_error *err)
-{
-	struct vmops_qmp *q = vmops_hv_qmp(h);
-	int major, minor, micro;
-
-	if (!q || vmops_qmp_version(q, &major, &minor, &micro) < 0)
-		return vmops_err(err, VMOPS_EXIT_HYPERVISOR, "%s vmm %lld: version unknown",
-				 vmops_hv_info(h)->kind, (long long)vmops_hv_info(h)->vmm_id);
-	snprintf(buf, len, "%d.%d.%d", major, minor, micro);
-	return 0;
 }
 
 /* Remove the staged files and their directory. */
@@ -219,7 +209,7 @@ static int do_snapshot(struct vmops_hv *h, const struct target *t, uint64_t time
 		return -1;
 	}
 	snprintf(m->hypervisor, sizeof(m->hypervisor), "%s", t->info.kind);
-	if (hv_version(h, m->hypervisor_version, sizeof(m->hypervisor_version), err) < 0) {
+	if (vmops_hv_version(h, m->hypervisor_version, sizeof(m->hypervisor_version), err) < 0) {
 		unstage(dfd, dir, names, n);
 		return -1;
 	}
@@ -467,7 +457,7 @@ static int run_db_mode(const char *mode, uint64_t timeout_ms, struct vmops_error
 		struct vmops_hibernate_opts ho = { .sandbox = opt.sandbox, .bundle_dir = opt.bundle_dir,
 						   .work_dir = opt.work_dir, .budget_ms = timeout_ms,
 						   .agent_ms = po.agent_ms, .prepare_ms = po.prepare_ms,
-						   .program = prog_name, .interrupted = &interrupted };
+						   .hint_ms = po.hint_ms, .program = prog_name, .interrupted = &interrupted };
 		struct vmops_hibernate_report hr;
 
 		r = vmops_hibernate(c, &ho, &hr, err);

@@ -22,7 +22,7 @@ _snapshot_prep()
 		COMPREPLY=($(compgen -d -- "$cur"))
 		return
 		;;
-	--agent-timeout | --prepare-timeout | --timeout)
+	--agent-timeout | --prepare-timeout | --hint-timeout | --timeout)
 		COMPREPLY=($(compgen -W '2s 10s 30s 1m 10m' -- "$cur"))
 		return
 		;;
@@ -42,7 +42,7 @@ _snapshot_prep()
 		COMPREPLY=($(compgen -W 'prepare undo snapshot restore hibernate wake recover' -- "$cur"))
 		return
 	fi
-	local opts='--sandbox -s --output -o --input -i --run-dir --vmm-id --bundle-dir --worker --work-dir --agent-timeout --prepare-timeout --timeout --no-quiesce --dry-run --db --json --verbose -v --quiet -q --help -h --version -V'
+	local opts='--sandbox -s --output -o --input -i --run-dir --vmm-id --bundle-dir --worker --work-dir --agent-timeout --prepare-timeout --hint-timeout --timeout --no-quiesce --dry-run --db --json --verbose -v --quiet -q --help -h --version -V'
 	COMPREPLY=($(compgen -W "$opts" -- "$cur"))
 } &&
 	complete -F _snapshot_prep snapshot-prep

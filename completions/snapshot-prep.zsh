@@ -14,6 +14,7 @@ _arguments -s \
   '--work-dir=[snapshot: where the files are staged]:directory:_directories' \
   '--agent-timeout=[wait for the guest agent at most DUR]:duration:(2s 10s 30s 1m)' \
   '--prepare-timeout=[the freeze itself at most DUR]:duration:(2s 10s 30s 1m)' \
+  '--hint-timeout=[a running free-page hinting round at most DUR before it is stopped]:duration:(1s 10s 30s)' \
   '--timeout=[writing or loading the snapshot at most DUR]:duration:(1m 10m 30m)' \
   '--no-quiesce[do not freeze the guest'"'"'s filesystems]' \
   '--dry-run[show what would change, change nothing]' \

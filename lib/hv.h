@@ -134,6 +134,8 @@ struct vmops_vm_status {
  */
 struct vmops_snapshot_opts {
 	bool live;               /* QEMU: background-snapshot (VM keeps running) */
+	bool diff;               /* Firecracker: only memory dirtied since the last
+				  * snapshot (others: not supported) */
 	int timeout_ms;          /* the whole write */
 	volatile sig_atomic_t *interrupted;  /* give up (INTERRUPTED) when set; may be NULL */
 };
@@ -192,6 +194,9 @@ struct vmops_hv_driver {
 	int (*hint_start)(struct vmops_hv *h, struct vmops_error *err);
 	int (*hint_status)(struct vmops_hv *h, struct vmops_hint_status *st,
 			   struct vmops_error *err);
+	/* Stop a round and wait until the status shows none running (the guest
+	 * has stopped reporting pages), all within timeout_ms: TIMEOUT if it
+	 * still runs then. */
 	int (*hint_stop)(struct vmops_hv *h, int timeout_ms, struct vmops_error *err);
 	/* Write a snapshot into dirfd (see struct vmops_snapshot_opts).  The VM
 	 * must be paused unless o->live; it is left in the state it was in. */
@@ -202,6 +207,9 @@ struct vmops_hv_driver {
 	int (*restore)(struct vmops_hv *h, int dirfd, int timeout_ms, struct vmops_error *err);
 	/* Free driver state (not the VMM). */
 	void (*release)(struct vmops_hv *h);
+	/* The hypervisor's version ("7.2.19", "53.0", "1.16.1"), for bundle
+	 * manifests.  Optional: vmops_hv_version() fails with CONFLICT. */
+	int (*version)(struct vmops_hv *h, char *buf, size_t len, struct vmops_error *err);
 };
 
 enum vmops_hv_op {
@@ -270,6 +278,7 @@ int vmops_hv_hint_stop(struct vmops_hv *h, int timeout_ms, struct vmops_error *e
 int vmops_hv_snapshot(struct vmops_hv *h, int dirfd, const struct vmops_snapshot_opts *o,
 		      struct vmops_error *err);
 int vmops_hv_restore(struct vmops_hv *h, int dirfd, int timeout_ms, struct vmops_error *err);
+int vmops_hv_version(struct vmops_hv *h, char *buf, size_t len, struct vmops_error *err);
 /* Is the VMM process alive: exists, not a zombie, same start time.  Reaps it
  * if our child.  A live process at a pid recorded without a start time is
  * unknown, and counts as alive here (see the top of this file). */

@@ -103,3 +103,10 @@ int vmops_hv_restore(struct vmops_hv *h, int dirfd, int timeout_ms, struct vmops
 	return d->restore ? d->restore(h, dirfd, timeout_ms, err)
 			  : unsupported(h, "snapshot restore", err);
 }
+
+int vmops_hv_version(struct vmops_hv *h, char *buf, size_t len, struct vmops_error *err)
+{
+	const struct vmops_hv_driver *d = vmops_hv_get_driver(h);
+
+	return d->version ? d->version(h, buf, len, err) : unsupported(h, "version", err);
+}

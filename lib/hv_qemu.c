@@ -974,4 +974,5 @@ const struct vmops_hv_driver vmops_hv_qemu_driver = {
 	.snapshot = vmops_qemu_snapshot,
 	.restore = vmops_qemu_restore,
 	.release = qemu_release,
+	.version = vmops_qemu_version,
 };

@@ -24,6 +24,8 @@ int vmops_qemu_balloon_get(struct vmops_hv *h, uint64_t *bytes, struct vmops_err
 int vmops_qemu_snapshot(struct vmops_hv *h, int dirfd, const struct vmops_snapshot_opts *o,
 			struct vmops_error *err);
 int vmops_qemu_restore(struct vmops_hv *h, int dirfd, int timeout_ms, struct vmops_error *err);
+/* From the QMP greeting: "7.2.19". */
+int vmops_qemu_version(struct vmops_hv *h, char *buf, size_t len, struct vmops_error *err);
 
 /* The file a QEMU snapshot consists of (one migration stream). */
 #define VMOPS_QEMU_SNAPSHOT_FILE "vmstate"

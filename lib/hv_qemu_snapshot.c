@@ -322,6 +322,9 @@ int vmops_qemu_snapshot(struct vmops_hv *h, int dirfd, const struct vmops_snapsh
 	_cleanup_close_ int fd = -1;
 	char eb[128];
 
+	if (o->diff)
+		return vmops_err(err, VMOPS_EXIT_CONFLICT, VMM_FMT ": diff snapshot: not supported",
+				 VMM_ARG(h));
 	if (check_paused(h, o->live, err) < 0 || snapshot_setup(h, o->live, err) < 0)
 		return -1;
 	/* Ours, new, never followed through a link; QEMU only gets the fd. */
@@ -383,5 +386,16 @@ int vmops_qemu_restore(struct vmops_hv *h, int dirfd, int timeout_ms, struct vmo
 		return vmops_err(err, VMOPS_EXIT_HYPERVISOR,
 				 VMM_FMT ": restore: the vm runs before it was resumed", VMM_ARG(h));
 	vmops_debug(VMM_FMT ": snapshot loaded (%s)", VMM_ARG(h), st.status);
+	return 0;
+}
+
+int vmops_qemu_version(struct vmops_hv *h, char *buf, size_t len, struct vmops_error *err)
+{
+	struct vmops_qmp *q = vmops_hv_qmp(h);
+	int major, minor, micro;
+
+	if (!q || vmops_qmp_version(q, &major, &minor, &micro) < 0)
+		return vmops_err(err, VMOPS_EXIT_HYPERVISOR, VMM_FMT ": version unknown", VMM_ARG(h));
+	snprintf(buf, len, "%d.%d.%d", major, minor, micro);
 	return 0;
 }

@@ -511,8 +511,9 @@ static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source 
 	}
 	if (!hv_migrates((*spec)->hypervisor))
 		return vmops_err(e, VMOPS_EXIT_CONFLICT,
-				 "sandbox %s: %s has no live migration; move it by hibernating it (snapshot-prep hibernate) and waking it on another worker",
-				 o->sandbox, (*spec)->hypervisor);
+				 "sandbox %s: %s has no live migration; move it with snapshot-prep hibernate --sandbox %s --bundle-dir DIR, then snapshot-prep wake --sandbox %s --worker %s",
+				 o->sandbox, (*spec)->hypervisor, o->sandbox, o->sandbox,
+				 o->to ? o->to : "OTHER");
 	if (o->to) {
 		_cleanup_pgresult_ PGresult *w = vmops_db_q(c, e, "SELECT state FROM workers WHERE name = $1", o->to);
 		if (!w)

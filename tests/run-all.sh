@@ -48,7 +48,7 @@ run_criterion() {
 	case $name in *test_pgrestart) j=1 ;; esac
 	# The hypervisor fakes mostly wait (on purpose: hangs, slow answers):
 	# more at once costs no CPU.
-	case $name in *test_chv | *test_firecracker) j=$((jobs * 2)) ;; esac
+	case $name in *test_chv | *test_firecracker | *test_snapshot_rest) j=$((jobs * 2)) ;; esac
 	t0=$(date +%s)
 	"$@" --jobs "$j" --verbose >"$out" 2>&1
 	rc=$?

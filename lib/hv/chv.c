@@ -77,6 +77,25 @@ static int ping(struct vmops_hv *h, struct vmops_error *err)
 	return rc < 0 ? -1 : 0;
 }
 
+/* vmm.ping's version ("v53.0"), without the v. */
+static int chv_version(struct vmops_hv *h, char *buf, size_t len, struct vmops_error *err)
+{
+	struct vmops_http_reply r = { 0 };
+	const char *v;
+	int rc = call(h, "GET", "vmm.ping", NULL, &r, err);
+
+	if (rc >= 0) {
+		v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(r.body, "version"));
+		if (!v || !v[0])
+			rc = vmops_err(err, VMOPS_EXIT_HYPERVISOR, VMM_FMT ": vmm.ping: no version",
+				       VMM_ARG(h));
+		else
+			snprintf(buf, len, "%s", v[0] == 'v' ? v + 1 : v);
+	}
+	vmops_http_reply_free(&r);
+	return rc < 0 ? -1 : 0;
+}
+
 static cJSON *vm_config(struct vmops_hv *h, const struct vmops_spec *s)
 {
 	cJSON *c = cJSON_CreateObject(), *o, *d;
@@ -295,6 +314,9 @@ static int chv_snapshot(struct vmops_hv *h, int dirfd, const struct vmops_snapsh
 	if (o && o->live)
 		return vmops_err(err, VMOPS_EXIT_CONFLICT,
 				 VMM_FMT ": live snapshot: not supported (pause the VM first)", VMM_ARG(h));
+	if (o && o->diff)
+		return vmops_err(err, VMOPS_EXIT_CONFLICT, VMM_FMT ": diff snapshot: not supported",
+				 VMM_ARG(h));
 	return url_call(h, "vm.snapshot", "destination_url", dirfd, false, o ? o->timeout_ms : 0,
 			err);
 }
@@ -642,5 +664,6 @@ const struct vmops_hv_driver vmops_hv_chv_driver = {
 	.supports_multifd = chv_supports_multifd,
 	.snapshot = chv_snapshot,
 	.restore = chv_restore,
+	.version = chv_version,
 	.release = rest_release,
 };

@@ -315,36 +315,96 @@ static int fc_hint_start(struct vmops_hv *h, struct vmops_error *err)
 }
 
 /*
+ * Is free-page hinting configured on this VM's balloon?  1 yes, 0 no (no
+ * balloon, or hinting off), -1 unknown (err says why).
+ */
+static int hinting_enabled(struct vmops_hv *h, struct vmops_error *err)
+{
+	struct vmops_http_reply r = { 0 };
+	int rc = rest_call(h, "GET", "/balloon", NULL, &r, "GET /balloon", err);
+
+	if (rc < 0 && r.status == 400)
+		rc = 0;                          /* "Balloon device not configured." */
+	else if (rc >= 0)
+		rc = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r.body, "free_page_hinting"));
+	vmops_http_reply_free(&r);
+	return rc;
+}
+
+/*
  * host_cmd is the command the host last gave: 0 stop, 1 done (the round is
  * over: acknowledged when the guest finished, or stopped), >= 2 the id of a
- * round that runs.  guest_cmd is what the guest last reported.
+ * round that runs.  guest_cmd is what the guest last reported: the id of
+ * the round while it still reports pages (the host discards them), 0 once
+ * it has stopped.  So a round runs while either says a round id: after a
+ * stop (host_cmd 1) the guest may go on reporting until it sees the stop.
+ * A VM without hinting configured has no round (the status call fails).
  */
 static int fc_hint_status(struct vmops_hv *h, struct vmops_hint_status *st,
 			  struct vmops_error *err)
 {
 	struct vmops_http_reply r = { 0 };
-	const cJSON *host;
+	const cJSON *host, *guest;
+	struct vmops_error e2 = { 0 };
 	int rc = call(h, "GET", "/balloon/hinting/status", NULL, &r, err);
 
 	memset(st, 0, sizeof(*st));
 	if (rc == 0) {
 		host = cJSON_GetObjectItemCaseSensitive(r.body, "host_cmd");
+		guest = cJSON_GetObjectItemCaseSensitive(r.body, "guest_cmd");
 		if (!cJSON_IsNumber(host))
 			rc = vmops_err(err, VMOPS_EXIT_HYPERVISOR,
 				       VMM_FMT ": GET /balloon/hinting/status: no host_cmd", VMM_ARG(h));
 		else
-			st->running = host->valuedouble >= 2;
+			st->running = host->valuedouble >= 2 ||
+				      (cJSON_IsNumber(guest) && guest->valuedouble >= 2);
+	} else if (r.status == 400 && hinting_enabled(h, &e2) == 0) {
+		rc = 0;                          /* no hinting here: nothing runs */
 	}
 	vmops_http_reply_free(&r);
 	return rc;
 }
 
+/* PATCH stop, then the status until the guest has stopped reporting. */
 static int fc_hint_stop(struct vmops_hv *h, int timeout_ms, struct vmops_error *err)
 {
 	int t = timeout_ms > 0 ? timeout_ms : priv(h)->timeout_ms;
+	int64_t deadline = rest_now_ms() + t;
+	struct vmops_hint_status st;
 
-	return rest_call_t(h, "PATCH", "/balloon/hinting/stop", NULL, t, NULL,
-			   "PATCH /balloon/hinting/stop", err) < 0 ? -1 : 0;
+	if (rest_call_t(h, "PATCH", "/balloon/hinting/stop", NULL, t, NULL,
+			"PATCH /balloon/hinting/stop", err) < 0)
+		return -1;
+	for (;;) {
+		if (fc_hint_status(h, &st, err) < 0)
+			return -1;
+		if (!st.running)
+			return 0;
+		if (rest_now_ms() >= deadline)
+			return vmops_err(err, VMOPS_EXIT_TIMEOUT,
+					 VMM_FMT ": free-page hinting still running %d ms after the stop",
+					 VMM_ARG(h), t);
+		rest_sleep_ms(20);
+	}
+}
+
+/* GET / says vmm_version. */
+static int fc_version(struct vmops_hv *h, char *buf, size_t len, struct vmops_error *err)
+{
+	struct vmops_http_reply r = { 0 };
+	const char *v;
+	int rc = call(h, "GET", "/", NULL, &r, err);
+
+	if (rc == 0) {
+		v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(r.body, "vmm_version"));
+		if (!v || !v[0])
+			rc = vmops_err(err, VMOPS_EXIT_HYPERVISOR, VMM_FMT ": GET /: no vmm_version",
+				       VMM_ARG(h));
+		else
+			snprintf(buf, len, "%s", v);
+	}
+	vmops_http_reply_free(&r);
+	return rc;
 }
 
 /* --- snapshots --------------------------------------------------------------------- */
@@ -382,7 +442,7 @@ static int fc_snapshot(struct vmops_hv *h, int dirfd, const struct vmops_snapsho
 	if (o && o->live)
 		return vmops_err(err, VMOPS_EXIT_CONFLICT,
 				 VMM_FMT ": live snapshot: not supported (pause the VM first)", VMM_ARG(h));
-	return vmops_hv_fc_snapshot(h, dirfd, false, o ? o->timeout_ms : 0, err);
+	return vmops_hv_fc_snapshot(h, dirfd, o && o->diff, o ? o->timeout_ms : 0, err);
 }
 
 static int fc_restore(struct vmops_hv *h, int dirfd, int timeout_ms, struct vmops_error *err)
@@ -430,4 +490,5 @@ const struct vmops_hv_driver vmops_hv_firecracker_driver = {
 	.snapshot = fc_snapshot,
 	.restore = fc_restore,
 	.release = rest_release,
+	.version = fc_version,
 };

@@ -24,7 +24,8 @@ static int stop_round(struct vmops_hv *h, int stop_ms, const char *why, struct v
 	return VMOPS_HINT_STOPPED;
 }
 
-int vmops_hv_hint_drain(struct vmops_hv *h, int drain_ms, int stop_ms, struct vmops_error *err)
+int vmops_hv_hint_drain(struct vmops_hv *h, int drain_ms, int stop_ms,
+			volatile sig_atomic_t *interrupted, struct vmops_error *err)
 {
 	int64_t deadline = rest_now_ms() + (drain_ms > 0 ? drain_ms : 0);
 	struct vmops_hint_status st;
@@ -43,7 +44,7 @@ int vmops_hv_hint_drain(struct vmops_hv *h, int drain_ms, int stop_ms, struct vm
 		ran = true;
 		if (rest_now_ms() >= deadline)
 			return stop_round(h, stop_ms, "outlived its drain budget", err);
-		if (vmops_hv_interrupted(h))
+		if (vmops_hv_interrupted(h) || (interrupted && *interrupted))
 			return stop_round(h, stop_ms, "interrupted", err);
 		rest_sleep_ms(POLL_MS);
 	}
@@ -60,7 +61,7 @@ int vmops_hv_snapshot_drained(struct vmops_hv *h, int dirfd, const struct vmops_
 	if (vmops_hv_status(h, &st, err) < 0)
 		return -1;
 	was_running = st.running;
-	if (vmops_hv_hint_drain(h, drain_ms, stop_ms, err) < 0)
+	if (vmops_hv_hint_drain(h, drain_ms, stop_ms, o ? o->interrupted : NULL, err) < 0)
 		return -1;
 	if (was_running && vmops_hv_pause(h, err) < 0)
 		return -1;

@@ -12,6 +12,7 @@
 #ifndef VMOPS_HV_HINT_H
 #define VMOPS_HV_HINT_H
 
+#include <signal.h>
 #include <stdbool.h>
 
 #include "hv.h"
@@ -24,11 +25,15 @@ enum vmops_hint_drain {
 
 /*
  * Make sure no hinting round runs.  drain_ms: how long a running round may
- * take to finish; stop_ms: the stop call's own budget.  Returns an enum
- * vmops_hint_drain, or -1 (the stop failed: err says why, keeping the
- * stop's code: VMOPS_EXIT_TIMEOUT or VMOPS_EXIT_HYPERVISOR).
+ * take to finish; stop_ms: the stop's own budget (the stop call, then the
+ * status until the guest has stopped reporting).  `interrupted` (may be
+ * NULL), when set, ends the wait early: the round is stopped.  Returns an
+ * enum vmops_hint_drain, or -1 (the stop failed or was never confirmed: err
+ * says why, keeping the stop's code: VMOPS_EXIT_TIMEOUT or
+ * VMOPS_EXIT_HYPERVISOR).
  */
-int vmops_hv_hint_drain(struct vmops_hv *h, int drain_ms, int stop_ms, struct vmops_error *err);
+int vmops_hv_hint_drain(struct vmops_hv *h, int drain_ms, int stop_ms,
+			volatile sig_atomic_t *interrupted, struct vmops_error *err);
 
 /*
  * Drain (as above), pause, snapshot into dirfd, then resume unless

@@ -16,7 +16,6 @@
 #include "../fleet.h"
 #include "../log.h"
 #include "../macro.h"
-#include "../qmp.h"
 #include "../vm.h"
 #include "snapshot.h"
 
@@ -131,18 +130,16 @@ static int commit_tx(PGconn *c, void *data, struct vmops_error *e)
 			   h->r->location, e);
 }
 
-static void fill_manifest(struct hib *h, struct vmops_hv *hv)
+static int fill_manifest(struct hib *h, struct vmops_hv *hv, struct vmops_error *e)
 {
-	struct vmops_qmp *q = vmops_hv_qmp(hv);
-	int a, b, c;
-
 	snprintf(h->m.hypervisor, sizeof(h->m.hypervisor), "%s", h->info.kind);
-	if (q && vmops_qmp_version(q, &a, &b, &c) == 0)
-		snprintf(h->m.hypervisor_version, sizeof(h->m.hypervisor_version), "%d.%d.%d", a, b, c);
+	if (vmops_hv_version(hv, h->m.hypervisor_version, sizeof(h->m.hypervisor_version), e) < 0)
+		return -1;
 	h->m.spec = cJSON_Parse(h->spec_json);
 	snprintf(h->m.sandbox, sizeof(h->m.sandbox), "%s", h->o->sandbox);
 	h->m.vmm_id = (uint64_t)h->r->vmm_id;
 	snprintf(h->m.worker, sizeof(h->m.worker), "%s", h->worker);
+	return 0;
 }
 
 /* Prepare, snapshot into a staging dir, bundle to the location; the VM stays prepared. */
@@ -150,7 +147,7 @@ static int write_bundle(struct hib *h, struct vmops_hv *hv, struct vmops_prep *p
 			struct vmops_error *e)
 {
 	struct vmops_prepare_opts po = { .agent_ms = h->o->agent_ms, .prepare_ms = h->o->prepare_ms,
-					 .interrupted = h->o->interrupted };
+					 .hint_ms = h->o->hint_ms, .interrupted = h->o->interrupted };
 	struct vmops_bundle_opts bo = { .interrupted = h->o->interrupted };
 	const char *names[VMOPS_SNAP_UNDO_MAX];
 	_cleanup_spec_ struct vmops_spec *spec = vmops_spec_parse(h->spec_json, (size_t)-1, e);
@@ -169,9 +166,10 @@ static int write_bundle(struct hib *h, struct vmops_hv *hv, struct vmops_prep *p
 		rc = vmops_prep_snapshot(p, dfd, spec, (int)h->o->budget_ms, names, &n, e);
 	if (rc == 0) {
 		vmops_fault_point("bundle");
-		fill_manifest(h, hv);
-		rc = vmops_bundle_write_path(h->r->location, dfd, names, n, &h->m, &bo, e);
+		rc = fill_manifest(h, hv, e);
 	}
+	if (rc == 0)
+		rc = vmops_bundle_write_path(h->r->location, dfd, names, n, &h->m, &bo, e);
 	if (rc == 0)
 		rc = vmops_file_sha256(h->r->location, h->r->sha256, &h->r->size_bytes, e);
 	for (size_t i = 0; i < n; i++)

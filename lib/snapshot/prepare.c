@@ -1,15 +1,18 @@
 /* SPDX-License-Identifier: MIT */
 /* Prepare a VM for a snapshot, and undo it (see snapshot.h). */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "../exitcodes.h"
 #include "../fault.h"
+#include "../hv/hint.h"
 #include "../log.h"
 #include "snapshot.h"
 
@@ -58,6 +61,38 @@ static int push(struct vmops_prep *p, const char *what, enum vmops_snap_undo_kin
 
 /* --- undo actions -------------------------------------------------------------- */
 
+/*
+ * Delete what the snapshot wrote: every entry of the snapshot directory,
+ * which was empty before (vmops_prep_snapshot checks), so all of it is ours
+ * (the VMM's files, whatever their names, and the disk copies).  Entries are
+ * unlinked, never followed; a subdirectory (no driver makes one) is kept.
+ */
+static int sweep(struct vmops_prep *p, struct vmops_error *err)
+{
+	int fd;
+	DIR *d;
+	struct dirent *de;
+	int r = 0;
+
+	if (p->dirfd < 0)
+		return 0;  /* the directory is gone with its files */
+	fd = openat(p->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return vmops_err(err, VMOPS_EXIT_FAILURE, "delete snapshot files: %s", strerror(errno));
+	}
+	while ((de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (unlinkat(p->dirfd, de->d_name, 0) < 0 && errno != ENOENT && r == 0)
+			r = vmops_err(err, VMOPS_EXIT_FAILURE, "delete %s: %s", de->d_name,
+				      strerror(errno));
+	}
+	closedir(d);
+	return r;
+}
+
 /* Thaw, retried until unwind_ms: an agent busy with a late freeze answers later. */
 static int undo_thaw(struct vmops_prep *p, struct vmops_error *err)
 {
@@ -90,16 +125,8 @@ static int undo_one(struct vmops_prep *p, const struct vmops_snap_undo *u, struc
 		return undo_thaw(p, err);
 	if (!strcmp(u->what, "deflate"))
 		return vmops_hv_balloon_set(p->h, u->arg, err);
-	if (!strcmp(u->what, "hint-stop"))
-		return vmops_hv_hint_stop(p->h, 2000, err);
-	if (!strcmp(u->what, "delete")) {
-		if (p->dirfd < 0)
-			return 0;  /* the directory is gone with its files */
-		if (unlinkat(p->dirfd, p->files[u->arg], 0) < 0 && errno != ENOENT)
-			return vmops_err(err, VMOPS_EXIT_FAILURE, "delete %s: %s", p->files[u->arg],
-					 strerror(errno));
-		return 0;
-	}
+	if (!strcmp(u->what, "delete"))
+		return sweep(p, err);
 	return vmops_err(err, VMOPS_EXIT_FAILURE, "undo: unknown step %s", u->what);
 }
 
@@ -156,35 +183,24 @@ int vmops_prep_undo(struct vmops_prep *p, struct vmops_error *err)
 
 /* --- prepare steps --------------------------------------------------------------- */
 
+/*
+ * A free-page hinting round left running keeps the host discarding guest
+ * pages after the pause: wait for it (hint_ms), else stop it and see it
+ * stopped (hint_stop_ms).  A stop that fails or is never confirmed fails
+ * the step: the VM is put back, nothing is written.
+ */
 static int step_hint(struct vmops_prep *p, struct vmops_error *err)
 {
-	struct vmops_hint_status st;
-	int64_t deadline;
-	struct vmops_error e2;
+	int r;
 
 	if (!vmops_hv_can(p->h, VMOPS_HV_OP_HINT))
 		return 0;
 	vmops_fault_point("hint");
-	if (vmops_hv_hint_start(p->h, err) < 0)
-		return -1;
-	deadline = now_ms() + ms_or(p->o.hint_ms, VMOPS_SNAP_HINT_MS);
-	for (;;) {
-		if (vmops_hv_hint_status(p->h, &st, err) < 0)
-			break;
-		if (!st.running)
-			return 0;
-		if (now_ms() >= deadline || interrupted(p)) {
-			vmops_err(err, interrupted(p) ? VMOPS_EXIT_INTERRUPTED : VMOPS_EXIT_TIMEOUT,
-				  "free-page hinting not done within %d ms",
-				  ms_or(p->o.hint_ms, VMOPS_SNAP_HINT_MS));
-			break;
-		}
-		sleep_ms(50);
-	}
-	/* A round left running keeps discarding pages: stop it before the pause. */
-	if (vmops_hv_hint_stop(p->h, 2000, &e2) < 0)
-		vmops_warn("stopping free-page hinting: %s", e2.msg);
-	return -1;
+	r = vmops_hv_hint_drain(p->h, ms_or(p->o.hint_ms, VMOPS_SNAP_HINT_MS),
+				ms_or(p->o.hint_stop_ms, VMOPS_SNAP_HINT_STOP_MS), p->o.interrupted, err);
+	if (r == VMOPS_HINT_STOPPED)
+		vmops_info("free-page hinting round stopped before the pause");
+	return r < 0 ? -1 : 0;
 }
 
 static int step_balloon(struct vmops_prep *p, struct vmops_error *err)
@@ -205,6 +221,11 @@ static int step_quiesce(struct vmops_prep *p, struct vmops_error *err)
 
 	if (p->o.no_quiesce)
 		return 0;
+	if (!vmops_hv_can(p->h, VMOPS_HV_OP_QUIESCE)) {
+		/* No guest agent channel (Cloud Hypervisor, Firecracker): crash-consistent. */
+		vmops_info("%s: no guest agent: filesystems not frozen", vmops_hv_info(p->h)->kind);
+		return 0;
+	}
 	vmops_fault_point("quiesce");
 	/* First the undo: a freeze that times out here may still happen there. */
 	if (push(p, "thaw", VMOPS_UNDO_VM, 0, err) < 0)
@@ -243,9 +264,9 @@ int vmops_prepare(struct vmops_prep *p, struct vmops_hv *h, const struct vmops_p
 		const char *name;
 		int (*fn)(struct vmops_prep *, struct vmops_error *);
 	} steps[] = {
-		{ "hint", step_hint },
 		{ "balloon", step_balloon },
 		{ "quiesce", step_quiesce },
+		{ "hint", step_hint },
 		{ "pause", step_pause },
 	};
 
@@ -268,23 +289,78 @@ int vmops_prepare(struct vmops_prep *p, struct vmops_hv *h, const struct vmops_p
 
 static int add_file(struct vmops_prep *p, const char *name, struct vmops_error *err)
 {
-	if (p->n_files >= VMOPS_SNAP_UNDO_MAX)
-		return vmops_err(err, VMOPS_EXIT_FAILURE, "snapshot: too many files");
-	snprintf(p->files[p->n_files], sizeof(p->files[0]), "%s", name);
-	return push(p, "delete", VMOPS_UNDO_FILE, p->n_files++, err);
+	for (size_t i = 0; i < p->n_files; i++)
+		if (!strcmp(p->files[i], name))
+			return 0;
+	if (p->n_files >= VMOPS_SNAP_UNDO_MAX || strlen(name) >= sizeof(p->files[0]))
+		return vmops_err(err, VMOPS_EXIT_FAILURE, "snapshot: too many files, or %s too long", name);
+	snprintf(p->files[p->n_files++], sizeof(p->files[0]), "%s", name);
+	return 0;
 }
 
-/* Files a driver writes (hv.h leaves the names to it): whatever is new in dirfd. */
+/* Add every regular file in dirfd (what the VMM wrote) to p->files. */
+static int collect_files(struct vmops_prep *p, struct vmops_error *err)
+{
+	int fd = openat(p->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct dirent *de;
+	struct stat st;
+	DIR *d;
+	int r = 0;
+
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return vmops_err(err, VMOPS_EXIT_FAILURE, "snapshot directory: %s", strerror(errno));
+	}
+	while (r == 0 && (de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (fstatat(p->dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+			r = vmops_err(err, VMOPS_EXIT_HYPERVISOR, "snapshot: %s is not a regular file",
+				      de->d_name);
+		else
+			r = add_file(p, de->d_name, err);
+	}
+	closedir(d);
+	return r;
+}
+
+/* Is dirfd empty?  (Then everything in it after the snapshot is ours.) */
+static int check_empty(int dirfd, struct vmops_error *err)
+{
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct dirent *de;
+	bool empty = true;
+	DIR *d;
+
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return vmops_err(err, VMOPS_EXIT_FAILURE, "snapshot directory: %s", strerror(errno));
+	}
+	while (empty && (de = readdir(d)))
+		empty = !strcmp(de->d_name, ".") || !strcmp(de->d_name, "..");
+	closedir(d);
+	return empty ? 0 : vmops_err(err, VMOPS_EXIT_FAILURE, "snapshot directory is not empty");
+}
+
+/*
+ * The VMM writes its own files (hv.h leaves the names to the driver: QEMU
+ * vmstate; Cloud Hypervisor config.json, state.json, memory-ranges;
+ * Firecracker vmstate, memory).  The undo (delete everything in the
+ * directory) is registered before the write starts; afterwards whatever
+ * is there is the snapshot.
+ */
 static int snapshot_vmm(struct vmops_prep *p, int timeout_ms, struct vmops_error *err)
 {
 	struct vmops_snapshot_opts so = { .live = false, .timeout_ms = timeout_ms,
 					  .interrupted = p->o.interrupted };
 
 	vmops_fault_point("snapshot");
-	/* The QEMU driver writes one stream; register it before it exists. */
-	if (add_file(p, "vmstate", err) < 0)
+	if (push(p, "delete", VMOPS_UNDO_FILE, 0, err) < 0 ||
+	    vmops_hv_snapshot(p->h, p->dirfd, &so, err) < 0)
 		return -1;
-	return vmops_hv_snapshot(p->h, p->dirfd, &so, err);
+	return collect_files(p, err);
 }
 
 static int snapshot_disks(struct vmops_prep *p, const struct vmops_spec *spec,
@@ -308,6 +384,8 @@ int vmops_prep_snapshot(struct vmops_prep *p, int dirfd, const struct vmops_spec
 			int timeout_ms, const char *names[VMOPS_SNAP_UNDO_MAX], size_t *n_names,
 			struct vmops_error *err)
 {
+	if (check_empty(dirfd, err) < 0)
+		return fail(p, "snapshot", err);
 	p->dirfd = dirfd;
 	if (check_interrupted(p, "snapshot", err) < 0)
 		return fail(p, "snapshot", err);
@@ -342,7 +420,7 @@ int vmops_prep_recover(struct vmops_hv *h, const struct vmops_prepare_opts *o,
 	if (!st.running && (!strcmp(st.status, "paused") || !strcmp(st.status, "postmigrate")) &&
 	    vmops_hv_resume(h, err) < 0)
 		return -1;
-	if (o->no_quiesce)
+	if (o->no_quiesce || !vmops_hv_can(h, VMOPS_HV_OP_QUIESCE))
 		return 0;
 	if (undo_thaw(&p, err) < 0)
 		return -1;

@@ -6,19 +6,25 @@
  * Prepare, in this order, each step a fault point (VMOPS_FAULT=STEP:ACTION,
  * lib/fault.h) checked before it acts:
  *
- *   hint      free-page hinting round (drivers that have one): started and
- *             waited for within hint_ms; on timeout or error it is stopped
- *             (its own short budget) before anything else happens
  *   balloon   optional reclaim (balloon_bytes > 0): undo = back to the
  *             balloon size found
  *   quiesce   guest filesystems frozen through the guest agent (agent_ms to
  *             reach it, op_ms for the freeze; separate budgets): undo = thaw,
  *             registered BEFORE the freeze is asked for (a freeze that timed
- *             out may still happen in the guest)
+ *             out may still happen in the guest).  Drivers with no guest
+ *             agent channel (Cloud Hypervisor, Firecracker) skip it: their
+ *             snapshots are crash-consistent.
+ *   hint      drivers with free-page hinting (Firecracker): a round that
+ *             runs is waited for within hint_ms; on timeout, error or the
+ *             interrupted flag it is stopped and seen stopped within
+ *             hint_stop_ms, right before the pause (pausing stops only the
+ *             vCPUs: a round left running keeps the host discarding guest
+ *             pages while the memory is written).  A stop that fails or is
+ *             never confirmed fails the step.
  *   pause     vCPUs stopped: undo = resume (only if the VM was running)
  *
- * then `snapshot` (vmstate written into the directory: undo = delete it)
- * and `disks` (the spec's writable disk images copied sparse next to it,
+ * then `snapshot` (the VMM's own files written into the directory, which
+ * must be empty: undo = delete everything in it) and `disks` (the spec's writable disk images copied sparse next to it,
  * taken while paused: undo = delete them).
  *
  * Undo runs in reverse order of registration; it ignores the interrupted
@@ -46,23 +52,25 @@
 #define VMOPS_SNAP_AGENT_MS 10000     /* default: reaching the guest agent */
 #define VMOPS_SNAP_PREPARE_MS 30000   /* default: the freeze itself */
 #define VMOPS_SNAP_HINT_MS 10000      /* default: a free-page hinting round */
+#define VMOPS_SNAP_HINT_STOP_MS 2000  /* default: stopping one */
 #define VMOPS_SNAP_UNWIND_MS 60000    /* default: retrying undo actions */
 
 enum vmops_snap_undo_kind {
-	VMOPS_UNDO_VM,     /* puts the VM back: thaw, resume, deflate, hint stop */
+	VMOPS_UNDO_VM,     /* puts the VM back: thaw, resume, deflate */
 	VMOPS_UNDO_FILE,   /* deletes something we wrote */
 };
 
 struct vmops_snap_undo {
 	const char *what;                 /* "thaw", "resume", ... */
 	enum vmops_snap_undo_kind kind;
-	uint64_t arg;                     /* balloon size; file index */
+	uint64_t arg;                     /* balloon size */
 };
 
 struct vmops_prepare_opts {
 	int agent_ms;                     /* <= 0: VMOPS_SNAP_AGENT_MS */
 	int prepare_ms;                   /* <= 0: VMOPS_SNAP_PREPARE_MS */
 	int hint_ms;                      /* <= 0: VMOPS_SNAP_HINT_MS */
+	int hint_stop_ms;                 /* <= 0: VMOPS_SNAP_HINT_STOP_MS */
 	int unwind_ms;                    /* <= 0: VMOPS_SNAP_UNWIND_MS */
 	bool no_quiesce;                  /* skip the freeze (no agent in the guest) */
 	uint64_t balloon_bytes;           /* > 0: reclaim this much first */
@@ -76,7 +84,7 @@ struct vmops_prep {
 	int dirfd;                        /* snapshot directory (not owned), -1: none */
 	size_t n_undo;
 	struct vmops_snap_undo undo[VMOPS_SNAP_UNDO_MAX];
-	char files[VMOPS_SNAP_UNDO_MAX][64];  /* names of files written into dirfd */
+	char files[VMOPS_SNAP_UNDO_MAX][64];  /* names of the files written into dirfd */
 	size_t n_files;
 	int frozen;                       /* filesystems the guest froze, -1: unknown */
 	bool was_running;
@@ -94,8 +102,9 @@ int vmops_prepare(struct vmops_prep *p, struct vmops_hv *h, const struct vmops_p
 		  struct vmops_error *err);
 
 /*
- * Take the snapshot into dirfd while prepared: the VMM's files, then a
- * sparse copy of each writable disk of `spec` (named disk<i>.img).  On
+ * Take the snapshot into dirfd (empty; ours) while prepared: the VMM's
+ * files, then a sparse copy of each writable disk of `spec` (named
+ * disk<i>.img).  On
  * failure everything is unwound (files deleted, VM resumed and thawed).
  * `names`, if not NULL, receives the file names (static storage of p).
  */
@@ -132,6 +141,7 @@ struct vmops_hibernate_opts {
 	const char *work_dir;        /* staging (NULL: bundle_dir) */
 	uint64_t budget_ms;          /* the state write (0: VMOPS_HIBERNATE_BUDGET_MS) */
 	int agent_ms, prepare_ms;    /* see struct vmops_prepare_opts */
+	int hint_ms;                 /* see struct vmops_prepare_opts */
 	const char *program;         /* for the lease owner and audit rows */
 	volatile sig_atomic_t *interrupted;
 };

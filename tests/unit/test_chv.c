@@ -37,59 +37,16 @@
 #include "log.h"
 #include "proc.h"
 #include "spec.h"
+#include "fakelib.h"
 #include "testlib.h"
-
-static char dir[64];
-static char fake[PATH_MAX];
-static pid_t pids[64];
-static int npids;
-
-static void log_to_stderr(void *data, int level, const char *fmt, va_list ap)
-	__attribute__((format(printf, 3, 0)));
-
-static void log_to_stderr(void *data, int level, const char *fmt, va_list ap)
-{
-	(void)data;
-	fprintf(stderr, "vmops[%d]: ", level);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-}
 
 static void setup(void)
 {
-	const char *fd = getenv("VMOPS_FAKES_DIR");
-
-	if (getenv("VMOPS_TEST_DEBUG"))
-		vmops_set_log_fn(log_to_stderr, NULL);
-	snprintf(dir, sizeof(dir), "/tmp/vmops-chv.XXXXXX");
-	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	cr_assert(realpath(fd ? fd : "tests/fakes", fake), "tests/fakes not found (run from the top)");
-	strcat(fake, "/fake-chv");
-	cr_assert(access(fake, X_OK) == 0, "%s: not executable", fake);
-	vmops_hv_rest_set_default_timeout(3000);
-	unsetenv("VMOPS_FAKE_FAULT");
+	fake_setup("chv", "fake-chv");
 	unsetenv("VMOPS_FAKE_CH_API");
-	npids = 0;
 }
 
-static pid_t procs_naming(const char *needle, bool kill_them);
-
-static void teardown(void)
-{
-	char cmd[PATH_MAX + 16];
-
-	for (int i = 0; i < npids; i++)
-		kill(pids[i], SIGKILL);
-	if (dir[0])
-		procs_naming(dir, true);   /* VMMs that programs under test started */
-	if (!getenv("VMOPS_TEST_KEEP") && !strncmp(dir, "/tmp/vmops-chv.", 15)) {
-		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-		if (system(cmd) != 0)
-			fprintf(stderr, "cannot remove %s\n", dir);
-	}
-}
-
-TestSuite(chv, .init = setup, .fini = teardown, .timeout = 120);
+TestSuite(chv, .init = setup, .fini = fake_teardown, .timeout = 120);
 
 static struct vmops_spec *spec16(void)
 {
@@ -102,33 +59,12 @@ static struct vmops_spec *spec16(void)
 	return s;
 }
 
-static struct vmops_hv_launch_opts opts_for(int id, char *rd, size_t rdlen)
-{
-	struct vmops_hv_launch_opts o = { 0 };
-
-	snprintf(rd, rdlen, "%s/vm-%d", dir, id);
-	o.run_dir = rd;
-	o.vmm_id = (uint64_t)id;
-	o.binary = fake;
-	o.die_with_parent = true;
-	return o;
-}
-
-static void track(struct vmops_hv *h)
-{
-	if (h && vmops_hv_info(h)->pid > 0 && npids < 64)
-		pids[npids++] = vmops_hv_info(h)->pid;
-}
-
 static struct vmops_hv *launch(int id, struct vmops_error *err)
 {
 	struct vmops_spec *s = spec16();
-	char rd[PATH_MAX];
-	struct vmops_hv_launch_opts o = opts_for(id, rd, sizeof(rd));
-	struct vmops_hv *h = vmops_hv_launch(s, &o, err);
+	struct vmops_hv *h = fake_launch(s, id, err);
 
 	vmops_spec_free(s);
-	track(h);
 	return h;
 }
 
@@ -142,136 +78,6 @@ static struct vmops_hv *launch_ok(int id)
 }
 
 /* --- the fake's request log ------------------------------------------------------ */
-
-static cJSON *read_log_at(const char *sock)
-{
-	char path[PATH_MAX + 8], line[65536];
-	cJSON *arr = cJSON_CreateArray();
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s.log", sock);
-	f = fopen(path, "r");
-	cr_assert(f, "%s: %s", path, strerror(errno));
-	while (fgets(line, sizeof(line), f)) {
-		cJSON *e = cJSON_Parse(line);
-
-		cr_assert(e, "bad log line %s", line);
-		cJSON_AddItemToArray(arr, e);
-	}
-	fclose(f);
-	return arr;
-}
-
-static cJSON *read_log(struct vmops_hv *h)
-{
-	return read_log_at(vmops_hv_info(h)->control_socket);
-}
-
-/* Processes whose command line contains `needle`: the first one's pid (0:
- * none); kill: SIGKILL them all. */
-static pid_t procs_naming(const char *needle, bool kill_them)
-{
-	char path[300], buf[8192];
-	DIR *d = opendir("/proc");
-	struct dirent *de;
-	pid_t found = 0;
-
-	if (!d)
-		return 0;
-	while ((kill_them || !found) && (de = readdir(d))) {
-		ssize_t n;
-		int fd;
-
-		if (de->d_name[0] < '1' || de->d_name[0] > '9')
-			continue;
-		snprintf(path, sizeof(path), "/proc/%s/cmdline", de->d_name);
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			continue;
-		n = read(fd, buf, sizeof(buf) - 1);
-		close(fd);
-		for (ssize_t i = 0; i < n; i++)
-			if (!buf[i])
-				buf[i] = ' ';
-		buf[n > 0 ? n : 0] = '\0';
-		if (strstr(buf, needle) && atoi(de->d_name) != getpid()) {
-			found = atoi(de->d_name);
-			if (kill_them)
-				kill(found, SIGKILL);
-		}
-	}
-	closedir(d);
-	return found;
-}
-
-/* Is a process running whose command line names this VM's run directory? */
-static bool runs_under(int id)
-{
-	char needle[PATH_MAX];
-
-	snprintf(needle, sizeof(needle), "%s/vm-%d/", dir, id);
-	return procs_naming(needle, false) != 0;
-}
-
-static const char *str(const cJSON *o, const char *k)
-{
-	const char *s = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, k));
-
-	return s ? s : "";
-}
-
-/* Index of the first request `call` at or after `from` (-1: none). */
-static int find_call(const cJSON *log, const char *call, int from)
-{
-	for (int i = from; i < cJSON_GetArraySize(log); i++)
-		if (!strcmp(str(cJSON_GetArrayItem(log, i), "call"), call))
-			return i;
-	return -1;
-}
-
-static const cJSON *find_event(const cJSON *log, const char *event)
-{
-	const cJSON *e;
-
-	cJSON_ArrayForEach(e, log)
-		if (!strcmp(str(e, "event"), event))
-			return e;
-	return NULL;
-}
-
-static int status_of(const cJSON *log, int i)
-{
-	const cJSON *s = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(log, i), "status");
-
-	return cJSON_IsNumber(s) ? s->valueint : -1;
-}
-
-static void no_undeclared(const cJSON *log)
-{
-	const cJSON *e;
-
-	cJSON_ArrayForEach(e, log)
-		cr_expect(!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "undeclared")),
-			  "fake answered %s with an undeclared status", str(e, "call"));
-}
-
-static const char *vm_status(struct vmops_hv *h)
-{
-	static struct vmops_vm_status st;
-	struct vmops_error e = { 0 };
-
-	cr_assert(vmops_hv_status(h, &st, &e) == 0, "status: %s", e.msg);
-	return st.status;
-}
-
-static void destroy(struct vmops_hv *h)
-{
-	struct vmops_error e = { 0 };
-
-	cr_assert(vmops_hv_destroy(h, 5000, &e) == 0, "destroy: %s", e.msg);
-	cr_assert(!vmops_hv_is_alive(h));
-	vmops_hv_free(h);
-}
 
 /* ======================================================================= */
 
@@ -298,29 +104,29 @@ Test(chv, lifecycle)
 	cr_expect_str_eq(info->kind, "cloud-hypervisor");
 	cr_expect(strstr(info->control_socket, "vmops-vmm-1.sock"));
 	cr_assert(vmops_hv_wait_ready(h, 5000, &e) == 0, "%s", e.msg);
-	cr_expect_str_eq(vm_status(h), "running");
+	cr_expect_str_eq(fake_vm_status(h), "running");
 	cr_assert(vmops_hv_pause(h, &e) == 0, "%s", e.msg);
-	cr_expect_str_eq(vm_status(h), "paused");
+	cr_expect_str_eq(fake_vm_status(h), "paused");
 	cr_assert(vmops_hv_resume(h, &e) == 0, "%s", e.msg);
-	cr_expect_str_eq(vm_status(h), "running");
+	cr_expect_str_eq(fake_vm_status(h), "running");
 	cr_expect_eq(vmops_hv_supports_multifd(h, &e), 1);
 	cr_expect(vmops_hv_can(h, VMOPS_HV_OP_MIGRATE));
 	cr_expect(vmops_hv_can(h, VMOPS_HV_OP_SNAPSHOT));
 	cr_expect(!vmops_hv_can(h, VMOPS_HV_OP_HINT));
-	log = read_log(h);
-	destroy(h);
+	log = fake_read_log(h);
+	fake_destroy(h);
 	/* the calls, in order */
-	i = find_call(log, "vmm.ping", 0);
+	i = fake_find_call(log, "vmm.ping", NULL, 0);
 	cr_assert(i >= 0);
-	i = find_call(log, "vm.create", i);
-	cr_assert(i >= 0 && status_of(log, i) == 204);
-	i = find_call(log, "vm.boot", i);
-	cr_assert(i >= 0 && status_of(log, i) == 204);
-	i = find_call(log, "vm.pause", i);
-	cr_assert(i >= 0 && status_of(log, i) == 204);
-	i = find_call(log, "vm.resume", i);
-	cr_assert(i >= 0 && status_of(log, i) == 204);
-	no_undeclared(log);
+	i = fake_find_call(log, "vm.create", NULL, i);
+	cr_assert(i >= 0 && fake_status_of(log, i) == 204);
+	i = fake_find_call(log, "vm.boot", NULL, i);
+	cr_assert(i >= 0 && fake_status_of(log, i) == 204);
+	i = fake_find_call(log, "vm.pause", NULL, i);
+	cr_assert(i >= 0 && fake_status_of(log, i) == 204);
+	i = fake_find_call(log, "vm.resume", NULL, i);
+	cr_assert(i >= 0 && fake_status_of(log, i) == 204);
+	fake_no_undeclared(log);
 	cJSON_Delete(log);
 }
 
@@ -334,7 +140,7 @@ Test(chv, destroy_asks_the_vmm_first)
 	bool seen = false;
 
 	snprintf(sock, sizeof(sock), "%s", vmops_hv_info(h)->control_socket);
-	destroy(h);
+	fake_destroy(h);
 	snprintf(path, sizeof(path), "%s.log", sock);
 	f = fopen(path, "r");
 	cr_assert(f);
@@ -356,28 +162,7 @@ Test(chv, error_carries_the_hypervisors_message)
 	cr_expect(strstr(e.msg, "cloud-hypervisor vmm 3"), "%s", e.msg);
 	cr_expect(strstr(e.msg, "The VM could not be paused"), "%s", e.msg);
 	cr_expect(strstr(e.msg, "HTTP 500"), "%s", e.msg);
-	destroy(h);
-}
-
-static int open_dir(const char *name)
-{
-	char p[PATH_MAX];
-	int fd;
-
-	snprintf(p, sizeof(p), "%s/%s", dir, name);
-	cr_assert(mkdir(p, 0700) == 0);
-	fd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	cr_assert(fd >= 0);
-	return fd;
-}
-
-static off_t file_size(const char *sub, const char *name)
-{
-	char p[PATH_MAX];
-	struct stat st;
-
-	snprintf(p, sizeof(p), "%s/%s/%s", dir, sub, name);
-	return stat(p, &st) == 0 ? st.st_size : -1;
+	fake_destroy(h);
 }
 
 Test(chv, snapshot_and_restore)
@@ -387,30 +172,30 @@ Test(chv, snapshot_and_restore)
 	struct vmops_error e = { 0 };
 	struct vmops_spec *s = spec16();
 	char rd[PATH_MAX];
-	struct vmops_hv_launch_opts o = opts_for(5, rd, sizeof(rd));
-	int fd = open_dir("snap");
+	struct vmops_hv_launch_opts o = fake_opts_for(5, rd, sizeof(rd));
+	int fd = fake_open_dir("snap");
 
 	/* a running VM is refused by the VMM, and stays running */
 	cr_assert(vmops_hv_snapshot(h, fd, &so, &e) < 0);
 	cr_expect(strstr(e.msg, "VM is not paused"), "%s", e.msg);
-	cr_expect_str_eq(vm_status(h), "running");
+	cr_expect_str_eq(fake_vm_status(h), "running");
 	cr_assert(vmops_hv_pause(h, &e) == 0, "%s", e.msg);
 	cr_assert(vmops_hv_snapshot(h, fd, &so, &e) == 0, "%s", e.msg);
-	cr_expect_str_eq(vm_status(h), "paused");
-	cr_expect(file_size("snap", "config.json") > 0);
-	cr_expect(file_size("snap", "state.json") > 0);
-	cr_expect_eq(file_size("snap", "memory-ranges"), 16 << 20);
-	destroy(h);
+	cr_expect_str_eq(fake_vm_status(h), "paused");
+	cr_expect(fake_file_size("snap", "config.json") > 0);
+	cr_expect(fake_file_size("snap", "state.json") > 0);
+	cr_expect_eq(fake_file_size("snap", "memory-ranges"), 16 << 20);
+	fake_destroy(h);
 
 	r = vmops_hv_launch_for_restore(s, &o, &e);
-	track(r);
+	fake_track(r);
 	cr_assert(r, "%s", e.msg);
-	cr_expect_str_eq(vm_status(r), "inmigrate");
+	cr_expect_str_eq(fake_vm_status(r), "inmigrate");
 	cr_assert(vmops_hv_restore(r, fd, 5000, &e) == 0, "%s", e.msg);
-	cr_expect_str_eq(vm_status(r), "paused");
+	cr_expect_str_eq(fake_vm_status(r), "paused");
 	cr_assert(vmops_hv_resume(r, &e) == 0, "%s", e.msg);
-	cr_expect_str_eq(vm_status(r), "running");
-	destroy(r);
+	cr_expect_str_eq(fake_vm_status(r), "running");
+	fake_destroy(r);
 	vmops_spec_free(s);
 	close(fd);
 }
@@ -421,13 +206,13 @@ static struct vmops_hv *receiver(int id, const char *uri, unsigned n)
 {
 	struct vmops_spec *s = spec16();
 	char rd[PATH_MAX];
-	struct vmops_hv_launch_opts o = opts_for(id, rd, sizeof(rd));
+	struct vmops_hv_launch_opts o = fake_opts_for(id, rd, sizeof(rd));
 	struct vmops_migrate_params mp = { .connections = n };
 	struct vmops_error e = { 0 };
 	struct vmops_hv *t = vmops_hv_prepare_incoming(s, &o, uri, &mp, 10000, &e);
 
 	vmops_spec_free(s);
-	track(t);
+	fake_track(t);
 	cr_assert(t, "prepare_incoming: %s", e.msg);
 	return t;
 }
@@ -470,11 +255,11 @@ static void migrate(int id, unsigned n, const char *uri_in, unsigned expect_conn
 		cr_expect(!vmops_hv_is_alive(src), "v53 source vmm still there after a migration");
 	}
 	/* the target runs a moment after the source says completed */
-	for (int i = 0; i < 500 && strcmp(vm_status(t), "running"); i++)
+	for (int i = 0; i < 500 && strcmp(fake_vm_status(t), "running"); i++)
 		usleep(10000);
-	cr_expect_str_eq(vm_status(t), "running");
-	log = read_log(t);
-	ev = find_event(log, "migration-received");
+	cr_expect_str_eq(fake_vm_status(t), "running");
+	log = fake_read_log(t);
+	ev = fake_find_event(log, "migration-received");
 	cr_assert(ev, "the receiver logged no migration");
 	c = cJSON_GetObjectItemCaseSensitive(ev, "connections");
 	cr_expect_eq(c->valueint, (int)expect_conns, "connections %d, expected %u", c->valueint,
@@ -482,13 +267,13 @@ static void migrate(int id, unsigned n, const char *uri_in, unsigned expect_conn
 	cJSON_ArrayForEach(b, cJSON_GetObjectItemCaseSensitive(ev, "bytes_per_connection"))
 		sum += (uint64_t)b->valuedouble;
 	cr_expect_eq(sum, 16u << 20, "moved %llu bytes", (unsigned long long)sum);
-	no_undeclared(log);
+	fake_no_undeclared(log);
 	cJSON_Delete(log);
 	if (vmops_hv_is_alive(src))
-		destroy(src);
+		fake_destroy(src);
 	else
 		vmops_hv_free(src);
-	destroy(t);
+	fake_destroy(t);
 }
 
 Test(chv, migrate_1_connection)
@@ -520,11 +305,11 @@ Test(chv, connections_0_and_129_refused)
 		cr_expect_eq(e.code, VMOPS_EXIT_USAGE, "%u: code %d: %s", bad[i], e.code, e.msg);
 		cr_expect(strstr(e.msg, "connections must be 1..128"), "%s", e.msg);
 	}
-	log = read_log(src);
-	cr_expect_eq(find_call(log, "vm.send-migration", 0), -1, "refused values reached the VMM");
+	log = fake_read_log(src);
+	cr_expect_eq(fake_find_call(log, "vm.send-migration", NULL, 0), -1, "refused values reached the VMM");
 	cJSON_Delete(log);
-	cr_expect_str_eq(vm_status(src), "running");
-	destroy(src);
+	cr_expect_str_eq(fake_vm_status(src), "running");
+	fake_destroy(src);
 }
 
 Test(chv, several_connections_over_a_unix_socket)
@@ -533,19 +318,19 @@ Test(chv, several_connections_over_a_unix_socket)
 	cJSON *log;
 	int i;
 
-	snprintf(uri, sizeof(uri), "unix:%s/mig.sock", dir);
+	snprintf(uri, sizeof(uri), "unix:%s/mig.sock", fake_dir);
 	/* the API refuses 4 over a UNIX socket; the driver sends over one */
 	migrate(20, 4, uri, 1);
 	/* the refusal came from the VMM, and was answered by a retry with 1 */
-	log = read_log_at(last_src);
-	i = find_call(log, "vm.send-migration", 0);
+	log = fake_read_log_at(last_src);
+	i = fake_find_call(log, "vm.send-migration", NULL, 0);
 	cr_assert(i >= 0);
-	cr_expect_eq(status_of(log, i), 500);
-	cr_expect(strstr(str(cJSON_GetArrayItem(log, i), "body"), "\"connections\":4"));
-	i = find_call(log, "vm.send-migration", i + 1);
+	cr_expect_eq(fake_status_of(log, i), 500);
+	cr_expect(strstr(fake_str(cJSON_GetArrayItem(log, i), "body"), "\"connections\":4"));
+	i = fake_find_call(log, "vm.send-migration", NULL, i + 1);
 	cr_assert(i >= 0, "no second send-migration");
-	cr_expect_eq(status_of(log, i), 204);
-	cr_expect(strstr(str(cJSON_GetArrayItem(log, i), "body"), "\"connections\":1"));
+	cr_expect_eq(fake_status_of(log, i), 204);
+	cr_expect(strstr(fake_str(cJSON_GetArrayItem(log, i), "body"), "\"connections\":1"));
 	cJSON_Delete(log);
 }
 
@@ -567,8 +352,8 @@ Test(chv, migration_to_nobody_fails_and_source_runs)
 	wait_final(src, &p);
 	cr_expect_str_eq(p.status, "failed");
 	cr_expect(p.error_desc[0]);
-	cr_expect_str_eq(vm_status(src), "running");
-	destroy(src);
+	cr_expect_str_eq(fake_vm_status(src), "running");
+	fake_destroy(src);
 }
 
 /* --- faults ---------------------------------------------------------------------------- */
@@ -605,14 +390,14 @@ Test(chv, faults_at_launch)
 			if (!expected_code(modes[m])) {
 				cr_expect(h, "%s:%s: %s", calls[c], modes[m], e.msg);
 				if (h)
-					destroy(h);
+					fake_destroy(h);
 				continue;
 			}
 			cr_expect(!h, "%s:%s: launch succeeded", calls[c], modes[m]);
 			cr_expect_eq(e.code, expected_code(modes[m]), "%s:%s: code %d: %s", calls[c],
 				     modes[m], e.code, e.msg);
 			/* nothing half-started left behind */
-			cr_expect(!runs_under(id - 1), "%s:%s: the vmm still runs", calls[c], modes[m]);
+			cr_expect(!fake_runs_under(id - 1), "%s:%s: the vmm still runs", calls[c], modes[m]);
 			vmops_hv_free(h);
 		}
 	unsetenv("VMOPS_FAKE_FAULT");
@@ -655,9 +440,9 @@ static void fault_case(int id, const char *call, const char *mode, op_fn op, boo
 	} else {
 		cr_expect(r < 0, "%s:%s: succeeded", call, mode);
 		cr_expect_eq(e.code, expected_code(mode), "%s:%s: code %d: %s", call, mode, e.code, e.msg);
-		cr_expect_str_eq(vm_status(h), found, "%s:%s: vm not left as found", call, mode);
+		cr_expect_str_eq(fake_vm_status(h), found, "%s:%s: vm not left as found", call, mode);
 	}
-	destroy(h);
+	fake_destroy(h);
 }
 
 Test(chv, faults_at_each_call)
@@ -675,7 +460,7 @@ Test(chv, faults_at_each_call)
 	};
 	int id = 60;
 
-	snap_fd = open_dir("faultsnap");
+	snap_fd = fake_open_dir("faultsnap");
 	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++)
 		for (size_t m = 0; m < 4; m++) {
 			/* only the first call faults, so the check of the state afterwards answers */
@@ -696,53 +481,26 @@ Test(chv, faults_at_each_call)
 
 /* --- vm-fleet and vm-migrate (database: run through tests/run-one.sh) ------------------ */
 
-static long long q_ll(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static long long q_ll(PGconn *c, const char *fmt, ...)
-{
-	char sql[1024];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(sql, sizeof(sql), fmt, ap);
-	va_end(ap);
-	return testdb_ll(c, sql);
-}
-
 Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
 {
-	char ci[512], sql[1024], bin[256], link[PATH_MAX], path[8192], specf[PATH_MAX];
+	char ci[512];
 	PGconn *c = testdb_new(true, ci, sizeof(ci));
-	const char *old = getenv("PATH");
+	const char *specf;
 	struct testrun r;
 	PGresult *res;
 	cJSON *log;
 	const cJSON *ev;
-	FILE *f;
 
-	snprintf(sql, sizeof(sql),
-		 "INSERT INTO workers (name, memory_mb, vcpus, run_dir, state) VALUES"
-		 " ('w1', 4096, 8, '%s/w1', 'active'), ('w2', 4096, 8, '%s/w2', 'active')", dir, dir);
-	PQclear(testdb_exec(c, sql));
 	/* the programs find "cloud-hypervisor" on PATH: the fake */
-	snprintf(bin, sizeof(bin), "%s/bin", dir);
-	cr_assert(mkdir(bin, 0700) == 0);
-	snprintf(link, sizeof(link), "%s/cloud-hypervisor", bin);
-	cr_assert(symlink(fake, link) == 0);
-	snprintf(path, sizeof(path), "%s:%s", bin, old ? old : "/usr/bin:/bin");
-	setenv("PATH", path, 1);
-	snprintf(specf, sizeof(specf), "%s/ch1.json", dir);
-	f = fopen(specf, "w");
-	cr_assert(f);
-	fprintf(f, "{\"hypervisor\":\"cloud-hypervisor\",\"memory_mb\":16,\"vcpus\":1,"
-		   "\"kernel\":\"/boot/vmlinuz\"}\n");
-	fclose(f);
+	fake_fleet(c, "cloud-hypervisor", "fake-chv");
+	specf = fake_write_file("ch1.json", "{\"hypervisor\":\"cloud-hypervisor\",\"memory_mb\":16,"
+				"\"vcpus\":1,\"kernel\":\"/boot/vmlinuz\"}\n");
 
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", "ch1", "--org", "acme",
 		"--worker", "w1", "--spec", specf);
 	cr_assert_eq(r.status, 0, "launch: %s", r.err);
 	testrun_free(&r);
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM vmms v JOIN sandboxes s ON s.active_vmm_id = v.id"
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM vmms v JOIN sandboxes s ON s.active_vmm_id = v.id"
 			  " WHERE s.name = '%s' AND v.hypervisor = 'cloud-hypervisor' AND v.state = 'running'"
 			  " AND v.pid > 0 AND v.pid_start_time > 0 AND v.control_socket LIKE '%%/vmops-vmm-%%.sock'",
 			  "ch1"), 1, "launch did not record pid, start time and socket");
@@ -752,19 +510,19 @@ Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
 	TESTRUN(&r, "vm-migrate", "--db", ci, "--connections", "4", "ch1");
 	cr_expect_eq(r.status, 0, "vm-migrate: exit %d: %s", r.status, r.err);
 	testrun_free(&r);
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
 			  " JOIN vmms v ON v.id = s.active_vmm_id WHERE s.name = '%s' AND w.name = 'w2'"
 			  " AND s.status = 'running' AND v.state = 'running'", "ch1"), 1, "not moved to w2");
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM migrations m JOIN sandboxes s ON s.id = m.sandbox_id"
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM migrations m JOIN sandboxes s ON s.id = m.sandbox_id"
 			  " WHERE s.name = '%s' AND m.state = 'completed' AND m.connections_used = 4", "ch1"), 1);
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
 			  " WHERE s.name = '%s' AND e.ended_at IS NULL AND e.vmm_id = s.active_vmm_id", "ch1"), 1);
 	res = testdb_exec(c, "SELECT v.control_socket FROM sandboxes s JOIN vmms v ON v.id = s.active_vmm_id"
 			     " WHERE s.name = 'ch1'");
 	cr_assert_eq(PQntuples(res), 1);
-	log = read_log_at(PQgetvalue(res, 0, 0));
+	log = fake_read_log_at(PQgetvalue(res, 0, 0));
 	PQclear(res);
-	ev = find_event(log, "migration-received");
+	ev = fake_find_event(log, "migration-received");
 	cr_assert(ev, "the target fake received no migration");
 	cr_expect_eq(cJSON_GetObjectItemCaseSensitive(ev, "connections")->valueint, 4);
 	cJSON_Delete(log);
@@ -775,16 +533,14 @@ Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
 	cr_expect_eq(r.status, 0, "vm-migrate back: exit %d: %s", r.status, r.err);
 	testrun_free(&r);
 	unsetenv("VMOPS_FAKE_MIGRATE_MS");
-	cr_expect_eq(q_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
 			  " WHERE s.name = '%s' AND w.name = 'w1' AND s.status = 'running'", "ch1"), 1,
 		     "not moved back to w1");
 
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "ch1");
 	cr_expect_eq(r.status, 0, "destroy: %s", r.err);
 	testrun_free(&r);
-	cr_expect(!procs_naming(dir, false), "a vmm outlived destroy");
-	if (old)
-		setenv("PATH", old, 1);
+	cr_expect(!fake_procs_naming(fake_dir, false), "a vmm outlived destroy");
 	PQfinish(c);
 }
 
@@ -806,7 +562,7 @@ Test(chv, command_line_identifies_the_vmm)
 	vmops_ghost_argv_sockets(VMOPS_HV_CLOUD_HYPERVISOR, argc - 1, argv + 1, ctl, sizeof(ctl), agent, sizeof(agent));
 	cr_expect_str_eq(ctl, info->control_socket);
 	free(argv);
-	destroy(h);
+	fake_destroy(h);
 }
 
 Test(chv, faults_at_the_migration_calls)
@@ -825,17 +581,17 @@ Test(chv, faults_at_the_migration_calls)
 		/* the receiver's vm.receive-migration */
 		snprintf(f, sizeof(f), "vm.receive-migration:%s", modes[m]);
 		setenv("VMOPS_FAKE_FAULT", f, 1);
-		o = opts_for(id, rd, sizeof(rd));
+		o = fake_opts_for(id, rd, sizeof(rd));
 		t = vmops_hv_prepare_incoming(s, &o, "tcp:127.0.0.1:0", &mp, 2000, &e);
-		track(t);
+		fake_track(t);
 		if (!expected_code(modes[m])) {
 			cr_expect(t, "%s: %s", f, e.msg);
 			if (t)
-				destroy(t);
+				fake_destroy(t);
 		} else {
 			cr_expect(!t, "%s: receiver ready", f);
 			cr_expect_eq(e.code, expected_code(modes[m]), "%s: code %d: %s", f, e.code, e.msg);
-			cr_expect(!runs_under(id), "%s: the receiver was left running", f);
+			cr_expect(!fake_runs_under(id), "%s: the receiver was left running", f);
 		}
 		id++;
 		vmops_spec_free(s);
@@ -849,9 +605,9 @@ Test(chv, faults_at_the_migration_calls)
 		} else {
 			cr_expect(vmops_hv_send(src, "tcp:127.0.0.1:9", &mp, &e) < 0, "%s: sent", f);
 			cr_expect_eq(e.code, expected_code(modes[m]), "%s: code %d: %s", f, e.code, e.msg);
-			cr_expect_str_eq(vm_status(src), "running", "%s", f);
+			cr_expect_str_eq(fake_vm_status(src), "running", "%s", f);
 		}
-		destroy(src);
+		fake_destroy(src);
 	}
 	unsetenv("VMOPS_FAKE_FAULT");
 }

@@ -16,6 +16,7 @@ runs snapshot-prep --db "$NODB" restore --run-dir /tmp/x
 runs snapshot-prep --db "$NODB" prepare --sandbox sb1 --agent-timeout 5
 runs snapshot-prep --db "$NODB" prepare --sandbox sb1 --agent-timeout 0s
 runs snapshot-prep --db "$NODB" prepare --sandbox sb1 --prepare-timeout 2h
+runs snapshot-prep --db "$NODB" hibernate --sandbox sb1 --bundle-dir /b --hint-timeout 0s
 runs snapshot-prep --db "$NODB" snapshot --sandbox sb1 -o /tmp/x --timeout x
 runs snapshot-prep --db "$NODB" prepare --sandbox sb1 --bogus
 runs snapshot-prep --db "$NODB" prepare --sandbox sb1 --no-quiesce=yes

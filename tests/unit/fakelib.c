@@ -1,0 +1,370 @@
+/* SPDX-License-Identifier: MIT */
+/* Scaffolding for the suites that drive the hypervisor fakes (fakelib.h). */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "fakelib.h"
+#include "hv/rest.h"
+#include "log.h"
+#include "testlib.h"
+
+char fake_dir[64];
+char fake_bin[PATH_MAX];
+static char tag_prefix[40];
+static pid_t pids[64];
+static int npids;
+static char *old_path;       /* PATH before fake_fleet, restored at teardown */
+
+static void log_to_stderr(void *data, int level, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
+
+static void log_to_stderr(void *data, int level, const char *fmt, va_list ap)
+{
+	(void)data;
+	fprintf(stderr, "vmops[%d]: ", level);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
+void fake_setup(const char *tag, const char *fake)
+{
+	const char *fd = getenv("VMOPS_FAKES_DIR");
+
+	if (getenv("VMOPS_TEST_DEBUG"))
+		vmops_set_log_fn(log_to_stderr, NULL);
+	snprintf(tag_prefix, sizeof(tag_prefix), "/tmp/vmops-%s.", tag);
+	snprintf(fake_dir, sizeof(fake_dir), "%sXXXXXX", tag_prefix);
+	cr_assert(mkdtemp(fake_dir), "mkdtemp: %s", strerror(errno));
+	cr_assert(realpath(fd ? fd : "tests/fakes", fake_bin), "tests/fakes not found (run from the top)");
+	cr_assert(strlen(fake_bin) + strlen(fake) + 2 < sizeof(fake_bin));
+	strcat(fake_bin, "/");
+	strcat(fake_bin, fake);
+	cr_assert(access(fake_bin, X_OK) == 0, "%s: not executable", fake_bin);
+	vmops_hv_rest_set_default_timeout(3000);
+	unsetenv("VMOPS_FAKE_FAULT");
+	npids = 0;
+}
+
+void fake_teardown(void)
+{
+	char cmd[PATH_MAX + 16];
+
+	for (int i = 0; i < npids; i++)
+		kill(pids[i], SIGKILL);
+	if (old_path) {
+		setenv("PATH", old_path, 1);
+		free(old_path);
+		old_path = NULL;
+	}
+	if (fake_dir[0])
+		fake_procs_naming(fake_dir, true);   /* VMMs that programs under test started */
+	if (!getenv("VMOPS_TEST_KEEP") && tag_prefix[0] &&
+	    !strncmp(fake_dir, tag_prefix, strlen(tag_prefix))) {
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fake_dir);
+		if (system(cmd) != 0)
+			fprintf(stderr, "cannot remove %s\n", fake_dir);
+	}
+}
+
+struct vmops_hv_launch_opts fake_opts_for(int id, char *rd, size_t rdlen)
+{
+	struct vmops_hv_launch_opts o = { 0 };
+
+	snprintf(rd, rdlen, "%s/vm-%d", fake_dir, id);
+	o.run_dir = rd;
+	o.vmm_id = (uint64_t)id;
+	o.binary = fake_bin;
+	o.die_with_parent = true;
+	return o;
+}
+
+void fake_track(struct vmops_hv *h)
+{
+	if (h && vmops_hv_info(h)->pid > 0 && npids < 64)
+		pids[npids++] = vmops_hv_info(h)->pid;
+}
+
+struct vmops_hv *fake_launch(const struct vmops_spec *s, int id, struct vmops_error *err)
+{
+	char rd[PATH_MAX];
+	struct vmops_hv_launch_opts o = fake_opts_for(id, rd, sizeof(rd));
+	struct vmops_hv *h = vmops_hv_launch(s, &o, err);
+
+	fake_track(h);
+	return h;
+}
+
+void fake_destroy(struct vmops_hv *h)
+{
+	struct vmops_error e = { 0 };
+
+	cr_assert(vmops_hv_destroy(h, 5000, &e) == 0, "destroy: %s", e.msg);
+	cr_assert(!vmops_hv_is_alive(h));
+	vmops_hv_free(h);
+}
+
+const char *fake_vm_status(struct vmops_hv *h)
+{
+	static struct vmops_vm_status st;
+	struct vmops_error e = { 0 };
+
+	cr_assert(vmops_hv_status(h, &st, &e) == 0, "status: %s", e.msg);
+	return st.status;
+}
+
+/* --- the request log ------------------------------------------------------------- */
+
+cJSON *fake_read_log_at(const char *sock)
+{
+	char path[PATH_MAX + 8], line[65536];
+	cJSON *arr = cJSON_CreateArray();
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s.log", sock);
+	f = fopen(path, "r");
+	cr_assert(f, "%s: %s", path, strerror(errno));
+	while (fgets(line, sizeof(line), f)) {
+		cJSON *e = cJSON_Parse(line);
+
+		cr_assert(e, "bad log line %s", line);
+		cJSON_AddItemToArray(arr, e);
+	}
+	fclose(f);
+	return arr;
+}
+
+cJSON *fake_read_log(struct vmops_hv *h)
+{
+	return fake_read_log_at(vmops_hv_info(h)->control_socket);
+}
+
+const char *fake_str(const cJSON *o, const char *k)
+{
+	const char *s = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, k));
+
+	return s ? s : "";
+}
+
+int fake_find_call(const cJSON *log, const char *call, const char *body, int from)
+{
+	for (int i = from; i < cJSON_GetArraySize(log); i++) {
+		const cJSON *e = cJSON_GetArrayItem(log, i);
+
+		if (!strcmp(fake_str(e, "call"), call) && (!body || strstr(fake_str(e, "body"), body)))
+			return i;
+	}
+	return -1;
+}
+
+int fake_last_call(const cJSON *log, const char *call)
+{
+	int last = -1;
+
+	for (int i = 0; (i = fake_find_call(log, call, NULL, i)) >= 0; i++)
+		last = i;
+	return last;
+}
+
+const cJSON *fake_find_event(const cJSON *log, const char *event)
+{
+	const cJSON *e;
+
+	cJSON_ArrayForEach(e, log)
+		if (!strcmp(fake_str(e, "event"), event))
+			return e;
+	return NULL;
+}
+
+int fake_status_of(const cJSON *log, int i)
+{
+	const cJSON *s = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(log, i), "status");
+
+	return cJSON_IsNumber(s) ? s->valueint : -1;
+}
+
+void fake_no_undeclared(const cJSON *log)
+{
+	const cJSON *e;
+
+	cJSON_ArrayForEach(e, log)
+		cr_expect(!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "undeclared")),
+			  "fake answered %s with an undeclared status", fake_str(e, "call"));
+}
+
+bool fake_fault_arm(struct vmops_hv *h, const char *rule)
+{
+	char path[PATH_MAX + 8];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s.fault", vmops_hv_info(h)->control_socket);
+	f = fopen(path, "w");
+	if (!f)
+		return false;
+	fprintf(f, "%s\n", rule);
+	return fclose(f) == 0;
+}
+
+/* --- processes ----------------------------------------------------------------------- */
+
+pid_t fake_procs_naming(const char *needle, bool kill_them)
+{
+	char path[300], buf[8192];
+	DIR *d = opendir("/proc");
+	struct dirent *de;
+	pid_t found = 0;
+
+	if (!d)
+		return 0;
+	while ((kill_them || !found) && (de = readdir(d))) {
+		ssize_t n;
+		int fd;
+
+		if (de->d_name[0] < '1' || de->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/cmdline", de->d_name);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		n = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		for (ssize_t i = 0; i < n; i++)
+			if (!buf[i])
+				buf[i] = ' ';
+		buf[n > 0 ? n : 0] = '\0';
+		if (strstr(buf, needle) && atoi(de->d_name) != getpid()) {
+			found = atoi(de->d_name);
+			if (kill_them)
+				kill(found, SIGKILL);
+		}
+	}
+	closedir(d);
+	return found;
+}
+
+bool fake_runs_under(int id)
+{
+	char needle[PATH_MAX];
+
+	snprintf(needle, sizeof(needle), "%s/vm-%d/", fake_dir, id);
+	return fake_procs_naming(needle, false) != 0;
+}
+
+bool fake_runs_under_dir(void)
+{
+	char needle[PATH_MAX];
+
+	snprintf(needle, sizeof(needle), "%s/", fake_dir);
+	return fake_procs_naming(needle, false) != 0;
+}
+
+/* --- files ------------------------------------------------------------------------------ */
+
+int fake_open_dir(const char *name)
+{
+	char p[PATH_MAX];
+	int fd;
+
+	snprintf(p, sizeof(p), "%s/%s", fake_dir, name);
+	cr_assert(mkdir(p, 0700) == 0, "mkdir %s: %s", p, strerror(errno));
+	fd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	cr_assert(fd >= 0);
+	return fd;
+}
+
+off_t fake_file_size(const char *sub, const char *name)
+{
+	char p[PATH_MAX];
+	struct stat st;
+
+	snprintf(p, sizeof(p), "%s/%s/%s", fake_dir, sub, name);
+	return stat(p, &st) == 0 ? st.st_size : -1;
+}
+
+void fake_touch(const char *path, off_t size)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+	cr_assert(fd >= 0 && ftruncate(fd, size) == 0, "%s: %s", path, strerror(errno));
+	close(fd);
+}
+
+/* --- the fleet -------------------------------------------------------------------------- */
+
+void fake_fleet(PGconn *c, const char *binary, const char *fake)
+{
+	char sql[1024], bin[PATH_MAX], link[PATH_MAX + 64], target[PATH_MAX], path[8192];
+	const char *cur = getenv("PATH");
+
+	snprintf(bin, sizeof(bin), "%s/bin", fake_dir);
+	if (mkdir(bin, 0700) == 0) {
+		snprintf(sql, sizeof(sql),
+			 "INSERT INTO workers (name, memory_mb, vcpus, run_dir, state) VALUES"
+			 " ('w1', 4096, 8, '%s/w1', 'active'), ('w2', 4096, 8, '%s/w2', 'active')",
+			 fake_dir, fake_dir);
+		PQclear(testdb_exec(c, sql));
+		old_path = strdup(cur ? cur : "/usr/bin:/bin");
+		snprintf(path, sizeof(path), "%s:%s", bin, old_path);
+		setenv("PATH", path, 1);
+	}
+	snprintf(target, sizeof(target), "%s", fake_bin);
+	*strrchr(target, '/') = '\0';
+	cr_assert(strlen(target) + strlen(fake) + 2 < sizeof(target));
+	strcat(target, "/");
+	strcat(target, fake);
+	snprintf(link, sizeof(link), "%s/%s", bin, binary);
+	cr_assert(symlink(target, link) == 0, "symlink %s: %s", link, strerror(errno));
+}
+
+long long fake_ll(PGconn *c, const char *fmt, ...)
+{
+	char sql[2048];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(sql, sizeof(sql), fmt, ap);
+	va_end(ap);
+	return testdb_ll(c, sql);
+}
+
+const char *fake_write_file(const char *name, const char *json)
+{
+	static char path[PATH_MAX];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", fake_dir, name);
+	f = fopen(path, "w");
+	cr_assert(f, "%s: %s", path, strerror(errno));
+	fputs(json, f);
+	cr_assert(fclose(f) == 0);
+	return path;
+}
+
+void fake_wait_stopped(pid_t pid)
+{
+	char path[64], buf[512];
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	for (int k = 0; k < 1200; k++) {
+		FILE *f = fopen(path, "r");
+		bool stopped = false;
+
+		if (f) {
+			stopped = fgets(buf, sizeof(buf), f) && strstr(buf, ") T ");
+			fclose(f);
+		}
+		if (stopped)
+			return;
+		usleep(50000);
+	}
+	cr_assert_fail("pid %d never stopped itself", (int)pid);
+}
