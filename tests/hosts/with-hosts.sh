@@ -147,10 +147,11 @@ CFG
 for i in $(seq 1 "$n"); do
 	h="$dir/h$i"
 	t=0
-	until p=$(pgrep -P "$(cat "$h/unshare.pid")") && [ -n "$p" ]; do
+	until p=$(cat "/proc/$(cat "$h/unshare.pid")/task/$(cat "$h/unshare.pid")/children" 2>/dev/null) && [ -n "$p" ]; do
 		t=$((t + 1)); [ $t -lt 100 ] || { echo "with-hosts: host $i did not start" >&2; cat "$h/init.log" >&2; exit 1; }
 		sleep 0.1
 	done
+	p=${p%% *}
 	echo "$p" >"$h/init.pid"
 	t=0
 	until ssh -F "$dir/ssh_config" -o BatchMode=yes -o ConnectTimeout=5 "$(cat "$h/addr")" true 2>"$h/probe.err"; do
