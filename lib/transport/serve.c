@@ -87,8 +87,10 @@ static int do_launch(const cJSON *req, cJSON *ans, struct vmops_error *e)
 	if (!cJSON_IsNumber(id) || id->valuedouble < 1 || id->valuedouble > 9007199254740991.0)
 		return vmops_err(e, VMOPS_EXIT_USAGE, "vmm_id: missing or out of range");
 	opts.vmm_id = (uint64_t)id->valuedouble;
-	if (!(spec = vmops_spec_from_json(cJSON_GetObjectItemCaseSensitive(req, "spec"), e)))
+	if (!(spec = vmops_spec_from_json(cJSON_GetObjectItemCaseSensitive(req, "spec"), e))) {
+		e->code = VMOPS_EXIT_USAGE;   /* a bad request */
 		return vmops_err_prefix(e, "launch spec");
+	}
 	if (check_run_dir(run_dir, opts.vmm_id, parent, sizeof(parent), e) < 0)
 		return -1;
 	if (!accel || !strcmp(accel, "auto"))

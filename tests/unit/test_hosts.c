@@ -311,3 +311,48 @@ Test(hosts, destroy_on_an_unreachable_host_changes_nothing, .timeout = 240, .fin
 	cr_assert_eq(vms_on_host(3), 0);
 	PQfinish(c);
 }
+
+/* Live migration across hosts is not built yet: refused before anything is
+ * claimed or started, in both directions, and never chosen as a target. */
+Test(hosts, migration_to_or_from_an_ssh_worker_is_refused, .timeout = 240, .fini = fini)
+{
+	PGconn *c;
+	struct testrun r;
+	char sql[512], *before;
+
+	need_hosts();
+	testlib_need_qemu();
+	c = fleet();
+	add_worker("w1", 1);
+	add_worker("w2", 2);
+	snprintf(sql, sizeof(sql), "INSERT INTO workers (name, memory_mb, vcpus, run_dir) VALUES ('local1', 1024, 2, '%s/local1')",
+		 rundir);
+	PQclear(testdb_exec(c, sql));
+	launch(c, "sb1", "w1", 0);
+	before = counts(c);
+	TESTRUN(&r, "vm-migrate", "--db", ci, "sb1", "--to", "w2", "--wait-target", "0s");
+	cr_assert_eq(r.status, VMOPS_EXIT_CONFLICT, "%d %s", r.status, r.err);
+	cr_assert(strstr(r.err, "over ssh"), "%s", r.err);
+	cr_assert_eq(testlib_lines(r.err), 1, "%s", r.err);
+	testrun_free(&r);
+	TESTRUN(&r, "vm-migrate", "--db", ci, "sb1", "--to", "local1", "--wait-target", "0s");
+	cr_assert_eq(r.status, VMOPS_EXIT_CONFLICT, "%d %s", r.status, r.err);
+	testrun_free(&r);
+	cr_assert_str_eq(counts(c), before);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations"), 0);
+	cr_assert_eq(vms_on_host(1), 1, "the VM runs on where it was");
+	/* A sandbox on a local worker: the ssh workers are no target. */
+	PQclear(testdb_exec(c, "UPDATE workers SET state = 'draining' WHERE name = 'local1'"));
+	snprintf(sql, sizeof(sql), "INSERT INTO workers (name, memory_mb, vcpus, run_dir) VALUES ('local2', 1024, 2, '%s/local2')",
+		 rundir);
+	PQclear(testdb_exec(c, sql));
+	launch(c, "sb2", "local2", 0);
+	TESTRUN(&r, "vm-migrate", "--db", ci, "sb2", "--to", "w1", "--wait-target", "0s");
+	cr_assert_eq(r.status, VMOPS_EXIT_CONFLICT, "%d %s", r.status, r.err);
+	testrun_free(&r);
+	TESTRUN(&r, "vm-migrate", "--db", ci, "sb2", "--wait-target", "0s");
+	cr_assert_eq(r.status, VMOPS_EXIT_NOCAPACITY, "%d %s", r.status, r.err);
+	testrun_free(&r);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations"), 0);
+	PQfinish(c);
+}
