@@ -356,3 +356,39 @@ Test(hosts, migration_to_or_from_an_ssh_worker_is_refused, .timeout = 240, .fini
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations"), 0);
 	PQfinish(c);
 }
+
+/* ghost-reap runs on each host for its own workers: inside host 1 it sees
+ * host 1's processes under the pids the database recorded for them. */
+Test(hosts, ghost_reap_on_the_workers_own_host, .timeout = 240, .fini = fini)
+{
+	PGconn *c;
+	char cmd[1024], *out;
+	long long pid;
+	int rc;
+
+	need_hosts();
+	testlib_need_qemu();
+	c = fleet();
+	add_worker("w1", 1);
+	launch(c, "sb1", "w1", 0);
+	pid = testdb_ll(c, "SELECT pid FROM vmms");
+	snprintf(cmd, sizeof(cmd), "VMOPS_HOST_ID=%s \"%s/ghost-reap\" --db \"%s\" --worker w1 --min-age 0s; echo rc=$?",
+		 host_id(1), getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin", ci);
+	out = hostctl("run", 1, cmd, NULL);
+	cr_assert(strstr(out, "rc=0"), "nothing to find there: %s", out);
+	/* The VM dies on its host: ghost-reap there finds the phantom. */
+	snprintf(cmd, sizeof(cmd), "kill -KILL %lld", pid);
+	hostctl("run", 1, cmd, NULL);
+	snprintf(cmd, sizeof(cmd), "VMOPS_HOST_ID=%s \"%s/ghost-reap\" --db \"%s\" --worker w1 --min-age 0s --action kill"
+		 " >/dev/null 2>&1; echo rc=$?", host_id(1), getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin", ci);
+	for (int i = 0; i < 50; i++) {
+		out = hostctl("run", 1, cmd, &rc);
+		if (strstr(out, "rc=4"))
+			break;
+		usleep(200000);
+	}
+	cr_assert(strstr(out, "rc=4"), "found and fixed: %s", out);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'error'"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 0);
+	PQfinish(c);
+}
