@@ -28,7 +28,7 @@ BUILT_PROGRAMS = $(patsubst cmd/%.c,%,$(wildcard cmd/*.c))
 
 DEB_PACKAGES = build-essential autoconf automake pkg-config libpq-dev postgresql \
 	libcjson-dev libarchive-dev libcurl4-openssl-dev libssl-dev libpopt-dev libcriterion-dev \
-	mandoc bash-completion zsh qemu-system-x86 linux-image-amd64 busybox-static \
+	mandoc bash-completion zsh openssh-client openssh-server qemu-system-x86 linux-image-amd64 busybox-static \
 	cpio e2fsprogs valgrind clang qemu-guest-agent hyperfine iperf3 python3 python3-yaml iproute2 zstd time
 
 # Goals that must work on a fresh machine before autoconf or any library is

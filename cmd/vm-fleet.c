@@ -21,6 +21,7 @@
 #include "prog.h"
 #include "schema.h"
 #include "spec.h"
+#include "transport/transport.h"
 #include "vm.h"
 
 static struct {
@@ -50,7 +51,7 @@ static struct poptOption worker_add_options[] = {
 	{ "memory", '\0', POPT_ARG_STRING, &opt.memory, 0, "memory the worker offers to VMs (e.g. 64G)", "SIZE" },
 	{ "vcpus", '\0', POPT_ARG_STRING, &opt.vcpus, 0, "vCPUs the worker offers to VMs", "N" },
 	{ "address", '\0', POPT_ARG_STRING, &opt.address, 0, "address migration traffic goes to (default 127.0.0.1)", "ADDR" },
-	{ "transport", '\0', POPT_ARG_STRING, &opt.transport, 0, "how vmops reaches the worker: local", "KIND" },
+	{ "transport", '\0', POPT_ARG_STRING, &opt.transport, 0, "how vmops reaches the worker: local (this host) or ssh (--address is its ssh destination)", "KIND" },
 	{ "run-dir", '\0', POPT_ARG_STRING, &opt.run_dir, 0, "directory for VMM sockets and logs on the worker", "DIR" },
 	{ "ports", '\0', POPT_ARG_STRING, &opt.ports, 0, "migration port range (default 49152-49407)", "MIN-MAX" },
 	{ "host-id", '\0', POPT_ARG_STRING, &opt.host_id, 0,
@@ -151,6 +152,7 @@ static int cmd_list(PGconn *c, const char **args);
 static int cmd_register(PGconn *c, const char **args);
 static int cmd_launch(PGconn *c, const char **args);
 static int cmd_destroy(PGconn *c, const char **args);
+static int cmd_remote(PGconn *c, const char **args);
 
 static const struct command commands[] = {
 	{ "init", "", "create or upgrade the fleet schema (idempotent)", init_options, 0, cmd_init, false },
@@ -170,6 +172,8 @@ static const struct command commands[] = {
 	  "start a VM on a worker and record it", launch_options, 0, cmd_launch, true },
 	{ "destroy", "SANDBOX", "stop a sandbox's VM and record it destroyed", destroy_options, 1,
 	  cmd_destroy, true },
+	{ "remote", "ACTION", "the entry point vmops runs over ssh on a worker's host (JSON on stdin)",
+	  plain_options, 1, cmd_remote, false },
 };
 
 static void usage(void)
@@ -398,7 +402,14 @@ static int cmd_worker_add(PGconn *c, const char **args)
 		parse_ports(opt.ports, &w.port_min, &w.port_max);
 	w.host_id = opt.host_id;
 	w.image_dirs = opt.image_dirs;
-	if (!w.host_id) {
+	if (w.transport && !strcmp(w.transport, "ssh")) {
+		/* The host must answer, and says who it is (checked against --host-id). */
+		_cleanup_transport_ struct vmops_transport *t = vmops_transport_ssh(w.name, w.address, opt.host_id, &err);
+
+		if (!t || vmops_transport_hello(t, here, 20000, &err) < 0)
+			die_err(&err);
+		w.host_id = here;
+	} else if (!w.host_id) {
 		/* transport local: the worker is this host */
 		if (vmops_host_id(getenv(VMOPS_HOST_ID_ENV), here, sizeof(here), &err) == 0)
 			w.host_id = here;
@@ -767,6 +778,38 @@ static int cmd_destroy(PGconn *c, const char **args)
 	return VMOPS_EXIT_OK;
 }
 
+/*
+ * vm-fleet remote ACTION: run on a worker's host by the ssh transport of
+ * another vmops program (lib/transport), its request as JSON on stdin.
+ * The answer is one JSON object on stdout, also on failure ({"error",
+ * "code"}); the exit code is the action's.
+ */
+static int cmd_remote(PGconn *c, const char **args)
+{
+	static char buf[1 << 20];
+	size_t n = 0, k;
+	cJSON *ans = NULL;
+	char *text;
+	int rc;
+
+	(void)c;
+	while (n < sizeof(buf) && (k = fread(buf + n, 1, sizeof(buf) - n, stdin)) > 0)
+		n += k;
+	if (n == sizeof(buf))
+		usage_error("remote %s: request larger than %zu bytes", args[0], sizeof(buf) - 1);
+	rc = vmops_remote_serve(args[0], buf, n, &ans);
+	text = ans ? cJSON_PrintUnformatted(ans) : NULL;
+	if (text)
+		printf("%s\n", text);
+	if (rc != VMOPS_EXIT_OK)
+		fprintf(stderr, "%s: remote %s: %s\n", prog_name, args[0],
+			ans && cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ans, "error")) ?
+			cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ans, "error")) : "failed");
+	free(text);
+	cJSON_Delete(ans);
+	return rc;
+}
+
 /* Validate the command's values before any database contact. */
 static void validate(const struct command *cmd, const char **args)
 {
@@ -779,8 +822,13 @@ static void validate(const struct command *cmd, const char **args)
 		need(opt.vcpus, "vcpus");
 		size_mb("memory", opt.memory);
 		number("vcpus", opt.vcpus, 1, 1 << 20);
-		if (opt.transport && strcmp(opt.transport, "local") != 0)
-			usage_error("--transport: '%s' is not supported yet: use local", opt.transport);
+		if (opt.transport && strcmp(opt.transport, "local") != 0 && strcmp(opt.transport, "ssh") != 0)
+			usage_error("--transport: unknown kind '%s': use local or ssh", opt.transport);
+		if (opt.transport && !strcmp(opt.transport, "ssh") && !opt.address)
+			usage_error("--transport ssh needs --address (the host's ssh destination)");
+		if (opt.address && opt.transport && !strcmp(opt.transport, "ssh") &&
+		    !vmops_transport_valid_destination(opt.address))
+			usage_error("--address: '%s' is not a host name or address", opt.address);
 		if (opt.ports) {
 			long long lo, hi;
 			parse_ports(opt.ports, &lo, &hi);
@@ -849,6 +897,9 @@ static void validate(const struct command *cmd, const char **args)
 		vmops_spec_free(spec);
 	} else if (cmd->run == cmd_destroy) {
 		opt_duration("timeout", opt.timeout, 30000, 1, DAY_MS);
+	} else if (cmd->run == cmd_remote) {
+		if (!vmops_remote_action_valid(args[0]))
+			usage_error("remote: unknown action '%s'", args[0]);
 	}
 }
 
@@ -937,9 +988,11 @@ int main(int argc, const char **argv)
 		validate(cmd, cargs);
 		if (cmd->run == cmd_launch)
 			catch_launch_signals();
-		c = connect_db(cmd->needs_schema);
+		/* The remote entry point acts on its host only, never on the database. */
+		c = cmd->run == cmd_remote ? NULL : connect_db(cmd->needs_schema);
 		rc = cmd->run(c, cargs);
-		PQfinish(c);
+		if (c)
+			PQfinish(c);
 		poptFreeContext(sub);
 		free(sargv);
 	}

@@ -68,7 +68,7 @@ _vm_fleet()
 	# Values of options.
 	case $prev in
 	--transport)
-		COMPREPLY=($(compgen -W 'local' -- "$cur"))
+		COMPREPLY=($(compgen -W 'local ssh' -- "$cur"))
 		return
 		;;
 	--hypervisor)
@@ -116,7 +116,7 @@ _vm_fleet()
 		if [[ $cur == -* ]]; then
 			COMPREPLY=($(compgen -W "$common" -- "$cur"))
 		else
-			COMPREPLY=($(compgen -W 'init status worker list register launch destroy' -- "$cur"))
+			COMPREPLY=($(compgen -W 'init status worker list register launch destroy remote' -- "$cur"))
 		fi
 		return
 		;;
@@ -169,6 +169,14 @@ _vm_fleet()
 		if [[ $cur != -* ]]; then
 			((npos == 0)) &&
 				COMPREPLY=($(compgen -W "$(_vm_fleet_sandboxes "$db")" -- "$cur"))
+			return
+		fi
+		;;
+	remote)
+		opts=''
+		if [[ $cur != -* ]]; then
+			((npos == 0)) &&
+				COMPREPLY=($(compgen -W 'hello launch wait-ready check destroy' -- "$cur"))
 			return
 		fi
 		;;

@@ -48,6 +48,7 @@ _vm-fleet() {
     'register:record a VMM that another system launched'
     'launch:start a VM on a worker and record it'
     "destroy:stop a sandbox's VM and record it destroyed"
+    'remote:the entry point vmops runs over ssh on a worker'\''s host'
   )
   worker_commands=(
     'add:add a worker'
@@ -102,6 +103,10 @@ _vm-fleet() {
         '--wait=[how long to wait for the control socket (default 30s)]:duration (e.g. 30s, 2m): ' \
         '--accel=[what a spec'\''s accel "auto" means]:accelerator:((auto\:"try KVM, else TCG (default)" tcg\:"TCG only" kvm\:"KVM only"))' && ret=0
       ;;
+    remote)
+      _arguments $common \
+        ':action:(hello launch wait-ready check destroy)' && ret=0
+      ;;
     destroy)
       _arguments $common $dry_run \
         '--timeout=[how long the VMM gets to stop (default 30s)]:duration (e.g. 30s, 2m): ' \
@@ -122,7 +127,7 @@ _vm-fleet() {
             '--memory=[memory the worker offers to VMs (e.g. 64G)]:size: ' \
             '--vcpus=[vCPUs the worker offers to VMs]:vCPUs: ' \
             '--address=[address migration traffic goes to (default 127.0.0.1)]:address:_hosts' \
-            '--transport=[how vmops reaches the worker]:transport:(local)' \
+            '--transport=[how vmops reaches the worker]:transport:(local ssh)' \
             '--run-dir=[directory for VMM sockets and logs on the worker]:directory:_directories' \
             '--ports=[migration port range (default 49152-49407)]:port range MIN-MAX: ' \
             '--host-id=[identity of the worker'\''s host (default: this host'\''s)]:host identity: ' \

@@ -72,6 +72,7 @@ const char *vmops_exit_name(int code)
 		[VMOPS_EXIT_UNKNOWN] = "unknown",
 		[VMOPS_EXIT_PARTIAL] = "partial",
 		[VMOPS_EXIT_INTEGRITY] = "integrity",
+		[VMOPS_EXIT_UNREACHABLE] = "host-unreachable",
 	};
 	if (code < 0 || (size_t)code >= sizeof(names) / sizeof(names[0]) || !names[code])
 		return "unknown";

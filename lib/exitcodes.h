@@ -34,6 +34,9 @@ enum vmops_exit {
 	VMOPS_EXIT_UNKNOWN     = 14, /* facts unknown (a live peer did not answer): nothing irreversible done; retry */
 	VMOPS_EXIT_PARTIAL     = 15, /* vm-drain: the worker still holds something; it stays draining */
 	VMOPS_EXIT_INTEGRITY   = 16, /* a bundle or manifest failed verification; nothing was launched */
+	VMOPS_EXIT_UNREACHABLE = 17, /* a worker's host could not be reached over ssh (refused, no
+	                                answer within the timeout, authentication failed): nothing
+	                                was asked of it and nothing is recorded */
 };
 
 /* Short stable name of an exit code ("ok", "usage", ...), for --json. */

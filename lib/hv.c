@@ -64,6 +64,21 @@ static struct vmops_hv *hv_new(const char *kind, struct vmops_error *err)
 	return h;
 }
 
+struct vmops_hv *vmops_hv_new_driven(const struct vmops_hv_driver *drv, const char *kind,
+				     volatile sig_atomic_t *interrupted, struct vmops_error *err)
+{
+	struct vmops_hv *h = calloc(1, sizeof(*h));
+
+	if (!h) {
+		vmops_err(err, VMOPS_EXIT_FAILURE, "hypervisor %s: out of memory", kind);
+		return NULL;
+	}
+	h->drv = drv;
+	h->interrupted = interrupted;
+	snprintf(h->info.kind, sizeof(h->info.kind), "%s", kind);
+	return h;
+}
+
 struct vmops_hv *vmops_hv_launch(const struct vmops_spec *spec,
 				 const struct vmops_hv_launch_opts *opts, struct vmops_error *err)
 {
@@ -256,6 +271,11 @@ static enum liveness liveness(struct vmops_hv *h)
 
 	if (h->gone || h->info.pid <= 0)
 		return LIVE_DEAD;
+	if (h->drv->is_alive) {
+		/* Another host's process: only its host can tell. */
+		r = h->drv->is_alive(h);
+		return r > 0 ? LIVE_ALIVE : r == 0 ? LIVE_DEAD : LIVE_UNKNOWN;
+	}
 	if (h->info.is_child) {
 		int status;
 		pid_t w = waitpid(h->info.pid, &status, WNOHANG);

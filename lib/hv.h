@@ -210,6 +210,12 @@ struct vmops_hv_driver {
 	/* The hypervisor's version ("7.2.19", "53.0", "1.16.1"), for bundle
 	 * manifests.  Optional: vmops_hv_version() fails with CONFLICT. */
 	int (*version)(struct vmops_hv *h, char *buf, size_t len, struct vmops_error *err);
+	/*
+	 * Optional: is the VMM's process alive, asked of the host it runs on
+	 * (lib/transport: another host, where this host's /proc says nothing).
+	 * 1 alive, 0 certainly gone, -1 unknown.  NULL: this host's /proc.
+	 */
+	int (*is_alive)(struct vmops_hv *h);
 };
 
 enum vmops_hv_op {
@@ -298,6 +304,10 @@ struct vmops_qmp *vmops_hv_qmp(struct vmops_hv *h);
 /* --- for drivers ---------------------------------------------------------------- */
 
 struct vmops_vmm_info *vmops_hv_info_mut(struct vmops_hv *h);
+/* A handle driven by `drv` whose VMM is of `kind` ("qemu"; for messages and
+ * records), for drivers that wrap another (lib/transport).  No VMM yet. */
+struct vmops_hv *vmops_hv_new_driven(const struct vmops_hv_driver *drv, const char *kind,
+				     volatile sig_atomic_t *interrupted, struct vmops_error *err);
 void *vmops_hv_priv(const struct vmops_hv *h);
 void vmops_hv_set_priv(struct vmops_hv *h, void *priv);
 

@@ -168,6 +168,8 @@ static const char *candidates_sql =
 	"                AND m.lease_expires_at < now()) AS stale) x"
 	"            GROUP BY r.worker_id) r ON r.worker_id = w.id"
 	" WHERE w.id <> $1 AND ($2::text IS NULL OR w.name = $2)"
+	/* Across hosts (transport ssh) is not built yet: see prepare(). */
+	"   AND w.transport = 'local'"
 	" ORDER BY free_mb DESC, free_cpu DESC, w.name";
 
 /*
@@ -492,6 +494,26 @@ static bool hv_migrates(const char *kind)
 	return !d || (d->prepare_incoming && d->send);
 }
 
+/*
+ * A worker on another host (transport ssh): its VMMs are reached through
+ * lib/transport, which does not carry migration yet; refuse rather than
+ * start a receiver on this host or drive that host's VMM from here.
+ * 1 (error set) if `worker` is such a worker, 0 if not, -1 on error.
+ */
+static int ssh_worker(PGconn *c, const char *worker, const char *sandbox, struct vmops_error *e)
+{
+	_cleanup_pgresult_ PGresult *w = vmops_db_q(c, e, "SELECT transport FROM workers WHERE name = $1", worker);
+
+	if (!w)
+		return -1;
+	if (PQntuples(w) == 0 || strcmp(vmops_db_get(w, 0, "transport"), "ssh") != 0)
+		return 0;
+	vmops_err(e, VMOPS_EXIT_CONFLICT,
+		  "sandbox %s: worker %s is reached over ssh: live migration across hosts is not supported yet; nothing done",
+		  sandbox, worker);
+	return 1;
+}
+
 static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source *src, struct vmops_spec **spec,
 		   struct vmops_vmm_info *sinfo, struct vmops_migrate_report *r, struct vmops_error *e)
 {
@@ -514,6 +536,8 @@ static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source 
 				 "sandbox %s: %s has no live migration; move it with snapshot-prep hibernate --sandbox %s --bundle-dir DIR, then snapshot-prep wake --sandbox %s --worker %s",
 				 o->sandbox, (*spec)->hypervisor, o->sandbox, o->sandbox,
 				 o->to ? o->to : "OTHER");
+	if (ssh_worker(c, src->worker, o->sandbox, e) != 0 || (o->to && ssh_worker(c, o->to, o->sandbox, e) != 0))
+		return -1;
 	if (o->to) {
 		_cleanup_pgresult_ PGresult *w = vmops_db_q(c, e, "SELECT state FROM workers WHERE name = $1", o->to);
 		if (!w)

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "proc.h"
 #include "rundir.h"
+#include "transport/transport.h"
 #include "vm.h"
 
 int vmops_vm_worker_run_dir(const char *worker_run_dir, const char *worker, char *buf,
@@ -225,6 +226,7 @@ int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
 	struct vmops_hv_launch_opts opts = { 0 };
 	struct vmops_error herr = { 0 }, ferr = { 0 };
 	struct vmops_hv *h = NULL;
+	_cleanup_transport_ struct vmops_transport *t = NULL;
 	bool stopped = false;
 
 	memset(res, 0, sizeof(*res));
@@ -247,6 +249,10 @@ int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
 	if (interrupted(req))
 		return vmops_err(e, VMOPS_EXIT_INTERRUPTED, "launch of sandbox %s on worker %s: interrupted; nothing done",
 				 req->sandbox, req->worker);
+	/* Another host: it must answer (and be the worker's) before anything is written. */
+	if (vmops_transport_for_worker(c, req->worker, &t, e) < 0 ||
+	    (t && vmops_transport_hello(t, NULL, 20000, e) < 0))
+		return vmops_err_prefix(e, "launch of sandbox %s", req->sandbox);
 	if (vmops_db_tx(c, VMOPS_READ_COMMITTED, reserve_tx, &r, e) < 0) {
 		if (req->dry_run && e->code == VMOPS_EXIT_OK) {
 			vmops_err_clear(e);
@@ -269,7 +275,17 @@ int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
 		vmops_err(&herr, VMOPS_EXIT_INTERRUPTED, "interrupted before the hypervisor was started");
 		goto undo;
 	}
-	if (vmops_vm_mkdir_p(r.worker_run_dir, &herr) < 0 || !(h = vmops_hv_launch(spec, &opts, &herr)))
+	if (!t && vmops_vm_mkdir_p(r.worker_run_dir, &herr) < 0)
+		goto undo;
+	h = t ? vmops_remote_hv_launch(t, spec, &opts, &herr) : vmops_hv_launch(spec, &opts, &herr);
+	if (!h && herr.code == VMOPS_EXIT_UNKNOWN) {
+		/* The host may have started it: keep the starting row and the
+		 * reservation for ghost-reap on that host to settle. */
+		*e = herr;
+		return vmops_err_prefix(e, "launch of sandbox %s on worker %s: vmm %lld left as starting for ghost-reap",
+					req->sandbox, req->worker, r.vmm_id);
+	}
+	if (!h)
 		goto undo;
 	{
 		struct pid_ctx pc = { &r, vmops_hv_info(h) };
@@ -395,12 +411,31 @@ static int destroy_tx(PGconn *c, void *data, struct vmops_error *e)
 	return vmops_audit(c, "vm-fleet", "destroy", "vmm", a->vmm_id, NULL, NULL, a->sandbox, e);
 }
 
+/* A VMM on another host: stopped there (its run directory goes too); an
+ * unreachable host is UNREACHABLE and nothing was done. */
+static int remote_destroy(struct vmops_transport *t, const struct vmops_vmm_info *info,
+			  int timeout_ms, bool *was_running, struct vmops_error *e)
+{
+	struct vmops_hv *h;
+	int r;
+
+	if (info->pid <= 0)
+		return 0;
+	if (vmops_transport_hello(t, NULL, 20000, e) < 0 || !(h = vmops_remote_hv_attach(t, info, e)))
+		return -1;
+	*was_running = vmops_hv_is_alive(h);
+	r = vmops_hv_destroy(h, timeout_ms, e);
+	vmops_hv_free(h);
+	return r;
+}
+
 int vmops_vm_destroy(PGconn *c, const char *sandbox, int timeout_ms, bool dry_run,
 		     struct vmops_destroy_res *res, struct vmops_error *e)
 {
 	_cleanup_pgresult_ PGresult *r = NULL;
 	struct vmops_vmm_info info = { 0 };
 	struct destroy_ctx d = { .sandbox = sandbox };
+	_cleanup_transport_ struct vmops_transport *t = NULL;
 	struct vmops_hv *h;
 
 	memset(res, 0, sizeof(*res));
@@ -418,9 +453,13 @@ int vmops_vm_destroy(PGconn *c, const char *sandbox, int timeout_ms, bool dry_ru
 	if (dry_run)
 		return 0;
 	if (d.vmm_id > 0) {
-		if (vmops_vm_load_info(c, d.vmm_id, &info, e) < 0)
+		if (vmops_vm_load_info(c, d.vmm_id, &info, e) < 0 ||
+		    vmops_transport_for_vmm(c, d.vmm_id, &t, e) < 0)
 			return -1;
-		if (info.pid > 0 && vmops_hv_driver_find(info.kind)) {
+		if (t) {
+			if (remote_destroy(t, &info, timeout_ms, &res->was_running, e) < 0)
+				return vmops_err_prefix(e, "sandbox %s: vmm %lld", sandbox, d.vmm_id);
+		} else if (info.pid > 0 && vmops_hv_driver_find(info.kind)) {
 			h = vmops_hv_attach(&info, 2000, NULL);
 			if (h) {
 				res->was_running = vmops_hv_is_alive(h);
@@ -451,7 +490,7 @@ int vmops_vm_destroy(PGconn *c, const char *sandbox, int timeout_ms, bool dry_ru
 	}
 	if (vmops_db_tx(c, VMOPS_READ_COMMITTED, destroy_tx, &d, e) < 0)
 		return -1;
-	if (d.vmm_id > 0)
+	if (d.vmm_id > 0 && !t)
 		vmops_vm_run_dir_gone(info.run_dir, "sandbox", sandbox);   /* the VMM is gone and recorded so */
 	return 0;
 }

@@ -46,6 +46,8 @@ run_criterion() {
 	j=$jobs
 	# A suite that restarts the cluster must not share it, even with itself.
 	case $name in *test_pgrestart) j=1 ;; esac
+	# The test hosts' cases stop sshd and take links down: one at a time.
+	case $name in *test_hosts) j=1 ;; esac
 	# The hypervisor fakes mostly wait (on purpose: hangs, slow answers):
 	# more at once costs no CPU.
 	case $name in *test_chv | *test_firecracker | *test_snapshot_rest) j=$((jobs * 2)) ;; esac
@@ -92,6 +94,11 @@ run_everything() {
 		fi
 	fi
 
+	# test_hosts runs inside its test hosts (network namespaces, sshd).
+	hosts_for() {
+		case $(basename "$1") in test_hosts) echo "$top/tests/hosts/with-hosts.sh" ;; esac
+	}
+
 	# The soak belongs to `make check-long`.
 	long_only() {
 		case $(basename "$1") in
@@ -103,7 +110,7 @@ run_everything() {
 	for t in build/tests/test_*; do
 		[ -x "$t" ] || continue
 		long_only "$t" && continue
-		run_criterion "$(basename "$t")" env VMOPS_BIN_DIR="$top/bin" "$t"
+		run_criterion "$(basename "$t")" env VMOPS_BIN_DIR="$top/bin" $(hosts_for "$t") "$t"
 	done
 
 	# Real QEMU runs under ASan too (the programs under test are the sanitized
@@ -117,7 +124,7 @@ run_everything() {
 		run_criterion "asan:$(basename "$t")" env VMOPS_BIN_DIR="$top/build-san/bin" \
 			VMOPS_QEMU_CASES=$where \
 			ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-			LSAN_OPTIONS=suppressions="$top/tests/lsan.supp":print_suppressions=0 "$t"
+			LSAN_OPTIONS=suppressions="$top/tests/lsan.supp":print_suppressions=0 $(hosts_for "$t") "$t"
 	done
 
 	if command -v valgrind >/dev/null; then

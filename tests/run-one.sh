@@ -18,4 +18,7 @@ bin/vm-fleet --db "dbname=vmops_template" -q init
 if [ -z "${VMOPS_SKIP_QEMU:-}" ]; then
 	eval "$(tests/guest/build-guest.sh "$top/build/guest" 2>/dev/null | grep '^VMOPS_TEST_[A-Z]*=' | sed 's/^/export /')"
 fi
-VMOPS_BIN_DIR="$top/bin" "build/tests/$suite" "$@"
+wrap=""
+# The test hosts' suite runs inside them (tests/hosts/with-hosts.sh), one case at a time.
+[ "$suite" = test_hosts ] && wrap="$top/tests/hosts/with-hosts.sh" && set -- --jobs 1 "$@"
+VMOPS_BIN_DIR="${VMOPS_BIN_DIR:-$top/bin}" $wrap "build/tests/$suite" "$@"

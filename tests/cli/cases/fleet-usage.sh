@@ -14,6 +14,11 @@ runs vm-fleet --db "$NODB" worker add 'bad name' --memory 2G --vcpus 2
 runs vm-fleet --db "$NODB" worker add w1 --memory 2G --vcpus 2 --ports 9-1
 runs vm-fleet --db "$NODB" worker add w1 --memory 1500K --vcpus 2
 runs vm-fleet --db "$NODB" worker add w1 --memory 2G --vcpus 2 --transport ssh
+runs vm-fleet --db "$NODB" worker add w1 --memory 2G --vcpus 2 --transport rsh --address h1
+runs vm-fleet --db "$NODB" worker add w1 --memory 2G --vcpus 2 --transport ssh --address -oProxyCommand=x
+runs vm-fleet --db "$NODB" worker add w1 --memory 2G --vcpus 2 --transport ssh --address 'h1;reboot'
+runs vm-fleet --db "$NODB" remote frob
+runs vm-fleet --db "$NODB" remote
 runs vm-fleet --db "$NODB" worker set-state w1 sleeping
 runs vm-fleet --db "$NODB" worker add w1 --memory 2G --vcpus 2 --host-id 'not an id'
 runs vm-fleet --db "$NODB" worker set-host 'bad name'

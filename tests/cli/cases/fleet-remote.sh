@@ -1,0 +1,17 @@
+# The remote entry point that the ssh transport runs on a worker's host
+# (vm-fleet remote ACTION, its request as JSON on stdin, one JSON answer on
+# stdout, also on failure).  It acts on this host only: --db points nowhere.
+export VMOPS_HOST_ID=cli-remote-1
+NODB="host=/nonexistent-vmops port=1"
+echo '{}' | runs vm-fleet --db "$NODB" remote hello | sed 's/"version":"[^"]*"/"version":V/'
+echo '{"host_id":"cli-remote-1"}' | runs vm-fleet remote hello | sed 's/"version":"[^"]*"/"version":V/'
+echo '{"host_id":"cli-remote-2"}' | runs vm-fleet remote hello
+echo 'not json' | runs vm-fleet remote hello
+echo '{"vmm":{"kind":"qemu","vmm_id":7,"pid":0,"start_time":0,"run_dir":"","control_socket":"","agent_socket":"","serial_log":"","stderr_log":"","incoming_uri":""}}' |
+	runs vm-fleet remote check
+echo '{"vmm":{"kind":"qemu","vmm_id":7,"pid":1,"start_time":1,"run_dir":"relative","control_socket":"","agent_socket":"","serial_log":"","stderr_log":"","incoming_uri":""}}' |
+	runs vm-fleet remote check
+echo '{"vmm_id":7,"run_dir":"/tmp/elsewhere/vmm-8","spec":{"hypervisor":"qemu","memory_mb":64,"vcpus":1,"kernel":"/k"}}' |
+	runs vm-fleet remote launch
+echo '{"vmm_id":7,"run_dir":"/tmp/x/vmm-7","spec":{"hypervisor":"qemu","memory_mb":64}}' |
+	runs vm-fleet remote launch
