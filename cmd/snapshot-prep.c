@@ -37,7 +37,7 @@
 static struct {
 	const char *sandbox, *out, *in, *run_dir, *work_dir, *agent_timeout, *prepare_timeout,
 		*timeout, *vmm_id, *bundle_dir, *worker;
-	int no_quiesce;
+	int no_quiesce, live;
 } opt;
 
 static struct poptOption options[] = {
@@ -53,6 +53,7 @@ static struct poptOption options[] = {
 	{ "prepare-timeout", '\0', POPT_ARG_STRING, &opt.prepare_timeout, 0, "the freeze itself at most DUR (default 30s)", "DUR" },
 	{ "timeout", '\0', POPT_ARG_STRING, &opt.timeout, 0, "writing or loading the snapshot at most DUR (default 10m)", "DUR" },
 	{ "no-quiesce", '\0', POPT_ARG_NONE, &opt.no_quiesce, 0, "do not freeze the guest's filesystems", NULL },
+	{ "live", '\0', POPT_ARG_NONE, &opt.live, 0, "snapshot: the VM keeps running while its state is written (QEMU background-snapshot)", NULL },
 	VMOPS_DRY_RUN_OPTION,
 	VMOPS_COMMON_OPTIONS,
 	POPT_TABLEEND
@@ -140,6 +141,7 @@ static void prepare_opts(struct vmops_prepare_opts *po)
 	po->prepare_ms = (int)opt_duration("prepare-timeout", opt.prepare_timeout, VMOPS_SNAP_PREPARE_MS,
 					   100, 3600000);
 	po->no_quiesce = opt.no_quiesce;
+	po->live = opt.live;
 	po->interrupted = &interrupted;
 }
 
@@ -324,6 +326,7 @@ static void print_result(const char *mode, const struct vmops_hv *h, const char 
 		{ "file", VMOPS_COL_STRING, 0, 0 },
 		{ "frozen", VMOPS_COL_INT, 0, 0 },
 		{ "dry_run", VMOPS_COL_BOOL, 0, 0 },
+		{ "live", VMOPS_COL_BOOL, 0, 0 },
 	};
 	struct vmops_output *o = vmops_output_new();
 	struct vmops_section *s = vmops_output_record(o, "snapshot", cols, ARRAY_SIZE(cols));
@@ -338,6 +341,7 @@ static void print_result(const char *mode, const struct vmops_hv *h, const char 
 	if (frozen >= 0)
 		vmops_set_int(s, 5, frozen);
 	vmops_set_bool(s, 6, vmops_cli.dry_run);
+	vmops_set_bool(s, 7, opt.live);
 	if (!vmops_cli.quiet || vmops_cli.json)
 		print_output(o);
 	vmops_output_free(o);
@@ -356,6 +360,10 @@ static void check_args(const char *mode)
 		usage_error("%s: --bundle-dir is for hibernate only", mode);
 	if (strcmp(mode, "wake") && opt.worker)
 		usage_error("%s: --worker is for wake only", mode);
+	/* A hibernated VM stops at the snapshot point: running on while the
+	 * state is written would only do work that is then thrown away. */
+	if (strcmp(mode, "snapshot") && opt.live)
+		usage_error("%s: --live is for snapshot only", mode);
 	if (needs_sandbox && (!opt.sandbox || !*opt.sandbox))
 		usage_error("%s: --sandbox is required", mode);
 	if (!strcmp(mode, "snapshot") && (!opt.out || !*opt.out))

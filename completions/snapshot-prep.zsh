@@ -16,6 +16,7 @@ _arguments -s \
   '--prepare-timeout=[the freeze itself at most DUR]:duration:(2s 10s 30s 1m)' \
   '--timeout=[writing or loading the snapshot at most DUR]:duration:(1m 10m 30m)' \
   '--no-quiesce[do not freeze the guest'"'"'s filesystems]' \
+  '--live[snapshot: the VM keeps running while its state is written]' \
   '--dry-run[show what would change, change nothing]' \
   '--db=[connect with this libpq connection string or URI]:libpq connection string or URI: ' \
   '--json[print JSON instead of text]' \

@@ -134,6 +134,9 @@ struct vmops_vm_status {
  */
 struct vmops_snapshot_opts {
 	bool live;               /* QEMU: background-snapshot (VM keeps running) */
+	bool check_only;         /* with live: only ask whether the hypervisor accepts a live
+	                            snapshot of this VM (dirfd unused; nothing written, nothing
+	                            left changed); refused: VMOPS_EXIT_CONFLICT */
 	int timeout_ms;          /* the whole write */
 	volatile sig_atomic_t *interrupted;  /* give up (INTERRUPTED) when set; may be NULL */
 };
