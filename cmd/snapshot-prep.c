@@ -53,7 +53,7 @@ static struct poptOption options[] = {
 	{ "prepare-timeout", '\0', POPT_ARG_STRING, &opt.prepare_timeout, 0, "the freeze itself at most DUR (default 30s)", "DUR" },
 	{ "timeout", '\0', POPT_ARG_STRING, &opt.timeout, 0, "writing or loading the snapshot at most DUR (default 10m)", "DUR" },
 	{ "no-quiesce", '\0', POPT_ARG_NONE, &opt.no_quiesce, 0, "do not freeze the guest's filesystems", NULL },
-	{ "live", '\0', POPT_ARG_NONE, &opt.live, 0, "snapshot: the VM keeps running while its state is written (QEMU background-snapshot)", NULL },
+	{ "live", '\0', POPT_ARG_NONE, &opt.live, 0, "snapshot: keep the VM running while its state is written", NULL },
 	VMOPS_DRY_RUN_OPTION,
 	VMOPS_COMMON_OPTIONS,
 	POPT_TABLEEND

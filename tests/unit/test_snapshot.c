@@ -455,12 +455,13 @@ static long read_long(const char *name)
 }
 
 /*
- * snapshot --live: the state write leaves the guest running.  The program
- * is stopped (VMOPS_FAULT=disks:stop) right after the state is written and
- * before the disk copies, with the guest's filesystems frozen: the guest
- * must go on printing heartbeats then (a paused snapshot would hold it
- * paused there).  Then the bundle restores on w2 with memory and data
- * intact, and the source is running and thawed, background-snapshot off.
+ * snapshot --live: the guest runs while its state is written.  The test
+ * stops the program (SIGSTOP) as soon as the state file exists in its
+ * staging directory and before any disk copy: QEMU writes on by itself,
+ * but only snapshot-prep would resume a paused VM.  The guest must go on
+ * printing heartbeats while the program is stopped (with a paused snapshot
+ * it stays paused).  Then the bundle restores on w2 with memory and data
+ * intact; the source runs, thawed, background-snapshot off again.
  */
 Test(snapshot, cli_live_snapshot_guest_runs_during_the_write, .timeout = 900, .fini = kill_test_vms)
 {
@@ -479,26 +480,31 @@ Test(snapshot, cli_live_snapshot_guest_runs_during_the_write, .timeout = 900, .f
 	testlib_guest_read(log, &g0);
 	vmops_hv_free(h);
 	snprintf(bin, sizeof(bin), "%s", getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin");
-	cr_assert_eq(sh("( sh -c 'echo $$ >%s/live.pid; exec env VMOPS_FAULT=disks:stop %s/snapshot-prep"
+	cr_assert_eq(sh("( sh -c 'echo $$ >%s/live.pid; exec %s/snapshot-prep"
 			" --db \"$1\" --json snapshot --live --sandbox sb1 -o %s/live.vmops --work-dir %s"
 			" >%s/live.out 2>%s/live.err' sh '%s'; echo $? >%s/live.rc ) &",
 			dir, bin, dir, dir, dir, dir, ci, dir), 0);
-	for (int i = 0; i < 3000 && !(pid > 0 && proc_stopped((pid_t)pid)); i++) {
-		usleep(200000);
+	for (int i = 0; i < 60000 && (pid <= 0 || sh("test -e %s/snapshot-prep.*/vmstate", dir) != 0); i++) {
+		usleep(10000);
 		pid = read_long("live.pid");
 		cr_assert_lt(read_long("live.rc"), 0, "snapshot-prep ended early (see %s/live.err)", dir);
 	}
-	cr_assert(pid > 0 && proc_stopped((pid_t)pid), "snapshot-prep never reached the disks step");
-	/* State written, disks not yet copied, filesystems frozen: the guest runs. */
+	cr_assert_eq(kill((pid_t)pid, SIGSTOP), 0);
+	for (int i = 0; i < 500 && !proc_stopped((pid_t)pid); i++)
+		usleep(10000);
+	cr_assert(proc_stopped((pid_t)pid));
+	cr_assert_neq(sh("ls %s/snapshot-prep.*/disk0.img >/dev/null 2>&1", dir), 0,
+		      "stopped too late: the disk copy had begun (a paused VM may have been resumed)");
+	/* Writing the state, the program stopped: the guest runs on. */
 	testlib_guest_read(log, &g1);
 	beat = testlib_wait_heartbeat(log, g1.last.n + 2, 300, NULL);
-	cr_log_info("live: heartbeat %ld -> %ld while snapshot-prep was stopped after the state write",
+	cr_log_info("live: heartbeat %ld -> %ld while snapshot-prep was stopped during the state write",
 		    g1.last.n, beat);
 	cr_assert_eq(kill((pid_t)pid, SIGCONT), 0);
 	for (int i = 0; i < 3000 && (rc = read_long("live.rc")) < 0; i++)
 		usleep(200000);
 	cr_assert_eq(rc, 0, "snapshot-prep --live: exit %ld (see %s/live.err)", rc, dir);
-	cr_assert_eq(sh("grep -q '\"live\": true' %s/live.out", dir), 0, "--json without live: true");
+	cr_assert_eq(sh("grep -Eq '\"live\":[[:space:]]*true' %s/live.out", dir), 0, "--json without live: true");
 	h = attach_sb1(c, log, sizeof(log));
 	assert_running(h);
 	cr_assert_eq(freeze_status(h), VMOPS_QGA_THAWED);

@@ -31,3 +31,8 @@ runs snapshot-prep --db "$NODB" hibernate --sandbox sb1 --bundle-dir relative
 runs snapshot-prep --db "$NODB" wake --sandbox sb1 --bundle-dir /tmp
 runs snapshot-prep --db "$NODB" hibernate --sandbox sb1 --bundle-dir /tmp --worker w2
 runs snapshot-prep --db "$NODB" wake
+# --live is for snapshot only (a hibernated VM stops at the snapshot point).
+runs snapshot-prep --db "$NODB" hibernate --sandbox sb1 --bundle-dir /tmp --live
+runs snapshot-prep --db "$NODB" prepare --sandbox sb1 --live
+runs snapshot-prep --db "$NODB" snapshot --sandbox sb1 -o /tmp/x --live=yes
+runs snapshot-prep --db "$NODB" snapshot --sandbox sb1 -o /tmp/x --live --dry-run --json
