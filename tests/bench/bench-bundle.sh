@@ -175,8 +175,9 @@ print("\n| guest | method | runs | median wall | throughput | vs tar\\|zstd | me
 print("|------:|--------|-----:|------:|------:|------:|------:|------:|------:|------:|")
 for mem in sorted({int(r[0]) for r in rows}):
     tp = {}
-    for m, name in (("tar", "tar --sparse | zstd -1 -T0"), ("bundle", "bundle to stdout"),
-                    ("path", "bundle to path (fsync, rename)"), ("verify", "bundle verify (read)")):
+    for m, name in (("tar", "tar --sparse | zstd -1 -T0"), ("before", "before: bundle to stdout (file), two passes"),
+                    ("bundle", "bundle to stdout (file), one pass"), ("path", "bundle to path (fsync, rename), one pass"),
+                    ("pipe", "bundle to a pipe, two passes"), ("verify", "bundle verify (read)")):
         rs = [r for r in rows if int(r[0]) == mem and r[1] == m]
         if not rs: continue
         w = statistics.median(int(r[3]) for r in rs)
