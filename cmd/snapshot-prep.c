@@ -38,7 +38,7 @@
 static struct {
 	const char *sandbox, *out, *in, *run_dir, *work_dir, *agent_timeout, *prepare_timeout,
 		*timeout, *vmm_id, *bundle_dir, *worker, *hint_timeout;
-	int no_quiesce;
+	int no_quiesce, live;
 } opt;
 
 static struct poptOption options[] = {
@@ -55,6 +55,7 @@ static struct poptOption options[] = {
 	{ "hint-timeout", '\0', POPT_ARG_STRING, &opt.hint_timeout, 0, "a running free-page hinting round may take at most DUR before it is stopped (default 10s)", "DUR" },
 	{ "timeout", '\0', POPT_ARG_STRING, &opt.timeout, 0, "writing or loading the snapshot at most DUR (default 10m)", "DUR" },
 	{ "no-quiesce", '\0', POPT_ARG_NONE, &opt.no_quiesce, 0, "do not freeze the guest's filesystems", NULL },
+	{ "live", '\0', POPT_ARG_NONE, &opt.live, 0, "snapshot: keep the VM running while its state is written", NULL },
 	VMOPS_DRY_RUN_OPTION,
 	VMOPS_COMMON_OPTIONS,
 	POPT_TABLEEND
@@ -147,6 +148,7 @@ static void prepare_opts(struct vmops_prepare_opts *po)
 					   100, 3600000);
 	po->hint_ms = (int)opt_duration("hint-timeout", opt.hint_timeout, VMOPS_SNAP_HINT_MS, 1, 3600000);
 	po->no_quiesce = opt.no_quiesce;
+	po->live = opt.live;
 	po->interrupted = &interrupted;
 }
 
@@ -318,6 +320,7 @@ static void print_result(const char *mode, const struct vmops_hv *h, const char 
 		{ "file", VMOPS_COL_STRING, 0, 0 },
 		{ "frozen", VMOPS_COL_INT, 0, 0 },
 		{ "dry_run", VMOPS_COL_BOOL, 0, 0 },
+		{ "live", VMOPS_COL_BOOL, 0, 0 },
 	};
 	struct vmops_output *o = vmops_output_new();
 	struct vmops_section *s = vmops_output_record(o, "snapshot", cols, ARRAY_SIZE(cols));
@@ -332,6 +335,7 @@ static void print_result(const char *mode, const struct vmops_hv *h, const char 
 	if (frozen >= 0)
 		vmops_set_int(s, 5, frozen);
 	vmops_set_bool(s, 6, vmops_cli.dry_run);
+	vmops_set_bool(s, 7, opt.live);
 	if (!vmops_cli.quiet || vmops_cli.json)
 		print_output(o);
 	vmops_output_free(o);
@@ -351,6 +355,10 @@ static void check_args(const char *mode)
 		usage_error("%s: --bundle-dir is for hibernate only", mode);
 	if (strcmp(mode, "wake") && opt.worker)
 		usage_error("%s: --worker is for wake only", mode);
+	/* A hibernated VM stops at the snapshot point: running on while the
+	 * state is written would only do work that is then thrown away. */
+	if (strcmp(mode, "snapshot") && opt.live)
+		usage_error("%s: --live is for snapshot only", mode);
 	if (needs_sandbox && (!opt.sandbox || !*opt.sandbox))
 		usage_error("%s: --sandbox is required", mode);
 	if (!strcmp(mode, "snapshot") && (!opt.out || !*opt.out))

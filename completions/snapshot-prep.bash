@@ -42,7 +42,7 @@ _snapshot_prep()
 		COMPREPLY=($(compgen -W 'prepare undo snapshot restore hibernate wake recover' -- "$cur"))
 		return
 	fi
-	local opts='--sandbox -s --output -o --input -i --run-dir --vmm-id --bundle-dir --worker --work-dir --agent-timeout --prepare-timeout --hint-timeout --timeout --no-quiesce --dry-run --db --json --verbose -v --quiet -q --help -h --version -V'
+	local opts='--sandbox -s --output -o --input -i --run-dir --vmm-id --bundle-dir --worker --work-dir --agent-timeout --prepare-timeout --hint-timeout --timeout --no-quiesce --live --dry-run --db --json --verbose -v --quiet -q --help -h --version -V'
 	COMPREPLY=($(compgen -W "$opts" -- "$cur"))
 } &&
 	complete -F _snapshot_prep snapshot-prep

@@ -17,6 +17,7 @@ _arguments -s \
   '--hint-timeout=[a running free-page hinting round at most DUR before it is stopped]:duration:(1s 10s 30s)' \
   '--timeout=[writing or loading the snapshot at most DUR]:duration:(1m 10m 30m)' \
   '--no-quiesce[do not freeze the guest'"'"'s filesystems]' \
+  '--live[snapshot: the VM keeps running while its state is written]' \
   '--dry-run[show what would change, change nothing]' \
   '--db=[connect with this libpq connection string or URI]:libpq connection string or URI: ' \
   '--json[print JSON instead of text]' \

@@ -136,6 +136,9 @@ struct vmops_snapshot_opts {
 	bool live;               /* QEMU: background-snapshot (VM keeps running) */
 	bool diff;               /* Firecracker: only memory dirtied since the last
 				  * snapshot (others: not supported) */
+	bool check_only;         /* with live: only ask whether the hypervisor accepts a live
+	                            snapshot of this VM (dirfd unused; nothing written, nothing
+	                            left changed); refused: VMOPS_EXIT_CONFLICT */
 	int timeout_ms;          /* the whole write */
 	volatile sig_atomic_t *interrupted;  /* give up (INTERRUPTED) when set; may be NULL */
 };

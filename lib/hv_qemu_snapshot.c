@@ -199,6 +199,33 @@ static int set_cap(struct vmops_hv *h, const char *cap, bool on, struct vmops_er
 	return r;
 }
 
+static int check_paused(struct vmops_hv *h, bool live, struct vmops_error *err);
+
+/*
+ * background-snapshot on or off.  QEMU checks at this point whether it can
+ * write-protect guest memory (userfaultfd with write protection, for every
+ * RAM block): a refusal is CONFLICT, and nothing was changed.
+ */
+static int set_live(struct vmops_hv *h, struct vmops_qmp *q, bool live, struct vmops_error *err)
+{
+	int have = vmops_qmp_has_migrate_capability(q, "background-snapshot", NULL, err);
+
+	if (have < 0)
+		return -1;
+	if (live && !have)
+		return vmops_err(err, VMOPS_EXIT_CONFLICT,
+				 VMM_FMT ": live snapshot refused: this qemu has no background-snapshot",
+				 VMM_ARG(h));
+	if (!have)
+		return 0;
+	if (set_cap(h, "background-snapshot", live, err) < 0) {
+		if (live && err->code == VMOPS_EXIT_HYPERVISOR)
+			err->code = VMOPS_EXIT_CONFLICT;
+		return live ? vmops_err_prefix(err, "live snapshot refused") : -1;
+	}
+	return 0;
+}
+
 /* Capabilities and parameters for a migration into a file: one stream, no
  * bandwidth cap, background-snapshot exactly when live. */
 static int snapshot_setup(struct vmops_hv *h, bool live, struct vmops_error *err)
@@ -212,13 +239,7 @@ static int snapshot_setup(struct vmops_hv *h, bool live, struct vmops_error *err
 	have = vmops_qmp_has_migrate_capability(q, "multifd", NULL, err);
 	if (have < 0 || (have && set_cap(h, "multifd", false, err) < 0))
 		return -1;
-	have = vmops_qmp_has_migrate_capability(q, "background-snapshot", NULL, err);
-	if (have < 0)
-		return -1;
-	if (live && !have)
-		return vmops_err(err, VMOPS_EXIT_CONFLICT,
-				 VMM_FMT ": live snapshot: this qemu has no background-snapshot", VMM_ARG(h));
-	if (have && set_cap(h, "background-snapshot", live, err) < 0)
+	if (set_live(h, q, live, err) < 0)
 		return -1;
 	args = cJSON_CreateObject();
 	if (!args || !cJSON_AddNumberToObject(args, "max-bandwidth",
@@ -228,6 +249,32 @@ static int snapshot_setup(struct vmops_hv *h, bool live, struct vmops_error *err
 	}
 	r = vmops_qemu_cmd(h, "migrate-set-parameters", args, NULL, err);
 	cJSON_Delete(args);
+	return r;
+}
+
+/* Leave background-snapshot off after a live snapshot: a later migration of
+ * this VM (vm-migrate) must be an ordinary one. */
+static void live_off(struct vmops_hv *h)
+{
+	struct vmops_error e2 = { 0 };
+	struct vmops_qmp *q = vmops_qemu_conn(h, &e2);
+
+	if (!q || set_live(h, q, false, &e2) < 0)
+		vmops_warn(VMM_FMT ": turning background-snapshot off: %s", VMM_ARG(h), e2.msg);
+}
+
+/* check_only: would QEMU take a live snapshot of this running VM?  Turns
+ * background-snapshot on (QEMU's own check) and off again. */
+static int live_check(struct vmops_hv *h, struct vmops_error *err)
+{
+	struct vmops_qmp *q = vmops_qemu_conn(h, err);
+	int r;
+
+	if (!q || check_paused(h, true, err) < 0)
+		return -1;
+	r = set_live(h, q, true, err);
+	if (r == 0)
+		live_off(h);
 	return r;
 }
 
@@ -316,17 +363,13 @@ static int send_fd(struct vmops_hv *h, int fd, const char *name, struct vmops_er
 	return q ? vmops_qmp_send_fd(q, fd, name, err) : -1;
 }
 
-int vmops_qemu_snapshot(struct vmops_hv *h, int dirfd, const struct vmops_snapshot_opts *o,
-			struct vmops_error *err)
+/* The migration into a new file in dirfd (set up already). */
+static int write_snapshot(struct vmops_hv *h, int dirfd, const struct vmops_snapshot_opts *o,
+			  struct vmops_error *err)
 {
 	_cleanup_close_ int fd = -1;
 	char eb[128];
 
-	if (o->diff)
-		return vmops_err(err, VMOPS_EXIT_CONFLICT, VMM_FMT ": diff snapshot: not supported",
-				 VMM_ARG(h));
-	if (check_paused(h, o->live, err) < 0 || snapshot_setup(h, o->live, err) < 0)
-		return -1;
 	/* Ours, new, never followed through a link; QEMU only gets the fd. */
 	fd = openat(dirfd, VMOPS_QEMU_SNAPSHOT_FILE,
 		    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -352,6 +395,24 @@ fail:
 	/* No half snapshot stays behind; QEMU may still hold its copy of the fd. */
 	unlinkat(dirfd, VMOPS_QEMU_SNAPSHOT_FILE, 0);
 	return -1;
+}
+
+int vmops_qemu_snapshot(struct vmops_hv *h, int dirfd, const struct vmops_snapshot_opts *o,
+			struct vmops_error *err)
+{
+	int r;
+
+	if (o->diff)
+		return vmops_err(err, VMOPS_EXIT_CONFLICT, VMM_FMT ": diff snapshot: not supported",
+				 VMM_ARG(h));
+	if (o->check_only)
+		return o->live ? live_check(h, err) : 0;
+	if (check_paused(h, o->live, err) < 0 || snapshot_setup(h, o->live, err) < 0)
+		return -1;
+	r = write_snapshot(h, dirfd, o, err);
+	if (o->live)
+		live_off(h);
+	return r;
 }
 
 /* --- restore (receiver launched with -incoming defer) ------------------------------ */

@@ -24,11 +24,16 @@
  * neither read nor stored.  A member's sha256 is that of its whole content,
  * holes as zeros (what sha256sum prints).
  *
- * Cost: the manifest comes first and names every checksum, so the writer
- * reads each member twice: a hashing pass (all members at once, one thread
- * per CPU up to one per member; it also brings them into the page cache),
- * then the archive pass.  A member whose size or mtime changes in between
- * fails the write.  The reader hashes while it extracts (one pass).
+ * Cost: the manifest comes first and names every checksum.  Into a regular
+ * file (write_path, or an fd on one without O_APPEND) the writer reads each
+ * member once: the manifest's entry is a zstd frame of raw blocks written
+ * with placeholder checksums, the members are hashed (in a thread) as they
+ * are archived, and the real manifest is written over the placeholder at
+ * the end (a reader of the unfinished file sees checksums that do not
+ * match).  Into a pipe it reads them twice: a hashing pass (all members at
+ * once, one thread per CPU up to one per member), then the archive pass.
+ * A member whose size or mtime changes while it is bundled fails the
+ * write.  The reader hashes while it extracts (one pass).
  */
 #ifndef VMOPS_BUNDLE_H
 #define VMOPS_BUNDLE_H

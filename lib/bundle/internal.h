@@ -52,6 +52,24 @@ int bundle_hash_files(const int *fds, const struct bundle_map *maps, const char 
 		      size_t n, int threads, volatile sig_atomic_t *interrupted,
 		      char (*hex)[65], struct vmops_error *err);
 
+/* SHA-256 of one member at a time in a thread beside the archive pass
+ * (hasher.c): begin, then per chunk take a free buffer, fill it, push it
+ * (or push idx -1 for `len` zero bytes) and use it until the next take;
+ * end waits for the queue and gives the hex digest. */
+struct bundle_hasher;
+struct bundle_hasher *bundle_hasher_new(void);
+void bundle_hasher_free(struct bundle_hasher *h);
+int bundle_hasher_begin(struct bundle_hasher *h);
+unsigned char *bundle_hasher_buf(struct bundle_hasher *h, int *idx);
+void bundle_hasher_push(struct bundle_hasher *h, int idx, uint64_t len);
+int bundle_hasher_end(struct bundle_hasher *h, char hex[65]);
+
+/* The manifest slot (frame.c): write `data` as one zstd frame of raw
+ * blocks at fd's offset; later rewrite content bytes [off, off+len) of the
+ * frame that starts at file offset `base`.  -1 with errno. */
+int bundle_raw_frame_write(int fd, const void *data, size_t len);
+int bundle_raw_frame_patch(int fd, off_t base, size_t off, const void *data, size_t len);
+
 /* The number of CPUs, at least 1. */
 int bundle_ncpu(void);
 

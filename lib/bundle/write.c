@@ -1,12 +1,22 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Writing a bundle.  manifest.json comes first and names every member's
- * SHA-256, so the members are read twice: a hashing pass (all members at
- * once, one thread per CPU; it also brings the files into the page cache),
- * then the archive pass (pax, zstd with worker threads).  Both passes read
- * only the data extents of a sparse file; its holes are neither read nor
- * stored.  A member whose size or mtime changes between the passes fails
- * the write.
+ * SHA-256.  Two ways to get there:
+ *
+ * - One pass, when the output is a regular file we may write at an offset
+ *   (write_path, or a file descriptor on a regular file without O_APPEND):
+ *   the manifest's tar entry goes first as a zstd frame of raw blocks
+ *   (frame.c) with every checksum written as 64 zeros, then the members
+ *   are archived (pax, zstd with worker threads) while a hasher thread
+ *   hashes the same chunks (hasher.c); at the end the real manifest, of
+ *   exactly the same length, is written over the placeholder in place.
+ * - Two passes otherwise (a pipe): a hashing pass (all members at once,
+ *   one thread per CPU; it also brings them into the page cache), then
+ *   the archive pass.
+ *
+ * Both read only the data extents of a sparse file; its holes are neither
+ * read nor stored.  A member whose size or mtime changes while it is
+ * bundled fails the write.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +48,8 @@ struct member_src {
 struct progress {
 	const struct vmops_bundle_opts *o;
 	uint64_t done, total;
+	struct bundle_hasher *h;   /* one pass: hashes what is archived; NULL: two passes */
+	unsigned char *buf;        /* two passes: the read buffer */
 };
 
 static void close_srcs(struct member_src *s, size_t n)
@@ -201,6 +213,8 @@ static int step(struct progress *p, uint64_t bytes, const char *name, struct vmo
 static int write_hole(struct archive *a, uint64_t len, const char *name, struct progress *p,
 		      struct vmops_error *err)
 {
+	if (p->h && len > 0)
+		bundle_hasher_push(p->h, -1, len);
 	while (len > 0) {
 		size_t k = len < BUNDLE_BUF ? (size_t)len : BUNDLE_BUF;
 
@@ -214,12 +228,14 @@ static int write_hole(struct archive *a, uint64_t len, const char *name, struct 
 }
 
 static int write_extent(struct archive *a, const char *name, int fd, const struct bundle_extent *x,
-			unsigned char *buf, struct progress *p, struct vmops_error *err)
+			struct progress *p, struct vmops_error *err)
 {
 	off_t off = x->off, end = x->off + x->len;
 
 	while (off < end) {
 		size_t want = end - off < BUNDLE_BUF ? (size_t)(end - off) : BUNDLE_BUF;
+		int idx = -1;
+		unsigned char *buf = p->h ? bundle_hasher_buf(p->h, &idx) : p->buf;
 		ssize_t r = pread(fd, buf, want, off);
 
 		if (r < 0 && errno == EINTR)
@@ -227,6 +243,8 @@ static int write_extent(struct archive *a, const char *name, int fd, const struc
 		if (r <= 0)
 			return vmops_err(err, VMOPS_EXIT_FAILURE, "bundle: %s: read: %s", name,
 					 r < 0 ? strerror(errno) : "file shrank");
+		if (p->h)
+			bundle_hasher_push(p->h, idx, (uint64_t)r);
 		if (archive_write_data(a, buf, (size_t)r) != r)
 			return archive_fail(a, name, err);
 		off += r;
@@ -246,7 +264,7 @@ static int add_sparse_map(struct archive_entry *e, const struct bundle_map *m)
 }
 
 static int write_member(struct archive *a, const char *name, const struct member_src *s,
-			unsigned char *buf, struct progress *p, struct vmops_error *err)
+			struct progress *p, struct vmops_error *err)
 {
 	struct archive_entry *e = new_entry(name, &s->st, s->st.st_size);
 	off_t pos = 0;
@@ -254,6 +272,11 @@ static int write_member(struct archive *a, const char *name, const struct member
 
 	if (!e)
 		return vmops_err(err, VMOPS_EXIT_FAILURE, "bundle: out of memory");
+	if (p->h && bundle_hasher_begin(p->h) < 0) {
+		archive_entry_free(e);
+		return vmops_err(err, VMOPS_EXIT_FAILURE, "bundle: %s: sha256 failed", name);
+	}
+	posix_fadvise(s->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	if (s->map.sparse)
 		add_sparse_map(e, &s->map);
 	if (archive_write_header(a, e) != ARCHIVE_OK) {
@@ -262,7 +285,7 @@ static int write_member(struct archive *a, const char *name, const struct member
 	}
 	for (size_t k = 0; k < s->map.n; k++) {
 		if (write_hole(a, (uint64_t)(s->map.ext[k].off - pos), name, p, err) < 0 ||
-		    write_extent(a, name, s->fd, &s->map.ext[k], buf, p, err) < 0)
+		    write_extent(a, name, s->fd, &s->map.ext[k], p, err) < 0)
 			goto out;
 		pos = s->map.ext[k].off + s->map.ext[k].len;
 	}
@@ -286,27 +309,37 @@ static int check_unchanged(const char *name, const struct member_src *s, struct 
 	return 0;
 }
 
-/* The archive pass: manifest, then every member. */
+/* The archive pass: the manifest (two passes; one pass: it is in its slot
+ * already, text NULL), then every member.  With a hasher, hex[i] receives
+ * member i's SHA-256, computed from the very bytes archived. */
 static int write_archive(int out_fd, const char *text, const char *const *names,
 			 const struct member_src *s, size_t n, const struct vmops_bundle_opts *o,
-			 struct vmops_error *err)
+			 struct bundle_hasher *h, char (*hex)[65], struct vmops_error *err)
 {
-	struct progress p = { .o = o };
-	_cleanup_free_ unsigned char *buf = malloc(BUNDLE_BUF);
+	struct progress p = { .o = o, .h = h };
+	_cleanup_free_ unsigned char *buf = h ? NULL : malloc(BUNDLE_BUF);
 	struct archive *a;
 	int rc = -1;
 
 	for (size_t i = 0; i < n; i++)
 		p.total += (uint64_t)s[i].st.st_size;
-	if (!buf)
+	if (!h && !buf)
 		return vmops_err(err, VMOPS_EXIT_FAILURE, "bundle: out of memory");
+	p.buf = buf;
 	if (!(a = open_archive(out_fd, o, err)))
 		return -1;
-	if (write_manifest(a, text, err) < 0)
+	if (text && write_manifest(a, text, err) < 0)
 		goto out;
-	for (size_t i = 0; i < n; i++)
-		if (write_member(a, names[i], &s[i], buf, &p, err) < 0 || check_unchanged(names[i], &s[i], err) < 0)
+	for (size_t i = 0; i < n; i++) {
+		if (write_member(a, names[i], &s[i], &p, err) < 0)
 			goto out;
+		if (h && bundle_hasher_end(h, hex[i]) < 0) {
+			vmops_err(err, VMOPS_EXIT_FAILURE, "bundle: %s: sha256 failed", names[i]);
+			goto out;
+		}
+		if (check_unchanged(names[i], &s[i], err) < 0)
+			goto out;
+	}
 	if (archive_write_close(a) != ARCHIVE_OK) {
 		archive_fail(a, "finishing the archive", err);
 		goto out;
@@ -324,16 +357,126 @@ out:
 	return rc;
 }
 
+/* The output takes the one-pass layout: a regular file written at an offset
+ * we can come back to (not O_APPEND, where pwrite appends).  *base: where
+ * the bundle starts in it. */
+static bool seekable_output(int fd, off_t *base)
+{
+	struct stat st;
+	int fl = fcntl(fd, F_GETFL);
+
+	if (fl < 0 || (fl & O_APPEND) || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		return false;
+	*base = lseek(fd, 0, SEEK_CUR);
+	return *base >= 0;
+}
+
+static int entry_fail(struct archive *a, unsigned char *buf, struct vmops_error *err)
+{
+	archive_fail(a, "building the manifest entry", err);
+	archive_write_free(a);
+	free(buf);
+	return -1;
+}
+
+/* The tar bytes of the manifest's entry (headers, text, padding; without
+ * the end-of-archive blocks) and where the text is in them. */
+static int manifest_entry(const char *text, unsigned char **out, size_t *len, size_t *text_off,
+			  struct vmops_error *err)
+{
+	size_t tlen = strlen(text), cap = tlen + 16384, used = 0, padded = (tlen + 511) / 512 * 512;
+	unsigned char *buf = malloc(cap);
+	struct archive *a = archive_write_new();
+
+	if (!buf || !a) {
+		free(buf);
+		archive_write_free(a);
+		return vmops_err(err, VMOPS_EXIT_FAILURE, "bundle: out of memory");
+	}
+	if (archive_write_set_format_pax(a) != ARCHIVE_OK || archive_write_add_filter_none(a) != ARCHIVE_OK ||
+	    archive_write_set_bytes_per_block(a, 0) != ARCHIVE_OK ||
+	    archive_write_open_memory(a, buf, cap, &used) != ARCHIVE_OK ||
+	    write_manifest(a, text, err) < 0 || archive_write_close(a) != ARCHIVE_OK)
+		return entry_fail(a, buf, err);
+	archive_write_free(a);
+	/* libarchive ends a pax archive with two zero blocks: cut them off. */
+	if (used % 512 || used < 1024 + padded || memcmp(buf + used - 1024, bundle_zeros, 1024) ||
+	    memcmp(buf + used - 1024 - padded, text, tlen)) {
+		free(buf);
+		return vmops_err(err, VMOPS_EXIT_FAILURE, "bundle: unexpected layout of the manifest entry");
+	}
+	*out = buf;
+	*len = used - 1024;
+	*text_off = *len - padded;
+	return 0;
+}
+
+/* One pass (see the top): placeholder manifest, members hashed as they are
+ * archived, the real manifest written over the placeholder. */
+static int write_one_pass(int out_fd, off_t base, const char *const *names, const struct member_src *s,
+			  size_t n, struct vmops_manifest *m, const struct vmops_bundle_opts *o,
+			  struct vmops_error *err)
+{
+	char hex[VMOPS_BUNDLE_MEMBERS_MAX][65];
+	_cleanup_free_ char *text = NULL, *final = NULL;
+	_cleanup_free_ unsigned char *entry = NULL;
+	size_t elen = 0, toff = 0;
+	struct bundle_hasher *h;
+	int rc;
+
+	for (size_t i = 0; i < n; i++) {
+		memset(hex[i], '0', 64);
+		hex[i][64] = '\0';
+	}
+	if (!(text = finish_manifest(m, names, s, n, hex, err)) ||
+	    manifest_entry(text, &entry, &elen, &toff, err) < 0)
+		return -1;
+	if (bundle_raw_frame_write(out_fd, entry, elen) < 0)
+		return vmops_err(err, VMOPS_EXIT_FAILURE, "bundle: writing %s: %s", VMOPS_BUNDLE_MANIFEST,
+				 strerror(errno));
+	if (!(h = bundle_hasher_new()))
+		return vmops_err(err, VMOPS_EXIT_FAILURE, "bundle: starting the hasher: out of memory");
+	rc = write_archive(out_fd, NULL, names, s, n, o, h, hex, err);
+	bundle_hasher_free(h);
+	if (rc < 0 || !(final = finish_manifest(m, names, s, n, hex, err)))
+		return -1;
+	if (strlen(final) != strlen(text))
+		return vmops_err(err, VMOPS_EXIT_FAILURE, "bundle: the manifest changed length");
+	if (bundle_raw_frame_patch(out_fd, base, toff, final, strlen(final)) < 0)
+		return vmops_err(err, VMOPS_EXIT_FAILURE, "bundle: writing %s: %s", VMOPS_BUNDLE_MANIFEST,
+				 strerror(errno));
+	return 0;
+}
+
+/* Two passes (a pipe): hash everything, then archive. */
+static int write_two_pass(int out_fd, const char *const *names, const struct member_src *s, size_t n,
+			  struct vmops_manifest *m, const struct vmops_bundle_opts *o,
+			  struct vmops_error *err)
+{
+	struct bundle_map maps[VMOPS_BUNDLE_MEMBERS_MAX];
+	int fds[VMOPS_BUNDLE_MEMBERS_MAX];
+	char hex[VMOPS_BUNDLE_MEMBERS_MAX][65];
+	int threads = o && o->threads > 0 ? o->threads : bundle_ncpu();
+	_cleanup_free_ char *text = NULL;
+
+	for (size_t i = 0; i < n; i++) {
+		fds[i] = s[i].fd;
+		maps[i] = s[i].map;
+	}
+	if (bundle_hash_files(fds, maps, names, n, threads, o ? o->interrupted : NULL, hex, err) < 0)
+		return -1;
+	if (!(text = finish_manifest(m, names, s, n, hex, err)))
+		return -1;
+	return write_archive(out_fd, text, names, s, n, o, NULL, NULL, err);
+}
+
 int vmops_bundle_write_fd(int out_fd, int dirfd, const char *const *names, size_t n,
 			  struct vmops_manifest *m, const struct vmops_bundle_opts *o,
 			  struct vmops_error *err)
 {
 	struct member_src s[VMOPS_BUNDLE_MEMBERS_MAX];
-	struct bundle_map maps[VMOPS_BUNDLE_MEMBERS_MAX];
-	int fds[VMOPS_BUNDLE_MEMBERS_MAX];
-	char hex[VMOPS_BUNDLE_MEMBERS_MAX][65];
-	int threads = o && o->threads > 0 ? o->threads : bundle_ncpu(), rc = -1;
-	char *text = NULL;
+	off_t base;
+	int rc = -1;
 
 	if (n < 1 || n > VMOPS_BUNDLE_MEMBERS_MAX)
 		return vmops_err(err, VMOPS_EXIT_FAILURE, "bundle: %zu members (1 to %d allowed)", n,
@@ -341,19 +484,12 @@ int vmops_bundle_write_fd(int out_fd, int dirfd, const char *const *names, size_
 	memset(s, 0, sizeof(s));
 	for (size_t i = 0; i < n; i++)
 		s[i].fd = -1;
-	if (open_members(dirfd, names, n, s, err) < 0)
-		goto out;
-	for (size_t i = 0; i < n; i++) {
-		fds[i] = s[i].fd;
-		maps[i] = s[i].map;
+	if (open_members(dirfd, names, n, s, err) == 0) {
+		if (seekable_output(out_fd, &base) && !getenv("VMOPS_BUNDLE_TWO_PASS"))
+			rc = write_one_pass(out_fd, base, names, s, n, m, o, err);
+		else
+			rc = write_two_pass(out_fd, names, s, n, m, o, err);
 	}
-	if (bundle_hash_files(fds, maps, names, n, threads, o ? o->interrupted : NULL, hex, err) < 0)
-		goto out;
-	if (!(text = finish_manifest(m, names, s, n, hex, err)))
-		goto out;
-	rc = write_archive(out_fd, text, names, s, n, o, err);
-out:
-	free(text);
 	close_srcs(s, n);
 	return rc;
 }

@@ -239,10 +239,25 @@ static int step_quiesce(struct vmops_prep *p, struct vmops_error *err)
 	return 0;
 }
 
+/* Live: ask the hypervisor whether it takes a live snapshot, changing nothing. */
+static int step_live(struct vmops_prep *p, struct vmops_error *err)
+{
+	struct vmops_snapshot_opts so = { .live = true, .check_only = true };
+
+	if (!p->o.live)
+		return 0;
+	if (strcmp(vmops_hv_info(p->h)->kind, "qemu") != 0)
+		return vmops_err(err, VMOPS_EXIT_CONFLICT, "live snapshot refused: %s has no background snapshot",
+				 vmops_hv_info(p->h)->kind);
+	return vmops_hv_snapshot(p->h, -1, &so, err);
+}
+
 static int step_pause(struct vmops_prep *p, struct vmops_error *err)
 {
 	struct vmops_vm_status st;
 
+	if (p->o.live)
+		return 0;
 	vmops_fault_point("pause");
 	if (vmops_hv_status(p->h, &st, err) < 0)
 		return -1;
@@ -264,6 +279,7 @@ int vmops_prepare(struct vmops_prep *p, struct vmops_hv *h, const struct vmops_p
 		const char *name;
 		int (*fn)(struct vmops_prep *, struct vmops_error *);
 	} steps[] = {
+		{ "live", step_live },
 		{ "balloon", step_balloon },
 		{ "quiesce", step_quiesce },
 		{ "hint", step_hint },
@@ -353,7 +369,7 @@ static int check_empty(int dirfd, struct vmops_error *err)
  */
 static int snapshot_vmm(struct vmops_prep *p, int timeout_ms, struct vmops_error *err)
 {
-	struct vmops_snapshot_opts so = { .live = false, .timeout_ms = timeout_ms,
+	struct vmops_snapshot_opts so = { .live = p->o.live, .timeout_ms = timeout_ms,
 					  .interrupted = p->o.interrupted };
 
 	vmops_fault_point("snapshot");
@@ -361,6 +377,19 @@ static int snapshot_vmm(struct vmops_prep *p, int timeout_ms, struct vmops_error
 	    vmops_hv_snapshot(p->h, p->dirfd, &so, err) < 0)
 		return -1;
 	return collect_files(p, err);
+}
+
+/* A live snapshot's memory is the guest's at the start of the write; a disk
+ * copied afterwards matches it only while the guest's filesystems are
+ * frozen (they stay frozen until release). */
+static int live_disks_ok(const struct vmops_prep *p, const struct vmops_spec *spec,
+			 struct vmops_error *err)
+{
+	for (size_t i = 0; p->o.live && p->o.no_quiesce && spec && i < spec->n_disks; i++)
+		if (!spec->disks[i].readonly)
+			return vmops_err(err, VMOPS_EXIT_CONFLICT,
+					 "live snapshot of a guest with a writable disk needs the freeze (no --no-quiesce)");
+	return 0;
 }
 
 static int snapshot_disks(struct vmops_prep *p, const struct vmops_spec *spec,
@@ -388,6 +417,8 @@ int vmops_prep_snapshot(struct vmops_prep *p, int dirfd, const struct vmops_spec
 		return fail(p, "snapshot", err);
 	p->dirfd = dirfd;
 	if (check_interrupted(p, "snapshot", err) < 0)
+		return fail(p, "snapshot", err);
+	if (live_disks_ok(p, spec, err) < 0)
 		return fail(p, "snapshot", err);
 	if (snapshot_vmm(p, timeout_ms, err) < 0) {
 		vmops_err_prefix(err, "snapshot");

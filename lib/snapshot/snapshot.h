@@ -73,6 +73,10 @@ struct vmops_prepare_opts {
 	int hint_stop_ms;                 /* <= 0: VMOPS_SNAP_HINT_STOP_MS */
 	int unwind_ms;                    /* <= 0: VMOPS_SNAP_UNWIND_MS */
 	bool no_quiesce;                  /* skip the freeze (no agent in the guest) */
+	bool live;                        /* snapshot with the VM running (QEMU background-snapshot):
+	                                     the hypervisor is asked first whether it accepts one
+	                                     (step "live", before any change; refused: CONFLICT),
+	                                     and there is no pause step */
 	uint64_t balloon_bytes;           /* > 0: reclaim this much first */
 	volatile sig_atomic_t *interrupted;  /* may be NULL */
 };

@@ -15,9 +15,14 @@
 # Per guest, ${VMOPS_BENCH_BUNDLE_REPS:-3} repetitions, order alternating,
 # all reading from the page cache (a warm-up read first):
 #   tar     tar --sparse -cf - memory disk.img | zstd -1 -T0 > out
-#   bundle  bundle-bench write - DIR memory disk.img > out   (vmops_bundle_write_fd)
+#   before  the writer of ${VMOPS_BENCH_BUNDLE_BEFORE:-cbf77f9} (two passes), > out
+#   bundle  bundle-bench write - DIR memory disk.img > out   (vmops_bundle_write_fd
+#           on a regular file: one pass)
 #   path    bundle-bench write OUT DIR memory disk.img       (write_path: + fsync, rename)
+#   pipe    bundle-bench write - DIR ... | cat > out          (a pipe: two passes)
 #   verify  bundle-bench verify OUT                          (reader, no extraction)
+# "before" is built from that commit's lib/bundle (git archive) linked with
+# this tree's library; VMOPS_BENCH_BUNDLE_BEFORE="" leaves it out.
 # Throughput = apparent bytes of the members / wall time; ratio = apparent
 # bytes / output bytes.  Goal: bundle >= 80 % of tar|zstd's throughput at an
 # equal or better ratio.  Exits 1 if a guest or a command failed.
@@ -30,8 +35,19 @@ cd "$top"
 mems=${VMOPS_BENCH_BUNDLE_MEM_MB:-1024 2048}
 reps=${VMOPS_BENCH_BUNDLE_REPS:-3}
 bb=$top/build/bench/bundle-bench
-[ -x "$bb" ] || make --no-print-directory -s build/bench/bundle-bench >/dev/null
+make --no-print-directory -s build/bench/bundle-bench >/dev/null
 tmp=$(mktemp -d "${VMOPS_BENCH_BUNDLE_DIR:-/var/tmp}/vmops-bench-bundle.XXXXXX")
+before=${VMOPS_BENCH_BUNDLE_BEFORE-cbf77f9}
+methods="tar bundle path pipe verify"
+if [ -n "$before" ]; then
+	mkdir "$tmp/before"
+	git archive "$before" lib | tar -x -C "$tmp/before"
+	# shellcheck disable=SC2046
+	cc -std=c17 -D_GNU_SOURCE -O2 -I"$tmp/before/lib" -Ilib $(pkg-config --cflags libarchive libcjson libcrypto) \
+		-o "$tmp/bundle-bench-before" tests/bench/bundle-bench.c "$tmp/before/lib/bundle/"*.c build/libvmops.a \
+		$(pkg-config --libs libarchive libcjson libcrypto) -lpthread -lm
+	methods="tar before bundle path pipe verify"
+fi
 log() { echo "bench-bundle: $*"; }
 qpid=""
 cleanup() {
@@ -114,6 +130,8 @@ run() {  # MEM METHOD REP DIR
 	case $m in
 	tar) /usr/bin/time -o "$tmp/cpu" -f "%U %S" sh -c 'cd "$1" && tar --sparse -cf - memory disk.img | zstd -q -1 -T0 >"$2"' sh "$d" "$out" ;;
 	bundle) /usr/bin/time -o "$tmp/cpu" -f "%U %S" "$bb" write - "$d" memory disk.img >"$out" 2>"$tmp/bb.err" ;;
+	before) /usr/bin/time -o "$tmp/cpu" -f "%U %S" "$tmp/bundle-bench-before" write - "$d" memory disk.img >"$out" 2>"$tmp/bb.err" ;;
+	pipe) /usr/bin/time -o "$tmp/cpu" -f "%U %S" sh -c '"$1" write - "$2" memory disk.img 2>"$3" | cat >"$4"' sh "$bb" "$d" "$tmp/bb.err" "$out" ;;
 	path) /usr/bin/time -o "$tmp/cpu" -f "%U %S" "$bb" write "$out" "$d" memory disk.img 2>"$tmp/bb.err" ;;
 	verify) /usr/bin/time -o "$tmp/cpu" -f "%U %S" "$bb" verify "$tmp/out.path" 2>"$tmp/bb.err" ;;
 	esac
@@ -121,7 +139,7 @@ run() {  # MEM METHOD REP DIR
 	cpu=$(awk '{ printf "%d", ($1 + $2) * 1000 }' "$tmp/cpu")
 	if [ "$m" = verify ]; then size=$(stat -c %s "$tmp/out.path"); else size=$(stat -c %s "$out"); fi
 	hash=$(sed -n 's/.*"first_byte_s": \([0-9.-]*\).*/\1/p' "$tmp/bb.err" 2>/dev/null | tail -n1)
-	[ "$m" = bundle ] || [ "$m" = path ] || hash=""
+	case $m in bundle | path | before | pipe) ;; *) hash="" ;; esac
 	: >"$tmp/bb.err"
 	echo "$mem $m $rep $t $size $apparent ${hash:-0} $(cut -d' ' -f1 /proc/loadavg) $cpu" >>"$res"
 	log "$mem MiB $m rep $rep: $t ms (CPU $cpu ms), out $size B$([ -n "$hash" ] && echo ", hashing pass $hash s"), load $(cut -d' ' -f1 /proc/loadavg)"
@@ -136,7 +154,8 @@ for mem in $mems; do
 	cat "$d/memory" "$d/disk.img" >/dev/null  # warm the page cache for both
 	rep=1
 	while [ $rep -le "$reps" ]; do
-		if [ $((rep % 2)) -eq 1 ]; then order="tar bundle path verify"; else order="path bundle tar verify"; fi
+		# alternate the order; verify reads the path bundle, so it comes after it
+		if [ $((rep % 2)) -eq 1 ]; then order="$methods"; else order=$(echo "$methods" | tr ' ' '\n' | grep -v verify | tac | tr '\n' ' ')verify; fi
 		for m in $order; do run "$mem" "$m" "$rep" "$d"; done
 		rep=$((rep + 1))
 	done
@@ -156,8 +175,9 @@ print("\n| guest | method | runs | median wall | throughput | vs tar\\|zstd | me
 print("|------:|--------|-----:|------:|------:|------:|------:|------:|------:|------:|")
 for mem in sorted({int(r[0]) for r in rows}):
     tp = {}
-    for m, name in (("tar", "tar --sparse | zstd -1 -T0"), ("bundle", "bundle to stdout"),
-                    ("path", "bundle to path (fsync, rename)"), ("verify", "bundle verify (read)")):
+    for m, name in (("tar", "tar --sparse | zstd -1 -T0"), ("before", "before: bundle to stdout (file), two passes"),
+                    ("bundle", "bundle to stdout (file), one pass"), ("path", "bundle to path (fsync, rename), one pass"),
+                    ("pipe", "bundle to a pipe, two passes"), ("verify", "bundle verify (read)")):
         rs = [r for r in rows if int(r[0]) == mem and r[1] == m]
         if not rs: continue
         w = statistics.median(int(r[3]) for r in rs)
@@ -168,7 +188,17 @@ for mem in sorted({int(r[0]) for r in rows}):
         rel = "" if m == "tar" else "%.0f %%" % (100 * tp[m] / tp["tar"])
         print("| %d MiB | %s | %d | %.2f s | %.0f MiB/s | %s | %.2f s | %.1f MiB | %.3f | %s |" % (
             mem, name.replace("|", "\\|"), len(rs), w / 1000, tp[m] / M, rel, cpu / 1000, size / M, app / size,
-            "%.2f s" % h if m in ("bundle", "path") else ""))
+            "%.2f s" % h if m in ("bundle", "path", "before", "pipe") else ""))
+    # per-round ratio to tar (same round, same load), median over rounds
+    for m in ("before", "bundle", "path", "pipe"):
+        rel = []
+        for rep in sorted({r[2] for r in rows if int(r[0]) == mem}):
+            t = [int(r[3]) for r in rows if int(r[0]) == mem and r[1] == "tar" and r[2] == rep]
+            b = [int(r[3]) for r in rows if int(r[0]) == mem and r[1] == m and r[2] == rep]
+            if t and b: rel.append(100.0 * t[0] / b[0])
+        if rel:
+            print("%d MiB %s: per-round throughput vs tar|zstd %s; median %.0f %%" % (
+                mem, m, ", ".join("%.0f %%" % x for x in rel), statistics.median(rel)))
 print("\nthroughput counts apparent bytes (holes included) per wall second; ratio = apparent / output;")
-print("hashing pass = time before the first archive byte (SHA-256 of every member, holes hashed as zeros)")
+print("hashing pass = time before the first archive byte (two passes: SHA-256 of every member, holes hashed as zeros)")
 PY

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -356,6 +357,72 @@ Test(bundle, streams_through_a_pipe)
 	vmops_manifest_clear(&r);
 	vmops_manifest_clear(&w.m);
 	close(p[0]);
+}
+
+/*
+ * Into a regular file at an offset: one pass (the manifest's tar entry is a
+ * zstd frame of raw blocks where the bundle starts, its checksums written
+ * over at the end); with O_APPEND (pwrite would append) two passes.  Both
+ * read back the same, and what was in the file before is untouched.
+ */
+static void write_at_offset(int flags, bool one_pass, const char *big)
+{
+	static const unsigned char raw[5] = { 0x28, 0xb5, 0x2f, 0xfd, 0xa0 };
+	struct vmops_manifest m, r;
+	struct vmops_error e = { 0 };
+	char path[128], head[13];
+	int fd;
+
+	make_members();
+	fill_manifest(&m);
+	if (big)
+		cJSON_AddStringToObject(m.spec, "padding", big);
+	snprintf(path, sizeof(path), "%s/b.vmops", out);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | flags, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, "prefix--", 8), 8);
+	cr_assert_eq(vmops_bundle_write_fd(fd, dir_fd(src), members, 5, &m, NULL, &e), 0, "%s", e.msg);
+	close(fd);
+	fd = open(path, O_RDONLY);
+	cr_assert_eq(pread(fd, head, 13, 0), 13);
+	cr_assert_eq(memcmp(head, "prefix--", 8), 0);
+	cr_assert_eq(memcmp(head + 8, raw, 5) == 0, one_pass, "one pass: %d", one_pass);
+	cr_assert_eq(lseek(fd, 8, SEEK_SET), 8);
+	cr_assert_eq(vmops_bundle_extract_fd(fd, dir_fd(dst), &r, NULL, &e), 0, "%s", e.msg);
+	close(fd);
+	if (!big)
+		check_manifest(&r);
+	for (size_t i = 0; i < 5; i++) {
+		char hex[65];
+
+		file_sha(src, members[i], hex);
+		cr_assert_str_eq(r.members[i].sha256, hex, "%s: sha256", members[i]);
+	}
+	check_extracted();
+	vmops_manifest_clear(&r);
+	vmops_manifest_clear(&m);
+}
+
+Test(bundle, one_pass_into_a_file_at_an_offset)
+{
+	write_at_offset(0, true, NULL);
+}
+
+Test(bundle, append_mode_takes_two_passes)
+{
+	write_at_offset(O_APPEND, false, NULL);
+}
+
+/* A manifest over 128 KiB: its slot spans several raw blocks. */
+Test(bundle, one_pass_manifest_spanning_raw_blocks)
+{
+	size_t len = 300 * 1024;
+	char *big = malloc(len + 1);
+
+	memset(big, 'x', len);
+	big[len] = '\0';
+	write_at_offset(0, true, big);
+	free(big);
 }
 
 /* ---- atomic write ------------------------------------------------------- */

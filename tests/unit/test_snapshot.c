@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@
 #include "proc.h"
 #include "schema.h"
 #include "qga.h"
+#include "qmp.h"
 #include "snapshot/snapshot.h"
 #include "spec.h"
 #include "vm.h"
@@ -415,6 +417,160 @@ Test(snapshot, cli_snapshot_pipe_restore_on_another_worker, .timeout = 900, .fin
 	wait_data(log2, rec + 8, 300);
 	cr_assert_eq(sh("grep -q '\"pid\"' %s/restore.out", dir), 0);
 	cr_assert_eq(sh("ls %s | grep -c snapshot-prep. | grep -qx 0", dir), 0, "staging left behind");
+	PQfinish(c);
+}
+
+/* ---- live snapshot (QEMU background-snapshot) ----------------------------------------- */
+
+/* The process `pid` is stopped (SIGSTOP): /proc/PID/stat says T. */
+static bool proc_stopped(pid_t pid)
+{
+	char path[64], buf[512], *p;
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if (!(f = fopen(path, "r")))
+		return false;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	p = strrchr(buf, ')');
+	return p && p[1] == ' ' && p[2] == 'T';
+}
+
+/* The number in file dir/name, -1 if none (yet). */
+static long read_long(const char *name)
+{
+	char path[600];
+	long v = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	if ((f = fopen(path, "r"))) {
+		if (fscanf(f, "%ld", &v) != 1)
+			v = -1;
+		fclose(f);
+	}
+	return v;
+}
+
+/*
+ * snapshot --live: the guest runs while its state is written.  The test
+ * stops the program (SIGSTOP) as soon as the state file exists in its
+ * staging directory and before any disk copy: QEMU writes on by itself,
+ * but only snapshot-prep would resume a paused VM.  The guest must go on
+ * printing heartbeats while the program is stopped (with a paused snapshot
+ * it stays paused).  Then the bundle restores on w2 with memory and data
+ * intact; the source runs, thawed, background-snapshot off again.
+ */
+Test(snapshot, cli_live_snapshot_guest_runs_during_the_write, .timeout = 900, .fini = kill_test_vms)
+{
+	PGconn *c = fleet_with_guest(NULL);
+	struct vmops_error err = { 0 };
+	struct testlib_guest g0, g1;
+	struct vmops_hv *h;
+	char log[4200], log2[600], bin[512];
+	long rec, beat, pid = -1, rc = -1;
+	bool on = true;
+	int have;
+
+	h = attach_sb1(c, log, sizeof(log));
+	testlib_wait_heartbeat(log, 2, 120, NULL);
+	rec = wait_data(log, 8, 300);
+	testlib_guest_read(log, &g0);
+	vmops_hv_free(h);
+	snprintf(bin, sizeof(bin), "%s", getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin");
+	cr_assert_eq(sh("( sh -c 'echo $$ >%s/live.pid; exec %s/snapshot-prep"
+			" --db \"$1\" --json snapshot --live --sandbox sb1 -o %s/live.vmops --work-dir %s"
+			" >%s/live.out 2>%s/live.err' sh '%s'; echo $? >%s/live.rc ) &",
+			dir, bin, dir, dir, dir, dir, ci, dir), 0);
+	for (int i = 0; i < 60000 && (pid <= 0 || sh("test -e %s/snapshot-prep.*/vmstate", dir) != 0); i++) {
+		usleep(10000);
+		pid = read_long("live.pid");
+		cr_assert_lt(read_long("live.rc"), 0, "snapshot-prep ended early (see %s/live.err)", dir);
+	}
+	cr_assert_eq(kill((pid_t)pid, SIGSTOP), 0);
+	for (int i = 0; i < 500 && !proc_stopped((pid_t)pid); i++)
+		usleep(10000);
+	cr_assert(proc_stopped((pid_t)pid));
+	cr_assert_neq(sh("ls %s/snapshot-prep.*/disk0.img >/dev/null 2>&1", dir), 0,
+		      "stopped too late: the disk copy had begun (a paused VM may have been resumed)");
+	/* Writing the state, the program stopped: the guest runs on. */
+	testlib_guest_read(log, &g1);
+	beat = testlib_wait_heartbeat(log, g1.last.n + 2, 300, NULL);
+	cr_log_info("live: heartbeat %ld -> %ld while snapshot-prep was stopped during the state write",
+		    g1.last.n, beat);
+	cr_assert_eq(kill((pid_t)pid, SIGCONT), 0);
+	for (int i = 0; i < 3000 && (rc = read_long("live.rc")) < 0; i++)
+		usleep(200000);
+	cr_assert_eq(rc, 0, "snapshot-prep --live: exit %ld (see %s/live.err)", rc, dir);
+	cr_assert_eq(sh("grep -Eq '\"live\":[[:space:]]*true' %s/live.out", dir), 0, "--json without live: true");
+	h = attach_sb1(c, log, sizeof(log));
+	assert_running(h);
+	cr_assert_eq(freeze_status(h), VMOPS_QGA_THAWED);
+	have = vmops_qmp_has_migrate_capability(vmops_hv_qmp(h), "background-snapshot", &on, &err);
+	cr_assert_eq(have, 1, "%s", err.msg);
+	cr_assert_not(on, "background-snapshot left on after the live snapshot");
+	cr_assert_eq(vmops_hv_destroy(h, 10000, &err), 0, "%s", err.msg);
+	vmops_hv_free(h);
+	/* The bundle restores elsewhere: memory and data go on from the snapshot. */
+	cr_assert_eq(sh("%s/snapshot-prep -q restore -i %s/live.vmops --run-dir %s/w2/r1 --vmm-id 43 2>%s/restore.err",
+			bin, dir, dir, dir), 0, "restore failed (see %s/restore.err)", dir);
+	snprintf(log2, sizeof(log2), "%s/w2/r1/vmm/serial.log", dir);
+	testlib_assert_guest_continues(log2, g0.boot_sum, &g0.last, 120, NULL);
+	wait_data(log2, rec + 8, 300);
+	cr_assert_eq(sh("ls %s | grep -c snapshot-prep. | grep -qx 0", dir), 0, "staging left behind");
+	PQfinish(c);
+}
+
+/*
+ * QEMU refuses background-snapshot when a capability it cannot combine with
+ * is on (validate-uuid here; on a host kernel without userfaultfd write
+ * protection the same refusal comes from its kernel check).  snapshot-prep
+ * --live asks before it changes anything: exit 10, "live snapshot refused",
+ * the guest never frozen nor paused, no bundle, no staging left.
+ */
+Test(snapshot, cli_live_snapshot_refused_changes_nothing, .timeout = 900, .fini = kill_test_vms)
+{
+	PGconn *c = fleet_with_guest(NULL);
+	struct vmops_error err = { 0 };
+	struct vmops_hv *h;
+	struct testrun r;
+	char log[4200], out[600];
+	cJSON *args;
+
+	h = attach_sb1(c, log, sizeof(log));
+	testlib_wait_heartbeat(log, 2, 120, NULL);
+	args = cJSON_Parse("{\"capabilities\":[{\"capability\":\"validate-uuid\",\"state\":true}]}");
+	cr_assert_eq(vmops_qmp_cmd(vmops_hv_qmp(h), "migrate-set-capabilities", args, NULL, 30000, &err), 0, "%s", err.msg);
+	cJSON_Delete(args);
+	vmops_hv_free(h);
+	snprintf(out, sizeof(out), "%s/refused.vmops", dir);
+	TESTRUN(&r, "snapshot-prep", "--db", ci, "snapshot", "--live", "--sandbox", "sb1", "-o", out,
+		"--work-dir", dir);
+	cr_log_info("refused: exit %d: %s", r.status, r.err);
+	cr_assert_eq(r.status, VMOPS_EXIT_CONFLICT, "exit %d: %s", r.status, r.err);
+	cr_assert(strstr(r.err, "live snapshot refused"), "%s", r.err);
+	cr_assert_eq(testlib_lines(r.err), 1, "%s", r.err);
+	testrun_free(&r);
+	cr_assert_eq(access(out, F_OK), -1, "a bundle was written");
+	cr_assert_eq(sh("ls %s | grep -c snapshot-prep. | grep -qx 0", dir), 0, "staging left behind");
+	h = attach_sb1(c, log, sizeof(log));
+	assert_running(h);
+	cr_assert_eq(freeze_status(h), VMOPS_QGA_THAWED);
+	/* No snapshot migration was started, and the capability is still off. */
+	{
+		cJSON *ret = NULL;
+		bool on = true;
+
+		cr_assert_eq(vmops_qmp_cmd(vmops_hv_qmp(h), "query-migrate", NULL, &ret, 30000, &err), 0, "%s", err.msg);
+		cr_assert_null(cJSON_GetObjectItemCaseSensitive(ret, "status"), "a migration was started");
+		cJSON_Delete(ret);
+		cr_assert_eq(vmops_qmp_has_migrate_capability(vmops_hv_qmp(h), "background-snapshot", &on, &err), 1);
+		cr_assert_not(on);
+	}
+	vmops_hv_free(h);
 	PQfinish(c);
 }
 

@@ -10,6 +10,7 @@ INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)
 SQL
 runs snapshot-prep --db "$DB" prepare --sandbox nosuch
 runs snapshot-prep --db "$DB" snapshot --sandbox stopped1 -o /tmp/vmops-cli-never
+runs snapshot-prep --db "$DB" snapshot --live --sandbox stopped1 -o /tmp/vmops-cli-never --json
 runs snapshot-prep --db "$DB" undo --sandbox stopped1 --json
 T=$(mktemp -d /tmp/vmops-cli-snap.XXXXXX)
 echo "this is not a bundle" >"$T/junk"

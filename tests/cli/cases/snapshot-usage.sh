@@ -35,3 +35,8 @@ runs snapshot-prep --db "$NODB" wake
 # recover: a sandbox, and none of the other modes' options.
 runs snapshot-prep --db "$NODB" recover
 runs snapshot-prep --db "$NODB" recover --sandbox sb1 --bundle-dir /tmp
+# --live is for snapshot only (a hibernated VM stops at the snapshot point).
+runs snapshot-prep --db "$NODB" hibernate --sandbox sb1 --bundle-dir /tmp --live
+runs snapshot-prep --db "$NODB" prepare --sandbox sb1 --live
+runs snapshot-prep --db "$NODB" snapshot --sandbox sb1 -o /tmp/x --live=yes
+runs snapshot-prep --db "$NODB" snapshot --sandbox sb1 -o /tmp/x --live --dry-run --json
