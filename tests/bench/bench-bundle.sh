@@ -97,7 +97,7 @@ make_snapshot() {  # MEM_MB DIR
 	q=$((mem / 8))
 	qemu-system-x86_64 -name vmops-bench-bundle -nodefaults -no-user-config -nographic -display none \
 		-accel tcg -m "$((mem * 1024 + 8))k" -smp 1 -kernel "$VMOPS_TEST_KERNEL" -initrd "$VMOPS_TEST_INITRD" \
-		-append "console=ttyS0 vmops.static_mb=$q vmops.dirty_mb=$q" \
+		-append "console=ttyS0 no_timer_check vmops.static_mb=$q vmops.dirty_mb=$q" \
 		-serial "file:$d/serial.log" -qmp "unix:$d/qmp.sock,server=on,wait=off" &
 	qpid=$!
 	i=0

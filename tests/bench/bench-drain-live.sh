@@ -33,7 +33,7 @@ psql -qAtX -d "$db" -c "INSERT INTO workers (name, memory_mb, vcpus, run_dir, ho
   ('w3', 8192, 16, '$tmp/w3', 'bench-drain-host')" >/dev/null
 cat >"$tmp/spec.json" <<JSON
 {"hypervisor": "qemu", "memory_mb": 128, "vcpus": 1, "kernel": "$VMOPS_TEST_KERNEL",
- "initrd": "$VMOPS_TEST_INITRD", "cmdline": "console=ttyS0 vmops.dirty_mb=16", "accel": "tcg"}
+ "initrd": "$VMOPS_TEST_INITRD", "cmdline": "console=ttyS0 no_timer_check vmops.dirty_mb=16", "accel": "tcg"}
 JSON
 i=1
 while [ $i -le "$n" ]; do

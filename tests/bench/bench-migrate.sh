@@ -140,7 +140,7 @@ eval "$(tests/guest/build-guest.sh "$top/build/guest" 2>/dev/null | grep '^VMOPS
 cat >"$tmp/spec.json" <<SPEC
 {"hypervisor": "qemu", "memory_mb": $mem, "vcpus": 1, "accel": "tcg",
  "kernel": "$VMOPS_TEST_KERNEL", "initrd": "$VMOPS_TEST_INITRD",
- "cmdline": "console=ttyS0 vmops.dirty_mb=$dirty"}
+ "cmdline": "console=ttyS0 no_timer_check vmops.dirty_mb=$dirty"}
 SPEC
 
 psql -qAtX -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null

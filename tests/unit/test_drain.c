@@ -60,7 +60,7 @@ static void launch(const char *sandbox)
 	f = fopen(spec, "w");
 	cr_assert(f);
 	fprintf(f, "{\"hypervisor\":\"qemu\",\"memory_mb\":%d,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
-		   "\"cmdline\":\"console=ttyS0 %s\",\"accel\":\"tcg\"}\n",
+		   "\"cmdline\":\"console=ttyS0 no_timer_check %s\",\"accel\":\"tcg\"}\n",
 		GUEST_MB, getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"), dirty);
 	fclose(f);
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", sandbox, "--org", "acme",

@@ -59,7 +59,7 @@ static struct vmops_spec *spec16(void)
 
 	snprintf(json, sizeof(json),
 		 "{\"hypervisor\":\"firecracker\",\"memory_mb\":16,\"vcpus\":1,\"kernel\":\"%s\","
-		 "\"cmdline\":\"console=ttyS0 root=/dev/vda\","
+		 "\"cmdline\":\"console=ttyS0 no_timer_check root=/dev/vda\","
 		 "\"disks\":[{\"path\":\"%s\",\"readonly\":false}],"
 		 "\"balloon\":{\"free_page_hint\":true}}", kernel, disk);
 	s = vmops_spec_parse(json, (size_t)-1, NULL);

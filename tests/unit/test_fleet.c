@@ -46,7 +46,7 @@ static const char *spec(const char *name, const char *hv, const char *kernel, in
 	f = fopen(path, "w");
 	cr_assert(f);
 	fprintf(f, "{\"hypervisor\":\"%s\",\"memory_mb\":%d,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
-		   "\"cmdline\":\"console=ttyS0 vmops.dirty_mb=8\",\"accel\":\"tcg\"}\n",
+		   "\"cmdline\":\"console=ttyS0 no_timer_check vmops.dirty_mb=8\",\"accel\":\"tcg\"}\n",
 		hv, mem, kernel, getenv("VMOPS_TEST_INITRD"));
 	fclose(f);
 	return path;

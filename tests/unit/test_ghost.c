@@ -883,7 +883,7 @@ static pid_t launch_bg(const char *sandbox)
 	f = fopen(spec, "w");
 	cr_assert(f);
 	fprintf(f, "{\"hypervisor\":\"qemu\",\"memory_mb\":160,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
-		   "\"cmdline\":\"console=ttyS0 vmops.dirty_mb=16\",\"accel\":\"tcg\"}\n",
+		   "\"cmdline\":\"console=ttyS0 no_timer_check vmops.dirty_mb=16\",\"accel\":\"tcg\"}\n",
 		getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"));
 	fclose(f);
 	snprintf(path, sizeof(path), "%s/vm-fleet", getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin");

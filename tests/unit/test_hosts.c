@@ -112,7 +112,7 @@ static const char *spec(const char *name)
 	f = fopen(path, "w");
 	cr_assert(f);
 	fprintf(f, "{\"hypervisor\":\"qemu\",\"memory_mb\":128,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
-		   "\"cmdline\":\"console=ttyS0 vmops.dirty_mb=8\",\"accel\":\"tcg\"}\n",
+		   "\"cmdline\":\"console=ttyS0 no_timer_check vmops.dirty_mb=8\",\"accel\":\"tcg\"}\n",
 		getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"));
 	fclose(f);
 	return path;

@@ -51,7 +51,7 @@ static void write_spec(const char *path, int mem_mb)
 
 	cr_assert(f);
 	fprintf(f, "{\"hypervisor\":\"qemu\",\"memory_mb\":%d,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
-		   "\"cmdline\":\"console=ttyS0 vmops.dirty_mb=16\",\"accel\":\"tcg\"}\n",
+		   "\"cmdline\":\"console=ttyS0 no_timer_check vmops.dirty_mb=16\",\"accel\":\"tcg\"}\n",
 		mem_mb, getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"));
 	fclose(f);
 }

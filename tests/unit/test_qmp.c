@@ -804,7 +804,7 @@ static struct vmops_spec *test_spec_with(unsigned dirty_mb, bool free_page_hint,
 		accel = "tcg";
 	snprintf(json, sizeof(json),
 		 "{\"hypervisor\":\"qemu\",\"memory_mb\":256,\"vcpus\":1,\"kernel\":\"%s\","
-		 "\"initrd\":\"%s\",\"cmdline\":\"console=ttyS0 loglevel=4 vmops.dirty_mb=%u%s%s\","
+		 "\"initrd\":\"%s\",\"cmdline\":\"console=ttyS0 no_timer_check loglevel=4 vmops.dirty_mb=%u%s%s\","
 		 "\"balloon\":{\"free_page_hint\":%s},\"accel\":\"%s\"}",
 		 kernel_path, initrd_path, dirty_mb, *extra ? " " : "", extra,
 		 free_page_hint ? "true" : "false", accel);

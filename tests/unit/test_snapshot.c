@@ -75,7 +75,7 @@ static struct vmops_spec *spec_for(const char *disk, const char *extra)
 
 	snprintf(json, sizeof(json),
 		 "{\"hypervisor\":\"qemu\",\"memory_mb\":256,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
-		 "\"cmdline\":\"console=ttyS0 vmops.dirty_mb=8 %s\",\"accel\":\"tcg\""
+		 "\"cmdline\":\"console=ttyS0 no_timer_check vmops.dirty_mb=8 %s\",\"accel\":\"tcg\""
 		 "%s%s%s}",
 		 getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"), extra ? extra : "",
 		 disk ? ",\"disks\":[{\"path\":\"" : "", disk ? disk : "", disk ? "\"}]" : "");
@@ -358,7 +358,7 @@ static PGconn *fleet_with_guest(const char *extra)
 	f = fopen(spec, "w");
 	cr_assert(f);
 	fprintf(f, "{\"hypervisor\":\"qemu\",\"memory_mb\":256,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
-		   "\"cmdline\":\"console=ttyS0 vmops.dirty_mb=8 %s\",\"accel\":\"tcg\","
+		   "\"cmdline\":\"console=ttyS0 no_timer_check vmops.dirty_mb=8 %s\",\"accel\":\"tcg\","
 		   "\"disks\":[{\"path\":\"%s/data.img\"}]}\n",
 		getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"), extra ? extra : "", dir);
 	fclose(f);

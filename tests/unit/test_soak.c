@@ -98,7 +98,7 @@ static void launch(int i, const char *worker)
 	f = fopen(spec, "w");
 	cr_assert(f);
 	fprintf(f, "{\"hypervisor\":\"qemu\",\"memory_mb\":128,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
-		   "\"cmdline\":\"console=ttyS0 vmops.dirty_mb=4\",\"accel\":\"tcg\"}\n",
+		   "\"cmdline\":\"console=ttyS0 no_timer_check vmops.dirty_mb=4\",\"accel\":\"tcg\"}\n",
 		getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"));
 	fclose(f);
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", name, "--org", "acme",

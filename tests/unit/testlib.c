@@ -26,7 +26,12 @@ PGconn *testdb_new(bool with_schema, char *conninfo, size_t len)
 	const char *host = getenv("PGHOST"), *port = getenv("PGPORT");
 
 	cr_assert(host && port, "PGHOST/PGPORT not set: run the suite through tests/pgcluster.sh");
-	snprintf(name, sizeof(name), "t_%d_%d_%ld", (int)getpid(), counter++, (long)random() % 100000);
+	struct timespec ts;
+
+	/* Unique across processes and passes (pids are reused; random() unseeded is not random). */
+	clock_gettime(CLOCK_REALTIME, &ts);
+	snprintf(name, sizeof(name), "t_%d_%d_%lld_%ld", (int)getpid(), counter++, (long long)ts.tv_sec,
+		 ts.tv_nsec);
 	admin = PQconnectdb("dbname=postgres");
 	cr_assert(PQstatus(admin) == CONNECTION_OK, "admin connect: %s", PQerrorMessage(admin));
 	snprintf(sql, sizeof(sql), "CREATE DATABASE %s TEMPLATE %s", name,
@@ -373,6 +378,9 @@ long testlib_wait_heartbeat(const char *path, long above, int timeout_s, struct 
 {
 	struct testlib_guest g;
 
+	/* Returns as soon as the beat is there: a loaded 2-core TCG host may need minutes. */
+	if (timeout_s < 300)
+		timeout_s = 300;
 	for (int i = 0; i < timeout_s * 10; i++) {
 		testlib_guest_read(path, &g);
 		cr_assert(!g.trouble[0], "%s: the guest says: %s", path, g.trouble);
