@@ -14,6 +14,14 @@ if [ -z "${VMOPS_TEST_PGHOST:-}" ]; then
 	exec tests/pgcluster.sh "$0" "$@"
 fi
 PATH="$top/bin:$PATH"
+# vm-drain counts a worker's processes only on a host shown to be that
+# worker: its identity is /etc/machine-id.  A machine without one (a bare
+# chroot, some containers) gets a fixed identity for this run.
+if [ -z "${VMOPS_HOST_ID:-}" ] && ! [ -s /etc/machine-id ] && ! [ -s /var/lib/dbus/machine-id ]; then
+	VMOPS_HOST_ID=vmops-demo-host
+	export VMOPS_HOST_ID
+	echo "demo: this machine has no /etc/machine-id: VMOPS_HOST_ID=$VMOPS_HOST_ID for this run"
+fi
 run=$(mktemp -d /tmp/vmops-demo.XXXXXX)
 bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { echo "\$ $*"; "$@"; }

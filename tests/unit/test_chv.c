@@ -493,8 +493,16 @@ Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
 
 	/* the programs find "cloud-hypervisor" on PATH: the fake */
 	fake_fleet(c, "cloud-hypervisor", "fake-chv");
-	specf = fake_write_file("ch1.json", "{\"hypervisor\":\"cloud-hypervisor\",\"memory_mb\":16,"
-				"\"vcpus\":1,\"kernel\":\"/boot/vmlinuz\"}\n");
+	{
+		/* The launch-spec policy checks the kernel file: a real one, in an allowed directory. */
+		char spec[1024];
+		const char *kernel = fake_write_file("vmlinuz", "not a kernel: the fake boots nothing\n");
+
+		chmod(kernel, 0644);
+		snprintf(spec, sizeof(spec), "{\"hypervisor\":\"cloud-hypervisor\",\"memory_mb\":16,"
+			 "\"vcpus\":1,\"kernel\":\"%s\"}\n", kernel);
+		specf = fake_write_file("ch1.json", spec);
+	}
 
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "launch", "--sandbox", "ch1", "--org", "acme",
 		"--worker", "w1", "--spec", specf);

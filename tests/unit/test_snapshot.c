@@ -966,31 +966,44 @@ Test(snapshot_db, bundle_of_a_hibernated_sandbox_stays)
 }
 
 /*
- * REPEATABLE READ writers: A deletes the bundle while B (committed after A's
- * snapshot was taken) hibernates the sandbox.  A must not commit.
+ * Two REPEATABLE READ writers: A takes its snapshot (a_read), B commits
+ * b_sql, then A's a_sql must not commit (serialisation failure or the
+ * trigger's `code`); `left` (a count query) must still be 1.
  */
-Test(snapshot_db, repeatable_read_delete_races_hibernate)
+static void rr_race(const char *a_read, const char *b_sql, const char *a_sql, const char *code,
+		    const char *left)
 {
 	PGconn *c = testdb_new(true, ci, sizeof(ci));
 	PGconn *a = PQconnectdb(ci), *b = PQconnectdb(ci);
+	char sql[512];
 	PGresult *r;
 
 	cr_assert_eq(PQstatus(a), CONNECTION_OK);
 	cr_assert_eq(PQstatus(b), CONNECTION_OK);
 	PQclear(testdb_exec(c, SNAP_FIXTURE READY_SNAPSHOT));
-	PQclear(testdb_exec(a, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT status FROM sandboxes"));
-	PQclear(testdb_exec(b, "BEGIN ISOLATION LEVEL REPEATABLE READ;"
-			       "UPDATE sandboxes SET status = 'hibernated', active_vmm_id = NULL; COMMIT"));
-	r = PQexec(a, "UPDATE snapshots SET state = 'deleted'; COMMIT");
-	cr_assert_neq(PQresultStatus(r), PGRES_COMMAND_OK, "the bundle of a hibernated sandbox was deleted");
+	snprintf(sql, sizeof(sql), "BEGIN ISOLATION LEVEL REPEATABLE READ; %s", a_read);
+	PQclear(testdb_exec(a, sql));
+	snprintf(sql, sizeof(sql), "BEGIN ISOLATION LEVEL REPEATABLE READ; %s; COMMIT", b_sql);
+	PQclear(testdb_exec(b, sql));
+	snprintf(sql, sizeof(sql), "%s; COMMIT", a_sql);
+	r = PQexec(a, sql);
+	cr_assert_neq(PQresultStatus(r), PGRES_COMMAND_OK, "'%s' committed after '%s'", a_sql, b_sql);
 	cr_assert(!strcmp(PQresultErrorField(r, PG_DIAG_SQLSTATE), "40001") ||
-		  !strcmp(PQresultErrorField(r, PG_DIAG_SQLSTATE), "VO062"),
+		  !strcmp(PQresultErrorField(r, PG_DIAG_SQLSTATE), code),
 		  "SQLSTATE %s", PQresultErrorField(r, PG_DIAG_SQLSTATE));
 	PQclear(r);
-	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'ready'"), 1);
+	cr_assert_eq(testdb_ll(c, left), 1, "%s", left);
 	PQfinish(a);
 	PQfinish(b);
 	PQfinish(c);
+}
+
+/* A deletes the bundle while B (committed after A's snapshot) hibernates the sandbox. */
+Test(snapshot_db, repeatable_read_delete_races_hibernate)
+{
+	rr_race("SELECT status FROM sandboxes", "UPDATE sandboxes SET status = 'hibernated', active_vmm_id = NULL",
+		"UPDATE snapshots SET state = 'deleted'", "VO062",
+		"SELECT count(*) FROM snapshots WHERE state = 'ready'");
 }
 
 /* Schema 11: a sandbox is hibernated only with its bundle, whoever writes it. */
@@ -1016,32 +1029,12 @@ Test(snapshot_db, hibernated_needs_a_ready_snapshot)
 	PQfinish(c);
 }
 
-/*
- * REPEATABLE READ: A hibernates the sandbox from a snapshot taken while its
- * bundle was ready; B marks that bundle failed (the sandbox still running)
- * and commits first.  A must not commit a hibernated sandbox without it.
- */
+/* A hibernates the sandbox while B (committed first) marks its bundle failed. */
 Test(snapshot_db, repeatable_read_hibernate_races_bundle_failure)
 {
-	PGconn *c = testdb_new(true, ci, sizeof(ci));
-	PGconn *a = PQconnectdb(ci), *b = PQconnectdb(ci);
-	PGresult *r;
-
-	cr_assert_eq(PQstatus(a), CONNECTION_OK);
-	cr_assert_eq(PQstatus(b), CONNECTION_OK);
-	PQclear(testdb_exec(c, SNAP_FIXTURE READY_SNAPSHOT));
-	PQclear(testdb_exec(a, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT state FROM snapshots"));
-	PQclear(testdb_exec(b, "BEGIN ISOLATION LEVEL REPEATABLE READ; UPDATE snapshots SET state = 'failed'; COMMIT"));
-	r = PQexec(a, "UPDATE sandboxes SET status = 'hibernated', active_vmm_id = NULL; COMMIT");
-	cr_assert_neq(PQresultStatus(r), PGRES_COMMAND_OK, "a sandbox hibernated without its bundle");
-	cr_assert(!strcmp(PQresultErrorField(r, PG_DIAG_SQLSTATE), "40001") ||
-		  !strcmp(PQresultErrorField(r, PG_DIAG_SQLSTATE), "VO111"),
-		  "SQLSTATE %s", PQresultErrorField(r, PG_DIAG_SQLSTATE));
-	PQclear(r);
-	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'running'"), 1);
-	PQfinish(a);
-	PQfinish(b);
-	PQfinish(c);
+	rr_race("SELECT state FROM snapshots", "UPDATE snapshots SET state = 'failed'",
+		"UPDATE sandboxes SET status = 'hibernated', active_vmm_id = NULL", "VO111",
+		"SELECT count(*) FROM sandboxes WHERE status = 'running'");
 }
 
 /* An older database holding a hibernated sandbox without a bundle is not upgraded. */
