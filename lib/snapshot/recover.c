@@ -154,9 +154,16 @@ static void remove_files(const char *dir, const char *prefix, bool rmdir_too)
 	d = fdopendir(dup(fd));
 	if (!d)
 		return;
-	while ((de = readdir(d)))
-		if (de->d_type == DT_REG && !strncmp(de->d_name, prefix, strlen(prefix)))
+	while ((de = readdir(d))) {
+		struct stat st;
+		bool reg = de->d_type == DT_REG;
+
+		/* Some filesystems leave the type to a stat (never following a link). */
+		if (de->d_type == DT_UNKNOWN)
+			reg = fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+		if (reg && !strncmp(de->d_name, prefix, strlen(prefix)))
 			unlinkat(fd, de->d_name, 0);
+	}
 	closedir(d);
 	if (rmdir_too)
 		rmdir(dir);
