@@ -948,7 +948,14 @@ static struct vmops_hv *migrate(struct vmops_hv *src, const struct vmops_spec *s
 	else
 		cr_assert_eq(p.multifd_bytes, 0);
 
-	cr_assert_eq(vmops_hv_status(src, &st, &err), 0, "%s", err.msg);
+	/* QEMU reports the migration completed while its run state may still be
+	 * finish-migrate for a moment; it must settle on postmigrate, never run. */
+	for (int64_t end = now_ms() + 10000;; sleep_ms(50)) {
+		cr_assert_eq(vmops_hv_status(src, &st, &err), 0, "%s", err.msg);
+		if (strcmp(st.status, "finish-migrate"))
+			break;
+		cr_assert_lt(now_ms(), end, "source still finish-migrate 10 s after completing");
+	}
 	cr_assert_str_eq(st.status, "postmigrate");
 	/* The source says completed a little before the target runs. */
 	for (int64_t end = now_ms() + 10000;; sleep_ms(50)) {
