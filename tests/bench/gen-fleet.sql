@@ -9,7 +9,8 @@
 --   deleted, unreferenced) and 300 destroyed but still some sandbox's target,
 --   10,000,000 scale events (100 per sandbox, back to back over 100 hours
 --   that end at bench_meta.t_end, the top of the hour of generation),
---   usage samples per org and hour derived from the ledger,
+--   usage samples per org and hour derived from the ledger, a ready snapshot
+--   per hibernated sandbox,
 -- and planted drift, recorded in bench_plants (category, sandbox_id, org_id):
 --   open_terminal 250, open_worker_terminated 240 (workers 1-4 terminated),
 --   open_vmm_dead 250, size_mismatch 250, missing_event 250, overlap 250
@@ -92,6 +93,16 @@ SELECT i, (i - 1) / 100 + 1, CASE WHEN i % 5 = 0 THEN 'cloud-hypervisor' ELSE 'q
   FROM bench_meta m, generate_series(1, m.sandboxes) i, generate_series(0, 9) j
  ORDER BY i, j;
 UPDATE sandboxes SET active_vmm_id = id * 10 WHERE status = 'running';
+
+-- Hibernated sandboxes hold a ready snapshot of their last VMM (schema 11
+-- refuses a hibernated sandbox without one, also when it upgrades a fleet).
+INSERT INTO snapshots (sandbox_id, vmm_id, worker_id, location, size_bytes, sha256, manifest, state,
+                       time_created, time_ready, time_state_updated)
+SELECT s.id, s.id * 10, s.worker_id, '/var/lib/vmops/bundles/' || s.name || '.vmops', 1048576,
+       md5(s.name) || md5(s.name || '.'), '{"format": 1}', 'ready', m.t_end, m.t_end, m.t_end
+  FROM sandboxes s, bench_meta m
+ WHERE s.status = 'hibernated'
+ ORDER BY s.id;
 
 -- Reservations: the running VMMs and the abandoned ones.
 INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus)
