@@ -3,7 +3,9 @@
 #
 # build-guest.sh OUTDIR — build a tiny test guest from Debian packages.
 #
-# OUTDIR/vmlinuz     the host's Debian kernel (linux-image-amd64)
+# OUTDIR/vmlinuz     the host's Debian kernel (linux-image-amd64), unpacked
+#                    to its ELF image when it has a PVH entry
+#                    (unpack-kernel.py): it boots seconds faster under TCG
 # OUTDIR/initrd.img  busybox-static initramfs: virtio + balloon + console
 #                    modules, an /init that dirties memory and prints
 #                    heartbeats on the serial console, and qemu-ga if it
@@ -89,6 +91,7 @@ usage() {
 
 [ $# -eq 1 ] || usage
 outdir=$1
+here=$(cd "$(dirname "$0")" && pwd)
 
 die() {
 	echo "build-guest: $*" >&2
@@ -125,7 +128,7 @@ modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
 # --- cache check -------------------------------------------------------------
 
 key=$( {
-	cat "$0"
+	cat "$0" "$here/unpack-kernel.py"
 	echo "kernel=$kver"
 	sha256sum "$kernel" "$busybox" ${qga:+"$qga"}
 } | sha256sum | cut -d' ' -f1)
@@ -435,10 +438,18 @@ chmod 755 init
 # --- pack ------------------------------------------------------------------------------
 
 find . -print0 | LC_ALL=C sort -z | cpio --quiet -o -0 -H newc -R 0:0 | gzip -1 >"$work/initrd.img"
-cp "$kernel" "$work/vmlinuz"
+# The kernel's ELF image when it has a PVH entry: QEMU starts it directly,
+# without firmware boot code or the kernel's decompressor, which under TCG
+# take 5-10 s of every boot.  Otherwise the bzImage as it is.
+if "$here/unpack-kernel.py" "$kernel" "$work/vmlinuz"; then
+	kform="ELF image, PVH entry"
+else
+	cp "$kernel" "$work/vmlinuz"
+	kform="bzImage"
+fi
 mv -f "$work/vmlinuz" "$outdir/vmlinuz"
 mv -f "$work/initrd.img" "$outdir/initrd.img"
 echo "$key" >"$outdir/stamp"
-echo "build-guest: built $outdir (kernel $kver, qemu-ga: $([ $have_qga = 1 ] && echo yes || echo no), initrd $(wc -c <"$outdir/initrd.img") bytes)" >&2
+echo "build-guest: built $outdir (kernel $kver as $kform, qemu-ga: $([ $have_qga = 1 ] && echo yes || echo no), initrd $(wc -c <"$outdir/initrd.img") bytes)" >&2
 echo "VMOPS_TEST_KERNEL=$outdir/vmlinuz"
 echo "VMOPS_TEST_INITRD=$outdir/initrd.img"
