@@ -5,8 +5,8 @@
 #   make            build bin/ (programs) and build/libvmops.a
 #   make check      unit tests (plain and ASan/UBSan), CLI golden tests,
 #                   option/man/completion agreement, man page lint
-#   make check-long the concurrency soak of vm-migrate and vm-drain's long
-#                   cases (minutes; not in check)
+#   make check-long the concurrency soak of vm-migrate (minutes; not in
+#                   check)
 #   make demo       the main job end to end on a throwaway PostgreSQL
 #   make bench      benchmarks, results in BENCHMARKS.md
 #   make install    PREFIX=/usr/local DESTDIR=
@@ -155,16 +155,13 @@ check-run: config.mk
 	@tests/run-all.sh
 
 # The concurrency soak (tests/unit/test_soak.c), in a throwaway cluster of
-# its own; tests/run-all.sh leaves it out unless VMOPS_CHECK_LONG=1.  Then
-# vm-drain's long cases (suite drain_long of test_drain: SIGTERM and
-# --cancel halfway), which make check counts as left elsewhere.
+# its own; tests/run-all.sh leaves it out unless VMOPS_CHECK_LONG=1.
 check-long: deps
 	@$(MAKE) --no-print-directory check-long-run
 
 check-long-run: config.mk
 	@$(MAKE) --no-print-directory tests
 	@VMOPS_CHECK_LONG=1 tests/run-one.sh test_soak --jobs 1 --verbose
-	@VMOPS_CHECK_LONG=1 tests/run-one.sh test_drain --jobs 1 --verbose --filter 'drain_long/*'
 
 demo: deps
 	@$(MAKE) --no-print-directory demo-run

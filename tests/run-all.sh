@@ -177,7 +177,7 @@ if [ "$skipped" -gt 0 ]; then
 	fi
 fi
 [ "$elsewhere" -gt 0 ] &&
-	echo "check: $elsewhere cases left to another pass (the fault matrix under ASan, real QEMU and pidfds under valgrind, the long drain cases to make check-long): not counted as passed"
+	echo "check: $elsewhere cases left to another pass (the fault matrix under ASan, real QEMU and pidfds under valgrind): not counted as passed"
 if [ "$failed" -ne 0 ]; then
 	echo "check: failed:$failures (logs in $log)"
 else

@@ -426,11 +426,10 @@ static pid_t slow_drain(const char *out)
 }
 
 /*
- * The two halfway cases (suite drain_long) belong to `make check-long`
- * (VMOPS_CHECK_LONG=1): each boots three guests and waits for capped moves.
- * make check counts them as left elsewhere.
+ * The two halfway cases: each boots three guests and stops the drain while
+ * a capped move is in flight.
  */
-Test(drain_long, sigterm_halfway_then_a_rerun_completes, .timeout = 900, .fini = kill_test_vms)
+Test(drain_halfway, sigterm_halfway_then_a_rerun_completes, .timeout = 900, .fini = kill_test_vms)
 {
 	PGconn *c;
 	struct testlib_guest g0[3];
@@ -438,7 +437,6 @@ Test(drain_long, sigterm_halfway_then_a_rerun_completes, .timeout = 900, .fini =
 	char out[300];
 	pid_t pid;
 
-	testlib_long_case();
 	c = fleet();
 	dirty = "vmops.dirty_mb=8 vmops.dirty_pause_us=4000000";
 	guests(c, four, 3, g0);
@@ -469,7 +467,7 @@ Test(drain_long, sigterm_halfway_then_a_rerun_completes, .timeout = 900, .fini =
 	PQfinish(c);
 }
 
-Test(drain_long, cancel_halfway_returns_the_worker_to_active, .timeout = 900, .fini = kill_test_vms)
+Test(drain_halfway, cancel_halfway_returns_the_worker_to_active, .timeout = 900, .fini = kill_test_vms)
 {
 	PGconn *c;
 	struct testlib_guest g0[3];
@@ -477,7 +475,6 @@ Test(drain_long, cancel_halfway_returns_the_worker_to_active, .timeout = 900, .f
 	char out[300];
 	pid_t pid;
 
-	testlib_long_case();
 	c = fleet();
 	dirty = "vmops.dirty_mb=8 vmops.dirty_pause_us=4000000";
 	guests(c, four, 3, g0);

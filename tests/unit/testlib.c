@@ -251,14 +251,6 @@ void testlib_need_qemu(void)
 		testlib_missing("test guest kernel or initrd not readable");
 }
 
-void testlib_long_case(void)
-{
-	const char *l = getenv("VMOPS_CHECK_LONG");
-
-	if (!l || strcmp(l, "1"))
-		cr_skip_test("elsewhere: long case, runs in make check-long (VMOPS_CHECK_LONG=1)");
-}
-
 static int kill_if_under(const struct vmops_proc_info *i, void *data)
 {
 	for (int k = 0; k < i->argc; k++)

@@ -59,9 +59,6 @@ const char *testlib_qemu_hiding_qmp(const char *dir);
  * plain pass).  testlib_missing() is the same decision for any real part. */
 void testlib_need_qemu(void);
 void testlib_missing(const char *what);
-/* A case of `make check-long` (VMOPS_CHECK_LONG=1): in any other pass it is
- * left there, a skip counted as "elsewhere" by tests/run-all.sh. */
-void testlib_long_case(void);
 
 /* SIGKILL every hypervisor process whose argv mentions `dir` (a test's own
  * run directory): a .fini teardown that also runs after a failed assertion. */
