@@ -7,11 +7,14 @@
 
 struct vmops_cli vmops_cli;
 
+/* poptGetNextOpt's value for -v (far from the programs' own option values). */
+#define VMOPS_CLI_VERBOSE 0x76767
+
 struct poptOption vmops_common_options[] = {
 	{ "db", '\0', POPT_ARG_STRING, &vmops_cli.db, 0,
 	  "connect with this libpq connection string or URI (default: libpq environment)", "CONNINFO" },
 	{ "json", '\0', POPT_ARG_NONE, &vmops_cli.json, 0, "print JSON instead of text", NULL },
-	{ "verbose", 'v', POPT_ARG_NONE | POPT_ARGFLAG_OR, &vmops_cli.verbose, 0,
+	{ "verbose", 'v', POPT_ARG_NONE, NULL, VMOPS_CLI_VERBOSE,
 	  "say more about what happens (repeat for debug output)", NULL },
 	{ "quiet", 'q', POPT_ARG_NONE, &vmops_cli.quiet, 0, "print only errors", NULL },
 	{ "help", 'h', POPT_ARG_NONE, &vmops_cli.help, 0, "show this help and exit", NULL },
@@ -32,6 +35,10 @@ int vmops_cli_parse(poptContext ctx, int (*on_opt)(int val, const char *arg, voi
 	int rc;
 
 	while ((rc = poptGetNextOpt(ctx)) > 0) {
+		if (rc == VMOPS_CLI_VERBOSE) {  /* counted: -vv is debug output */
+			vmops_cli.verbose++;
+			continue;
+		}
 		if (!on_opt)
 			continue;
 		char *arg = poptGetOptArg(ctx);  /* malloc'd by popt: on_opt copies what it keeps */

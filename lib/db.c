@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <ctype.h>
+#include <errno.h>
+#include <poll.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,10 +209,31 @@ static void on_notice(void *arg, const char *message)
 	vmops_debug("database: %s", red);
 }
 
+static void connect_error(PGconn *c, struct vmops_error *e)
+{
+	char where[512], msg[VMOPS_ERRMSG_MAX], red[VMOPS_ERRMSG_MAX];
+
+	snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c));
+	first_line(msg);
+	/* libpq prefixes 'connection to server on socket "..." failed: ' */
+	vmops_db_redact(msg, red, sizeof(red));
+	vmops_err(e, VMOPS_EXIT_DB, "database %s unreachable: %s", vmops_db_describe(c, where, sizeof(where)), red);
+}
+
+/* Notices through the logger, the session defaults. */
+static PGconn *set_up(PGconn *c, struct vmops_error *e)
+{
+	PQsetNoticeProcessor(c, on_notice, NULL);
+	if (apply_session_defaults(c, e) < 0) {
+		PQfinish(c);
+		return NULL;
+	}
+	return c;
+}
+
 PGconn *vmops_db_connect(const char *conninfo, const char *program, struct vmops_error *e)
 {
 	const char *keys[N_CONN_DEFAULTS + 4], *vals[N_CONN_DEFAULTS + 4];
-	char where[512], msg[VMOPS_ERRMSG_MAX], red[VMOPS_ERRMSG_MAX];
 	bool has_timeout;
 	size_t n = 0;
 	PGconn *c;
@@ -237,21 +260,50 @@ PGconn *vmops_db_connect(const char *conninfo, const char *program, struct vmops
 		return NULL;
 	}
 	if (PQstatus(c) != CONNECTION_OK) {
-		snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c));
-		first_line(msg);
-		/* libpq prefixes 'connection to server on socket "..." failed: ' */
-		vmops_db_redact(msg, red, sizeof(red));
-		vmops_err(e, VMOPS_EXIT_DB, "database %s unreachable: %s",
-			  vmops_db_describe(c, where, sizeof(where)), red);
+		connect_error(c, e);
 		PQfinish(c);
 		return NULL;
 	}
-	PQsetNoticeProcessor(c, on_notice, NULL);
-	if (apply_session_defaults(c, e) < 0) {
-		PQfinish(c);
-		return NULL;
+	return set_up(c, e);
+}
+
+/*
+ * Another session on the server, database and user of `c`: its resolved
+ * connection parameters (PQconninfo: --db, the environment and the defaults
+ * as they were applied), set up like the first.
+ */
+PGconn *vmops_db_connect_again(PGconn *c, struct vmops_error *e)
+{
+	PQconninfoOption *opts = PQconninfo(c);
+	const char **keys = NULL, **vals = NULL;
+	size_t n = 0, k = 0;
+	PGconn *c2 = NULL;
+
+	for (PQconninfoOption *o = opts; o && o->keyword; o++)
+		n++;
+	if (!opts || !(keys = calloc(n + 1, sizeof(*keys))) || !(vals = calloc(n + 1, sizeof(*vals)))) {
+		vmops_err(e, VMOPS_EXIT_FAILURE, "out of memory");
+		goto out;
 	}
-	return c;
+	for (PQconninfoOption *o = opts; o->keyword; o++)
+		if (o->val && *o->val) {
+			keys[k] = o->keyword;
+			vals[k++] = o->val;
+		}
+	c2 = PQconnectdbParams(keys, vals, 0);
+	if (!c2)
+		vmops_err(e, VMOPS_EXIT_DB, "database: out of memory");
+	else if (PQstatus(c2) != CONNECTION_OK) {
+		connect_error(c2, e);
+		PQfinish(c2);
+		c2 = NULL;
+	} else
+		c2 = set_up(c2, e);
+out:
+	free(keys);
+	free(vals);
+	PQconninfoFree(opts);
+	return c2;
 }
 
 static int map_sqlstate(const char *st)
@@ -308,6 +360,92 @@ int vmops_db_exec(PGconn *c, struct vmops_error *e, const char *sql, int nparams
 		return -1;
 	PQclear(r);
 	return 0;
+}
+
+/* Job i may start: nothing runs on its connection, no earlier job waits for it. */
+static bool may_start(const struct vmops_db_job *jobs, size_t i)
+{
+	for (size_t j = 0; j < i; j++)
+		if (jobs[j].c == jobs[i].c && jobs[j].state_ != VMOPS_DB_JOB_DONE)
+			return false;
+	return true;
+}
+
+static int start_job(struct vmops_db_job *j, struct vmops_error *e)
+{
+	j->state_ = VMOPS_DB_JOB_RUNNING;
+	if (PQsendQueryParams(j->c, j->sql, j->nparams, j->types, j->params, NULL, NULL, 0))
+		return 0;
+	j->state_ = VMOPS_DB_JOB_DONE;
+	fill_result_error(j->c, NULL, e);
+	return -1;
+}
+
+/* Read what has arrived for running job j; done once libpq says so. */
+static int collect_job(struct vmops_db_job *j, struct vmops_error *e)
+{
+	int rc = 0;
+
+	if (!PQconsumeInput(j->c)) {
+		fill_result_error(j->c, NULL, e);
+		j->state_ = VMOPS_DB_JOB_DONE;
+		return -1;
+	}
+	while (!PQisBusy(j->c)) {
+		PGresult *r = PQgetResult(j->c);
+		ExecStatusType st = r ? PQresultStatus(r) : PGRES_COMMAND_OK;
+
+		if (!r) {
+			j->state_ = VMOPS_DB_JOB_DONE;
+			break;
+		}
+		if ((st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) && !j->result) {
+			j->result = r;
+			continue;
+		}
+		fill_result_error(j->c, r, e);
+		PQclear(r);
+		rc = -1;
+	}
+	return rc;
+}
+
+int vmops_db_query_all(struct vmops_db_job *jobs, size_t n, struct vmops_error *e)
+{
+	struct pollfd pfd[VMOPS_DB_JOBS_MAX];
+	size_t who[VMOPS_DB_JOBS_MAX];
+	struct vmops_error first = { 0 }, err = { 0 };
+	bool failed = false;
+
+	if (n > VMOPS_DB_JOBS_MAX)
+		return vmops_err(e, VMOPS_EXIT_FAILURE, "database: %zu statements at once, at most %d", n,
+				 VMOPS_DB_JOBS_MAX);
+	for (size_t i = 0; i < n; i++) {
+		jobs[i].state_ = VMOPS_DB_JOB_WAITING;
+		jobs[i].result = NULL;
+	}
+	for (;;) {
+		size_t k = 0;
+
+		for (size_t i = 0; i < n && !failed; i++)
+			if (jobs[i].state_ == VMOPS_DB_JOB_WAITING && may_start(jobs, i) && start_job(&jobs[i], &err) < 0)
+				failed = true, first = err;
+		for (size_t i = 0; i < n; i++)
+			if (jobs[i].state_ == VMOPS_DB_JOB_RUNNING) {
+				pfd[k] = (struct pollfd){ .fd = PQsocket(jobs[i].c), .events = POLLIN };
+				who[k++] = i;
+			}
+		if (k == 0)
+			break;
+		if (poll(pfd, k, -1) < 0 && errno != EINTR)
+			return vmops_err(e, VMOPS_EXIT_FAILURE, "database: poll: %s", strerror(errno));
+		for (size_t p = 0; p < k; p++)
+			if (pfd[p].revents && collect_job(&jobs[who[p]], &err) < 0 && !failed)
+				failed = true, first = err;
+	}
+	if (failed && e)
+		*e = first;
+	return failed ? -1 : 0;
 }
 
 unsigned vmops_db_jitter_ms(unsigned max)

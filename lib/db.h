@@ -52,6 +52,31 @@ int vmops_db_exec(PGconn *c, struct vmops_error *e, const char *sql, int nparams
 		      (int)(sizeof((const char *[]){ NULL, ##__VA_ARGS__ }) / sizeof(const char *)) - 1, \
 		      ((const char *const[]){ NULL, ##__VA_ARGS__ }) + 1)
 
+/*
+ * Statements on several connections at once, each connection's in the
+ * order given (one in flight per connection).  Returns 0 when every one
+ * succeeded, each job's `result` set (the caller clears them); else -1 with
+ * the first failure in `e`, after every statement already sent has
+ * finished (results of those that succeeded are set too).  `types` may be
+ * NULL (the server infers them) or give one type OID per parameter.
+ */
+#define VMOPS_DB_JOBS_MAX 16
+enum vmops_db_job_state { VMOPS_DB_JOB_WAITING, VMOPS_DB_JOB_RUNNING, VMOPS_DB_JOB_DONE };
+struct vmops_db_job {
+	PGconn *c;
+	const char *sql;
+	int nparams;
+	const Oid *types;
+	const char *const *params;
+	PGresult *result;
+	enum vmops_db_job_state state_;  /* vmops_db_query_all's own */
+};
+int vmops_db_query_all(struct vmops_db_job *jobs, size_t n, struct vmops_error *e);
+
+/* Another session to the server, database and user of `c`, set up as
+ * vmops_db_connect does (errors likewise). */
+PGconn *vmops_db_connect_again(PGconn *c, struct vmops_error *e);
+
 enum vmops_isolation {
 	VMOPS_READ_COMMITTED,
 	VMOPS_REPEATABLE_READ,

@@ -170,7 +170,11 @@ static const char *sql_time(time_t t, char *buf, size_t len)
 
 /* ---- detection ---------------------------------------------------------- */
 
-/* Columns every detection query returns, in this order. */
+/*
+ * Columns every detection query returns, in this order.  Every query takes
+ * the same parameters: $1 now, $2 and $3 the window [from, to), $4 the
+ * per-org tolerance in percent, $5 the starting timeout in ms.
+ */
 enum {
 	F_CATEGORY, F_SANDBOX_ID, F_SANDBOX, F_ORG, F_EVENT_ID, F_OTHER_EVENT_ID, F_DRIFT,
 	F_LEDGER, F_USAGE, F_PCT, F_DETAIL, F_FIXABLE,
@@ -184,8 +188,8 @@ enum {
 static const char open_sql[] =
 	"SELECT x.category, x.sandbox_id, x.sandbox, x.org, x.event_id, NULL::bigint,"
 	" (CASE WHEN x.category = 'size_mismatch'"
-	"   THEN (x.e_mem - x.s_mem)::numeric / 1024 * " SECS("now() - x.started_at")
-	"   ELSE x.e_mem::numeric / 1024 * " SECS("now() - x.end_at") " END)::float8,"
+	"   THEN (x.e_mem - x.s_mem)::numeric / 1024 * " SECS("$1 - x.started_at")
+	"   ELSE x.e_mem::numeric / 1024 * " SECS("$1 - x.end_at") " END)::float8,"
 	" NULL::float8, NULL::float8, NULL::float8,"
 	" CASE x.category"
 	"  WHEN 'open_terminal' THEN format('sandbox %s since %s; event open since %s',"
@@ -206,7 +210,7 @@ static const char open_sql[] =
 	"    WHEN w.state = 'terminated' THEN 'open_worker_terminated'"
 	"    WHEN v.state IN ('destroyed', 'failed') THEN 'open_vmm_dead'"
 	"    WHEN e.memory_mb <> s.memory_mb OR e.vcpus <> s.vcpus THEN 'size_mismatch' END AS category,"
-	"   greatest(e.started_at, least(now(),"
+	"   greatest(e.started_at, least($1,"
 	"    CASE WHEN s.status IN " TERMINAL " THEN s.time_status_updated"
 	"     WHEN w.state = 'terminated' THEN w.time_state_updated"
 	"     WHEN v.state IN ('destroyed', 'failed') THEN v.time_state_updated END)) AS end_at"
@@ -222,10 +226,11 @@ static const char open_sql[] =
  * Running sandboxes without an open event.  Not those on a terminated
  * worker or whose VMM is dead: they run nowhere, and billing them again
  * would recreate the leak that was just closed.  Missing since the later of
- * "became running" and the end of its last event.
+ * "became running" and the end of its last event (and at most `now`: the
+ * detection's $1, a repair's own now()).
  */
-#define MISSING_SINCE \
-	"least(now(), greatest(s.time_status_updated," \
+#define MISSING_SINCE(now) \
+	"least(" now ", greatest(s.time_status_updated," \
 	" (SELECT max(e.ended_at) FROM scale_events e WHERE e.sandbox_id = s.id)))"
 #define MISSING_WHERE \
 	" s.status IN ('running', 'migrating')" \
@@ -239,7 +244,7 @@ static const char missing_sql[] =
 	" WHERE s.status IN ('running', 'migrating')"
 	"  AND NOT EXISTS (SELECT 1 FROM scale_events e WHERE e.sandbox_id = s.id AND e.ended_at IS NULL))"
 	"SELECT 'missing_event', s.id, s.name, s.org_id, NULL::bigint, NULL::bigint,"
-	" (-(s.memory_mb::numeric / 1024) * " SECS("now() - " MISSING_SINCE) ")::float8,"
+	" (-(s.memory_mb::numeric / 1024) * " SECS("$1 - " MISSING_SINCE("$1")) ")::float8,"
 	" NULL::float8, NULL::float8, NULL::float8,"
 	" format('sandbox %s since %s with no open event; last event ended %s',"
 	"  s.status, " TS("s.time_status_updated") ","
@@ -250,7 +255,7 @@ static const char missing_sql[] =
 /*
  * Pending sandboxes whose VMM is live: running or migrating (a launch
  * records sandbox and VMM running in one transaction, so this never holds
- * for long), or starting for longer than $1 ms (the launch was abandoned:
+ * for long), or starting for longer than $5 ms (the launch was abandoned:
  * vm-fleet killed with SIGKILL).  Without an open event the VM, if it runs,
  * runs unbilled; whether it runs is its worker's to say, so this is reported
  * for ghost-reap, not fixed here.  Drift: the sandbox's memory since the
@@ -258,7 +263,7 @@ static const char missing_sql[] =
  */
 static const char pending_sql[] =
 	"SELECT 'pending_live_vmm', s.id, s.name, s.org_id, NULL::bigint, NULL::bigint,"
-	" (-(s.memory_mb::numeric / 1024) * " SECS("now() - v.time_created") ")::float8,"
+	" (-(s.memory_mb::numeric / 1024) * " SECS("$1 - v.time_created") ")::float8,"
 	" NULL::float8, NULL::float8, NULL::float8,"
 	" format('sandbox pending with vmm %s %s since %s%s on worker %s and no open event: a launch that never"
 	"  finished; if it runs it is not billed: run ghost-reap on %s',"
@@ -269,27 +274,27 @@ static const char pending_sql[] =
 	" JOIN LATERAL (SELECT v.* FROM vmms v"
 	"  WHERE v.id IN (s.active_vmm_id, s.target_vmm_id) AND v.time_deleted IS NULL"
 	"   AND (v.state IN ('running', 'migrating')"
-	"    OR (v.state = 'starting' AND v.time_state_updated <= now() - $1::bigint * interval '1 millisecond'))"
+	"    OR (v.state = 'starting' AND v.time_state_updated <= $1 - $5::bigint * interval '1 millisecond'))"
 	"  ORDER BY v.id LIMIT 1) v ON true"
 	" LEFT JOIN workers w ON w.id = v.worker_id"
 	" WHERE s.status = 'pending'"
 	"  AND NOT EXISTS (SELECT 1 FROM scale_events e WHERE e.sandbox_id = s.id AND e.ended_at IS NULL)";
 
 /*
- * The events that intersect the window [$1, $2): closed ones through
+ * The events that intersect the window [$2, $3): closed ones through
  * scale_events_ended_idx, open ones through scale_events_one_open_uq.
  * Empty events (started_at = ended_at) bill nothing and overlap nothing.
  */
 #define WINDOW_EVENTS \
 	" SELECT id, sandbox_id, org_id, memory_mb, started_at, ended_at, ended_at AS end_at" \
-	"   FROM scale_events WHERE ended_at > $1 AND started_at < $2 AND ended_at > started_at" \
+	"   FROM scale_events WHERE ended_at > $2 AND started_at < $3 AND ended_at > started_at" \
 	" UNION ALL" \
 	" SELECT id, sandbox_id, org_id, memory_mb, started_at, ended_at, 'infinity'::timestamptz" \
-	"   FROM scale_events WHERE ended_at IS NULL AND started_at < $2"
+	"   FROM scale_events WHERE ended_at IS NULL AND started_at < $3"
 
-/* Event t intersects the window [$1, $2) and is not empty. */
+/* Event t intersects the window [$2, $3) and is not empty. */
 #define IN_WINDOW(t) \
-	" (" t ".ended_at > $1 OR " t ".ended_at IS NULL) AND " t ".started_at < $2" \
+	" (" t ".ended_at > $2 OR " t ".ended_at IS NULL) AND " t ".started_at < $3" \
 	" AND (" t ".ended_at IS NULL OR " t ".ended_at > " t ".started_at)"
 
 /*
@@ -326,28 +331,28 @@ static const char overlap_sql[] =
 	"   AND" IN_WINDOW("x") " OFFSET 0) ax"
 	"  JOIN scale_events a ON a.id = ax.id)"
 	" SELECT 'overlap', p.sandbox_id, s.name, p.org_id, p.a_id, p.b_id,"
-	"  (p.memory_mb::numeric / 1024 * " SECS("least(p.a_end, p.b_end, now()) - p.b_start") ")::float8,"
+	"  (p.memory_mb::numeric / 1024 * " SECS("least(p.a_end, p.b_end, $1) - p.b_start") ")::float8,"
 	"  NULL::float8, NULL::float8, NULL::float8,"
 	"  format('event %s from %s to %s overlaps event %s from %s to %s for %s s',"
 	"   p.a_id, " TS("p.a_start") ", coalesce(" TS("p.a_ended") ", 'open'),"
 	"   p.b_id, " TS("p.b_start") ", coalesce(" TS("p.b_ended") ", 'open'),"
-	"   round(" SECS("least(p.a_end, p.b_end, now()) - p.b_start") ")),"
+	"   round(" SECS("least(p.a_end, p.b_end, $1) - p.b_start") ")),"
 	"  p.a_ended IS NOT NULL AND p.a_end <= p.b_end"
 	" FROM p JOIN sandboxes s ON s.id = p.sandbox_id";
 
 /*
  * Per-org GB·s in the window: the ledger (open events count until now)
  * against the usage samples, prorated to the window.  Flagged when they
- * differ by more than $3 percent of the larger; two zeros are equal.
+ * differ by more than $4 percent of the larger; two zeros are equal.
  */
 static const char org_sql[] =
 	"WITH ev AS (" WINDOW_EVENTS "),"
 	" ledger AS (SELECT org_id, sum(memory_mb::numeric *"
-	"   " SECS("least(coalesce(ended_at, now()), $2) - greatest(started_at, $1)") ") / 1024 AS gbs"
+	"   " SECS("least(coalesce(ended_at, $1), $3) - greatest(started_at, $2)") ") / 1024 AS gbs"
 	"  FROM ev GROUP BY org_id),"
 	" usage AS (SELECT org_id, sum(memory_mb::numeric *"
-	"   " SECS("least(period_end, $2) - greatest(period_start, $1)") ") / 1024 AS gbs"
-	"  FROM usage_samples WHERE period_end > $1 AND period_start < $2 GROUP BY org_id),"
+	"   " SECS("least(period_end, $3) - greatest(period_start, $2)") ") / 1024 AS gbs"
+	"  FROM usage_samples WHERE period_end > $2 AND period_start < $3 GROUP BY org_id),"
 	" j AS (SELECT coalesce(l.org_id, u.org_id) AS org, coalesce(l.gbs, 0) AS lg, coalesce(u.gbs, 0) AS ug"
 	"  FROM ledger l FULL JOIN usage u ON u.org_id = l.org_id)"
 	" SELECT 'org_usage', NULL::bigint, NULL::text, org, NULL::bigint, NULL::bigint,"
@@ -356,7 +361,7 @@ static const char org_sql[] =
 	"  format('ledger %s GB·s, usage samples %s GB·s, %s%%', round(lg, 1), round(ug, 1),"
 	"   CASE WHEN greatest(lg, ug) > 0 THEN round(100 * (lg - ug) / greatest(lg, ug), 2) ELSE 0 END),"
 	"  false"
-	" FROM j WHERE abs(lg - ug) > $3::numeric / 100 * greatest(lg, ug)";
+	" FROM j WHERE abs(lg - ug) > $4::numeric / 100 * greatest(lg, ug)";
 
 struct list {
 	struct vmops_parity_finding *v;
@@ -476,43 +481,95 @@ struct detect {
 	struct list *out;
 };
 
-static int detect_tx(PGconn *c, void *data, struct vmops_error *e)
+/*
+ * Detection reads one snapshot in up to three sessions at once: this one
+ * exports its snapshot (pg_export_snapshot) and the others import it, so
+ * every check sees the same database; each query gets this session's now()
+ * as $1, so they also agree on the time.  The open-event checks run here,
+ * the overlap check and the per-org usage in one session each: on two CPUs
+ * the one-hour window takes the time of its longest check, not the sum.
+ * Without the extra sessions (they cannot connect) it all runs here, one
+ * check after the other.
+ *
+ * Short reporting queries over big tables: JIT compilation costs more than
+ * it saves (seconds per query), and the window sorts fit in memory.
+ */
+#define DETECT_BEGIN "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+#define DETECT_SETTINGS "SELECT set_config('jit', 'off', true), set_config('work_mem', '64MB', true)"
+#define DETECT_SESSIONS 3
+
+/* A session in the snapshot `snap` (SET TRANSACTION SNAPSHOT takes no
+ * parameter: the id must look like what pg_export_snapshot returns). */
+static PGconn *extra_session(PGconn *c, const char *snap)
 {
-	struct detect *d = data;
-	/* each query takes params[first .. first + nparams - 1] as $1.. */
-	static const struct { const char *what, *sql; int first, nparams; } q[] = {
-		{ "open events", open_sql, 0, 0 },
-		{ "missing events", missing_sql, 0, 0 },
-		{ "pending sandboxes", pending_sql, 3, 1 },
-		{ "overlapping events", overlap_sql, 0, 2 },
-		{ "usage per org", org_sql, 0, 3 },
+	struct vmops_error err = { 0 };
+	char sql[96];
+	PGconn *c2;
+
+	if (!*snap || strlen(snap) > 64 || strspn(snap, "0123456789ABCDEF-") != strlen(snap))
+		return NULL;
+	snprintf(sql, sizeof(sql), "SET TRANSACTION SNAPSHOT '%s'", snap);
+	c2 = vmops_db_connect_again(c, &err);
+	if (c2 && vmops_db_x(c2, &err, DETECT_BEGIN) == 0 && vmops_db_x(c2, &err, sql) == 0 &&
+	    vmops_db_x(c2, &err, DETECT_SETTINGS) == 0)
+		return c2;
+	vmops_debug("no second database session (%s): the checks run one after the other", err.msg);
+	if (c2)
+		PQfinish(c2);
+	return NULL;
+}
+
+static int run_checks(PGconn *const *s, struct detect *d, const char *now, struct vmops_error *e)
+{
+	/* $1 now, $2 from, $3 to, $4 tolerance (percent), $5 starting timeout (ms) */
+	static const Oid types[] = { 1184, 1184, 1184, 1700, 20 };  /* timestamptz, numeric, int8 */
+	static const struct { const char *sql; int session; } q[] = {
+		{ open_sql, 0 }, { overlap_sql, 1 }, { org_sql, 2 }, { missing_sql, 0 }, { pending_sql, 0 },
 	};
+	const char *params[] = { now, d->from, d->to, d->tol, d->starting };
+	struct vmops_db_job jobs[ARRAY_SIZE(q)];
+	int rc;
 
-	list_free(d->out);
-	/*
-	 * Short reporting queries over big tables: JIT compilation costs more
-	 * than it saves (seconds per query), and the window sorts fit in memory.
-	 */
-	if (vmops_db_x(c, e, "SELECT set_config('jit', 'off', true), set_config('work_mem', '64MB', true)") < 0)
-		return -1;
-	for (size_t i = 0; i < ARRAY_SIZE(q); i++) {
-		const char *params[4] = { d->from, d->to, d->tol, d->starting };
-		_cleanup_pgresult_ PGresult *r = vmops_db_query(c, e, q[i].sql, q[i].nparams, params + q[i].first);
-
-		if (!r)
-			return vmops_err_prefix(e, "detecting %s", q[i].what);
-		if (add_rows(d->out, r, e) < 0)
-			return -1;
+	for (size_t i = 0; i < ARRAY_SIZE(q); i++)
+		jobs[i] = (struct vmops_db_job){ .c = s[q[i].session] ? s[q[i].session] : s[0], .sql = q[i].sql,
+						 .nparams = (int)ARRAY_SIZE(params), .types = types, .params = params };
+	rc = vmops_db_query_all(jobs, ARRAY_SIZE(jobs), e);
+	if (rc < 0)
+		vmops_err_prefix(e, "detecting drift");
+	for (size_t i = 0; i < ARRAY_SIZE(jobs); i++) {
+		if (rc == 0 && add_rows(d->out, jobs[i].result, e) < 0)
+			rc = -1;
+		PQclear(jobs[i].result);
 	}
-	if (d->out->n > 1)
-		qsort(d->out->v, d->out->n, sizeof(*d->out->v), finding_cmp);
-	return 0;
+	return rc;
 }
 
 static int detect(PGconn *c, struct detect *d, struct vmops_error *e)
 {
-	/* One snapshot and one now() for all categories. */
-	return vmops_db_tx(c, VMOPS_REPEATABLE_READ, detect_tx, d, e);
+	PGconn *s[DETECT_SESSIONS] = { c };
+	_cleanup_pgresult_ PGresult *r = NULL;
+	int rc = -1;
+
+	list_free(d->out);
+	if (vmops_db_x(c, e, DETECT_BEGIN) < 0)
+		return -1;
+	if (vmops_db_x(c, e, DETECT_SETTINGS) == 0 &&
+	    (r = vmops_db_q(c, e, "SELECT pg_export_snapshot(),"
+			    " to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"))) {
+		for (size_t i = 1; i < DETECT_SESSIONS; i++)
+			s[i] = extra_session(c, PQgetvalue(r, 0, 0));
+		rc = run_checks(s, d, PQgetvalue(r, 0, 1), e);
+	}
+	if (rc == 0)
+		rc = vmops_db_x(c, e, "COMMIT");
+	if (rc < 0)
+		PQclear(PQexec(c, "ROLLBACK"));
+	for (size_t i = 1; i < DETECT_SESSIONS; i++)
+		if (s[i])
+			PQfinish(s[i]);
+	if (rc == 0 && d->out->n > 1)
+		qsort(d->out->v, d->out->n, sizeof(*d->out->v), finding_cmp);
+	return rc;
 }
 
 /* ---- repairs ------------------------------------------------------------ */
@@ -643,7 +700,7 @@ static int repair_open(PGconn *c, struct repair *rp, struct vmops_error *e)
 		return -1;
 	PQclear(r);
 	r = vmops_db_q(c, e,
-		       "SELECT s.org_id, s.worker_id, s.active_vmm_id, s.memory_mb, s.vcpus, " MISSING_SINCE
+		       "SELECT s.org_id, s.worker_id, s.active_vmm_id, s.memory_mb, s.vcpus, " MISSING_SINCE("now()")
 		       " FROM sandboxes s WHERE s.id = $1 AND" MISSING_WHERE,
 		       id);
 	if (!r)

@@ -439,6 +439,68 @@ Test(parity, overlapping_events)
 	PQfinish(c);
 }
 
+/* The identity of each finding: what --json says besides the drift figures. */
+static void expect_same_findings(const cJSON *a, const cJSON *b)
+{
+	static const char *const keys[] = { "category", "org", "sandbox_id", "sandbox", "event_id", "other_event_id" };
+	const cJSON *fa = get(a, "findings"), *fb = get(b, "findings");
+
+	cr_assert_eq(cJSON_GetArraySize(fa), cJSON_GetArraySize(fb));
+	for (int i = 0; i < cJSON_GetArraySize(fa); i++)
+		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+			char *x = cJSON_PrintUnformatted(get(cJSON_GetArrayItem(fa, i), keys[k]));
+			char *y = cJSON_PrintUnformatted(get(cJSON_GetArrayItem(fb, i), keys[k]));
+			cr_expect_str_eq(x, y, "finding %d: %s", i, keys[k]);
+			free(x);
+			free(y);
+		}
+}
+
+/*
+ * The checks run in three sessions that share one snapshot.  A role that
+ * may hold only one connection gets no second session: then they run one
+ * after the other in the first, and find the same.
+ */
+Test(parity, one_session_finds_what_three_find)
+{
+	char ci[256], ci1[400], role[80], sql[400];
+	PGconn *c = setup(ci, sizeof(ci), S1("1", "2048")
+		"INSERT INTO scale_events (sandbox_id, org_id, worker_id, vmm_id, memory_mb, vcpus, started_at, ended_at)"
+		" SELECT id, org_id, worker_id, active_vmm_id, 1024, 2, now() - interval '4 hours', now() - interval '1 hour'"
+		" FROM sandboxes WHERE name = 's1';"
+		"INSERT INTO scale_events (sandbox_id, org_id, worker_id, vmm_id, memory_mb, vcpus, started_at)"
+		" SELECT id, org_id, worker_id, active_vmm_id, 2048, 2, now() - interval '2 hours'"
+		" FROM sandboxes WHERE name = 's1';"
+		"UPDATE sandboxes SET status = 'stopped' WHERE name = 's0';");
+	struct testrun r;
+	cJSON *three, *one;
+
+	snprintf(role, sizeof(role), "one_%s", PQdb(c));
+	snprintf(sql, sizeof(sql), "CREATE ROLE %s LOGIN CONNECTION LIMIT 1; GRANT SELECT ON ALL TABLES IN SCHEMA public TO %s",
+		 role, role);
+	PQclear(testdb_exec(c, sql));
+	snprintf(ci1, sizeof(ci1), "%s user=%s", ci, role);
+
+	TESTRUN(&r, "usage-parity", "--db", ci, "-vv", "--json", "--from", "now-5h", "--to", "now");
+	cr_assert_eq(r.status, 3, "exit %d: %s", r.status, r.err);
+	cr_expect(!strstr(r.err, "no second database session"), "%s", r.err);
+	three = json_of(&r);
+	testrun_free(&r);
+	TESTRUN(&r, "usage-parity", "--db", ci1, "-vv", "--json", "--from", "now-5h", "--to", "now");
+	cr_assert_eq(r.status, 3, "exit %d: %s", r.status, r.err);
+	cr_expect(strstr(r.err, "no second database session"), "%s", r.err);
+	one = json_of(&r);
+	testrun_free(&r);
+
+	cr_expect_geq(cJSON_GetArraySize(get(three, "findings")), 3, "%s", cJSON_Print(three));
+	expect_same_findings(three, one);
+	cJSON_Delete(three);
+	cJSON_Delete(one);
+	snprintf(sql, sizeof(sql), "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM %s; DROP ROLE %s", role, role);
+	PQclear(testdb_exec(c, sql));
+	PQfinish(c);
+}
+
 Test(parity, overlap_that_is_not_safe_to_repair_is_left_alone)
 {
 	char ci[256];
