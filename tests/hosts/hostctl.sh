@@ -28,6 +28,9 @@ link-down) ip -n "$ns" link set eth0 down ;;
 link-up) ip -n "$ns" link set eth0 up ;;
 pids|run)
 	[ "$act" = pids ] && set -- sh -c 'ls /proc | grep -E "^[0-9]+$"'
-	nsenter --target "$init" --net --pid --mount -- "$@" ;;
+	# --root: the host's own root directory too.  Entering a mount namespace
+	# moves to that namespace's root, which is not the host's when these hosts
+	# were made inside a chroot (then the command would see another /proc).
+	nsenter --target "$init" --net --pid --mount --root -- "$@" ;;
 *) echo "hostctl: unknown action $act" >&2; exit 2 ;;
 esac
