@@ -27,6 +27,7 @@
 #include "migrate.h"
 #include "migrate/attempt.h"
 #include "proc.h"
+#include "transport/transport.h"
 #include "vm.h"
 
 static uint64_t now_ms(void)
@@ -168,8 +169,6 @@ static const char *candidates_sql =
 	"                AND m.lease_expires_at < now()) AS stale) x"
 	"            GROUP BY r.worker_id) r ON r.worker_id = w.id"
 	" WHERE w.id <> $1 AND ($2::text IS NULL OR w.name = $2)"
-	/* Across hosts (transport ssh) is not built yet: see prepare(). */
-	"   AND w.transport = 'local'"
 	" ORDER BY free_mb DESC, free_cpu DESC, w.name";
 
 /*
@@ -494,29 +493,10 @@ static bool hv_migrates(const char *kind)
 	return !d || (d->prepare_incoming && d->send);
 }
 
-/*
- * A worker on another host (transport ssh): its VMMs are reached through
- * lib/transport, which does not carry migration yet; refuse rather than
- * start a receiver on this host or drive that host's VMM from here.
- * 1 (error set) if `worker` is such a worker, 0 if not, -1 on error.
- */
-static int ssh_worker(PGconn *c, const char *worker, const char *sandbox, struct vmops_error *e)
-{
-	_cleanup_pgresult_ PGresult *w = vmops_db_q(c, e, "SELECT transport FROM workers WHERE name = $1", worker);
-
-	if (!w)
-		return -1;
-	if (PQntuples(w) == 0 || strcmp(vmops_db_get(w, 0, "transport"), "ssh") != 0)
-		return 0;
-	vmops_err(e, VMOPS_EXIT_CONFLICT,
-		  "sandbox %s: worker %s is reached over ssh: live migration across hosts is not supported yet; nothing done",
-		  sandbox, worker);
-	return 1;
-}
-
-static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source *src, struct vmops_spec **spec,
+static int prepare(struct attempt *at, const struct vmops_migrate_opts *o, struct source *src, struct vmops_spec **spec,
 		   struct vmops_vmm_info *sinfo, struct vmops_migrate_report *r, struct vmops_error *e)
 {
+	PGconn *c = at->c;
 	struct vmops_hv *h;
 
 	if (load_source(c, o->sandbox, src, e) < 0)
@@ -536,8 +516,6 @@ static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source 
 				 "sandbox %s: %s has no live migration; move it with snapshot-prep hibernate --sandbox %s --bundle-dir DIR, then snapshot-prep wake --sandbox %s --worker %s",
 				 o->sandbox, (*spec)->hypervisor, o->sandbox, o->sandbox,
 				 o->to ? o->to : "OTHER");
-	if (ssh_worker(c, src->worker, o->sandbox, e) != 0 || (o->to && ssh_worker(c, o->to, o->sandbox, e) != 0))
-		return -1;
 	if (o->to) {
 		_cleanup_pgresult_ PGresult *w = vmops_db_q(c, e, "SELECT state FROM workers WHERE name = $1", o->to);
 		if (!w)
@@ -556,8 +534,11 @@ static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source 
 	if (vmops_vm_load_info(c, src->vmm_id, sinfo, e) < 0)
 		return -1;
 	vmops_fault_point("prepare");
-	h = vmops_hv_attach(sinfo, 5000, e);
+	at->source_vmm_id = src->vmm_id;
+	h = vmops_mig_attach(at, src->vmm_id, sinfo, 5000, e);
 	if (!h) {
+		if (e->code == VMOPS_EXIT_UNREACHABLE)   /* its host: nothing was claimed */
+			return vmops_err_prefix(e, "sandbox %s: source vmm %lld", o->sandbox, src->vmm_id);
 		if (source_changed(c, o->sandbox, src, e))
 			return -1;
 		e->code = VMOPS_EXIT_HYPERVISOR;
@@ -601,7 +582,8 @@ static void choose_params(struct attempt *at, const struct vmops_migrate_opts *o
 	}
 }
 
-/* The source does not answer: is its process gone (a SIGKILLed process closes its sockets before it is a zombie)? */
+/* The source does not answer: is its process gone (a SIGKILLed process closes its sockets before it is a zombie)?
+ * Asked of its own host; a host that does not answer leaves it not gone. */
 static bool source_gone(struct attempt *at, const struct vmops_vmm_info *si)
 {
 	struct vmops_vm_status st;
@@ -610,8 +592,12 @@ static bool source_gone(struct attempt *at, const struct vmops_vmm_info *si)
 	if (at->source && vmops_hv_status(at->source, &st, &e) == 0)
 		return false;
 	for (int i = 0; i < 30; i++) {
-		if (vmops_proc_check(VMOPS_PROC_ROOT_DEFAULT, si->pid, si->start_time, NULL, &e) != VMOPS_PROC_ALIVE)
+		int p = vmops_mig_process(at, at->source_vmm_id, si, &e);
+
+		if (p == VMOPS_PROC_DEAD || p == VMOPS_PROC_REUSED)
 			return true;
+		if (p < 0)
+			return false;
 		sleep_ms(100);
 	}
 	return false;
@@ -684,7 +670,13 @@ static void undo_before_switchover(struct attempt *at, const struct vmops_vmm_in
 		vmops_err_prefix(&xe, "sandbox %s: the source is gone; sandbox marked error, billing closed",
 				 at->sandbox);
 	} else if (vmops_mig_phase_rollback(at, r->state, r->error, &fe) < 0) {
-		vmops_warn("migration %lld: rolling back: %s", at->migration_id, fe.msg);
+		if (!at->lost_lease && (fe.code == VMOPS_EXIT_UNREACHABLE || fe.code == VMOPS_EXIT_UNKNOWN)) {
+			/* The receiver's host did not answer: it is left to --recover (exit 17 or 14). */
+			snprintf(r->state, sizeof(r->state), "unknown");
+			vmops_err(&xe, fe.code, "sandbox %s: %.300s; %.600s", at->sandbox, r->error, fe.msg);
+		} else {
+			vmops_warn("migration %lld: rolling back: %s", at->migration_id, fe.msg);
+		}
 		if (at->lost_lease)
 			snprintf(r->state, sizeof(r->state), "unknown");
 	}
@@ -713,7 +705,7 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 	cl.owner = vmops_mig_owner(at.owner, sizeof(at.owner), program);
 
 	vmops_fault_point("claim");
-	if (prepare(c, o, &src, &spec, &sinfo, r, e) < 0 || claim_target(c, &cl, r, e) < 0)
+	if (prepare(&at, o, &src, &spec, &sinfo, r, e) < 0 || claim_target(c, &cl, r, e) < 0)
 		goto out;
 	snprintf(r->target_worker, sizeof(r->target_worker), "%s", cl.target);
 	if (cl.dry) {
@@ -725,9 +717,10 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 	r->target_vmm_id = cl.target_vmm_id;
 	attempt_from_claim(&at, &cl, &src);
 	vmops_info("migration %lld: sandbox %s from %s to %s", cl.migration_id, o->sandbox, src.worker, cl.target);
-	at.source = vmops_hv_attach(&sinfo, 5000, e);
+	at.source = vmops_mig_attach(&at, src.vmm_id, &sinfo, 5000, e);
 	if (!at.source) {
-		e->code = VMOPS_EXIT_HYPERVISOR;
+		if (e->code != VMOPS_EXIT_UNREACHABLE && e->code != VMOPS_EXIT_UNKNOWN)
+			e->code = VMOPS_EXIT_HYPERVISOR;
 		vmops_err_prefix(e, "sandbox %s: source vmm %lld", o->sandbox, src.vmm_id);
 		k = 1;
 	} else {
@@ -746,6 +739,7 @@ out:
 		vmops_hv_free(at.target);
 	if (at.source)
 		vmops_hv_free(at.source);
+	vmops_mig_hosts_free(&at);
 	vmops_spec_free(spec);
 	free(src.spec_json);
 	return rc;
