@@ -41,16 +41,21 @@ static int str(const cJSON *o, const char *key, char *buf, size_t len, bool path
 	return 0;
 }
 
-static int num(const cJSON *o, const char *key, double min, double max, double *out,
-	       struct vmops_error *e)
+static int num_of(const cJSON *o, const char *what, const char *key, double min, double max, double *out,
+		  struct vmops_error *e)
 {
 	const cJSON *n = cJSON_GetObjectItemCaseSensitive(o, key);
 
 	if (!cJSON_IsNumber(n) || n->valuedouble < min || n->valuedouble > max ||
 	    n->valuedouble != (double)(long long)n->valuedouble)
-		return vmops_err(e, VMOPS_EXIT_USAGE, "vmm: %s: missing or out of range", key);
+		return vmops_err(e, VMOPS_EXIT_USAGE, "%s: %s: missing or out of range", what, key);
 	*out = n->valuedouble;
 	return 0;
+}
+
+static int num(const cJSON *o, const char *key, double min, double max, double *out, struct vmops_error *e)
+{
+	return num_of(o, "vmm", key, min, max, out, e);
 }
 
 int vmops_remote_info_from_json(const cJSON *o, struct vmops_vmm_info *i, struct vmops_error *e)
@@ -98,10 +103,10 @@ int vmops_remote_mp_from_json(const cJSON *o, struct vmops_migrate_params *mp, s
 	memset(mp, 0, sizeof(*mp));
 	if (!cJSON_IsObject(o))
 		return vmops_err(e, VMOPS_EXIT_USAGE, "mp: not a JSON object");
-	if (num(o, "connections", 1, VMOPS_MIGRATE_CONNECTIONS_MAX, &c, e) < 0 ||
-	    num(o, "max_bandwidth", 0, 9007199254740991.0, &bw, e) < 0 ||
-	    num(o, "downtime_limit_ms", 0, 4294967295.0, &dl, e) < 0)
-		return vmops_err_prefix(e, "mp");
+	if (num_of(o, "mp", "connections", 1, VMOPS_MIGRATE_CONNECTIONS_MAX, &c, e) < 0 ||
+	    num_of(o, "mp", "max_bandwidth", 0, 9007199254740991.0, &bw, e) < 0 ||
+	    num_of(o, "mp", "downtime_limit_ms", 0, 4294967295.0, &dl, e) < 0)
+		return -1;
 	mp->connections = (unsigned)c;
 	mp->max_bandwidth = (uint64_t)bw;
 	mp->downtime_limit_ms = (uint32_t)dl;
