@@ -608,11 +608,11 @@ static int after_switchover_failed(struct attempt *at, struct vmops_migrate_repo
 {
 	struct vmops_error xe = *e, le = { 0 };
 
-	if (at->lost_lease || e->code == VMOPS_EXIT_UNKNOWN || vmops_hv_is_alive(at->target)) {
+	if (at->lost_lease || e->code == VMOPS_EXIT_UNKNOWN || e->code == VMOPS_EXIT_UNREACHABLE || vmops_hv_is_alive(at->target)) {
 		/* Alive but not answering is unknown, not dead: leave it to --recover. */
 		snprintf(r->state, sizeof(r->state), "unknown");
 		vmops_mig_release_lease(at);
-		e->code = at->lost_lease ? xe.code : VMOPS_EXIT_UNKNOWN;
+		e->code = at->lost_lease || xe.code == VMOPS_EXIT_UNREACHABLE ? xe.code : VMOPS_EXIT_UNKNOWN;
 		return vmops_err_prefix(e, "sandbox %s: migration %lld: nothing more was done; run vm-migrate --recover",
 					at->sandbox, at->migration_id);
 	}

@@ -79,6 +79,8 @@ int vmops_mig_phase_switchover(struct attempt *at, uint64_t wait_ms, bool *never
 				return 0;
 			if (strcmp(st.status, "paused") == 0)
 				(void)vmops_hv_resume(at->target, e);
+		} else if (e->code == VMOPS_EXIT_UNREACHABLE) {
+			return vmops_err_prefix(e, "after the target was resumed");   /* unknown, not dead */
 		} else if (!vmops_hv_is_alive(at->target)) {
 			return vmops_err(e, VMOPS_EXIT_HYPERVISOR, "the target died after it was resumed");
 		}
