@@ -582,25 +582,28 @@ static void choose_params(struct attempt *at, const struct vmops_migrate_opts *o
 	}
 }
 
-/* The source does not answer: is its process gone (a SIGKILLed process closes its sockets before it is a zombie)?
- * Asked of its own host; a host that does not answer leaves it not gone. */
-static bool source_gone(struct attempt *at, const struct vmops_vmm_info *si)
+/*
+ * The source does not answer: is its process gone (a SIGKILLed process closes
+ * its sockets before it is a zombie)?  Asked of its own host: 1 gone, 0 not
+ * gone, -1 its host does not answer (unknown: nothing may be undone).
+ */
+static int source_gone(struct attempt *at, const struct vmops_vmm_info *si)
 {
 	struct vmops_vm_status st;
 	struct vmops_error e = { 0 };
 
 	if (at->source && vmops_hv_status(at->source, &st, &e) == 0)
-		return false;
+		return 0;
 	for (int i = 0; i < 30; i++) {
 		int p = vmops_mig_process(at, at->source_vmm_id, si, &e);
 
 		if (p == VMOPS_PROC_DEAD || p == VMOPS_PROC_REUSED)
-			return true;
+			return 1;
 		if (p < 0)
-			return false;
+			return e.code == VMOPS_EXIT_UNREACHABLE ? -1 : 0;
 		sleep_ms(100);
 	}
-	return false;
+	return 0;
 }
 
 /* After the target may have run: nothing goes back to the source. */
@@ -608,7 +611,8 @@ static int after_switchover_failed(struct attempt *at, struct vmops_migrate_repo
 {
 	struct vmops_error xe = *e, le = { 0 };
 
-	if (at->lost_lease || e->code == VMOPS_EXIT_UNKNOWN || e->code == VMOPS_EXIT_UNREACHABLE || vmops_hv_is_alive(at->target)) {
+	if (at->lost_lease || e->code == VMOPS_EXIT_UNKNOWN || e->code == VMOPS_EXIT_UNREACHABLE ||
+	    vmops_hv_is_alive(at->target)) {
 		/* Alive but not answering is unknown, not dead: leave it to --recover. */
 		snprintf(r->state, sizeof(r->state), "unknown");
 		vmops_mig_release_lease(at);
@@ -656,13 +660,21 @@ static void undo_before_switchover(struct attempt *at, const struct vmops_vmm_in
 				   struct vmops_migrate_report *r, struct vmops_error *e)
 {
 	struct vmops_error xe = *e, fe = { 0 };
+	int gone;
 
 	snprintf(r->error, sizeof(r->error), "%s", e->msg);
 	snprintf(r->state, sizeof(r->state), "%s", xe.code == VMOPS_EXIT_INTERRUPTED ? "cancelled" : "failed");
 	if (at->lost_lease) {
 		/* Someone else owns the attempt now: touch nothing. */
 		snprintf(r->state, sizeof(r->state), "unknown");
-	} else if (source_gone(at, sinfo)) {
+	} else if ((gone = source_gone(at, sinfo)) < 0) {
+		/* The source's host does not answer: it may have sent everything; undo nothing. */
+		snprintf(r->state, sizeof(r->state), "unknown");
+		vmops_mig_release_lease(at);
+		xe.code = VMOPS_EXIT_UNREACHABLE;
+		vmops_err_prefix(&xe, "sandbox %s: the source's host does not answer: nothing undone, the attempt is "
+				 "left to vm-migrate --recover", at->sandbox);
+	} else if (gone) {
 		snprintf(r->state, sizeof(r->state), "lost");
 		if (vmops_mig_phase_lost(at, r->error, &fe) < 0)
 			vmops_warn("migration %lld: %s", at->migration_id, fe.msg);
