@@ -7,12 +7,10 @@
  */
 #include <errno.h>
 #include <limits.h>
-#include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "attempt.h"
@@ -20,9 +18,7 @@
 #include "exitcodes.h"
 #include "fault.h"
 #include "fleet.h"
-#include "ghost.h"
 #include "log.h"
-#include "proc.h"
 #include "transport/transport.h"
 #include "vm.h"
 
