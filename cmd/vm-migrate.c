@@ -63,7 +63,8 @@ static void usage(void)
 	vmops_cli_print_options(stdout, options);
 	printf("\nExit status: 0 migrated, 1 failure, 2 usage, 5 database unreachable, 6 schema,\n"
 	       "7 hypervisor, 8 timeout, 9 no target, 10 refused, 11 not found, 12 interrupted,\n"
-	       "14 unknown (a live VMM did not answer: nothing irreversible done; run --recover later);\n"
+	       "14 unknown (a live VMM did not answer: nothing irreversible done; run --recover later),\n"
+	       "17 a worker's host did not answer over ssh (nothing irreversible done there);\n"
 	       "see vm-migrate(1) and vmops(7).\n");
 }
 
@@ -211,7 +212,8 @@ static int recover(PGconn *c, uint64_t lease_ms)
 	vmops_output_free(o);
 	if (rr.unknown && !vmops_cli.json)
 		fprintf(stderr, "%s: %s\n", prog_name, rr.last_error);
-	return rr.errors ? VMOPS_EXIT_FAILURE : rr.unknown ? VMOPS_EXIT_UNKNOWN : VMOPS_EXIT_OK;
+	return rr.errors ? VMOPS_EXIT_FAILURE : rr.unreachable ? VMOPS_EXIT_UNREACHABLE :
+	       rr.unknown ? VMOPS_EXIT_UNKNOWN : VMOPS_EXIT_OK;
 }
 
 int main(int argc, const char **argv)

@@ -27,6 +27,7 @@
 #include "migrate.h"
 #include "migrate/attempt.h"
 #include "proc.h"
+#include "transport/transport.h"
 #include "vm.h"
 
 static uint64_t now_ms(void)
@@ -168,8 +169,6 @@ static const char *candidates_sql =
 	"                AND m.lease_expires_at < now()) AS stale) x"
 	"            GROUP BY r.worker_id) r ON r.worker_id = w.id"
 	" WHERE w.id <> $1 AND ($2::text IS NULL OR w.name = $2)"
-	/* Across hosts (transport ssh) is not built yet: see prepare(). */
-	"   AND w.transport = 'local'"
 	" ORDER BY free_mb DESC, free_cpu DESC, w.name";
 
 /*
@@ -494,29 +493,10 @@ static bool hv_migrates(const char *kind)
 	return !d || (d->prepare_incoming && d->send);
 }
 
-/*
- * A worker on another host (transport ssh): its VMMs are reached through
- * lib/transport, which does not carry migration yet; refuse rather than
- * start a receiver on this host or drive that host's VMM from here.
- * 1 (error set) if `worker` is such a worker, 0 if not, -1 on error.
- */
-static int ssh_worker(PGconn *c, const char *worker, const char *sandbox, struct vmops_error *e)
-{
-	_cleanup_pgresult_ PGresult *w = vmops_db_q(c, e, "SELECT transport FROM workers WHERE name = $1", worker);
-
-	if (!w)
-		return -1;
-	if (PQntuples(w) == 0 || strcmp(vmops_db_get(w, 0, "transport"), "ssh") != 0)
-		return 0;
-	vmops_err(e, VMOPS_EXIT_CONFLICT,
-		  "sandbox %s: worker %s is reached over ssh: live migration across hosts is not supported yet; nothing done",
-		  sandbox, worker);
-	return 1;
-}
-
-static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source *src, struct vmops_spec **spec,
+static int prepare(struct attempt *at, const struct vmops_migrate_opts *o, struct source *src, struct vmops_spec **spec,
 		   struct vmops_vmm_info *sinfo, struct vmops_migrate_report *r, struct vmops_error *e)
 {
+	PGconn *c = at->c;
 	struct vmops_hv *h;
 
 	if (load_source(c, o->sandbox, src, e) < 0)
@@ -536,8 +516,6 @@ static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source 
 				 "sandbox %s: %s has no live migration; move it with snapshot-prep hibernate --sandbox %s --bundle-dir DIR, then snapshot-prep wake --sandbox %s --worker %s",
 				 o->sandbox, (*spec)->hypervisor, o->sandbox, o->sandbox,
 				 o->to ? o->to : "OTHER");
-	if (ssh_worker(c, src->worker, o->sandbox, e) != 0 || (o->to && ssh_worker(c, o->to, o->sandbox, e) != 0))
-		return -1;
 	if (o->to) {
 		_cleanup_pgresult_ PGresult *w = vmops_db_q(c, e, "SELECT state FROM workers WHERE name = $1", o->to);
 		if (!w)
@@ -556,8 +534,11 @@ static int prepare(PGconn *c, const struct vmops_migrate_opts *o, struct source 
 	if (vmops_vm_load_info(c, src->vmm_id, sinfo, e) < 0)
 		return -1;
 	vmops_fault_point("prepare");
-	h = vmops_hv_attach(sinfo, 5000, e);
+	at->source_vmm_id = src->vmm_id;
+	h = vmops_mig_attach(at, src->vmm_id, sinfo, 5000, e);
 	if (!h) {
+		if (e->code == VMOPS_EXIT_UNREACHABLE)   /* its host: nothing was claimed */
+			return vmops_err_prefix(e, "sandbox %s: source vmm %lld", o->sandbox, src->vmm_id);
 		if (source_changed(c, o->sandbox, src, e))
 			return -1;
 		e->code = VMOPS_EXIT_HYPERVISOR;
@@ -601,20 +582,28 @@ static void choose_params(struct attempt *at, const struct vmops_migrate_opts *o
 	}
 }
 
-/* The source does not answer: is its process gone (a SIGKILLed process closes its sockets before it is a zombie)? */
-static bool source_gone(struct attempt *at, const struct vmops_vmm_info *si)
+/*
+ * The source does not answer: is its process gone (a SIGKILLed process closes
+ * its sockets before it is a zombie)?  Asked of its own host: 1 gone, 0 not
+ * gone, -1 its host does not answer (unknown: nothing may be undone).
+ */
+static int source_gone(struct attempt *at, const struct vmops_vmm_info *si)
 {
 	struct vmops_vm_status st;
 	struct vmops_error e = { 0 };
 
 	if (at->source && vmops_hv_status(at->source, &st, &e) == 0)
-		return false;
+		return 0;
 	for (int i = 0; i < 30; i++) {
-		if (vmops_proc_check(VMOPS_PROC_ROOT_DEFAULT, si->pid, si->start_time, NULL, &e) != VMOPS_PROC_ALIVE)
-			return true;
+		int p = vmops_mig_process(at, at->source_vmm_id, si, &e);
+
+		if (p == VMOPS_PROC_DEAD || p == VMOPS_PROC_REUSED)
+			return 1;
+		if (p < 0)
+			return e.code == VMOPS_EXIT_UNREACHABLE ? -1 : 0;
 		sleep_ms(100);
 	}
-	return false;
+	return 0;
 }
 
 /* After the target may have run: nothing goes back to the source. */
@@ -622,11 +611,12 @@ static int after_switchover_failed(struct attempt *at, struct vmops_migrate_repo
 {
 	struct vmops_error xe = *e, le = { 0 };
 
-	if (at->lost_lease || e->code == VMOPS_EXIT_UNKNOWN || vmops_hv_is_alive(at->target)) {
+	if (at->lost_lease || e->code == VMOPS_EXIT_UNKNOWN || e->code == VMOPS_EXIT_UNREACHABLE ||
+	    vmops_hv_is_alive(at->target)) {
 		/* Alive but not answering is unknown, not dead: leave it to --recover. */
 		snprintf(r->state, sizeof(r->state), "unknown");
 		vmops_mig_release_lease(at);
-		e->code = at->lost_lease ? xe.code : VMOPS_EXIT_UNKNOWN;
+		e->code = at->lost_lease || xe.code == VMOPS_EXIT_UNREACHABLE ? xe.code : VMOPS_EXIT_UNKNOWN;
 		return vmops_err_prefix(e, "sandbox %s: migration %lld: nothing more was done; run vm-migrate --recover",
 					at->sandbox, at->migration_id);
 	}
@@ -670,13 +660,21 @@ static void undo_before_switchover(struct attempt *at, const struct vmops_vmm_in
 				   struct vmops_migrate_report *r, struct vmops_error *e)
 {
 	struct vmops_error xe = *e, fe = { 0 };
+	int gone;
 
 	snprintf(r->error, sizeof(r->error), "%s", e->msg);
 	snprintf(r->state, sizeof(r->state), "%s", xe.code == VMOPS_EXIT_INTERRUPTED ? "cancelled" : "failed");
 	if (at->lost_lease) {
 		/* Someone else owns the attempt now: touch nothing. */
 		snprintf(r->state, sizeof(r->state), "unknown");
-	} else if (source_gone(at, sinfo)) {
+	} else if ((gone = source_gone(at, sinfo)) < 0) {
+		/* The source's host does not answer: it may have sent everything; undo nothing. */
+		snprintf(r->state, sizeof(r->state), "unknown");
+		vmops_mig_release_lease(at);
+		xe.code = VMOPS_EXIT_UNREACHABLE;
+		vmops_err_prefix(&xe, "sandbox %s: the source's host does not answer: nothing undone, the attempt is "
+				 "left to vm-migrate --recover", at->sandbox);
+	} else if (gone) {
 		snprintf(r->state, sizeof(r->state), "lost");
 		if (vmops_mig_phase_lost(at, r->error, &fe) < 0)
 			vmops_warn("migration %lld: %s", at->migration_id, fe.msg);
@@ -684,7 +682,13 @@ static void undo_before_switchover(struct attempt *at, const struct vmops_vmm_in
 		vmops_err_prefix(&xe, "sandbox %s: the source is gone; sandbox marked error, billing closed",
 				 at->sandbox);
 	} else if (vmops_mig_phase_rollback(at, r->state, r->error, &fe) < 0) {
-		vmops_warn("migration %lld: rolling back: %s", at->migration_id, fe.msg);
+		if (!at->lost_lease && (fe.code == VMOPS_EXIT_UNREACHABLE || fe.code == VMOPS_EXIT_UNKNOWN)) {
+			/* The receiver's host did not answer: it is left to --recover (exit 17 or 14). */
+			snprintf(r->state, sizeof(r->state), "unknown");
+			vmops_err(&xe, fe.code, "sandbox %s: %.300s; %.600s", at->sandbox, r->error, fe.msg);
+		} else {
+			vmops_warn("migration %lld: rolling back: %s", at->migration_id, fe.msg);
+		}
 		if (at->lost_lease)
 			snprintf(r->state, sizeof(r->state), "unknown");
 	}
@@ -713,7 +717,7 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 	cl.owner = vmops_mig_owner(at.owner, sizeof(at.owner), program);
 
 	vmops_fault_point("claim");
-	if (prepare(c, o, &src, &spec, &sinfo, r, e) < 0 || claim_target(c, &cl, r, e) < 0)
+	if (prepare(&at, o, &src, &spec, &sinfo, r, e) < 0 || claim_target(c, &cl, r, e) < 0)
 		goto out;
 	snprintf(r->target_worker, sizeof(r->target_worker), "%s", cl.target);
 	if (cl.dry) {
@@ -725,9 +729,10 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 	r->target_vmm_id = cl.target_vmm_id;
 	attempt_from_claim(&at, &cl, &src);
 	vmops_info("migration %lld: sandbox %s from %s to %s", cl.migration_id, o->sandbox, src.worker, cl.target);
-	at.source = vmops_hv_attach(&sinfo, 5000, e);
+	at.source = vmops_mig_attach(&at, src.vmm_id, &sinfo, 5000, e);
 	if (!at.source) {
-		e->code = VMOPS_EXIT_HYPERVISOR;
+		if (e->code != VMOPS_EXIT_UNREACHABLE && e->code != VMOPS_EXIT_UNKNOWN)
+			e->code = VMOPS_EXIT_HYPERVISOR;
 		vmops_err_prefix(e, "sandbox %s: source vmm %lld", o->sandbox, src.vmm_id);
 		k = 1;
 	} else {
@@ -746,6 +751,7 @@ out:
 		vmops_hv_free(at.target);
 	if (at.source)
 		vmops_hv_free(at.source);
+	vmops_mig_hosts_free(&at);
 	vmops_spec_free(spec);
 	free(src.spec_json);
 	return rc;

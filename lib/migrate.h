@@ -83,6 +83,7 @@ struct vmops_recover_report {
 	int failed;         /* rolled back: the source keeps the guest, receiver destroyed */
 	int lost;           /* neither could run the guest: sandbox error, billing closed */
 	int unknown;        /* facts unknown (a live VMM did not answer): nothing irreversible done */
+	int unreachable;    /* of those: a worker's host did not answer over ssh */
 	int receivers_killed;   /* receivers stopped by signal (pidfd, recorded or found in /proc) */
 	int errors;
 	char last_error[VMOPS_ERRMSG_MAX];
@@ -116,6 +117,7 @@ struct vmops_recover_facts {
 	enum vmops_recover_proc src, tgt;
 	enum vmops_recover_run src_run, tgt_run;
 	bool src_completed;                /* the source's query-migrate says completed */
+	bool unreachable;                  /* a VMM's host did not answer over ssh: its facts are unknown */
 };
 enum vmops_recover_action {
 	VMOPS_RA_ROLLBACK,     /* cancel on the source, stop the receiver, resume the source: failed */

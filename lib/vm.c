@@ -1,14 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "db.h"
 #include "exitcodes.h"
 #include "fleet.h"
+#include "ghost.h"
 #include "images.h"
 #include "log.h"
 #include "proc.h"
@@ -492,5 +495,86 @@ int vmops_vm_destroy(PGconn *c, const char *sandbox, int timeout_ms, bool dry_ru
 		return -1;
 	if (d.vmm_id > 0 && !t)
 		vmops_vm_run_dir_gone(info.run_dir, "sandbox", sandbox);   /* the VMM is gone and recorded so */
+	return 0;
+}
+
+/* ---- on the VMM's own host: a free port, stopping a VMM by signal ---------- */
+
+int vmops_vm_free_port(const char *address, long long lo, long long hi, long long salt)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV };
+	long long span = hi - lo + 1;
+
+	if (!address || lo < 1 || hi > 65535 || span < 1)
+		return 0;
+	if (salt < 0)
+		salt = -salt;
+	for (long long k = 0; k < span; k++) {
+		int port = (int)(lo + (salt + k) % span), fd, ok;
+		struct addrinfo *ai = NULL;
+		char ps[8];
+
+		snprintf(ps, sizeof(ps), "%d", port);
+		if (getaddrinfo(address, ps, &hints, &ai) != 0 || !ai)
+			return 0;
+		fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		ok = fd >= 0 && bind(fd, ai->ai_addr, ai->ai_addrlen) == 0;
+		if (fd >= 0)
+			close(fd);
+		freeaddrinfo(ai);
+		if (ok)
+			return port;
+	}
+	return 0;
+}
+
+struct marker_ctx {
+	long long vmm_id;
+	const char *run_dir;
+	pid_t pid;
+	unsigned long long start;
+};
+
+/* The token alone is no proof (ghost.h): the command line must name a path in the VMM's run dir. */
+static int find_marker(const struct vmops_proc_info *i, void *data)
+{
+	struct marker_ctx *m = data;
+
+	if (i->vmm_id == m->vmm_id && i->stat.state != 'Z' && i->stat.state != 'X' &&
+	    vmops_ghost_argv_names_dir(i->argc, i->argv, m->run_dir)) {
+		m->pid = i->stat.pid;
+		m->start = i->stat.starttime;
+		return 1;
+	}
+	return 0;
+}
+
+int vmops_vm_stop_process(const struct vmops_vmm_info *info, const char *run_dir, int *killed,
+			  struct vmops_error *e)
+{
+	struct marker_ctx m = { (long long)info->vmm_id, run_dir, 0, 0 };
+	struct vmops_proc_term_outcome out;
+	int rc;
+
+	if (info->pid > 0) {
+		m.pid = info->pid;
+		m.start = info->start_time;
+	} else if (run_dir && *run_dir) {
+		(void)vmops_proc_scan(VMOPS_PROC_ROOT_DEFAULT, VMOPS_PROC_SCAN_HV_ONLY, find_marker, &m, e);
+	}
+	if (m.pid <= 0)
+		return 0;
+	rc = vmops_proc_terminate(m.pid, m.start, 3000, &out, e);
+	if (rc == VMOPS_PROC_SIG_REFUSED)
+		return 0;                       /* the pid is another process now: ours is gone */
+	if (rc < 0)
+		return vmops_err_prefix(e, "vmm %llu (pid %d)", (unsigned long long)info->vmm_id, (int)m.pid);
+	if (out.how != VMOPS_PROC_TERM_GONE && killed)
+		(*killed)++;
+	if (vmops_proc_check(VMOPS_PROC_ROOT_DEFAULT, m.pid, m.start, NULL, e) == VMOPS_PROC_ALIVE)
+		return vmops_err(e, VMOPS_EXIT_TIMEOUT, "vmm %llu (pid %d) is still alive",
+				 (unsigned long long)info->vmm_id, (int)m.pid);
+	if (info->control_socket[0] && vmops_ghost_path_inside(info->control_socket, info->run_dir))
+		unlink(info->control_socket);
 	return 0;
 }

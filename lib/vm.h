@@ -79,6 +79,23 @@ int vmops_vm_mkdir_p(const char *path, struct vmops_error *e);
 int vmops_vm_load_info(PGconn *c, long long vmm_id, struct vmops_vmm_info *info,
 		       struct vmops_error *e);
 
+/*
+ * On the host the VMM runs on (this one): a port of lo..hi that `address`
+ * can bind now, tried from lo + salt % span on; 0 if none (or no range).
+ */
+int vmops_vm_free_port(const char *address, long long lo, long long hi, long long salt);
+
+/*
+ * On the VMM's own host: stop its process by signal, through a pidfd and
+ * only while pid and start time match (SIGTERM, grace, SIGKILL).  Without
+ * a recorded pid, the process is found by its /proc marker (vmops-vmm-ID
+ * and a path inside run_dir).  *killed (may be NULL) counts a signalled
+ * process.  0 once it is gone (or was never there), -1 (TIMEOUT if it
+ * outlived SIGKILL).
+ */
+int vmops_vm_stop_process(const struct vmops_vmm_info *info, const char *run_dir, int *killed,
+			  struct vmops_error *e);
+
 struct vmops_destroy_res {
 	long long sandbox_id, vmm_id;
 	bool was_running;        /* the process was alive and was stopped by us */

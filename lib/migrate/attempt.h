@@ -26,6 +26,9 @@
 #include "migrate.h"
 
 #define ACTIVE_STATES "('queued', 'preparing', 'transferring', 'switching')"
+#define RECEIVER_TIMEOUT_MS 30000
+
+struct vmops_transport;
 
 struct attempt {
 	PGconn *c;
@@ -44,6 +47,13 @@ struct attempt {
 	char target_run_dir[4096];            /* the receiver's run directory (vmms.run_dir) */
 
 	struct vmops_hv *source, *target;     /* handles; NULL when not attached */
+	struct {                              /* hosts.c: [0] the source's, [1] the target's */
+		long long vmm_id;
+		bool known;
+		struct vmops_transport *t;    /* NULL: this host */
+	} hosts[2];
+	bool receiver_unasked;                /* the target's host refused the greeting: no receiver there */
+	bool unreachable;                     /* recovering: a host of the attempt did not answer */
 	bool sent;                            /* the source was told to migrate */
 	bool resumed_target;                  /* cont was sent to the target */
 	int receivers_killed;
@@ -120,8 +130,27 @@ int vmops_mig_phase_release(struct attempt *at, struct vmops_error *e);
 int vmops_mig_phase_rollback(struct attempt *at, const char *state, const char *why, struct vmops_error *e);
 int vmops_mig_phase_lost(struct attempt *at, const char *why, struct vmops_error *e);
 
-/* Stop a VMM process (pidfd + start time); the receiver also by its /proc marker inside its run dir. */
+/* ---- hosts.c: where each VMM of the attempt runs (this host, or over ssh) ---- */
+
+/* The transport of the worker a VMM of the attempt runs on (*t NULL: this host); cached. */
+int vmops_mig_transport(struct attempt *at, long long vmm_id, struct vmops_transport **t, struct vmops_error *e);
+void vmops_mig_hosts_free(struct attempt *at);
+/* A handle on a VMM of the attempt on its host, once it answers there (its host
+ * not answering: UNREACHABLE). */
+struct vmops_hv *vmops_mig_attach(struct attempt *at, long long vmm_id, const struct vmops_vmm_info *info,
+				  int timeout_ms, struct vmops_error *e);
+/* Its process as its host sees it: VMOPS_PROC_ALIVE, _DEAD, _REUSED, _UNKNOWN; -1
+ * when not known (UNREACHABLE: its host does not answer). */
+int vmops_mig_process(struct attempt *at, long long vmm_id, const struct vmops_vmm_info *info, struct vmops_error *e);
+/* Start the receiver (at->target) on the target's host, listening there on
+ * l->address at a port of its range free on that host. */
+struct vmops_remote_listen;
+int vmops_mig_start_receiver(struct attempt *at, const struct vmops_spec *spec, const struct vmops_hv_launch_opts *lo,
+			     const char *run_dir, const struct vmops_remote_listen *l, struct vmops_error *e);
+/* Stop a VMM process on its host (pidfd + start time); the receiver also by its /proc marker inside its run dir. */
 int vmops_mig_stop_vmm(struct attempt *at, struct vmops_hv *h, long long vmm_id, const char *run_dir,
 		       int *killed, struct vmops_error *e);
+/* A VMM seen gone and recorded so: its run directory goes too, on its host. */
+void vmops_mig_run_dir_gone(struct attempt *at, struct vmops_hv *h, long long vmm_id, const char *known);
 
 #endif

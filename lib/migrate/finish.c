@@ -17,13 +17,14 @@
 #include "proc.h"
 #include "vm.h"
 
-/* The target's run state, asked a few times: QMP serves one client at a time. */
+/* The target's run state, asked a few times: QMP serves one client at a time.
+ * A target whose host does not answer is not asked again (UNREACHABLE). */
 static int target_status(struct attempt *at, struct vmops_vm_status *st, struct vmops_error *e)
 {
 	for (int i = 0; i < 3; i++) {
 		if (vmops_hv_status(at->target, st, e) == 0)
 			return 0;
-		if (!vmops_hv_is_alive(at->target))
+		if (e->code == VMOPS_EXIT_UNREACHABLE || !vmops_hv_is_alive(at->target))
 			return -1;
 		vmops_mig_sleep_ms(200);
 	}
@@ -42,6 +43,9 @@ static int wait_loaded(struct attempt *at, uint64_t wait_ms, struct vmops_error 
 		if (target_status(at, &st, e) == 0 &&
 		    (strcmp(st.status, "paused") == 0 || st.running))
 			return 0;
+		/* Its host does not answer: the target is unknown, and it was never resumed. */
+		if (e->code == VMOPS_EXIT_UNREACHABLE)
+			return vmops_err_prefix(e, "before switchover");
 		if (vmops_mig_now_ms() - t0 > wait_ms)
 			return vmops_err(e, VMOPS_EXIT_TIMEOUT, "the target was still %s %llus after the source completed",
 					 st.status[0] ? st.status : "unreachable", (unsigned long long)(wait_ms / 1000));
@@ -75,6 +79,8 @@ int vmops_mig_phase_switchover(struct attempt *at, uint64_t wait_ms, bool *never
 				return 0;
 			if (strcmp(st.status, "paused") == 0)
 				(void)vmops_hv_resume(at->target, e);
+		} else if (e->code == VMOPS_EXIT_UNREACHABLE) {
+			return vmops_err_prefix(e, "after the target was resumed");   /* unknown, not dead */
 		} else if (!vmops_hv_is_alive(at->target)) {
 			return vmops_err(e, VMOPS_EXIT_HYPERVISOR, "the target died after it was resumed");
 		}
@@ -173,25 +179,6 @@ static int release_tx(struct attempt *at, void *data, struct vmops_error *e)
 	       vmops_db_x(at->c, e, "DELETE FROM reservations WHERE vmm_id = $1", svid) < 0 ? -1 : 0;
 }
 
-/* A VMM seen gone and recorded so: its run directory goes too (lib/rundir checks it is ours). */
-static void run_dir_gone(struct attempt *at, struct vmops_hv *h, long long vmm_id, const char *known)
-{
-	struct vmops_vmm_info info;
-	struct vmops_error le = { 0 };
-	const char *dir = known;
-	char name[24];
-
-	if (vmm_id <= 0)
-		return;
-	if (!dir || !*dir) {
-		if (h)
-			dir = vmops_hv_info(h)->run_dir;
-		else if (vmops_vm_load_info(at->c, vmm_id, &info, &le) == 0)
-			dir = info.run_dir;
-	}
-	vmops_vm_run_dir_gone(dir, "vmm", vmops_db_ll(name, vmm_id));
-}
-
 int vmops_mig_phase_release(struct attempt *at, struct vmops_error *e)
 {
 	/* The old source is marked destroyed, and its room freed, only once its process is gone. */
@@ -199,7 +186,7 @@ int vmops_mig_phase_release(struct attempt *at, struct vmops_error *e)
 		return vmops_err_prefix(e, "sandbox %s: the old source did not stop", at->sandbox);
 	if (vmops_mig_tx(at, release_tx, NULL, "done", e) < 0)
 		return -1;
-	run_dir_gone(at, at->source, at->source_vmm_id, NULL);
+	vmops_mig_run_dir_gone(at, at->source, at->source_vmm_id, NULL);
 	return 0;
 }
 
@@ -267,6 +254,21 @@ static void resume_source(struct attempt *at)
 		(void)vmops_hv_resume(at->source, &se);
 }
 
+/*
+ * The receiver could not be stopped because its host does not answer (or
+ * did not say): it is unknown, not dead.  It never ran the guest and is
+ * never resumed now (recorded phase rollback: --recover does not activate
+ * it while the source lives), so the source gets the guest back; the
+ * receiver, its reservation and the attempt are left to --recover.
+ */
+static int receiver_unknown(struct attempt *at, struct vmops_error *e)
+{
+	resume_source(at);
+	vmops_mig_release_lease(at);
+	return vmops_err_prefix(e, "the source runs the guest; the receiver on %s is left to vm-migrate --recover",
+				at->target_worker);
+}
+
 /* Only while the target never ran the guest: the source keeps (or gets back) the guest. */
 int vmops_mig_phase_rollback(struct attempt *at, const char *state, const char *why, struct vmops_error *e)
 {
@@ -277,12 +279,15 @@ int vmops_mig_phase_rollback(struct attempt *at, const char *state, const char *
 		return -1;
 	cancel_on_source(at);
 	if (at->target_vmm_id > 0 &&
-	    vmops_mig_stop_vmm(at, at->target, at->target_vmm_id, at->target_run_dir, &at->receivers_killed, e) < 0)
+	    vmops_mig_stop_vmm(at, at->target, at->target_vmm_id, at->target_run_dir, &at->receivers_killed, e) < 0) {
+		if (e->code == VMOPS_EXIT_UNREACHABLE || e->code == VMOPS_EXIT_UNKNOWN)
+			return receiver_unknown(at, e);
 		return vmops_err_prefix(e, "sandbox %s: the receiver did not stop", at->sandbox);
+	}
 	resume_source(at);
 	if (vmops_mig_tx(at, undo_tx, &u, "done", e) < 0)
 		return -1;
-	run_dir_gone(at, at->target, at->target_vmm_id, at->target_run_dir);
+	vmops_mig_run_dir_gone(at, at->target, at->target_vmm_id, at->target_run_dir);
 	return 0;
 }
 

@@ -7,12 +7,10 @@
  */
 #include <errno.h>
 #include <limits.h>
-#include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "attempt.h"
@@ -20,99 +18,11 @@
 #include "exitcodes.h"
 #include "fault.h"
 #include "fleet.h"
-#include "ghost.h"
 #include "log.h"
-#include "proc.h"
+#include "transport/transport.h"
 #include "vm.h"
 
-#define RECEIVER_TIMEOUT_MS 30000
-
-/* ---- stopping a VMM: pidfd + start time only ------------------------------- */
-
-struct marker_ctx {
-	long long vmm_id;
-	const char *run_dir;
-	pid_t pid;
-	unsigned long long start;
-};
-
-/* The token alone is no proof (ghost.h): the command line must name a path in the VMM's run dir. */
-static int find_marker(const struct vmops_proc_info *i, void *data)
-{
-	struct marker_ctx *m = data;
-
-	if (i->vmm_id == m->vmm_id && i->stat.state != 'Z' && i->stat.state != 'X' &&
-	    vmops_ghost_argv_names_dir(i->argc, i->argv, m->run_dir)) {
-		m->pid = i->stat.pid;
-		m->start = i->stat.starttime;
-		return 1;
-	}
-	return 0;
-}
-
-int vmops_mig_stop_vmm(struct attempt *at, struct vmops_hv *h, long long vmm_id, const char *run_dir,
-		       int *killed, struct vmops_error *e)
-{
-	struct vmops_vmm_info info;
-	struct marker_ctx m = { vmm_id, run_dir, 0, 0 };
-	struct vmops_proc_term_outcome out;
-	int rc;
-
-	if (h)
-		info = *vmops_hv_info(h);
-	else if (vmops_vm_load_info(at->c, vmm_id, &info, e) < 0)
-		return -1;
-	if (info.pid > 0) {
-		m.pid = info.pid;
-		m.start = info.start_time;
-	} else if (run_dir && *run_dir) {
-		(void)vmops_proc_scan(VMOPS_PROC_ROOT_DEFAULT, VMOPS_PROC_SCAN_HV_ONLY, find_marker, &m, e);
-	}
-	if (m.pid <= 0)
-		return 0;
-	rc = vmops_proc_terminate(m.pid, m.start, 3000, &out, e);
-	if (h)
-		(void)vmops_hv_is_alive(h);     /* reap it if it is our child */
-	if (rc == VMOPS_PROC_SIG_REFUSED)
-		return 0;                       /* the pid is another process now: ours is gone */
-	if (rc < 0)
-		return vmops_err_prefix(e, "vmm %lld (pid %d)", vmm_id, (int)m.pid);
-	if (out.how != VMOPS_PROC_TERM_GONE && killed)
-		(*killed)++;
-	if (vmops_proc_check(VMOPS_PROC_ROOT_DEFAULT, m.pid, m.start, NULL, e) == VMOPS_PROC_ALIVE)
-		return vmops_err(e, VMOPS_EXIT_TIMEOUT, "vmm %lld (pid %d) is still alive", vmm_id, (int)m.pid);
-	if (info.control_socket[0] && vmops_ghost_path_inside(info.control_socket, info.run_dir))
-		unlink(info.control_socket);
-	return 0;
-}
-
 /* ---- receiver --------------------------------------------------------------- */
-
-static int free_port(const char *address, long long lo, long long hi, long long salt)
-{
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV };
-	long long span = hi - lo + 1;
-
-	if (lo < 1 || hi > 65535 || span < 1)
-		return 0;
-	for (long long k = 0; k < span; k++) {
-		int port = (int)(lo + (salt + k) % span), fd, ok;
-		struct addrinfo *ai = NULL;
-		char ps[8];
-
-		snprintf(ps, sizeof(ps), "%d", port);
-		if (getaddrinfo(address, ps, &hints, &ai) != 0 || !ai)
-			return 0;
-		fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		ok = fd >= 0 && bind(fd, ai->ai_addr, ai->ai_addrlen) == 0;
-		if (fd >= 0)
-			close(fd);
-		freeaddrinfo(ai);
-		if (ok)
-			return port;
-	}
-	return 0;
-}
 
 static int record_receiver_tx(struct attempt *at, void *data, struct vmops_error *e)
 {
@@ -137,15 +47,13 @@ int vmops_mig_phase_receiver(struct attempt *at, const struct vmops_spec *spec, 
 			     const char *address, long long port_min, long long port_max, struct vmops_error *e)
 {
 	struct vmops_hv_launch_opts lo = { 0 };
-	char uri[300];
+	struct vmops_remote_listen l = { address, port_min, port_max, at->migration_id };
 
 	vmops_fault_point("receiver");
 	/* The lease must outlast the receiver's start-up, which we wait for without renewing. */
 	if (vmops_mig_record_phase(at, "receiver", "preparing", RECEIVER_TIMEOUT_MS, e) < 0)
 		return -1;
 	at->lease_until += RECEIVER_TIMEOUT_MS;
-	if (vmops_vm_mkdir_p(run_dir, e) < 0)
-		return -1;
 	lo.run_dir = at->target_run_dir;
 	lo.vmm_id = (uint64_t)at->target_vmm_id;
 	lo.auto_accel = at->o ? at->o->auto_accel : VMOPS_ACCEL_AUTO;
@@ -161,21 +69,21 @@ int vmops_mig_phase_receiver(struct attempt *at, const struct vmops_spec *spec, 
 				break;
 			at->lease_until += RECEIVER_TIMEOUT_MS;
 		}
-		snprintf(uri, sizeof(uri), strchr(address, ':') ? "tcp:[%s]:%d" : "tcp:%s:%d", address,
-			 free_port(address, port_min, port_max, at->migration_id + 7 * try));
-		at->target = vmops_hv_prepare_incoming(spec, &lo, uri, &at->mp, RECEIVER_TIMEOUT_MS, e);
+		l.salt = at->migration_id + 7 * try;
+		(void)vmops_mig_start_receiver(at, spec, &lo, run_dir, &l, e);
 	}
-	if (!at->target && at->mp.connections > 1) {
+	if (!at->target && at->mp.connections > 1 && !at->receiver_unasked && e->code != VMOPS_EXIT_UNKNOWN) {
 		vmops_warn("sandbox %s: receiver on %s with %u connections failed (%s); trying one connection",
 			   at->sandbox, at->target_worker, at->mp.connections, e->msg);
 		at->mp.connections = 1;
 		if (vmops_mig_record_phase(at, "receiver", NULL, RECEIVER_TIMEOUT_MS, e) < 0)
 			return -1;
 		at->lease_until += RECEIVER_TIMEOUT_MS;
-		at->target = vmops_hv_prepare_incoming(spec, &lo, uri, &at->mp, RECEIVER_TIMEOUT_MS, e);
+		(void)vmops_mig_start_receiver(at, spec, &lo, run_dir, &l, e);
 	}
 	if (!at->target) {
-		e->code = VMOPS_EXIT_HYPERVISOR;
+		if (e->code != VMOPS_EXIT_UNREACHABLE && e->code != VMOPS_EXIT_UNKNOWN)
+			e->code = VMOPS_EXIT_HYPERVISOR;
 		return vmops_err_prefix(e, "receiver on %s", at->target_worker);
 	}
 	at->r->connections_used = at->mp.connections;
@@ -258,7 +166,10 @@ int vmops_mig_phase_transfer(struct attempt *at, struct vmops_error *e)
 	if (vmops_mig_record_phase(at, "transfer", "transferring", 0, e) < 0)
 		return -1;
 	if (vmops_hv_send(at->source, vmops_hv_info(at->target)->incoming_uri, &at->mp, e) < 0) {
-		e->code = VMOPS_EXIT_HYPERVISOR;
+		/* Over ssh the source may have been told after all: cancel it then. */
+		at->sent = e->code == VMOPS_EXIT_UNKNOWN;
+		if (!at->sent)
+			e->code = VMOPS_EXIT_HYPERVISOR;
 		return vmops_err_prefix(e, "send to %s", at->target_worker);
 	}
 	at->sent = true;
@@ -269,7 +180,8 @@ int vmops_mig_phase_transfer(struct attempt *at, struct vmops_error *e)
 		int k;
 
 		if (vmops_hv_progress(at->source, &p, e) < 0) {
-			e->code = VMOPS_EXIT_HYPERVISOR;
+			if (e->code != VMOPS_EXIT_UNREACHABLE)
+				e->code = VMOPS_EXIT_HYPERVISOR;
 			return vmops_err_prefix(e, "progress");
 		}
 		t = vmops_mig_now_ms();

@@ -31,7 +31,11 @@ enum vmops_recover_action vmops_migrate_recover_decide(const struct vmops_recove
 	/* Without a phase (an older vm-migrate), the receiver ran the guest on its own: assume it may have. */
 	bool may_have_run = !f->phase || !strcmp(f->phase, "switchover");
 	bool tgt_alive = f->tgt == VMOPS_RP_ALIVE, src_alive = f->src == VMOPS_RP_ALIVE;
+	/* A rollback was decided (and recorded) first: the source may already run again. */
+	bool rolling_back = f->phase && !strcmp(f->phase, "rollback");
 
+	if (f->unreachable)
+		DECIDE(VMOPS_RA_UNKNOWN, "a worker's host does not answer over ssh: its VMM is unknown, not dead");
 	if (f->phase && !strcmp(f->phase, "finish"))
 		DECIDE(VMOPS_RA_RELEASE, "the sandbox had moved; the old source is stopped and released");
 	if (tgt_alive && f->tgt_run == VMOPS_RR_RUNNING) {
@@ -43,7 +47,7 @@ enum vmops_recover_action vmops_migrate_recover_decide(const struct vmops_recove
 		/* The target never ran the guest: the source's state is the newest. */
 		if (src_alive && f->src_run == VMOPS_RR_UNKNOWN)
 			DECIDE(VMOPS_RA_UNKNOWN, "the source is alive but does not answer");
-		if (tgt_alive && f->tgt_run == VMOPS_RR_PAUSED && (f->src_completed || !src_alive))
+		if (tgt_alive && f->tgt_run == VMOPS_RR_PAUSED && (!src_alive || (f->src_completed && !rolling_back)))
 			DECIDE(VMOPS_RA_ACTIVATE, "the target holds the whole guest and never ran: resume it");
 		if (src_alive)
 			DECIDE(VMOPS_RA_ROLLBACK, "the target never ran the guest; the source keeps it");
@@ -82,13 +86,14 @@ static enum vmops_recover_run run_of(const struct vmops_vm_status *st, bool rece
 	return VMOPS_RR_OTHER;
 }
 
-/* Process by pid + start time; run state by QMP, asked three times. */
+/* Process by pid + start time on its host; run state by QMP, asked three times. */
 static void observe(struct attempt *at, long long vmm_id, bool receiver, enum vmops_recover_proc *proc,
-		    enum vmops_recover_run *run, struct vmops_hv **h, bool *completed)
+		    enum vmops_recover_run *run, struct vmops_hv **h, bool *completed, bool *unreachable)
 {
 	struct vmops_vmm_info info;
 	struct vmops_error e = { 0 };
 	struct vmops_vm_status st;
+	int p;
 
 	*proc = VMOPS_RP_NONE;
 	*run = VMOPS_RR_UNKNOWN;
@@ -99,32 +104,41 @@ static void observe(struct attempt *at, long long vmm_id, bool receiver, enum vm
 		int n = 0;
 		if (receiver && vmops_mig_stop_vmm(at, NULL, vmm_id, at->target_run_dir, &n, &e) == 0 && n > 0)
 			at->receivers_killed += n;   /* it never ran (phase <= receiver): stopped at once */
+		else if (receiver && e.code == VMOPS_EXIT_UNREACHABLE)
+			*unreachable = true;
 		return;
 	}
-	*proc = vmops_proc_check(VMOPS_PROC_ROOT_DEFAULT, info.pid, info.start_time, NULL, &e) == VMOPS_PROC_ALIVE
-		? VMOPS_RP_ALIVE : VMOPS_RP_DEAD;
-	if (*proc != VMOPS_RP_ALIVE)
+	p = vmops_mig_process(at, vmm_id, &info, &e);
+	/* Its host does not answer: alive as far as anyone knows, state unknown. */
+	if (p < 0 && e.code == VMOPS_EXIT_UNREACHABLE)
+		*unreachable = true;
+	*proc = p == VMOPS_PROC_DEAD || p == VMOPS_PROC_REUSED ? VMOPS_RP_DEAD : VMOPS_RP_ALIVE;
+	if (*proc != VMOPS_RP_ALIVE || *unreachable)
 		return;
 	for (int i = 0; i < 3 && !*h; i++) {
-		*h = vmops_hv_attach(&info, 2000, &e);
+		*h = vmops_mig_attach(at, vmm_id, &info, 2000, &e);
 		if (!*h)
 			vmops_debug("vmm %lld: %s (attempt %d of 3)", vmm_id, e.msg, i + 1);
+		if (!*h && e.code == VMOPS_EXIT_UNREACHABLE) {
+			*unreachable = true;
+			return;
+		}
 	}
 	if (*h && vmops_hv_status(*h, &st, &e) == 0)
 		*run = run_of(&st, receiver);
 	if (*h && completed) {
-		struct vmops_migrate_progress p;
-		if (vmops_hv_progress(*h, &p, &e) == 0) {
-			*completed = !strcmp(p.status, "completed");
-			at->sent = !vmops_migrate_status_is_final(p.status) && strcmp(p.status, "none") != 0;
+		struct vmops_migrate_progress pr;
+		if (vmops_hv_progress(*h, &pr, &e) == 0) {
+			*completed = !strcmp(pr.status, "completed");
+			at->sent = !vmops_migrate_status_is_final(pr.status) && strcmp(pr.status, "none") != 0;
 		}
 	}
 }
 
 static void observe_all(struct attempt *at, struct vmops_recover_facts *f)
 {
-	observe(at, at->source_vmm_id, false, &f->src, &f->src_run, &at->source, &f->src_completed);
-	observe(at, at->target_vmm_id, true, &f->tgt, &f->tgt_run, &at->target, NULL);
+	observe(at, at->source_vmm_id, false, &f->src, &f->src_run, &at->source, &f->src_completed, &f->unreachable);
+	observe(at, at->target_vmm_id, true, &f->tgt, &f->tgt_run, &at->target, NULL, &f->unreachable);
 }
 
 /* ---- taking the lease ------------------------------------------------------- */
@@ -230,6 +244,8 @@ static int act(struct attempt *at, enum vmops_recover_action a, const char *why,
 	}
 	vmops_mig_release_lease(at);
 	rr->unknown++;
+	if (at->unreachable)
+		rr->unreachable++;
 	snprintf(rr->last_error, sizeof(rr->last_error),
 		 "migration %lld (sandbox %s): %.700s: nothing irreversible was done; run --recover again later",
 		 at->migration_id, at->sandbox, why);
@@ -257,6 +273,7 @@ static void recover_one(PGconn *c, long long id, uint64_t lease_ms, struct vmops
 	at.resumed_target = !f.phase || !strcmp(f.phase, "switchover");
 	observe_all(&at, &f);
 	a = vmops_migrate_recover_decide(&f, &why);
+	at.unreachable = f.unreachable;
 	/* A target still loading gets time: wait (renewing) for it to settle. */
 	for (int i = 0; a == VMOPS_RA_UNKNOWN && f.tgt_run == VMOPS_RR_INMIGRATE && i < 20; i++) {
 		vmops_mig_sleep_ms(1000);
@@ -264,7 +281,7 @@ static void recover_one(PGconn *c, long long id, uint64_t lease_ms, struct vmops
 			goto done;
 		vmops_hv_free(at.target);
 		at.target = NULL;
-		observe(&at, at.target_vmm_id, true, &f.tgt, &f.tgt_run, &at.target, NULL);
+		observe(&at, at.target_vmm_id, true, &f.tgt, &f.tgt_run, &at.target, NULL, &f.unreachable);
 		a = vmops_migrate_recover_decide(&f, &why);
 	}
 	vmops_info("migration %lld (sandbox %s, phase %s): %s: %s", id, at.sandbox, f.phase ? f.phase : "(none)",
@@ -278,6 +295,7 @@ done:
 	}
 	vmops_hv_free(at.target);
 	vmops_hv_free(at.source);
+	vmops_mig_hosts_free(&at);
 }
 
 int vmops_migrate_recover(PGconn *c, bool dry_run, uint64_t lease_ms, struct vmops_recover_report *rr,

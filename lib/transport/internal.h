@@ -13,4 +13,10 @@
 cJSON *vmops_remote_info_to_json(const struct vmops_vmm_info *i);
 int vmops_remote_info_from_json(const cJSON *o, struct vmops_vmm_info *i, struct vmops_error *e);
 
+/* Migration parameters, progress and run state, as JSON and back. */
+cJSON *vmops_remote_mp_to_json(const struct vmops_migrate_params *mp);
+int vmops_remote_mp_from_json(const cJSON *o, struct vmops_migrate_params *mp, struct vmops_error *e);
+cJSON *vmops_remote_progress_to_json(const struct vmops_migrate_progress *p);
+void vmops_remote_progress_from_json(const cJSON *o, struct vmops_migrate_progress *p);
+
 #endif

@@ -13,6 +13,22 @@
  *   destroy     {"vmm", "timeout_ms"} -> {"was_running"}; the run directory
  *               goes too once the VMM is gone (only the files a VMM leaves)
  *
+ * Live migration (the VMM's QMP or API socket, reached on this host):
+ *   prepare-incoming {"spec", "vmm_id", "run_dir", "accel", "incoming_paused",
+ *               "address", "port_min", "port_max", "salt", "mp", "timeout_ms"}
+ *               -> the receiver's info; it listens on ADDRESS at a port of
+ *               the worker's range that is free here ("incoming_uri")
+ *   send        {"vmm", "uri", "mp"} -> {}
+ *   progress    {"vmm"} -> {"progress"}
+ *   cancel, pause, resume {"vmm"} -> {}
+ *   status      {"vmm"} -> {"status", "running"}
+ *   multifd     {"vmm"} -> {"supported"}
+ *   stop        {"vmm", "run_dir", "stop", "remove_run_dir"} -> {"killed"}:
+ *               by signal (pid and start time, or the /proc marker in
+ *               run_dir when no pid was recorded; "stop": false: not at
+ *               all, and refused while the pid runs); then the run
+ *               directory, if asked
+ *
  * Every request may carry "host_id", the identity the database records for
  * the worker: a host that is not that one refuses (VMOPS_EXIT_WRONG_HOST).
  */
@@ -73,43 +89,95 @@ static int check_run_dir(const char *run_dir, uint64_t vmm_id, char *parent, siz
 	return 0;
 }
 
-static int do_launch(const cJSON *req, cJSON *ans, struct vmops_error *e)
+/* What launch and prepare-incoming share: the VMM's identity, spec, run dir and accel. */
+static int launch_req(const cJSON *req, struct vmops_hv_launch_opts *opts, struct vmops_spec **spec,
+		      struct vmops_error *e)
 {
 	const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "vmm_id");
 	const char *run_dir = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(req, "run_dir"));
 	const char *accel = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(req, "accel"));
-	_cleanup_spec_ struct vmops_spec *spec = NULL;
-	struct vmops_hv_launch_opts opts = { 0 };
 	char parent[PATH_MAX];
-	struct vmops_hv *h;
-	cJSON *info;
 
 	if (!cJSON_IsNumber(id) || id->valuedouble < 1 || id->valuedouble > 9007199254740991.0)
 		return vmops_err(e, VMOPS_EXIT_USAGE, "vmm_id: missing or out of range");
-	opts.vmm_id = (uint64_t)id->valuedouble;
-	if (!(spec = vmops_spec_from_json(cJSON_GetObjectItemCaseSensitive(req, "spec"), e))) {
+	opts->vmm_id = (uint64_t)id->valuedouble;
+	if (!(*spec = vmops_spec_from_json(cJSON_GetObjectItemCaseSensitive(req, "spec"), e))) {
 		e->code = VMOPS_EXIT_USAGE;   /* a bad request */
 		return vmops_err_prefix(e, "launch spec");
 	}
-	if (check_run_dir(run_dir, opts.vmm_id, parent, sizeof(parent), e) < 0)
+	if (check_run_dir(run_dir, opts->vmm_id, parent, sizeof(parent), e) < 0)
 		return -1;
 	if (!accel || !strcmp(accel, "auto"))
-		opts.auto_accel = VMOPS_ACCEL_AUTO;
+		opts->auto_accel = VMOPS_ACCEL_AUTO;
 	else if (!strcmp(accel, "tcg"))
-		opts.auto_accel = VMOPS_ACCEL_TCG;
+		opts->auto_accel = VMOPS_ACCEL_TCG;
 	else if (!strcmp(accel, "kvm"))
-		opts.auto_accel = VMOPS_ACCEL_KVM;
+		opts->auto_accel = VMOPS_ACCEL_KVM;
 	else
 		return vmops_err(e, VMOPS_EXIT_USAGE, "accel: use tcg, kvm or auto");
-	opts.run_dir = run_dir;
-	if (vmops_vm_mkdir_p(parent, e) < 0 || !(h = vmops_hv_launch(spec, &opts, e)))
-		return -1;
-	info = vmops_remote_info_to_json(vmops_hv_info(h));
-	vmops_hv_free(h);  /* the VMM runs on; this process leaves it to the host's init */
+	opts->run_dir = run_dir;
+	return vmops_vm_mkdir_p(parent, e);
+}
+
+/* The VMM runs on; this process leaves it to the host's init. */
+static int answer_vmm(struct vmops_hv *h, cJSON *ans, struct vmops_error *e)
+{
+	cJSON *info = vmops_remote_info_to_json(vmops_hv_info(h));
+
+	vmops_hv_free(h);
 	if (!info)
 		return vmops_err(e, VMOPS_EXIT_FAILURE, "out of memory");
 	cJSON_AddItemToObject(ans, "vmm", info);
 	return 0;
+}
+
+static int do_launch(const cJSON *req, cJSON *ans, struct vmops_error *e)
+{
+	_cleanup_spec_ struct vmops_spec *spec = NULL;
+	struct vmops_hv_launch_opts opts = { 0 };
+	struct vmops_hv *h;
+
+	if (launch_req(req, &opts, &spec, e) < 0 || !(h = vmops_hv_launch(spec, &opts, e)))
+		return -1;
+	return answer_vmm(h, ans, e);
+}
+
+static int range_of(const cJSON *req, const char *key, double lo, double hi, long long *out,
+		    struct vmops_error *e)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(req, key);
+
+	if (!cJSON_IsNumber(v) || v->valuedouble < lo || v->valuedouble > hi)
+		return vmops_err(e, VMOPS_EXIT_USAGE, "%s: missing or out of range", key);
+	*out = (long long)v->valuedouble;
+	return 0;
+}
+
+/* A receiver listening on ADDRESS at a port of the worker's range free on this host. */
+static int do_prepare_incoming(const cJSON *req, cJSON *ans, struct vmops_error *e)
+{
+	const char *address = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(req, "address"));
+	_cleanup_spec_ struct vmops_spec *spec = NULL;
+	struct vmops_hv_launch_opts opts = { 0 };
+	struct vmops_migrate_params mp;
+	long long lo = 0, hi = 0, salt = 0;
+	struct vmops_hv *h;
+	char uri[320];
+	int t;
+
+	if (!address || !vmops_transport_valid_destination(address))
+		return vmops_err(e, VMOPS_EXIT_USAGE, "address: missing or not an address");
+	if (range_of(req, "port_min", 1, 65535, &lo, e) < 0 || range_of(req, "port_max", 1, 65535, &hi, e) < 0 ||
+	    range_of(req, "salt", 0, 9007199254740991.0, &salt, e) < 0 || (t = timeout_of(req, e)) < 0 ||
+	    vmops_remote_mp_from_json(cJSON_GetObjectItemCaseSensitive(req, "mp"), &mp, e) < 0 ||
+	    launch_req(req, &opts, &spec, e) < 0)
+		return -1;
+	opts.incoming_paused = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "incoming_paused"));
+	snprintf(uri, sizeof(uri), strchr(address, ':') ? "tcp:[%s]:%d" : "tcp:%s:%d", address,
+		 vmops_vm_free_port(address, lo, hi, salt));
+	if (!(h = vmops_hv_prepare_incoming(spec, &opts, uri, &mp, t, e)))
+		return -1;
+	return answer_vmm(h, ans, e);
 }
 
 static int vmm_of(const cJSON *req, struct vmops_vmm_info *info, struct vmops_error *e)
@@ -191,12 +259,151 @@ static int do_destroy(const cJSON *req, cJSON *ans, struct vmops_error *e)
 	return 0;
 }
 
+/* Attach to the VMM of the request on this host. */
+static struct vmops_hv *attached(const cJSON *req, struct vmops_error *e)
+{
+	struct vmops_vmm_info info;
+
+	if (vmm_of(req, &info, e) < 0)
+		return NULL;
+	if (info.pid <= 0) {
+		vmops_err(e, VMOPS_EXIT_USAGE, "vmm: no pid");
+		return NULL;
+	}
+	return vmops_hv_attach(&info, 5000, e);
+}
+
+static int do_send(const cJSON *req, cJSON *ans, struct vmops_error *e)
+{
+	const char *uri = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(req, "uri"));
+	struct vmops_migrate_params mp;
+	struct vmops_hv *h;
+	int r;
+
+	(void)ans;
+	/* Only a tcp: address: exec: would run a shell command. */
+	if (!uri || strncmp(uri, "tcp:", 4) != 0 || strlen(uri) > 300)
+		return vmops_err(e, VMOPS_EXIT_USAGE, "uri: missing or not tcp:HOST:PORT");
+	if (vmops_remote_mp_from_json(cJSON_GetObjectItemCaseSensitive(req, "mp"), &mp, e) < 0 ||
+	    !(h = attached(req, e)))
+		return -1;
+	r = vmops_hv_send(h, uri, &mp, e);
+	vmops_hv_free(h);
+	return r;
+}
+
+static int do_progress(const cJSON *req, cJSON *ans, struct vmops_error *e)
+{
+	struct vmops_migrate_progress p;
+	struct vmops_hv *h = attached(req, e);
+	int r;
+
+	if (!h)
+		return -1;
+	r = vmops_hv_progress(h, &p, e);
+	vmops_hv_free(h);
+	if (r == 0)
+		cJSON_AddItemToObject(ans, "progress", vmops_remote_progress_to_json(&p));
+	return r;
+}
+
+static int do_status(const cJSON *req, cJSON *ans, struct vmops_error *e)
+{
+	struct vmops_vm_status st;
+	struct vmops_hv *h = attached(req, e);
+	int r;
+
+	if (!h)
+		return -1;
+	r = vmops_hv_status(h, &st, e);
+	vmops_hv_free(h);
+	if (r == 0) {
+		cJSON_AddStringToObject(ans, "status", st.status);
+		cJSON_AddBoolToObject(ans, "running", st.running);
+	}
+	return r;
+}
+
+static int do_multifd(const cJSON *req, cJSON *ans, struct vmops_error *e)
+{
+	struct vmops_hv *h = attached(req, e);
+	int r;
+
+	if (!h)
+		return -1;
+	r = vmops_hv_supports_multifd(h, e);
+	vmops_hv_free(h);
+	if (r >= 0)
+		cJSON_AddBoolToObject(ans, "supported", r == 1);
+	return r < 0 ? -1 : 0;
+}
+
+/* cancel, pause, resume: one call on the VMM. */
+static int on_vmm(const cJSON *req, int (*fn)(struct vmops_hv *, struct vmops_error *), struct vmops_error *e)
+{
+	struct vmops_hv *h = attached(req, e);
+	int r;
+
+	if (!h)
+		return -1;
+	r = fn(h, e);
+	vmops_hv_free(h);
+	return r;
+}
+
+static int do_cancel(const cJSON *req, cJSON *ans, struct vmops_error *e)
+{
+	(void)ans;
+	return on_vmm(req, vmops_hv_cancel, e);
+}
+
+static int do_pause(const cJSON *req, cJSON *ans, struct vmops_error *e)
+{
+	(void)ans;
+	return on_vmm(req, vmops_hv_pause, e);
+}
+
+static int do_resume(const cJSON *req, cJSON *ans, struct vmops_error *e)
+{
+	(void)ans;
+	return on_vmm(req, vmops_hv_resume, e);
+}
+
+/* By signal, as vm-migrate stops a VMM on its own host (lib/vm.h); or only its run directory. */
+static int do_stop(const cJSON *req, cJSON *ans, struct vmops_error *e)
+{
+	const char *run_dir = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(req, "run_dir"));
+	bool signal_it = !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(req, "stop"));
+	struct vmops_vmm_info info;
+	struct vmops_error re = { 0 };
+	int killed = 0, kept = 0;
+
+	if (vmm_of(req, &info, e) < 0)
+		return -1;
+	if (run_dir && *run_dir && run_dir[0] != '/')
+		return vmops_err(e, VMOPS_EXIT_USAGE, "run_dir: not an absolute path");
+	if (signal_it && vmops_vm_stop_process(&info, run_dir, &killed, e) < 0)
+		return -1;
+	if (!signal_it && info.pid > 0 &&
+	    vmops_proc_check(NULL, info.pid, info.start_time, NULL, &re) == VMOPS_PROC_ALIVE)
+		return vmops_err(e, VMOPS_EXIT_CONFLICT, "vmm %llu (pid %d) still runs: its run directory stays",
+				 (unsigned long long)info.vmm_id, (int)info.pid);
+	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "remove_run_dir")) && run_dir && *run_dir &&
+	    vmops_rundir_remove(run_dir, &kept, &re) < 0)
+		vmops_warn("%s", re.msg);
+	cJSON_AddNumberToObject(ans, "killed", killed);
+	return 0;
+}
+
 static const struct {
 	const char *name;
 	action_fn fn;
 } actions[] = {
 	{ "hello", do_hello },         { "launch", do_launch }, { "wait-ready", do_wait_ready },
 	{ "check", do_check },         { "destroy", do_destroy },
+	{ "prepare-incoming", do_prepare_incoming }, { "send", do_send }, { "progress", do_progress },
+	{ "status", do_status },       { "multifd", do_multifd }, { "cancel", do_cancel },
+	{ "pause", do_pause },         { "resume", do_resume }, { "stop", do_stop },
 };
 
 bool vmops_remote_action_valid(const char *action)

@@ -94,6 +94,40 @@ cJSON *vmops_transport_call(struct vmops_transport *t, const char *action, const
 struct vmops_hv *vmops_remote_hv_launch(struct vmops_transport *t, const struct vmops_spec *spec,
 					const struct vmops_hv_launch_opts *opts,
 					struct vmops_error *e);
+/*
+ * A migration receiver on the transport's host (see
+ * vmops_hv_prepare_incoming): it listens on `address` at a port of
+ * port_min..port_max free there (tried from port_min + salt on).  The
+ * resolved address is in vmops_hv_info(h)->incoming_uri.  Unreachable
+ * host: UNREACHABLE, nothing started; UNKNOWN: a receiver may run there.
+ */
+struct vmops_remote_listen {
+	const char *address;
+	long long port_min, port_max, salt;
+};
+struct vmops_hv *vmops_remote_hv_prepare_incoming(struct vmops_transport *t, const struct vmops_spec *spec,
+						  const struct vmops_hv_launch_opts *opts,
+						  const struct vmops_remote_listen *l,
+						  const struct vmops_migrate_params *mp, int timeout_ms,
+						  struct vmops_error *e);
+/*
+ * On the transport's host: with VMOPS_REMOTE_STOP_PROCESS, stop a VMM by
+ * signal (vmops_vm_stop_process there: pid and start time, or its marker
+ * in run_dir); with VMOPS_REMOTE_STOP_RUN_DIR, then remove run_dir (without
+ * the first flag: only once the recorded pid no longer runs).  *killed (may
+ * be NULL) is increased by the processes signalled.  Unreachable host:
+ * UNREACHABLE, nothing done.
+ */
+#define VMOPS_REMOTE_STOP_PROCESS 1u
+#define VMOPS_REMOTE_STOP_RUN_DIR 2u
+int vmops_remote_stop(struct vmops_transport *t, const struct vmops_vmm_info *info, const char *run_dir,
+		      unsigned flags, int *killed, struct vmops_error *e);
+/*
+ * Is the VMM's process alive on the transport's host (pid and start time,
+ * as that host's /proc says): VMOPS_PROC_ALIVE, _DEAD, _REUSED, _UNKNOWN;
+ * -1 if not asked (UNREACHABLE: the host does not answer; else UNKNOWN).
+ */
+int vmops_remote_check(struct vmops_transport *t, const struct vmops_vmm_info *info, struct vmops_error *e);
 /* A handle on a VMM recorded on the transport's host (nothing is sent). */
 struct vmops_hv *vmops_remote_hv_attach(struct vmops_transport *t,
 					const struct vmops_vmm_info *info, struct vmops_error *e);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "exitcodes.h"
+#include "migrate.h"
 #include "testlib.h"
 
 static char ci[512];
@@ -103,7 +104,8 @@ static void add_worker(const char *name, int i)
 	testrun_free(&r);
 }
 
-static const char *spec(const char *name)
+/* The test guest; `extra`: more kernel command-line words (tests/guest/build-guest.sh). */
+static const char *spec_with(const char *name, const char *extra)
 {
 	static char path[300];
 	FILE *f;
@@ -112,10 +114,15 @@ static const char *spec(const char *name)
 	f = fopen(path, "w");
 	cr_assert(f);
 	fprintf(f, "{\"hypervisor\":\"qemu\",\"memory_mb\":128,\"vcpus\":1,\"kernel\":\"%s\",\"initrd\":\"%s\","
-		   "\"cmdline\":\"console=ttyS0 no_timer_check vmops.dirty_mb=8\",\"accel\":\"tcg\"}\n",
-		getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"));
+		   "\"cmdline\":\"console=ttyS0 no_timer_check vmops.dirty_mb=8%s%s\",\"accel\":\"tcg\"}\n",
+		getenv("VMOPS_TEST_KERNEL"), getenv("VMOPS_TEST_INITRD"), extra ? " " : "", extra ? extra : "");
 	fclose(f);
 	return path;
+}
+
+static const char *spec(const char *name)
+{
+	return spec_with(name, NULL);
 }
 
 static char *counts(PGconn *c)
@@ -140,6 +147,16 @@ static int vms_on_host(int i)
 		 " tr \"\\\\0\" \" \" <$p/cmdline | grep -q \"vmops-vmm-.*%s\" &&"
 		 " ! grep -q \"^State:.Z\" $p/status && echo $p; done | wc -l", rundir);
 	return atoi(hostctl("run", i, cmd, NULL));
+}
+
+static void launch_spec(const char *sandbox, const char *worker, const char *spec_path, int want)
+{
+	struct testrun r;
+
+	TESTRUN(&r, "vm-fleet", "--db", ci, "launch", "--sandbox", sandbox, "--org", "acme", "--worker", worker,
+		"--spec", spec_path, "--wait", "60s");
+	cr_assert_eq(r.status, want, "launch %s: exit %d: %s", sandbox, r.status, r.err);
+	testrun_free(&r);
 }
 
 static void launch(PGconn *c, const char *sandbox, const char *worker, int want)
@@ -318,48 +335,296 @@ Test(hosts, destroy_on_an_unreachable_host_changes_nothing, .timeout = 240, .fin
 	PQfinish(c);
 }
 
-/* Live migration across hosts is not built yet: refused before anything is
- * claimed or started, in both directions, and never chosen as a target. */
-Test(hosts, migration_to_or_from_an_ssh_worker_is_refused, .timeout = 240, .fini = fini)
+/*
+ * --recover across hosts (pure, vm-migrate(1)'s table): a host that does
+ * not answer makes every attempt unknown, whatever else was seen; and a
+ * rollback, once recorded, never resumes a loaded receiver while the source
+ * lives (the source may already run the guest again).
+ */
+Test(hosts, recover_decides_unknown_for_an_unreachable_host_and_finishes_rollbacks)
+{
+	enum { A = VMOPS_RP_ALIVE, D = VMOPS_RP_DEAD };
+	enum { U = VMOPS_RR_UNKNOWN, R = VMOPS_RR_RUNNING, P = VMOPS_RR_PAUSED, S = VMOPS_RR_STOPPED };
+	static const struct {
+		const char *phase;
+		int src, src_run, completed, tgt, tgt_run, unreachable;
+		enum vmops_recover_action want;
+	} rows[] = {
+		{ "rollback", A, R, 1, A, U, 1, VMOPS_RA_UNKNOWN },
+		{ "finish", A, S, 1, A, R, 1, VMOPS_RA_UNKNOWN },
+		{ "transfer", A, R, 0, A, P, 1, VMOPS_RA_UNKNOWN },
+		{ "switchover", D, U, 0, A, P, 1, VMOPS_RA_UNKNOWN },
+		{ "rollback", A, R, 1, A, P, 0, VMOPS_RA_ROLLBACK },   /* the source was resumed */
+		{ "rollback", A, S, 1, A, P, 0, VMOPS_RA_ROLLBACK },   /* finish the rollback that was decided */
+		{ "rollback", D, U, 0, A, P, 0, VMOPS_RA_ACTIVATE },   /* source gone: the receiver holds the guest */
+		{ "transfer", A, S, 1, A, P, 0, VMOPS_RA_ACTIVATE },   /* unchanged without a rollback */
+	};
+
+	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct vmops_recover_facts f = {
+			.phase = rows[i].phase, .src = rows[i].src, .tgt = rows[i].tgt, .src_run = rows[i].src_run,
+			.tgt_run = rows[i].tgt_run, .src_completed = rows[i].completed, .unreachable = rows[i].unreachable,
+		};
+		const char *why = NULL;
+		enum vmops_recover_action act = vmops_migrate_recover_decide(&f, &why);
+
+		cr_assert_eq(act, rows[i].want, "row %zu: %s, want %s (%s)", i, vmops_migrate_recover_action_name(act),
+			     vmops_migrate_recover_action_name(rows[i].want), why);
+		cr_assert(why && *why);
+	}
+}
+
+/* ---- live migration across hosts ------------------------------------------------------ */
+
+/* A worker on this host whose migration address is this host's end of the test bridge. */
+static void add_local_worker(PGconn *c, const char *name)
+{
+	char sql[700], bridge[64], *dot;
+
+	snprintf(bridge, sizeof(bridge), "%s", addr(1));
+	dot = strrchr(bridge, '.');
+	cr_assert(dot);
+	snprintf(dot, sizeof(bridge) - (size_t)(dot - bridge), ".1");
+	snprintf(sql, sizeof(sql), "INSERT INTO workers (name, memory_mb, vcpus, run_dir, migration_address)"
+		 " VALUES ('%s', 1024, 2, '%s/%s', '%s')", name, rundir, name, bridge);
+	PQclear(testdb_exec(c, sql));
+}
+
+static void serial_of(PGconn *c, const char *sandbox, char *buf, size_t len)
+{
+	char sql[256];
+	PGresult *r;
+
+	snprintf(sql, sizeof(sql), "SELECT v.run_dir FROM sandboxes s JOIN vmms v ON v.id = s.active_vmm_id"
+		 " WHERE s.name = '%s'", sandbox);
+	r = testdb_exec(c, sql);
+	cr_assert_eq(PQntuples(r), 1);
+	snprintf(buf, len, "%s/serial.log", PQgetvalue(r, 0, 0));
+	PQclear(r);
+}
+
+/* Runs on `worker`, billed there once; the old VMM destroyed with its room freed and its run dir gone. */
+static void assert_moved(PGconn *c, const char *sandbox, const char *worker, long long old_vmm)
+{
+	char sql[600];
+
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
+		 " JOIN vmms v ON v.id = s.active_vmm_id WHERE s.name = '%s' AND w.name = '%s'"
+		 " AND s.status = 'running' AND v.state = 'running' AND v.worker_id = w.id"
+		 " AND s.target_vmm_id IS NULL", sandbox, worker);
+	cr_assert_eq(testdb_ll(c, sql), 1, "sandbox %s not running on %s", sandbox, worker);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
+		 " WHERE s.name = '%s' AND e.ended_at IS NULL AND e.vmm_id = s.active_vmm_id"
+		 " AND e.worker_id = s.worker_id", sandbox);
+	cr_assert_eq(testdb_ll(c, sql), 1, "sandbox %s: not exactly one open event, on the target", sandbox);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM scale_events WHERE ended_at IS NULL");
+	cr_assert_eq(testdb_ll(c, sql), 1);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM scale_events WHERE vmm_id = %lld AND ended_at IS NOT NULL", old_vmm);
+	cr_assert_eq(testdb_ll(c, sql), 1, "the source's event is closed");
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM vmms WHERE id = %lld AND state = 'destroyed'", old_vmm);
+	cr_assert_eq(testdb_ll(c, sql), 1);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM reservations WHERE vmm_id = %lld", old_vmm);
+	cr_assert_eq(testdb_ll(c, sql), 0, "the source's room is freed");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 1);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM migrations WHERE source_vmm_id = %lld AND state = 'completed'"
+		 " AND phase = 'done'", old_vmm);
+	cr_assert_eq(testdb_ll(c, sql), 1);
+}
+
+static long long active_vmm(PGconn *c)
+{
+	return testdb_ll(c, "SELECT active_vmm_id FROM sandboxes WHERE name = 'sb1'");
+}
+
+static void migrate_ok(const char *to, const char *connections)
+{
+	struct testrun r;
+
+	if (to)
+		TESTRUN(&r, "vm-migrate", "--db", ci, "--json", "sb1", "--to", to, "--connections", connections);
+	else
+		TESTRUN(&r, "vm-migrate", "--db", ci, "--json", "sb1", "--connections", connections);
+	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	testrun_free(&r);
+}
+
+/*
+ * ssh -> ssh (--to, two connections), then ssh -> this host and this host
+ * -> ssh chosen by capacity: the receiver starts on the target's host and
+ * listens on its address, the stream goes host to host, the guest's memory
+ * check passes on every target, and the ledger follows the sandbox.
+ */
+Test(hosts, live_migration_between_hosts_over_ssh, .timeout = 420, .fini = fini)
 {
 	PGconn *c;
-	struct testrun r;
-	char sql[512], *before;
+	char log[512], old_log[512];
+	struct testlib_guest g0, g;
+	long long v;
 
 	need_hosts();
 	testlib_need_qemu();
 	c = fleet();
 	add_worker("w1", 1);
 	add_worker("w2", 2);
-	snprintf(sql, sizeof(sql), "INSERT INTO workers (name, memory_mb, vcpus, run_dir) VALUES ('local1', 1024, 2, '%s/local1')",
-		 rundir);
-	PQclear(testdb_exec(c, sql));
 	launch(c, "sb1", "w1", 0);
+	serial_of(c, "sb1", log, sizeof(log));
+	testlib_wait_heartbeat(log, 2, 120, &g0);
+	cr_assert_eq(vms_on_host(1), 1);
+
+	/* h1 -> h2 */
+	v = active_vmm(c);
+	migrate_ok("w2", "2");
+	assert_moved(c, "sb1", "w2", v);
+	cr_assert_eq(testdb_ll(c, "SELECT connections_used FROM migrations ORDER BY id DESC LIMIT 1"), 2);
+	cr_assert_eq(vms_on_host(1), 0, "the source stopped on host 1");
+	cr_assert_eq(vms_on_host(2), 1, "the guest runs on host 2");
+	snprintf(old_log, sizeof(old_log), "%s", log);
+	cr_assert(access(old_log, F_OK) != 0, "the source's run directory was removed on host 1");
+	serial_of(c, "sb1", log, sizeof(log));
+	cr_assert(strstr(log, "/w2/"), "%s", log);
+	testlib_assert_guest_continues(log, g0.boot_sum, &g0.last, 120, &g);
+
+	/* h2 -> this host, chosen by capacity (w1 does not take any) */
+	add_local_worker(c, "local1");
+	PQclear(testdb_exec(c, "UPDATE workers SET state = 'draining' WHERE name = 'w1'"));
+	v = active_vmm(c);
+	migrate_ok(NULL, "1");
+	assert_moved(c, "sb1", "local1", v);
+	cr_assert_eq(vms_on_host(2), 0);
+	serial_of(c, "sb1", log, sizeof(log));
+	testlib_assert_guest_continues(log, g0.boot_sum, &g.last, 120, &g);
+
+	/* this host -> h1, chosen by capacity */
+	PQclear(testdb_exec(c, "UPDATE workers SET state = CASE name WHEN 'w1' THEN 'active' ELSE 'draining' END"
+			       " WHERE name IN ('w1', 'w2')"));
+	v = active_vmm(c);
+	migrate_ok(NULL, "1");
+	assert_moved(c, "sb1", "w1", v);
+	cr_assert_eq(testlib_count_vms_under(rundir) - vms_on_host(1), 0, "nothing left on this host");
+	cr_assert_eq(vms_on_host(1), 1);
+	serial_of(c, "sb1", log, sizeof(log));
+	testlib_assert_guest_continues(log, g0.boot_sum, &g.last, 120, NULL);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'completed'"), 3);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE state = 'destroyed'"), 3);
+	PQfinish(c);
+}
+
+static void wait_sql(PGconn *c, const char *sql, long long want, int timeout_s)
+{
+	long long got = -1;
+
+	for (int i = 0; i < timeout_s * 10; i++) {
+		got = testdb_ll(c, sql);
+		if (got == want)
+			return;
+		usleep(100000);
+	}
+	cr_assert_fail("%s: %lld, not %lld after %d s", sql, got, want, timeout_s);
+}
+
+static char *recover(int want, const char *err_has)
+{
+	static char out[4096];
+	struct testrun r;
+
+	TESTRUN(&r, "vm-migrate", "--db", ci, "--json", "--recover");
+	cr_assert_eq(r.status, want, "--recover: exit %d, not %d\n%s\n%s", r.status, want, r.out, r.err);
+	if (err_has)
+		cr_assert(strstr(r.err, err_has), "%s", r.err);
+	snprintf(out, sizeof(out), "%s", r.out);
+	testrun_free(&r);
+	return out;
+}
+
+/* A JSON report's integer member (lib/output writes "key":\tvalue). */
+static long long json_int(const char *out, const char *key)
+{
+	char k[64];
+	const char *p;
+
+	snprintf(k, sizeof(k), "\"%s\":", key);
+	p = strstr(out, k);
+	cr_assert(p, "no %s in %s", key, out);
+	return atoll(p + strlen(k) + strspn(p + strlen(k), " \t"));
+}
+
+/*
+ * The target's host stops answering (its sshd killed) while the guest is
+ * being sent: the stream still arrives there, but the target cannot be
+ * asked or resumed.  The guest goes on on the source, the attempt fails
+ * with exit 17 and leaves the receiver (unknown, not dead) to --recover,
+ * which refuses to act while the host is away and reclaims it once the
+ * host is back.
+ */
+Test(hosts, target_host_unreachable_mid_transfer, .timeout = 420, .fini = fini)
+{
+	PGconn *c;
+	struct testproc p;
+	struct testrun r;
+	char log[512], target_dir[512], *before, *out;
+	struct testlib_guest g0, g;
+	long long tv;
+
+	need_hosts();
+	testlib_need_qemu();
+	c = fleet();
+	add_worker("w1", 1);
+	add_worker("w2", 2);
+	/* A dirtier that pauses 10 s between passes: a 4 MiB/s transfer converges, slowly. */
+	launch_spec("sb1", "w1", spec_with("sb1", "vmops.dirty_pause_us=10000000"), 0);
+	serial_of(c, "sb1", log, sizeof(log));
+	testlib_wait_heartbeat(log, 2, 120, &g0);
+	TESTRUN_START(&p, "vm-migrate", "--db", ci, "sb1", "--to", "w2", "--max-bandwidth", "4M/s");
+	wait_sql(c, "SELECT count(*) FROM migrations m JOIN vmms v ON v.id = m.target_vmm_id"
+		    " WHERE m.phase = 'transfer' AND v.pid IS NOT NULL", 1, 120);
+	tv = testdb_ll(c, "SELECT target_vmm_id FROM migrations");
+	hostctl("stop-sshd", 2, NULL, NULL);
+	testrun_finish(&p, &r);
+	cr_assert_eq(r.status, VMOPS_EXIT_UNREACHABLE, "exit %d: %s", r.status, r.err);
+	cr_assert(strstr(r.err, "left to vm-migrate --recover"), "%s", r.err);
+	testrun_free(&r);
+
+	/* The guest goes on on the source; the receiver is left alone on its host. */
+	testlib_wait_heartbeat(log, g0.last.n + 3, 60, NULL);
+	testlib_assert_guest_continues(log, g0.boot_sum, &g0.last, 60, &g);
+	cr_assert_eq(vms_on_host(1), 1);
+	cr_assert_eq(vms_on_host(2), 1, "the receiver is unknown, never killed blind");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'migrating'"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE phase = 'rollback'"
+				  " AND state IN ('preparing', 'transferring', 'switching')"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL AND worker_id ="
+				  " (SELECT id FROM workers WHERE name = 'w1')"), 1, "billed once, on the source");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events"), 1);
+
+	/* While the host is away: nothing is done, exit 17. */
 	before = counts(c);
-	TESTRUN(&r, "vm-migrate", "--db", ci, "sb1", "--to", "w2", "--wait-target", "0s");
-	cr_assert_eq(r.status, VMOPS_EXIT_CONFLICT, "%d %s", r.status, r.err);
-	cr_assert(strstr(r.err, "over ssh"), "%s", r.err);
-	cr_assert_eq(testlib_lines(r.err), 1, "%s", r.err);
-	testrun_free(&r);
-	TESTRUN(&r, "vm-migrate", "--db", ci, "sb1", "--to", "local1", "--wait-target", "0s");
-	cr_assert_eq(r.status, VMOPS_EXIT_CONFLICT, "%d %s", r.status, r.err);
-	testrun_free(&r);
+	out = recover(VMOPS_EXIT_UNREACHABLE, NULL);
+	cr_assert_eq(json_int(out, "unknown"), 1, "%s", out);
+	cr_assert(strstr(out, "does not answer"), "%s", out);
 	cr_assert_str_eq(counts(c), before);
-	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations"), 0);
-	cr_assert_eq(vms_on_host(1), 1, "the VM runs on where it was");
-	/* A sandbox on a local worker: the ssh workers are no target. */
-	PQclear(testdb_exec(c, "UPDATE workers SET state = 'draining' WHERE name = 'local1'"));
-	snprintf(sql, sizeof(sql), "INSERT INTO workers (name, memory_mb, vcpus, run_dir) VALUES ('local2', 1024, 2, '%s/local2')",
-		 rundir);
-	PQclear(testdb_exec(c, sql));
-	launch(c, "sb2", "local2", 0);
-	TESTRUN(&r, "vm-migrate", "--db", ci, "sb2", "--to", "w1", "--wait-target", "0s");
-	cr_assert_eq(r.status, VMOPS_EXIT_CONFLICT, "%d %s", r.status, r.err);
-	testrun_free(&r);
-	TESTRUN(&r, "vm-migrate", "--db", ci, "sb2", "--wait-target", "0s");
-	cr_assert_eq(r.status, VMOPS_EXIT_NOCAPACITY, "%d %s", r.status, r.err);
-	testrun_free(&r);
-	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations"), 0);
+	cr_assert_eq(vms_on_host(2), 1);
+
+	/* Back: the receiver is reclaimed there, the sandbox stays on the source. */
+	hostctl("start-sshd", 2, NULL, NULL);
+	snprintf(target_dir, sizeof(target_dir), "%s/w2/vmm-%lld", rundir, tv);
+	cr_assert(access(target_dir, F_OK) == 0, "%s", target_dir);
+	out = recover(0, NULL);
+	cr_assert_eq(json_int(out, "failed"), 1, "%s", out);
+	cr_assert_eq(json_int(out, "receivers_killed"), 1, "%s", out);
+	cr_assert_eq(vms_on_host(2), 0, "the receiver is gone from host 2");
+	cr_assert(access(target_dir, F_OK) != 0, "its run directory was removed on host 2");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'failed' AND phase = 'done'"), 1);
+	{
+		char sql[200];
+		snprintf(sql, sizeof(sql), "SELECT count(*) FROM vmms WHERE id = %lld AND state = 'destroyed'", tv);
+		cr_assert_eq(testdb_ll(c, sql), 1);
+		snprintf(sql, sizeof(sql), "SELECT count(*) FROM reservations WHERE vmm_id = %lld", tv);
+		cr_assert_eq(testdb_ll(c, sql), 0, "the receiver's room is freed");
+	}
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
+				  " WHERE s.status = 'running' AND w.name = 'w1' AND s.target_vmm_id IS NULL"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 1);
+	testlib_assert_guest_continues(log, g0.boot_sum, &g.last, 60, NULL);
 	PQfinish(c);
 }
 

@@ -15,3 +15,15 @@ echo '{"vmm_id":7,"run_dir":"/tmp/elsewhere/vmm-8","spec":{"hypervisor":"qemu","
 	runs vm-fleet remote launch
 echo '{"vmm_id":7,"run_dir":"/tmp/x/vmm-7","spec":{"hypervisor":"qemu","memory_mb":64}}' |
 	runs vm-fleet remote launch
+# Live migration actions: only a tcp: address is sent (exec: would run a shell command).
+VMM='"vmm":{"kind":"qemu","vmm_id":7,"pid":1,"start_time":1,"run_dir":"/tmp/x/vmm-7","control_socket":"/tmp/x/vmm-7/qmp.sock","agent_socket":"","serial_log":"","stderr_log":"","incoming_uri":""}'
+MP='"mp":{"connections":2,"max_bandwidth":0,"downtime_limit_ms":0,"auto_converge":false}'
+echo "{$VMM,\"uri\":\"exec:rm -rf /\",$MP}" | runs vm-fleet remote send
+echo "{$VMM,\"uri\":\"tcp:198.18.0.1:49152\",\"mp\":{\"connections\":0}}" | runs vm-fleet remote send
+echo "{\"vmm_id\":7,\"run_dir\":\"/tmp/x/vmm-7\",\"address\":\"-oProxyCommand=x\",\"port_min\":49152,\"port_max\":49160,\"salt\":1,\"timeout_ms\":1000,$MP,\"spec\":{\"hypervisor\":\"qemu\",\"memory_mb\":64,\"vcpus\":1,\"kernel\":\"/k\"}}" |
+	runs vm-fleet remote prepare-incoming
+echo "{\"vmm_id\":7,\"run_dir\":\"/tmp/x/vmm-7\",\"address\":\"198.18.0.1\",\"port_min\":0,\"port_max\":49160,\"salt\":1,\"timeout_ms\":1000,$MP,\"spec\":{\"hypervisor\":\"qemu\",\"memory_mb\":64,\"vcpus\":1,\"kernel\":\"/k\"}}" |
+	runs vm-fleet remote prepare-incoming
+echo "{$VMM,\"run_dir\":\"relative\"}" | runs vm-fleet remote stop
+echo '{"vmm":{"kind":"qemu","vmm_id":7,"pid":0,"start_time":0,"run_dir":"","control_socket":"","agent_socket":"","serial_log":"","stderr_log":"","incoming_uri":""}}' |
+	runs vm-fleet remote status
