@@ -18,6 +18,7 @@
 #include "exitcodes.h"
 #include "hv/rest.h"
 #include "log.h"
+#include "logcap.h"
 #include "macro.h"
 #include "rundir.h"
 
@@ -60,6 +61,11 @@ void vmops_hv_rest_set_default_timeout(int timeout_ms)
 	default_timeout_ms = timeout_ms > 0 ? timeout_ms : VMOPS_HV_API_TIMEOUT_MS;
 }
 
+static struct rest_priv *priv_of(struct vmops_hv *h)
+{
+	return vmops_hv_priv(h);
+}
+
 struct rest_priv *rest_priv(struct vmops_hv *h, struct vmops_error *err)
 {
 	struct rest_priv *p = vmops_hv_priv(h);
@@ -85,8 +91,33 @@ void vmops_hv_rest_set_timeout(struct vmops_hv *h, int timeout_ms)
 		p->timeout_ms = timeout_ms;
 }
 
-int rest_prepare(struct vmops_hv *h, const struct vmops_hv_launch_opts *opts, bool incoming,
-		 struct vmops_error *err)
+/* The spec's disk paths, for a VMM that will get its VM from a snapshot. */
+static int keep_disks(struct vmops_hv *h, const struct vmops_spec *spec, struct vmops_error *err)
+{
+	struct rest_priv *p = priv_of(h);
+
+	p->for_restore = true;
+	if (!spec || !spec->n_disks)
+		return 0;
+	p->disks = calloc(spec->n_disks, sizeof(*p->disks));
+	if (!p->disks)
+		return rest_oom(h, err);
+	for (size_t i = 0; i < spec->n_disks; i++, p->n_disks++)
+		if (!(p->disks[i] = strdup(spec->disks[i].path)))
+			return rest_oom(h, err);
+	return 0;
+}
+
+int rest_need_restore(struct vmops_hv *h, const char *what, struct vmops_error *err)
+{
+	if (priv_of(h) && priv_of(h)->for_restore)
+		return 0;
+	return vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": %s: not launched to receive a snapshot",
+			 VMM_ARG(h), what);
+}
+
+int rest_prepare(struct vmops_hv *h, const struct vmops_hv_launch_opts *opts,
+		 const struct vmops_spec *spec, bool incoming, struct vmops_error *err)
 {
 	struct vmops_vmm_info *info = vmops_hv_info_mut(h);
 	char sock[64];
@@ -94,7 +125,7 @@ int rest_prepare(struct vmops_hv *h, const struct vmops_hv_launch_opts *opts, bo
 
 	info->vmm_id = opts->vmm_id;
 	info->incoming = incoming;
-	if (!rest_priv(h, err))
+	if (!rest_priv(h, err) || (incoming && keep_disks(h, spec, err) < 0))
 		return -1;
 	if (!opts->run_dir || opts->run_dir[0] != '/')
 		return vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": run dir must be an absolute path",
@@ -115,7 +146,8 @@ int rest_prepare(struct vmops_hv *h, const struct vmops_hv_launch_opts *opts, bo
 	snprintf(info->run_dir, sizeof(info->run_dir), "%s", opts->run_dir);
 	snprintf(info->control_socket, sizeof(info->control_socket), "%s%s", opts->run_dir, sock);
 	info->agent_socket[0] = '\0';
-	snprintf(info->serial_log, sizeof(info->serial_log), "%s/serial.log", opts->run_dir);
+	/* the guest's console goes to the VMM's stdout (see rest.h) */
+	snprintf(info->serial_log, sizeof(info->serial_log), "%s/vmm.log", opts->run_dir);
 	snprintf(info->stderr_log, sizeof(info->stderr_log), "%s/vmm.log", opts->run_dir);
 	unlinkat(dirfd, sock + 1, 0);   /* a stale socket of a previous VMM */
 	close(dirfd);
@@ -214,27 +246,44 @@ static int fork_exec(struct vmops_hv *h, const char *binary, char **argv, bool d
 	return 0;
 }
 
+/* vmm.log under the cap (logcap.h), as QEMU's logs are; a failure only warns. */
+static void cap_logs(struct vmops_hv *h, int dirfd)
+{
+	static const char *const logs[] = { "vmm.log", NULL };
+	struct vmops_error le = { 0 };
+
+	if (vmops_logcap_start(dirfd, vmops_hv_info(h)->pid, logs, vmops_logcap_max(), &le) < 0)
+		vmops_warn(VMM_FMT ": logs not capped: %s", VMM_ARG(h), le.msg);
+}
+
 int rest_spawn(struct vmops_hv *h, const char *name, char **argv, bool die_with_parent,
 	       struct vmops_error *err)
 {
 	const struct vmops_vmm_info *info = vmops_hv_info(h);
 	_cleanup_free_ char *binary = find_binary(name);
-	_cleanup_close_ int logfd = -1, nullfd = -1;
+	_cleanup_close_ int dirfd = -1, logfd = -1, nullfd = -1;
 	char eb[128];
 
 	if (!binary)
 		return vmops_err(err, VMOPS_EXIT_HYPERVISOR, VMM_FMT ": %s: not found or not executable",
 				 VMM_ARG(h), name);
 	argv[0] = binary;
-	logfd = open(info->stderr_log, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	dirfd = vmops_rundir_open(info->run_dir, err);
+	if (dirfd < 0)
+		return vmops_err_prefix(err, VMM_FMT, VMM_ARG(h));
+	/* appended to, so that logcap can empty it under the running VMM */
+	logfd = openat(dirfd, "vmm.log", O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_NOFOLLOW | O_CLOEXEC,
+		       0600);
 	nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (logfd < 0 || nullfd < 0)
 		return vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": %s: %s", VMM_ARG(h),
 				 info->stderr_log, errstr(errno, eb, sizeof(eb)));
+	(void)unlinkat(dirfd, "vmm.log.1", 0);   /* a previous VMM's */
 	if (fork_exec(h, binary, argv, die_with_parent, logfd, nullfd, err) < 0)
 		return -1;
 	vmops_debug(VMM_FMT ": started %s pid %d (start time %llu)", VMM_ARG(h), binary,
 		    (int)info->pid, info->start_time);
+	cap_logs(h, dirfd);
 	return 0;
 }
 
@@ -473,6 +522,9 @@ void rest_release(struct vmops_hv *h)
 		return;
 	rest_async_drop(&p->recv);
 	rest_async_drop(&p->send);
+	for (size_t i = 0; i < p->n_disks; i++)
+		free(p->disks[i]);
+	free(p->disks);
 	free(p);
 	vmops_hv_set_priv(h, NULL);
 }
