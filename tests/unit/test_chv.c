@@ -59,6 +59,16 @@ static struct vmops_spec *spec16(void)
 	return s;
 }
 
+static void add_disk(struct vmops_spec *s, const char *path)
+{
+	struct vmops_spec_disk *d = realloc(s->disks, (s->n_disks + 1) * sizeof(*d));
+
+	cr_assert(d);
+	s->disks = d;
+	memset(&d[s->n_disks], 0, sizeof(*d));
+	d[s->n_disks++].path = strdup(path);
+}
+
 static struct vmops_hv *launch(int id, struct vmops_error *err)
 {
 	struct vmops_spec *s = spec16();
@@ -165,6 +175,20 @@ Test(chv, error_carries_the_hypervisors_message)
 	fake_destroy(h);
 }
 
+/* The VMM's log (the guest's console, serial mode Tty) stays under VMOPS_LOG_MAX. */
+Test(chv, vmm_log_is_capped)
+{
+	struct vmops_hv *h;
+
+	setenv("VMOPS_LOG_MAX", "4K", 1);
+	setenv("VMOPS_FAKE_CONSOLE_BPS", "65536", 1);
+	h = launch_ok(6);
+	unsetenv("VMOPS_FAKE_CONSOLE_BPS");
+	unsetenv("VMOPS_LOG_MAX");
+	fake_assert_log_capped(h);
+	fake_destroy(h);
+}
+
 Test(chv, snapshot_and_restore)
 {
 	struct vmops_hv *h = launch_ok(4), *r;
@@ -186,6 +210,19 @@ Test(chv, snapshot_and_restore)
 	cr_expect(fake_file_size("snap", "state.json") > 0);
 	cr_expect_eq(fake_file_size("snap", "memory-ranges"), 16 << 20);
 	fake_destroy(h);
+
+	/* a spec whose disks are not the snapshot's: refused, nothing restored */
+	add_disk(s, "/nonexistent/disk.img");
+	r = vmops_hv_launch_for_restore(s, &o, &e);
+	fake_track(r);
+	cr_assert(r, "%s", e.msg);
+	cr_assert(vmops_hv_restore(r, fd, 5000, &e) < 0);
+	cr_expect_eq(e.code, VMOPS_EXIT_INTEGRITY, "%d: %s", e.code, e.msg);
+	cr_expect(strstr(e.msg, "config.json has 0 disks, the spec 1"), "%s", e.msg);
+	cr_expect_str_eq(fake_vm_status(r), "inmigrate");
+	fake_destroy(r);
+	vmops_spec_free(s);
+	s = spec16();
 
 	r = vmops_hv_launch_for_restore(s, &o, &e);
 	fake_track(r);
