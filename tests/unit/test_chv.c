@@ -516,6 +516,46 @@ Test(chv, faults_at_each_call)
 	unsetenv("VMOPS_FAKE_FAULT");
 }
 
+/* vm.restore fails: the code, and the receiver still without a VM.  "slow" restores. */
+Test(chv, faults_at_the_restore_call)
+{
+	struct vmops_hv *h = launch_ok(70);
+	struct vmops_snapshot_opts so = { .timeout_ms = 5000 };
+	struct vmops_error e = { 0 };
+	struct vmops_spec *s = spec16();
+	int fd = fake_open_dir("rsnap"), id = 71;
+
+	cr_assert(vmops_hv_pause(h, &e) == 0, "%s", e.msg);
+	cr_assert(vmops_hv_snapshot(h, fd, &so, &e) == 0, "%s", e.msg);
+	fake_destroy(h);
+	setenv("VMOPS_FAKE_SLOW_MS", "300", 1);
+	for (size_t m = 0; m < 4; m++) {
+		char f[96], rd[PATH_MAX];
+		struct vmops_hv_launch_opts o = fake_opts_for(id++, rd, sizeof(rd));
+		struct vmops_hv *r;
+		int rc;
+
+		snprintf(f, sizeof(f), "vm.restore:%s:1", modes[m]);
+		setenv("VMOPS_FAKE_FAULT", f, 1);
+		r = vmops_hv_launch_for_restore(s, &o, &e);
+		unsetenv("VMOPS_FAKE_FAULT");
+		cr_assert(r, "%s", e.msg);
+		fake_track(r);
+		rc = vmops_hv_restore(r, fd, 2000, &e);
+		if (!expected_code(modes[m])) {
+			cr_expect(rc == 0, "%s: %s", f, e.msg);
+			cr_expect_str_eq(fake_vm_status(r), "paused", "%s", f);
+		} else {
+			cr_expect(rc < 0, "%s: restored", f);
+			cr_expect_eq(e.code, expected_code(modes[m]), "%s: code %d: %s", f, e.code, e.msg);
+			cr_expect_str_eq(fake_vm_status(r), "inmigrate", "%s: not left as found", f);
+		}
+		fake_destroy(r);
+	}
+	vmops_spec_free(s);
+	close(fd);
+}
+
 /* --- vm-fleet and vm-migrate (database: run through tests/run-one.sh) ------------------ */
 
 Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
