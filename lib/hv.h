@@ -253,7 +253,10 @@ struct vmops_hv *vmops_hv_prepare_incoming(const struct vmops_spec *spec,
 					   int timeout_ms, struct vmops_error *err);
 /*
  * Launch a VMM that waits for a snapshot (QEMU: -incoming defer), for
- * vmops_hv_restore(); it runs the guest only after vmops_hv_resume().
+ * vmops_hv_restore(); it runs the guest only after vmops_hv_resume().  The
+ * restored VM uses `spec`'s disks (in order), not the paths the snapshot
+ * recorded: QEMU opens the spec's from its command line, Cloud Hypervisor's
+ * config.json is rewritten, Firecracker's drives are patched after the load.
  */
 struct vmops_hv *vmops_hv_launch_for_restore(const struct vmops_spec *spec,
 					     const struct vmops_hv_launch_opts *opts,

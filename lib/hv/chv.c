@@ -8,7 +8,9 @@
  *              or restore) is the bare VMM, with no VM yet
  *   destroy    vmm.shutdown, then the process is stopped (SIGTERM, KILL)
  *   snapshot   vm.snapshot to file://DIR (paused VM): config.json,
- *              state.json, memory-ranges; restore: vm.restore, paused
+ *              state.json, memory-ranges; restore: config.json's disks
+ *              pointed at the spec's (and its console at our log), then
+ *              vm.restore, paused
  *   migrate    vm.receive-migration on the target (blocks until the VM has
  *              arrived: run in a thread; ready when the event monitor says
  *              migration-receive-ready, or for v52, which says nothing

@@ -46,8 +46,8 @@ struct rest_priv {
 	bool sent;                /* CH: a send-migration was accepted */
 	unsigned connections;
 	uint64_t mem_bytes;
-	/* Launched for restore: the disks the restored VM must use (the spec's,
-	 * in order), instead of those its snapshot recorded. */
+	/* Launched bare (incoming: for a restore or a migration): the disks a
+	 * restored VM must use (the spec's, in order), not its snapshot's. */
 	bool for_restore;
 	size_t n_disks;
 	char **disks;
