@@ -253,7 +253,10 @@ struct vmops_hv *vmops_hv_prepare_incoming(const struct vmops_spec *spec,
 					   int timeout_ms, struct vmops_error *err);
 /*
  * Launch a VMM that waits for a snapshot (QEMU: -incoming defer), for
- * vmops_hv_restore(); it runs the guest only after vmops_hv_resume().
+ * vmops_hv_restore(); it runs the guest only after vmops_hv_resume().  The
+ * restored VM uses `spec`'s disks (in order), not the paths the snapshot
+ * recorded: QEMU opens the spec's from its command line, Cloud Hypervisor's
+ * config.json is rewritten, Firecracker's drives are patched after the load.
  */
 struct vmops_hv *vmops_hv_launch_for_restore(const struct vmops_spec *spec,
 					     const struct vmops_hv_launch_opts *opts,
@@ -314,6 +317,19 @@ struct vmops_hv *vmops_hv_new_driven(const struct vmops_hv_driver *drv, const ch
 void *vmops_hv_priv(const struct vmops_hv *h);
 void vmops_hv_set_priv(struct vmops_hv *h, void *priv);
 
+/* `name` resolved on PATH (or checked, if it has a '/'): malloc'd, NULL if not executable. */
+char *vmops_hv_find_binary(const char *name);
+/*
+ * Start the VMM: fork, exec binary with argv (no shell), stdin from nullfd,
+ * stdout and stderr to logfd, in its own session, no other fd of ours; an
+ * exec that fails is reported (HYPERVISOR, its errno) after the child is
+ * reaped.  The child is then adopted (vmops_hv_adopt_child): pid, start
+ * time and is_child in the handle.
+ */
+int vmops_hv_spawn(struct vmops_hv *h, const char *binary, char *const *argv, bool die_with_parent,
+		   int logfd, int nullfd, struct vmops_error *err);
+/* Last non-empty line of the VMM's stderr_log ("" if none), for error messages. */
+void vmops_hv_log_tail(const struct vmops_hv *h, char *out, size_t size);
 /*
  * After fork: record the child's start time (/proc/PID/stat field 22) in the
  * handle.  If it cannot be read the child is killed (through a pidfd; an

@@ -262,71 +262,11 @@ static int build_argv(struct vmops_hv *h, const struct vmops_spec *spec,
 	return 0;
 }
 
-/* Resolve the binary before fork: nothing to look up in the child. */
-static char *find_binary(const char *name)
-{
-	_cleanup_free_ char *path = NULL;
-	const char *env = getenv("PATH");
-	char *dir, *save = NULL;
-
-	if (strchr(name, '/'))
-		return access(name, X_OK) == 0 ? strdup(name) : NULL;
-	path = strdup(env && *env ? env : "/usr/local/bin:/usr/bin:/bin");
-	if (!path)
-		return NULL;
-	for (dir = strtok_r(path, ":", &save); dir; dir = strtok_r(NULL, ":", &save)) {
-		char *full;
-
-		if (asprintf(&full, "%s/%s", *dir ? dir : ".", name) < 0)
-			return NULL;
-		if (access(full, X_OK) == 0)
-			return full;
-		free(full);
-	}
-	return NULL;
-}
-
-/* Last non-empty line of the VMM's stderr log, for error messages. */
-static void stderr_tail(struct vmops_hv *h, char *out, size_t size)
-{
-	const char *path = vmops_hv_info(h)->stderr_log;
-	char buf[1024];
-	ssize_t n;
-	off_t sz;
-	int fd;
-	char *end, *start;
-
-	out[0] = '\0';
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return;
-	sz = lseek(fd, 0, SEEK_END);
-	if (sz > (off_t)sizeof(buf) - 1)
-		lseek(fd, sz - (off_t)sizeof(buf) + 1, SEEK_SET);
-	else
-		lseek(fd, 0, SEEK_SET);
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return;
-	buf[n] = '\0';
-	end = buf + n;
-	while (end > buf && (end[-1] == '\n' || end[-1] == '\r' || end[-1] == ' '))
-		*--end = '\0';
-	start = strrchr(buf, '\n');
-	start = start ? start + 1 : buf;
-	n = (ssize_t)strlen(start);
-	if ((size_t)n >= size)
-		n = (ssize_t)size - 1;
-	memcpy(out, start, (size_t)n);
-	out[n] = '\0';
-}
-
 static int exited_error(struct vmops_hv *h, struct vmops_error *err)
 {
 	char tail[512];
 
-	stderr_tail(h, tail, sizeof(tail));
+	vmops_hv_log_tail(h, tail, sizeof(tail));
 	return vmops_err(err, VMOPS_EXIT_HYPERVISOR, VMM_FMT ": pid %d exited%s%s", VMM_ARG(h),
 			 (int)vmops_hv_info(h)->pid, tail[0] ? ": " : "", tail);
 }
@@ -340,11 +280,7 @@ static int qemu_launch(struct vmops_hv *h, const struct vmops_spec *spec,
 	struct strv argv = { 0 };
 	_cleanup_free_ char *binary = NULL;
 	_cleanup_close_ int logfd = -1, nullfd = -1, dirfd = -1;
-	int pipefd[2] = { -1, -1 };
 	char eb[128];
-	int child_errno = 0;
-	ssize_t n;
-	pid_t pid;
 	int r = -1;
 
 	info->vmm_id = opts->vmm_id;
@@ -375,7 +311,7 @@ static int qemu_launch(struct vmops_hv *h, const struct vmops_spec *spec,
 	snprintf(info->serial_log, sizeof(info->serial_log), "%s/serial.log", opts->run_dir);
 	snprintf(info->stderr_log, sizeof(info->stderr_log), "%s/qemu.log", opts->run_dir);
 
-	binary = find_binary(opts->binary ? opts->binary : QEMU_DEFAULT_BINARY);
+	binary = vmops_hv_find_binary(opts->binary ? opts->binary : QEMU_DEFAULT_BINARY);
 	if (!binary)
 		return vmops_err(err, VMOPS_EXIT_HYPERVISOR, VMM_FMT ": %s: not found or not executable",
 				 VMM_ARG(h), opts->binary ? opts->binary : QEMU_DEFAULT_BINARY);
@@ -394,8 +330,8 @@ static int qemu_launch(struct vmops_hv *h, const struct vmops_spec *spec,
 		goto out;
 	}
 	nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	if (nullfd < 0 || pipe2(pipefd, O_CLOEXEC) < 0) {
-		vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": %s", VMM_ARG(h),
+	if (nullfd < 0) {
+		vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": /dev/null: %s", VMM_ARG(h),
 			  errstr(errno, eb, sizeof(eb)));
 		goto out;
 	}
@@ -409,84 +345,19 @@ static int qemu_launch(struct vmops_hv *h, const struct vmops_spec *spec,
 		}
 		vmops_debug(VMM_FMT ": exec %s", VMM_ARG(h), line);
 	}
-
-	pid = fork();
-	if (pid < 0) {
-		vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": fork: %s", VMM_ARG(h),
-			  errstr(errno, eb, sizeof(eb)));
+	if (vmops_hv_spawn(h, binary, argv.v, opts->die_with_parent, logfd, nullfd, err) < 0)
 		goto out;
-	}
-	if (pid == 0) {
-		/* Child: only async-signal-safe calls from here on. */
-		sigset_t all;
-		int e;
-
-		if (opts->die_with_parent)
-			prctl(PR_SET_PDEATHSIG, SIGKILL);
-		setsid();
-		sigemptyset(&all);
-		sigprocmask(SIG_SETMASK, &all, NULL);
-		signal(SIGPIPE, SIG_DFL);
-		signal(SIGINT, SIG_DFL);
-		signal(SIGTERM, SIG_DFL);
-		signal(SIGHUP, SIG_DFL);
-		if (dup2(nullfd, STDIN_FILENO) < 0 || dup2(logfd, STDOUT_FILENO) < 0 ||
-		    dup2(logfd, STDERR_FILENO) < 0)
-			goto child_fail;
-		/* Nothing else of ours leaks into the VMM. */
-		if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
-			int fd;
-
-			for (fd = 3; fd < 4096; fd++)
-				if (fd != pipefd[1])
-					fcntl(fd, F_SETFD, FD_CLOEXEC);
-		}
-		execv(binary, argv.v);
-child_fail:
-		e = errno;
-		if (write(pipefd[1], &e, sizeof(e)) < 0) {
-			/* nothing to do */
-		}
-		_exit(127);
-	}
-
-	close(pipefd[1]);
-	pipefd[1] = -1;
-	do
-		n = read(pipefd[0], &child_errno, sizeof(child_errno));
-	while (n < 0 && errno == EINTR);
-	info->pid = pid;
-	info->is_child = true;
-	if (n == (ssize_t)sizeof(child_errno)) {
-		int status;
-
-		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-			;
-		info->pid = 0;
-		vmops_err(err, VMOPS_EXIT_HYPERVISOR, VMM_FMT ": exec %s: %s", VMM_ARG(h), binary,
-			  errstr(child_errno, eb, sizeof(eb)));
-		goto out;
-	}
-	/* Its start time, or it is stopped: signalling it later needs it. */
-	if (vmops_hv_adopt_child(h, pid, err) < 0) {
-		info->pid = 0;
-		goto out;
-	}
-	vmops_debug(VMM_FMT ": started pid %d (start time %llu)%s", VMM_ARG(h), (int)pid,
+	vmops_debug(VMM_FMT ": started pid %d (start time %llu)%s", VMM_ARG(h), (int)info->pid,
 		    info->start_time, incoming ? " as migration receiver" : "");
 	{
 		static const char *const logs[] = { "serial.log", "qemu.log", NULL };
 		struct vmops_error le = { 0 };
 
-		if (vmops_logcap_start(dirfd, pid, logs, vmops_logcap_max(), &le) < 0)
+		if (vmops_logcap_start(dirfd, info->pid, logs, vmops_logcap_max(), &le) < 0)
 			vmops_warn(VMM_FMT ": logs not capped: %s", VMM_ARG(h), le.msg);
 	}
 	r = 0;
 out:
-	if (pipefd[0] >= 0)
-		close(pipefd[0]);
-	if (pipefd[1] >= 0)
-		close(pipefd[1]);
 	strv_free(&argv);
 	return r;
 }

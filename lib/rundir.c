@@ -15,8 +15,8 @@
 
 /* What a VMM leaves in its run directory (all drivers). */
 static const char *const vmm_files[] = {
-	"qmp.sock", "qga.sock", "serial.log", "serial.log.1", "qemu.log", "api.sock",
-	"vmm.log", "vsock.sock", "events.json", NULL,
+	"qmp.sock", "qga.sock", "serial.log", "serial.log.1", "qemu.log", "qemu.log.1", "api.sock",
+	"vmm.log", "vmm.log.1", "vsock.sock", "events.json", NULL,
 };
 
 static int refuse(struct vmops_error *e, const char *path, size_t upto, const char *why)

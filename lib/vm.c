@@ -374,9 +374,13 @@ int vmops_vm_load_info(PGconn *c, long long vmm_id, struct vmops_vmm_info *info,
 	COPY(agent_socket, "agent_socket");
 	COPY(run_dir, "run_dir");
 #undef COPY
-	if (info->run_dir[0]) {
+	if (info->run_dir[0] && !strcmp(info->kind, "qemu")) {
 		snprintf(info->serial_log, sizeof(info->serial_log), "%.4000s/serial.log", info->run_dir);
 		snprintf(info->stderr_log, sizeof(info->stderr_log), "%.4000s/qemu.log", info->run_dir);
+	} else if (info->run_dir[0]) {
+		/* Cloud Hypervisor, Firecracker: console and VMM output in one log (lib/hv/rest.h) */
+		snprintf(info->serial_log, sizeof(info->serial_log), "%.4000s/vmm.log", info->run_dir);
+		snprintf(info->stderr_log, sizeof(info->stderr_log), "%.4000s/vmm.log", info->run_dir);
 	}
 	return 0;
 }

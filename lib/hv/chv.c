@@ -8,7 +8,9 @@
  *              or restore) is the bare VMM, with no VM yet
  *   destroy    vmm.shutdown, then the process is stopped (SIGTERM, KILL)
  *   snapshot   vm.snapshot to file://DIR (paused VM): config.json,
- *              state.json, memory-ranges; restore: vm.restore, paused
+ *              state.json, memory-ranges; restore: config.json's disks
+ *              pointed at the spec's (and its console at our log), then
+ *              vm.restore, paused
  *   migrate    vm.receive-migration on the target (blocks until the VM has
  *              arrived: run in a thread; ready when the event monitor says
  *              migration-receive-ready, or for v52, which says nothing
@@ -119,9 +121,10 @@ static cJSON *vm_config(struct vmops_hv *h, const struct vmops_spec *s)
 		ok = (o = cJSON_AddObjectToObject(c, "balloon")) &&
 		     cJSON_AddNumberToObject(o, "size", 0) &&
 		     cJSON_AddBoolToObject(o, "deflate_on_oom", true);
+	/* the console to stdout, our vmm.log: appended to, so it can be capped
+	 * (mode File truncates and writes at its own offset) */
 	ok = ok && (o = cJSON_AddObjectToObject(c, "serial")) &&
-	     cJSON_AddStringToObject(o, "mode", "File") &&
-	     cJSON_AddStringToObject(o, "file", vmops_hv_info(h)->serial_log);
+	     cJSON_AddStringToObject(o, "mode", "Tty");
 	ok = ok && (o = cJSON_AddObjectToObject(c, "console")) &&
 	     cJSON_AddStringToObject(o, "mode", "Off");
 	if (!ok) {
@@ -155,7 +158,7 @@ static int chv_launch(struct vmops_hv *h, const struct vmops_spec *spec,
 	char *argv[] = { NULL, "--api-socket", sockarg, "--event-monitor", evarg, NULL };
 	struct vmops_error e2;
 
-	if (rest_prepare(h, opts, incoming, err) < 0)
+	if (rest_prepare(h, opts, spec, incoming, err) < 0)
 		return -1;
 	info = vmops_hv_info(h);
 	snprintf(priv(h)->events, sizeof(priv(h)->events), "%s/events.json", info->run_dir);
@@ -321,8 +324,126 @@ static int chv_snapshot(struct vmops_hv *h, int dirfd, const struct vmops_snapsh
 			err);
 }
 
+/* config.json of the snapshot in dirfd, parsed (a regular file, at most 1 MiB). */
+static cJSON *read_config(struct vmops_hv *h, int dirfd, struct vmops_error *err)
+{
+	_cleanup_close_ int fd = openat(dirfd, "config.json", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	_cleanup_free_ char *text = NULL;
+	size_t len = 0;
+	struct stat st;
+	cJSON *cfg;
+
+	if (fd < 0 || fstat(fd, &st) < 0)
+		return vmops_err(err, VMOPS_EXIT_INTEGRITY, VMM_FMT ": restore: config.json: %s",
+				 VMM_ARG(h), strerror(errno)), NULL;
+	if (!S_ISREG(st.st_mode) || st.st_size > (1 << 20) || !(text = malloc((size_t)st.st_size + 1)))
+		return vmops_err(err, VMOPS_EXIT_INTEGRITY,
+				 VMM_FMT ": restore: config.json: not a regular file of at most 1 MiB",
+				 VMM_ARG(h)), NULL;
+	while (len < (size_t)st.st_size) {
+		ssize_t n = read(fd, text + len, (size_t)st.st_size - len);
+
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	text[len] = '\0';
+	cfg = cJSON_Parse(text);
+	if (!cJSON_IsObject(cfg)) {
+		cJSON_Delete(cfg);
+		return vmops_err(err, VMOPS_EXIT_INTEGRITY, VMM_FMT ": restore: config.json: not a JSON object",
+				 VMM_ARG(h)), NULL;
+	}
+	return cfg;
+}
+
+/* Replace config.json in dirfd with cfg (written aside, then renamed over it). */
+static int write_config(struct vmops_hv *h, int dirfd, const cJSON *cfg, struct vmops_error *err)
+{
+	_cleanup_free_ char *text = cJSON_PrintUnformatted(cfg);
+	int fd, e = 0;
+	size_t len, off = 0;
+
+	if (!text)
+		return rest_oom(h, err);
+	len = strlen(text);
+	fd = openat(dirfd, "config.json.new", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		e = errno;
+	while (!e && off < len) {
+		ssize_t n = write(fd, text + off, len - off);
+
+		if (n < 0)
+			e = errno;
+		else
+			off += (size_t)n;
+	}
+	if (fd >= 0 && close(fd) < 0 && !e)
+		e = errno;
+	if (!e && renameat(dirfd, "config.json.new", dirfd, "config.json") < 0)
+		e = errno;
+	if (e) {
+		unlinkat(dirfd, "config.json.new", 0);
+		return vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": restore: writing config.json: %s",
+				 VMM_ARG(h), strerror(e));
+	}
+	return 0;
+}
+
+/* The disks (spec's paths, in order) and the console (Tty) in cfg. */
+static int repoint(struct vmops_hv *h, cJSON *cfg, struct vmops_error *err)
+{
+	const struct rest_priv *p = priv(h);
+	cJSON *disks = cJSON_GetObjectItemCaseSensitive(cfg, "disks"), *d, *serial;
+	size_t i = 0;
+
+	if ((disks && !cJSON_IsArray(disks)) || (size_t)cJSON_GetArraySize(disks) != p->n_disks)
+		return vmops_err(err, VMOPS_EXIT_INTEGRITY,
+				 VMM_FMT ": restore: config.json has %d disks, the spec %zu",
+				 VMM_ARG(h), cJSON_GetArraySize(disks), p->n_disks);
+	cJSON_ArrayForEach(d, disks) {
+		cJSON *path = cJSON_GetObjectItemCaseSensitive(d, "path");
+
+		if (!cJSON_IsString(path))
+			return vmops_err(err, VMOPS_EXIT_INTEGRITY,
+					 VMM_FMT ": restore: config.json: disk %zu has no path", VMM_ARG(h), i);
+		if (!cJSON_SetValuestring(path, p->disks[i++]))
+			return rest_oom(h, err);
+	}
+	serial = cJSON_GetObjectItemCaseSensitive(cfg, "serial");
+	if (!cJSON_IsObject(serial)) {
+		cJSON_DeleteItemFromObjectCaseSensitive(cfg, "serial");
+		serial = cJSON_AddObjectToObject(cfg, "serial");
+	}
+	cJSON_DeleteItemFromObjectCaseSensitive(serial, "mode");
+	cJSON_DeleteItemFromObjectCaseSensitive(serial, "file");
+	return serial && cJSON_AddStringToObject(serial, "mode", "Tty") ? 0 : rest_oom(h, err);
+}
+
+/*
+ * Point the snapshot's config.json at this VM's disks and its console at
+ * our log: vm.restore has no override (v53 and main: source_url, prefault,
+ * memory_restore_mode, resume; main adds zone_updates), and Cloud
+ * Hypervisor opens the disks and the serial file that config.json names
+ * (state.json carries only their device state), so left alone the restored
+ * VM would write to the disks of the VM that was snapshotted.
+ */
+static int repoint_config(struct vmops_hv *h, int dirfd, struct vmops_error *err)
+{
+	cJSON *cfg = read_config(h, dirfd, err);
+	int r;
+
+	if (!cfg)
+		return -1;
+	r = repoint(h, cfg, err) < 0 ? -1 : write_config(h, dirfd, cfg, err);
+	cJSON_Delete(cfg);
+	return r;
+}
+
 static int chv_restore(struct vmops_hv *h, int dirfd, int timeout_ms, struct vmops_error *err)
 {
+	if (rest_need_restore(h, "restore", err) < 0 || repoint_config(h, dirfd, err) < 0)
+		return -1;
 	return url_call(h, "vm.restore", "source_url", dirfd, true, timeout_ms, err);
 }
 

@@ -8,7 +8,8 @@
  *   snapshot         PUT /snapshot/create into our directory: vmstate and
  *                    memory (Full; Diff through vmops_hv_fc_snapshot())
  *   restore          a fresh process (launched for restore), PUT
- *                    /snapshot/load with mem_backend File, left paused
+ *                    /snapshot/load with mem_backend File, left paused,
+ *                    then PATCH /drives/{id} to the spec's disks
  *   balloon          PATCH /balloon, GET /balloon/statistics
  *   hinting          PATCH /balloon/hinting/start, GET .../status,
  *                    PATCH .../stop: PATCH, as the API parser requires
@@ -148,7 +149,7 @@ static int fc_launch(struct vmops_hv *h, const struct vmops_spec *spec,
 	char *argv[] = { NULL, "--api-sock", sock, "--id", id, NULL };
 	struct vmops_error e2;
 
-	if (rest_prepare(h, opts, incoming, err) < 0)
+	if (rest_prepare(h, opts, spec, incoming, err) < 0)
 		return -1;
 	snprintf(sock, sizeof(sock), "%s", vmops_hv_info(h)->control_socket);
 	snprintf(id, sizeof(id), "vmops-vmm-%" PRIu64, opts->vmm_id);
@@ -445,13 +446,43 @@ static int fc_snapshot(struct vmops_hv *h, int dirfd, const struct vmops_snapsho
 	return vmops_hv_fc_snapshot(h, dirfd, o && o->diff, o ? o->timeout_ms : 0, err);
 }
 
+/*
+ * After the load, before the resume: each drive to this VM's disk (the
+ * spec's, in order, drive ids disk<i> as launched).  The state file names
+ * the disks of the VM that was snapshotted, and the load API has no drive
+ * override (v1.16.1 and main: network_overrides and vsock_override only);
+ * PATCH /drives/{id} (post-boot, which a loaded VM is) swaps the backing
+ * file while the vCPUs have not run.  The load itself opens the recorded
+ * paths, so they must still exist then (see vmops(7)).
+ */
+static int repoint_drives(struct vmops_hv *h, struct vmops_error *err)
+{
+	const struct rest_priv *p = priv(h);
+
+	for (size_t i = 0; i < p->n_disks; i++) {
+		char id[32], path[64];
+		cJSON *b = cJSON_CreateObject();
+
+		snprintf(id, sizeof(id), "disk%zu", i);
+		snprintf(path, sizeof(path), "/drives/%s", id);
+		if (b && (!cJSON_AddStringToObject(b, "drive_id", id) ||
+			  !cJSON_AddStringToObject(b, "path_on_host", p->disks[i]))) {
+			cJSON_Delete(b);
+			b = NULL;
+		}
+		if (call_body(h, "PATCH", path, b, err) < 0)
+			return -1;
+	}
+	return 0;
+}
+
 static int fc_restore(struct vmops_hv *h, int dirfd, int timeout_ms, struct vmops_error *err)
 {
 	char dir[PATH_MAX], state[PATH_MAX + 16], mem[PATH_MAX + 16];
 	cJSON *b, *be;
 	int r;
 
-	if (rest_dir_path(h, dirfd, dir, sizeof(dir), err) < 0)
+	if (rest_need_restore(h, "restore", err) < 0 || rest_dir_path(h, dirfd, dir, sizeof(dir), err) < 0)
 		return -1;
 	snprintf(state, sizeof(state), "%s/" FC_STATE_FILE, dir);
 	snprintf(mem, sizeof(mem), "%s/" FC_MEMORY_FILE, dir);
@@ -467,7 +498,7 @@ static int fc_restore(struct vmops_hv *h, int dirfd, int timeout_ms, struct vmop
 	r = rest_call_t(h, "PUT", "/snapshot/load", b, timeout_ms > 0 ? timeout_ms : priv(h)->timeout_ms,
 			NULL, "PUT /snapshot/load", err);
 	cJSON_Delete(b);
-	return r < 0 ? -1 : 0;
+	return r < 0 || repoint_drives(h, err) < 0 ? -1 : 0;
 }
 
 const struct vmops_hv_driver vmops_hv_firecracker_driver = {

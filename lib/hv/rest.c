@@ -18,6 +18,7 @@
 #include "exitcodes.h"
 #include "hv/rest.h"
 #include "log.h"
+#include "logcap.h"
 #include "macro.h"
 #include "rundir.h"
 
@@ -60,6 +61,11 @@ void vmops_hv_rest_set_default_timeout(int timeout_ms)
 	default_timeout_ms = timeout_ms > 0 ? timeout_ms : VMOPS_HV_API_TIMEOUT_MS;
 }
 
+static struct rest_priv *priv_of(struct vmops_hv *h)
+{
+	return vmops_hv_priv(h);
+}
+
 struct rest_priv *rest_priv(struct vmops_hv *h, struct vmops_error *err)
 {
 	struct rest_priv *p = vmops_hv_priv(h);
@@ -85,8 +91,33 @@ void vmops_hv_rest_set_timeout(struct vmops_hv *h, int timeout_ms)
 		p->timeout_ms = timeout_ms;
 }
 
-int rest_prepare(struct vmops_hv *h, const struct vmops_hv_launch_opts *opts, bool incoming,
-		 struct vmops_error *err)
+/* The spec's disk paths, for a VMM that will get its VM from a snapshot. */
+static int keep_disks(struct vmops_hv *h, const struct vmops_spec *spec, struct vmops_error *err)
+{
+	struct rest_priv *p = priv_of(h);
+
+	p->for_restore = true;
+	if (!spec || !spec->n_disks)
+		return 0;
+	p->disks = calloc(spec->n_disks, sizeof(*p->disks));
+	if (!p->disks)
+		return rest_oom(h, err);
+	for (size_t i = 0; i < spec->n_disks; i++, p->n_disks++)
+		if (!(p->disks[i] = strdup(spec->disks[i].path)))
+			return rest_oom(h, err);
+	return 0;
+}
+
+int rest_need_restore(struct vmops_hv *h, const char *what, struct vmops_error *err)
+{
+	if (priv_of(h) && priv_of(h)->for_restore)
+		return 0;
+	return vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": %s: not launched to receive a snapshot",
+			 VMM_ARG(h), what);
+}
+
+int rest_prepare(struct vmops_hv *h, const struct vmops_hv_launch_opts *opts,
+		 const struct vmops_spec *spec, bool incoming, struct vmops_error *err)
 {
 	struct vmops_vmm_info *info = vmops_hv_info_mut(h);
 	char sock[64];
@@ -94,7 +125,7 @@ int rest_prepare(struct vmops_hv *h, const struct vmops_hv_launch_opts *opts, bo
 
 	info->vmm_id = opts->vmm_id;
 	info->incoming = incoming;
-	if (!rest_priv(h, err))
+	if (!rest_priv(h, err) || (incoming && keep_disks(h, spec, err) < 0))
 		return -1;
 	if (!opts->run_dir || opts->run_dir[0] != '/')
 		return vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": run dir must be an absolute path",
@@ -115,160 +146,60 @@ int rest_prepare(struct vmops_hv *h, const struct vmops_hv_launch_opts *opts, bo
 	snprintf(info->run_dir, sizeof(info->run_dir), "%s", opts->run_dir);
 	snprintf(info->control_socket, sizeof(info->control_socket), "%s%s", opts->run_dir, sock);
 	info->agent_socket[0] = '\0';
-	snprintf(info->serial_log, sizeof(info->serial_log), "%s/serial.log", opts->run_dir);
+	/* the guest's console goes to the VMM's stdout (see rest.h) */
+	snprintf(info->serial_log, sizeof(info->serial_log), "%s/vmm.log", opts->run_dir);
 	snprintf(info->stderr_log, sizeof(info->stderr_log), "%s/vmm.log", opts->run_dir);
 	unlinkat(dirfd, sock + 1, 0);   /* a stale socket of a previous VMM */
 	close(dirfd);
 	return 0;
 }
 
-/* Resolve before fork: nothing to look up in the child. */
-static char *find_binary(const char *name)
+/* vmm.log under the cap (logcap.h), as QEMU's logs are; a failure only warns. */
+static void cap_logs(struct vmops_hv *h, int dirfd)
 {
-	_cleanup_free_ char *path = NULL;
-	const char *env = getenv("PATH");
-	char *dir, *save = NULL;
+	static const char *const logs[] = { "vmm.log", NULL };
+	struct vmops_error le = { 0 };
 
-	if (strchr(name, '/'))
-		return access(name, X_OK) == 0 ? strdup(name) : NULL;
-	path = strdup(env && *env ? env : "/usr/local/bin:/usr/bin:/bin");
-	if (!path)
-		return NULL;
-	for (dir = strtok_r(path, ":", &save); dir; dir = strtok_r(NULL, ":", &save)) {
-		char *full;
-
-		if (asprintf(&full, "%s/%s", *dir ? dir : ".", name) < 0)
-			return NULL;
-		if (access(full, X_OK) == 0)
-			return full;
-		free(full);
-	}
-	return NULL;
-}
-
-static void child(const char *binary, char **argv, int nullfd, int logfd, int pipefd,
-		  bool die_with_parent)
-{
-	sigset_t all;
-	int e;
-
-	if (die_with_parent)
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-	setsid();
-	sigemptyset(&all);
-	sigprocmask(SIG_SETMASK, &all, NULL);
-	signal(SIGPIPE, SIG_DFL);
-	signal(SIGINT, SIG_DFL);
-	signal(SIGTERM, SIG_DFL);
-	signal(SIGHUP, SIG_DFL);
-	if (dup2(nullfd, STDIN_FILENO) >= 0 && dup2(logfd, STDOUT_FILENO) >= 0 &&
-	    dup2(logfd, STDERR_FILENO) >= 0) {
-		if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
-			for (int fd = 3; fd < 4096; fd++)
-				if (fd != pipefd)
-					fcntl(fd, F_SETFD, FD_CLOEXEC);
-		execv(binary, argv);
-	}
-	e = errno;
-	if (write(pipefd, &e, sizeof(e)) < 0) {
-		/* nothing to do */
-	}
-	_exit(127);
-}
-
-static int fork_exec(struct vmops_hv *h, const char *binary, char **argv, bool dwp, int logfd,
-		     int nullfd, struct vmops_error *err)
-{
-	int pipefd[2], child_errno = 0, status;
-	char eb[128];
-	ssize_t n;
-	pid_t pid;
-
-	if (pipe2(pipefd, O_CLOEXEC) < 0)
-		return vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": pipe: %s", VMM_ARG(h),
-				 errstr(errno, eb, sizeof(eb)));
-	pid = fork();
-	if (pid < 0) {
-		close(pipefd[0]);
-		close(pipefd[1]);
-		return vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": fork: %s", VMM_ARG(h),
-				 errstr(errno, eb, sizeof(eb)));
-	}
-	if (pid == 0)
-		child(binary, argv, nullfd, logfd, pipefd[1], dwp);
-	close(pipefd[1]);
-	do
-		n = read(pipefd[0], &child_errno, sizeof(child_errno));
-	while (n < 0 && errno == EINTR);
-	close(pipefd[0]);
-	if (n == (ssize_t)sizeof(child_errno)) {
-		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-			;
-		return vmops_err(err, VMOPS_EXIT_HYPERVISOR, VMM_FMT ": exec %s: %s", VMM_ARG(h),
-				 binary, errstr(child_errno, eb, sizeof(eb)));
-	}
-	if (vmops_hv_adopt_child(h, pid, err) < 0) {
-		vmops_hv_info_mut(h)->pid = 0;
-		return -1;
-	}
-	return 0;
+	if (vmops_logcap_start(dirfd, vmops_hv_info(h)->pid, logs, vmops_logcap_max(), &le) < 0)
+		vmops_warn(VMM_FMT ": logs not capped: %s", VMM_ARG(h), le.msg);
 }
 
 int rest_spawn(struct vmops_hv *h, const char *name, char **argv, bool die_with_parent,
 	       struct vmops_error *err)
 {
 	const struct vmops_vmm_info *info = vmops_hv_info(h);
-	_cleanup_free_ char *binary = find_binary(name);
-	_cleanup_close_ int logfd = -1, nullfd = -1;
+	_cleanup_free_ char *binary = vmops_hv_find_binary(name);
+	_cleanup_close_ int dirfd = -1, logfd = -1, nullfd = -1;
 	char eb[128];
 
 	if (!binary)
 		return vmops_err(err, VMOPS_EXIT_HYPERVISOR, VMM_FMT ": %s: not found or not executable",
 				 VMM_ARG(h), name);
 	argv[0] = binary;
-	logfd = open(info->stderr_log, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	dirfd = vmops_rundir_open(info->run_dir, err);
+	if (dirfd < 0)
+		return vmops_err_prefix(err, VMM_FMT, VMM_ARG(h));
+	/* appended to, so that logcap can empty it under the running VMM */
+	logfd = openat(dirfd, "vmm.log", O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_NOFOLLOW | O_CLOEXEC,
+		       0600);
 	nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (logfd < 0 || nullfd < 0)
 		return vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": %s: %s", VMM_ARG(h),
 				 info->stderr_log, errstr(errno, eb, sizeof(eb)));
-	if (fork_exec(h, binary, argv, die_with_parent, logfd, nullfd, err) < 0)
+	(void)unlinkat(dirfd, "vmm.log.1", 0);   /* a previous VMM's */
+	if (vmops_hv_spawn(h, binary, argv, die_with_parent, logfd, nullfd, err) < 0)
 		return -1;
 	vmops_debug(VMM_FMT ": started %s pid %d (start time %llu)", VMM_ARG(h), binary,
 		    (int)info->pid, info->start_time);
+	cap_logs(h, dirfd);
 	return 0;
-}
-
-/* Last non-empty line of the VMM's stderr log. */
-static void stderr_tail(struct vmops_hv *h, char *out, size_t size)
-{
-	char buf[1024], *end, *start;
-	ssize_t n;
-	off_t sz;
-	int fd;
-
-	out[0] = '\0';
-	fd = open(vmops_hv_info(h)->stderr_log, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return;
-	sz = lseek(fd, 0, SEEK_END);
-	lseek(fd, sz > (off_t)sizeof(buf) - 1 ? sz - (off_t)sizeof(buf) + 1 : 0, SEEK_SET);
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return;
-	buf[n] = '\0';
-	end = buf + n;
-	while (end > buf && (end[-1] == '\n' || end[-1] == '\r' || end[-1] == ' '))
-		*--end = '\0';
-	start = strrchr(buf, '\n');
-	snprintf(out, size, "%.*s", (int)size - 1, start ? start + 1 : buf);
 }
 
 int rest_exited_error(struct vmops_hv *h, struct vmops_error *err)
 {
 	char tail[256];
 
-	stderr_tail(h, tail, sizeof(tail));
+	vmops_hv_log_tail(h, tail, sizeof(tail));
 	return vmops_err(err, VMOPS_EXIT_HYPERVISOR, VMM_FMT ": pid %d exited%s%s", VMM_ARG(h),
 			 (int)vmops_hv_info(h)->pid, tail[0] ? ": " : "", tail);
 }
@@ -473,6 +404,9 @@ void rest_release(struct vmops_hv *h)
 		return;
 	rest_async_drop(&p->recv);
 	rest_async_drop(&p->send);
+	for (size_t i = 0; i < p->n_disks; i++)
+		free(p->disks[i]);
+	free(p->disks);
 	free(p);
 	vmops_hv_set_priv(h, NULL);
 }

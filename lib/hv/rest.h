@@ -8,8 +8,12 @@
  * Run directory (one per VMM):
  *   vmops-vmm-<id>.sock   API socket (its name carries the fleet token that
  *                         ghost-reap reads from argv)
- *   vmm.log               the VMM's stdout and stderr
- *   serial.log            guest serial console (Cloud Hypervisor)
+ *   vmm.log               the VMM's stdout and stderr, the guest's serial
+ *                         console included (Cloud Hypervisor: serial mode
+ *                         Tty; Firecracker's console is its stdout);
+ *                         appended to, and kept under the cap by
+ *                         vmops-logcap (lib/logcap.h) as QEMU's logs are
+ *   vmm.log.1             its previous cap's worth
  *   events.json           Cloud Hypervisor's event monitor
  */
 #ifndef VMOPS_HV_REST_H
@@ -42,6 +46,11 @@ struct rest_priv {
 	bool sent;                /* CH: a send-migration was accepted */
 	unsigned connections;
 	uint64_t mem_bytes;
+	/* Launched bare (incoming: for a restore or a migration): the disks a
+	 * restored VM must use (the spec's, in order), not its snapshot's. */
+	bool for_restore;
+	size_t n_disks;
+	char **disks;
 };
 
 extern const struct vmops_hv_driver vmops_hv_chv_driver;
@@ -58,9 +67,12 @@ void vmops_hv_rest_set_timeout(struct vmops_hv *h, int timeout_ms);
 struct rest_priv *rest_priv(struct vmops_hv *h, struct vmops_error *err);
 int64_t rest_now_ms(void);
 void rest_sleep_ms(int ms);
-/* Name, mkdir and record the run directory's files in the handle. */
-int rest_prepare(struct vmops_hv *h, const struct vmops_hv_launch_opts *opts, bool incoming,
-		 struct vmops_error *err);
+/* Name, mkdir and record the run directory's files in the handle; for a VMM
+ * launched for restore (incoming), remember the spec's disk paths. */
+int rest_prepare(struct vmops_hv *h, const struct vmops_hv_launch_opts *opts,
+		 const struct vmops_spec *spec, bool incoming, struct vmops_error *err);
+/* Not launched for restore: fail with a message naming `what`. */
+int rest_need_restore(struct vmops_hv *h, const char *what, struct vmops_error *err);
 /* Resolve `name` (PATH lookup without '/') and fork/exec argv with stdout and
  * stderr in the handle's stderr_log; the child is adopted (start time). */
 int rest_spawn(struct vmops_hv *h, const char *name, char **argv, bool die_with_parent,

@@ -16,6 +16,10 @@ Hypervisor, "PATCH /vm" for Firecracker), MODE one of
 Modes may carry a count ("vm.pause:error:1"): only the first N calls fail.
 Faults can also be armed while the fake runs: write them, one a line, to
 SOCK.fault; the fake reads (and removes) that file before each request.
+
+VMOPS_FAKE_CONSOLE_BPS=N: while the VM runs, its guest prints N bytes a
+second of numbered lines on its console (Firecracker: the VMM's stdout;
+Cloud Hypervisor: where config.json's serial says), for the log-cap tests.
 """
 
 import http.server
@@ -199,6 +203,30 @@ class Fake:
         self.routes = []
         self.stop_event = threading.Event()
 
+    # -- the guest's console ---------------------------------------------------
+    def console_file(self):
+        """Where the guest's console goes (a binary file object), or None."""
+        return None
+
+    def vm_running(self):
+        return False
+
+    def chatter(self, bps):
+        """The guest prints `bps` bytes a second on its console while it runs."""
+        n = 0
+        while not self.stop_event.wait(0.1):
+            f = self.console_file()
+            if f is None or not self.vm_running():
+                continue
+            chunk = b""
+            while len(chunk) < max(bps // 10, 1):
+                n += 1
+                chunk += b"[fake guest] console line %08d\n" % n
+            try:
+                f.write(chunk)
+            except (OSError, ValueError):
+                pass
+
     # -- the request log ------------------------------------------------------
     def log(self, **entry):
         with self.log_lock:
@@ -325,6 +353,9 @@ class Fake:
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
         self.log(event="started", pid=os.getpid())
+        bps = int(os.environ.get("VMOPS_FAKE_CONSOLE_BPS", "0"))
+        if bps > 0:
+            threading.Thread(target=self.chatter, args=(bps,), daemon=True).start()
         srv.serve_forever(poll_interval=0.05)
 
     def exit(self, code):

@@ -368,3 +368,46 @@ void fake_wait_stopped(pid_t pid)
 	}
 	cr_assert_fail("pid %d never stopped itself", (int)pid);
 }
+
+static long long size_at(const char *dir, const char *name)
+{
+	char path[PATH_MAX + 32];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	return stat(path, &st) == 0 ? (long long)st.st_size : -1;
+}
+
+void fake_assert_log_capped(struct vmops_hv *h)
+{
+	const char *dir = vmops_hv_info(h)->run_dir;
+	char path[PATH_MAX + 32], buf[8192];
+	long long old = -1, cur;
+	size_t n;
+	FILE *f;
+
+	cr_assert_str_eq(vmops_hv_info(h)->serial_log, vmops_hv_info(h)->stderr_log,
+			 "the console is not in the vmm's log");
+	for (int i = 0; i < 300 && (old = size_at(dir, "vmm.log.1")) < 0; i++)
+		usleep(100000);
+	cr_assert_geq(old, 0, "no vmm.log.1 after 30 s: vmm.log is %lld bytes, not capped",
+		      size_at(dir, "vmm.log"));
+	cr_expect_leq(old, 4096, "vmm.log.1 is %lld bytes, over the cap", old);
+	usleep(1500000);
+	cur = size_at(dir, "vmm.log");
+	/* emptied each second: the cap plus about a second's output (64 KiB/s) */
+	cr_expect_leq(cur, 4096 + 2 * 65536, "vmm.log is %lld bytes", cur);
+	snprintf(path, sizeof(path), "%s/vmm.log", dir);
+	f = fopen(path, "r");
+	cr_assert(f);
+	n = fread(buf, 1, 1, f);
+	fclose(f);
+	cr_expect(cur == 0 || (n == 1 && buf[0] != '\0'), "vmm.log starts with a hole: the vmm does not append");
+	snprintf(path, sizeof(path), "%s/vmm.log.1", dir);
+	f = fopen(path, "r");
+	cr_assert(f);
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	cr_expect(strstr(buf, "console line"), "vmm.log.1 holds no console output (%zu bytes)", n);
+}

@@ -89,6 +89,15 @@ void fake_fleet(PGconn *c, const char *binary, const char *fake);
 long long fake_ll(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Write `json` to <dir>/name; returns the path (static storage). */
 const char *fake_write_file(const char *name, const char *json);
+/*
+ * h's vmm.log stays under the cap while its guest prints (launched with
+ * VMOPS_LOG_MAX=4K and VMOPS_FAKE_CONSOLE_BPS set): within 30 s it has been
+ * moved to vmm.log.1 (at most 4 KiB, console lines) and emptied, and the
+ * VMM goes on writing at its start (appending: no hole where the old
+ * content was).
+ */
+void fake_assert_log_capped(struct vmops_hv *h);
+
 /* Wait until process pid has stopped itself (SIGSTOP: state T). */
 void fake_wait_stopped(pid_t pid);
 

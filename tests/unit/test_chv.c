@@ -59,6 +59,16 @@ static struct vmops_spec *spec16(void)
 	return s;
 }
 
+static void add_disk(struct vmops_spec *s, const char *path)
+{
+	struct vmops_spec_disk *d = realloc(s->disks, (s->n_disks + 1) * sizeof(*d));
+
+	cr_assert(d);
+	s->disks = d;
+	memset(&d[s->n_disks], 0, sizeof(*d));
+	d[s->n_disks++].path = strdup(path);
+}
+
 static struct vmops_hv *launch(int id, struct vmops_error *err)
 {
 	struct vmops_spec *s = spec16();
@@ -165,6 +175,20 @@ Test(chv, error_carries_the_hypervisors_message)
 	fake_destroy(h);
 }
 
+/* The VMM's log (the guest's console, serial mode Tty) stays under VMOPS_LOG_MAX. */
+Test(chv, vmm_log_is_capped)
+{
+	struct vmops_hv *h;
+
+	setenv("VMOPS_LOG_MAX", "4K", 1);
+	setenv("VMOPS_FAKE_CONSOLE_BPS", "65536", 1);
+	h = launch_ok(6);
+	unsetenv("VMOPS_FAKE_CONSOLE_BPS");
+	unsetenv("VMOPS_LOG_MAX");
+	fake_assert_log_capped(h);
+	fake_destroy(h);
+}
+
 Test(chv, snapshot_and_restore)
 {
 	struct vmops_hv *h = launch_ok(4), *r;
@@ -186,6 +210,19 @@ Test(chv, snapshot_and_restore)
 	cr_expect(fake_file_size("snap", "state.json") > 0);
 	cr_expect_eq(fake_file_size("snap", "memory-ranges"), 16 << 20);
 	fake_destroy(h);
+
+	/* a spec whose disks are not the snapshot's: refused, nothing restored */
+	add_disk(s, "/nonexistent/disk.img");
+	r = vmops_hv_launch_for_restore(s, &o, &e);
+	fake_track(r);
+	cr_assert(r, "%s", e.msg);
+	cr_assert(vmops_hv_restore(r, fd, 5000, &e) < 0);
+	cr_expect_eq(e.code, VMOPS_EXIT_INTEGRITY, "%d: %s", e.code, e.msg);
+	cr_expect(strstr(e.msg, "config.json has 0 disks, the spec 1"), "%s", e.msg);
+	cr_expect_str_eq(fake_vm_status(r), "inmigrate");
+	fake_destroy(r);
+	vmops_spec_free(s);
+	s = spec16();
 
 	r = vmops_hv_launch_for_restore(s, &o, &e);
 	fake_track(r);
@@ -477,6 +514,46 @@ Test(chv, faults_at_each_call)
 		}
 	close(snap_fd);
 	unsetenv("VMOPS_FAKE_FAULT");
+}
+
+/* vm.restore fails: the code, and the receiver still without a VM.  "slow" restores. */
+Test(chv, faults_at_the_restore_call)
+{
+	struct vmops_hv *h = launch_ok(70);
+	struct vmops_snapshot_opts so = { .timeout_ms = 5000 };
+	struct vmops_error e = { 0 };
+	struct vmops_spec *s = spec16();
+	int fd = fake_open_dir("rsnap"), id = 71;
+
+	cr_assert(vmops_hv_pause(h, &e) == 0, "%s", e.msg);
+	cr_assert(vmops_hv_snapshot(h, fd, &so, &e) == 0, "%s", e.msg);
+	fake_destroy(h);
+	setenv("VMOPS_FAKE_SLOW_MS", "300", 1);
+	for (size_t m = 0; m < 4; m++) {
+		char f[96], rd[PATH_MAX];
+		struct vmops_hv_launch_opts o = fake_opts_for(id++, rd, sizeof(rd));
+		struct vmops_hv *r;
+		int rc;
+
+		snprintf(f, sizeof(f), "vm.restore:%s:1", modes[m]);
+		setenv("VMOPS_FAKE_FAULT", f, 1);
+		r = vmops_hv_launch_for_restore(s, &o, &e);
+		unsetenv("VMOPS_FAKE_FAULT");
+		cr_assert(r, "%s", e.msg);
+		fake_track(r);
+		rc = vmops_hv_restore(r, fd, 2000, &e);
+		if (!expected_code(modes[m])) {
+			cr_expect(rc == 0, "%s: %s", f, e.msg);
+			cr_expect_str_eq(fake_vm_status(r), "paused", "%s", f);
+		} else {
+			cr_expect(rc < 0, "%s: restored", f);
+			cr_expect_eq(e.code, expected_code(modes[m]), "%s: code %d: %s", f, e.code, e.msg);
+			cr_expect_str_eq(fake_vm_status(r), "inmigrate", "%s: not left as found", f);
+		}
+		fake_destroy(r);
+	}
+	vmops_spec_free(s);
+	close(fd);
 }
 
 /* --- vm-fleet and vm-migrate (database: run through tests/run-one.sh) ------------------ */

@@ -222,6 +222,7 @@ Test(firecracker, snapshot_full_diff_and_restore)
 	char rd[PATH_MAX];
 	struct vmops_hv_launch_opts o = fake_opts_for(7, rd, sizeof(rd));
 	int full = fake_open_dir("full"), diff = fake_open_dir("diff");
+	char copy[PATH_MAX];
 	cJSON *log;
 
 	cr_assert(vmops_hv_pause(h, &e) == 0, "%s", e.msg);
@@ -237,6 +238,11 @@ Test(firecracker, snapshot_full_diff_and_restore)
 	cJSON_Delete(log);
 	fake_destroy(h);
 
+	/* restored onto a copy of the disk: the drive is swapped before the vCPUs run */
+	snprintf(copy, sizeof(copy), "%s/rootfs-copy.ext4", fake_dir);
+	fake_touch(copy, 1 << 20);
+	free(s->disks[0].path);
+	s->disks[0].path = strdup(copy);
 	r = vmops_hv_launch_for_restore(s, &o, &e);
 	fake_track(r);
 	cr_assert(r, "%s", e.msg);
@@ -249,11 +255,27 @@ Test(firecracker, snapshot_full_diff_and_restore)
 	cr_expect(fake_find_call(log, "PUT /snapshot/load", "\"backend_type\":\"File\"", 0) >= 0);
 	cr_expect(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(fake_find_event(log, "snapshot-loaded"),
 								"memory_intact")));
+	cr_expect_str_eq(fake_str(cJSON_GetObjectItemCaseSensitive(fake_find_event(log, "vm-running"), "drives"),
+				  "disk0"), copy, "the restored vm runs on the snapshotted vm's disk");
 	cJSON_Delete(log);
 	fake_destroy(r);
 	vmops_spec_free(s);
 	close(full);
 	close(diff);
+}
+
+/* The VMM's log (the guest's console: Firecracker's stdout) stays under VMOPS_LOG_MAX. */
+Test(firecracker, vmm_log_is_capped)
+{
+	struct vmops_hv *h;
+
+	setenv("VMOPS_LOG_MAX", "4K", 1);
+	setenv("VMOPS_FAKE_CONSOLE_BPS", "65536", 1);
+	h = launch_ok(8);
+	unsetenv("VMOPS_FAKE_CONSOLE_BPS");
+	unsetenv("VMOPS_LOG_MAX");
+	fake_assert_log_capped(h);
+	fake_destroy(h);
 }
 
 /* --- the hinting lesson ------------------------------------------------------------ */
@@ -590,6 +612,50 @@ Test(firecracker, faults_at_each_call)
 			fake_destroy(h);
 		}
 	close(snap_fd);
+}
+
+/*
+ * The restore's calls (the load, then the drive swap) fail: the code, and
+ * the VM never resumed (the caller destroys the VMM).  "slow" restores.
+ */
+Test(firecracker, faults_at_the_restore_calls)
+{
+	static const char *const calls[] = { "PUT /snapshot/load", "PATCH /drives/{drive_id}" };
+	struct vmops_hv *h = launch_ok(90);
+	struct vmops_snapshot_opts so = { .timeout_ms = 5000 };
+	struct vmops_error e = { 0 };
+	struct vmops_spec *s = spec16();
+	int fd = fake_open_dir("rsnap"), id = 91;
+
+	cr_assert(vmops_hv_pause(h, &e) == 0, "%s", e.msg);
+	cr_assert(vmops_hv_snapshot(h, fd, &so, &e) == 0, "%s", e.msg);
+	fake_destroy(h);
+	setenv("VMOPS_FAKE_SLOW_MS", "300", 1);
+	for (size_t c = 0; c < sizeof(calls) / sizeof(calls[0]); c++)
+		for (size_t m = 0; m < 4; m++) {
+			char f[96], rd[PATH_MAX];
+			struct vmops_hv_launch_opts o = fake_opts_for(id++, rd, sizeof(rd));
+			struct vmops_hv *r;
+			int rc;
+
+			snprintf(f, sizeof(f), "%s:%s:1", calls[c], modes[m]);
+			setenv("VMOPS_FAKE_FAULT", f, 1);
+			r = vmops_hv_launch_for_restore(s, &o, &e);
+			unsetenv("VMOPS_FAKE_FAULT");
+			cr_assert(r, "%s", e.msg);
+			fake_track(r);
+			rc = vmops_hv_restore(r, fd, 2000, &e);
+			if (!expected_code(modes[m])) {
+				cr_expect(rc == 0, "%s: %s", f, e.msg);
+			} else {
+				cr_expect(rc < 0, "%s: restored", f);
+				cr_expect_eq(e.code, expected_code(modes[m]), "%s: code %d: %s", f, e.code, e.msg);
+				cr_expect_str_neq(fake_vm_status(r), "running", "%s: the vm runs", f);
+			}
+			fake_destroy(r);
+		}
+	vmops_spec_free(s);
+	close(fd);
 }
 
 /* --- vm-migrate (database: run through tests/run-one.sh) ------------------------------- */

@@ -130,6 +130,10 @@ Test(rundir, remove_takes_only_what_a_vmm_leaves)
 	fclose(fopen(at("w1/vmm-3/qemu.log"), "w"));
 	fclose(fopen(at("w1/vmm-3/vmops-vmm-3.sock"), "w"));
 	fclose(fopen(at("w1/vmm-3/events.json"), "w"));
+	/* what vmops-logcap leaves: the previous cap's worth of each log */
+	fclose(fopen(at("w1/vmm-3/qemu.log.1"), "w"));
+	fclose(fopen(at("w1/vmm-3/vmm.log"), "w"));
+	fclose(fopen(at("w1/vmm-3/vmm.log.1"), "w"));
 	cr_assert_eq(vmops_rundir_remove(at("w1/vmm-3"), &kept, &e), 0, "%s", e.msg);
 	cr_assert_eq(kept, 0);
 	cr_assert_neq(access(at("w1/vmm-3"), F_OK), 0, "the run directory is still there");

@@ -6,7 +6,12 @@
  *
  *   - hibernate on w1, then wake on w2, on each hypervisor: the bundle holds
  *     what the VMM wrote (CH config.json, state.json, memory-ranges; FC
- *     vmstate, memory) and the disk copy; the woken VMM loaded intact memory;
+ *     vmstate, memory) and the disk copy; the woken VMM loaded intact memory
+ *     and its vCPUs run on the bundle's copy of the disk, not the original
+ *     (CH: config.json repointed, so the original may be gone; FC: PATCH
+ *     /drives between the load and the resume, the original needed at the
+ *     load); a fault of the woken VMM's fake at each call leaves the sandbox
+ *     hibernated with its bundle;
  *   - snapshot -o then restore -i (no database for the VM), prepare / undo;
  *   - the hinting lesson through snapshot-prep: a running round is stopped
  *     before PATCH /vm Paused (order from the fake's request log); a round
@@ -173,6 +178,40 @@ static cJSON *log_of_sb1(PGconn *c)
 	return log;
 }
 
+/* The woken VMM's copy of the disk: <its run dir>/snapshot/disk0.img (static storage). */
+static const char *bundle_disk(PGconn *c)
+{
+	static char path[PATH_MAX];
+	PGresult *res = testdb_exec(c, "SELECT v.run_dir FROM sandboxes s JOIN vmms v ON v.id = s.active_vmm_id"
+				       " WHERE s.name = 'sb1'");
+
+	cr_assert_eq(PQntuples(res), 1);
+	snprintf(path, sizeof(path), "%s/snapshot/disk0.img", PQgetvalue(res, 0, 0));
+	PQclear(res);
+	return path;
+}
+
+/*
+ * The disk the woken VM's vCPUs use, as its fake recorded when they first
+ * ran: the copy from the bundle, never the original (the hibernated VM's,
+ * maybe someone else's by now).
+ */
+static void assert_uses_bundle_disk(PGconn *c, const cJSON *log, const char *hv)
+{
+	const cJSON *ev = fake_find_event(log, "vm-running");
+	const cJSON *used;
+
+	cr_assert(ev, "the woken vm never ran");
+	if (!strcmp(hv, "firecracker"))
+		used = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(ev, "drives"), "disk0");
+	else
+		used = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(ev, "disks"), 0);
+	cr_assert(cJSON_IsString(used), "no disk in the running vm");
+	cr_expect_str_eq(used->valuestring, bundle_disk(c), "the woken vm runs on %s, not on the bundle's copy",
+			 used->valuestring);
+	cr_expect_str_neq(used->valuestring, disk);
+}
+
 /* ==================================================================================== */
 
 Test(snapshot_rest, chv_hibernate_then_wake_on_the_other_worker)
@@ -194,7 +233,30 @@ Test(snapshot_rest, chv_hibernate_then_wake_on_the_other_worker)
 	cr_expect(fake_find_call(log, "vm.restore", "\"resume\":false", 0) >= 0);
 	cr_expect(fake_find_event(log, "restored"));
 	cr_expect(fake_find_call(log, "vm.resume", NULL, 0) > fake_find_call(log, "vm.restore", NULL, 0));
+	assert_uses_bundle_disk(c, log, "cloud-hypervisor");
 	fake_no_undeclared(log);
+	cJSON_Delete(log);
+	assert_running(c, "woken");
+	PQfinish(c);
+}
+
+/* config.json is repointed before vm.restore: the original disk may be gone. */
+Test(snapshot_rest, chv_wake_does_not_need_the_original_disk)
+{
+	PGconn *c = fleet_with("cloud-hypervisor");
+	cJSON *log;
+
+	hibernate_ok(c);
+	cr_assert(unlink(disk) == 0);
+	wake_ok(c, "w2");
+	log = log_of_sb1(c);
+	assert_uses_bundle_disk(c, log, "cloud-hypervisor");
+	{
+		const cJSON *ev = fake_find_event(log, "devices-opened");
+
+		cr_expect(ev && !strcmp(fake_str(cJSON_GetObjectItemCaseSensitive(ev, "serial"), "mode"), "Tty"),
+			  "the restored console is not the vmm's own log");
+	}
 	cJSON_Delete(log);
 	assert_running(c, "woken");
 	PQfinish(c);
@@ -219,8 +281,107 @@ Test(snapshot_rest, fc_hibernate_then_wake_on_the_other_worker)
 	cr_expect(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(fake_find_event(log, "snapshot-loaded"),
 								"memory_intact")), "woken with damaged memory");
 	cr_expect(fake_find_call(log, "PATCH /vm", "\"Resumed\"", 0) >= 0);
+	/* the drive swapped between the load and the resume */
+	{
+		int load = fake_find_call(log, "PUT /snapshot/load", NULL, 0);
+		int patch = fake_find_call(log, "PATCH /drives/{drive_id}", "\"drive_id\":\"disk0\"", 0);
+		int resume = fake_find_call(log, "PATCH /vm", "\"Resumed\"", 0);
+
+		cr_expect(load >= 0 && load < patch && patch < resume, "load %d, patch %d, resume %d",
+			  load, patch, resume);
+		cr_expect_eq(fake_status_of(log, patch), 204);
+	}
+	assert_uses_bundle_disk(c, log, "firecracker");
+	fake_no_undeclared(log);
 	cJSON_Delete(log);
 	assert_running(c, "woken");
+	PQfinish(c);
+}
+
+/* What a failed wake must leave: the sandbox hibernated with its bundle, no new VMM. */
+static void assert_still_hibernated(PGconn *c, const char *why)
+{
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'hibernated'"
+			     " AND active_vmm_id IS NULL AND target_vmm_id IS NULL"), 1, "%s", why);
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'ready'"), 1, "%s", why);
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM reservations"), 0, "%s", why);
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 0, "%s", why);
+	cr_expect_eq(fake_ll(c, "SELECT count(*) FROM vmms WHERE state IN ('starting', 'running')"), 0, "%s", why);
+	{
+		char needle[PATH_MAX + 8];
+
+		snprintf(needle, sizeof(needle), "%s/w2/", fake_dir);
+		cr_expect(!fake_procs_naming(needle, false), "%s: the new vmm still runs", why);
+	}
+}
+
+/* wake with the fakes it launches failing as `fault` says (VMOPS_FAKE_FAULT). */
+static void wake_fails(PGconn *c, const char *fault, int code)
+{
+	struct testrun r;
+
+	setenv("VMOPS_FAKE_FAULT", fault, 1);
+	cr_expect_eq(PROG(&r, "snapshot-prep", "--db", ci, "-q", "wake", "--sandbox", "sb1", "--worker", "w2",
+			  "--timeout", "2s"), code, "%s: %s", fault, r.err);
+	unsetenv("VMOPS_FAKE_FAULT");
+	cr_expect_eq(testlib_lines(r.err), 1, "%s: %s", fault, r.err);
+	testrun_free(&r);
+	assert_still_hibernated(c, fault);
+}
+
+Test(snapshot_rest, fc_wake_faults_leave_the_sandbox_hibernated)
+{
+	PGconn *c = fleet_with("firecracker");
+
+	hibernate_ok(c);
+	wake_fails(c, "PUT /snapshot/load:error", VMOPS_EXIT_HYPERVISOR);
+	wake_fails(c, "PUT /snapshot/load:hang", VMOPS_EXIT_TIMEOUT);
+	wake_fails(c, "PATCH /drives/{drive_id}:error", VMOPS_EXIT_HYPERVISOR);
+	wake_fails(c, "PATCH /drives/{drive_id}:drop", VMOPS_EXIT_HYPERVISOR);
+	wake_fails(c, "PATCH /vm:error", VMOPS_EXIT_HYPERVISOR);
+	wake_ok(c, "w2");
+	PQfinish(c);
+}
+
+Test(snapshot_rest, chv_wake_faults_leave_the_sandbox_hibernated)
+{
+	PGconn *c = fleet_with("cloud-hypervisor");
+
+	hibernate_ok(c);
+	wake_fails(c, "vm.restore:error", VMOPS_EXIT_HYPERVISOR);
+	wake_fails(c, "vm.restore:hang", VMOPS_EXIT_TIMEOUT);
+	wake_fails(c, "vm.restore:drop", VMOPS_EXIT_HYPERVISOR);
+	wake_fails(c, "vm.resume:error", VMOPS_EXIT_HYPERVISOR);
+	wake_ok(c, "w2");
+	PQfinish(c);
+}
+
+/*
+ * Firecracker's load opens the drives its state file recorded before
+ * PATCH /drives can swap them (v1.16 has no drive override): with the
+ * original disk gone, the wake fails cleanly and says why; with it back,
+ * the wake works (and still runs on the bundle's copy).
+ */
+Test(snapshot_rest, fc_wake_needs_the_recorded_disk_at_load)
+{
+	PGconn *c = fleet_with("firecracker");
+	char moved[PATH_MAX];
+	struct testrun r;
+	cJSON *log;
+
+	hibernate_ok(c);
+	snprintf(moved, sizeof(moved), "%s.moved", disk);
+	cr_assert(rename(disk, moved) == 0);
+	cr_expect_eq(PROG(&r, "snapshot-prep", "--db", ci, "-q", "wake", "--sandbox", "sb1", "--worker", "w2"),
+		     VMOPS_EXIT_HYPERVISOR, "%s", r.err);
+	cr_expect(strstr(r.err, disk), "%s", r.err);
+	testrun_free(&r);
+	assert_still_hibernated(c, "recorded disk gone");
+	cr_assert(rename(moved, disk) == 0);
+	wake_ok(c, "w2");
+	log = log_of_sb1(c);
+	assert_uses_bundle_disk(c, log, "firecracker");
+	cJSON_Delete(log);
 	PQfinish(c);
 }
 
