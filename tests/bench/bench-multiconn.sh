@@ -78,24 +78,38 @@ for r in link:
     print("| %s | %d | %.1f | %s |" % (r["phase"], r["streams"], r["bps"] / 1e6,
           "%.1f–%.1f" % (min(ps) / 1e6, max(ps) / 1e6) if ps else ""))
 ns = sorted({r["connections"] for r in mig})
-base = med([r["throughput_Bps"] for r in ok(1)]) if ok(1) else float("nan")
-print("\n| conns | runs ok | throughput (median) | Mbit/s | range MiB/s | × 1-conn | goal ≥ 0.8×N | transferred | total-time | downtime | flows with data | per-flow Mbit/s (median) | uncapped bytes |")
-print("|------:|--------:|------:|------:|------|------:|------|------:|------:|------:|------|------:|------:|")
+tp = lambda r: r["throughput_Bps"]
+tx = lambda r: r["transferred_bytes"] * 1000.0 / r["transfer_time_ms"] if r.get("transfer_time_ms") else float("nan")
+base = med([tp(r) for r in ok(1)])
+base_x = med([tx(r) for r in ok(1)])
+goal = lambda x, n: ("met" if x >= 0.8 * n else "NOT met") + " (≥ %.1f)" % (0.8 * n)
+runs = lambda n: "%d of %d" % (len(ok(n)), len([r for r in mig if r["connections"] == n]))
+print("\nthroughput = QEMU's ram.transferred / total-time (query-migrate); medians; × 1-conn against the 1-connection median")
+print("\n| conns | runs ok | throughput | Mbit/s | range | × 1-conn | goal ≥ 0.8 × N | over transfer time (total − setup) | × 1-conn |")
+print("|------:|--------:|------:|------:|------|------:|------|------:|------:|")
 for n in ns:
     rs = ok(n)
     if not rs:
-        print("| %d | 0 of %d | | | | | | | | | | | |" % (n, len([r for r in mig if r["connections"] == n])))
+        print("| %d | %s | | | | | | | |" % (n, runs(n)))
         continue
-    t = [r["throughput_Bps"] for r in rs]
-    x = med(t) / base
-    flows = [r["flows"] for r in rs]
-    pf = [b * 8 / (r["total_time_ms"] / 1000) / 1e6 for r in rs for b in r["flow_bytes"][:r["flows"]]]
-    print("| %d | %d of %d | %.2f MiB/s | %.1f | %.2f–%.2f | %.2f | %s | %.0f MiB | %.1f s | %d ms | %s | %.1f | %d KiB |" % (
-        n, len(rs), len([r for r in mig if r["connections"] == n]), med(t) / M, med(t) * 8 / 1e6,
-        min(t) / M, max(t) / M, x, ("met" if x >= 0.8 * n else "NOT met") + " (%.1f)" % (0.8 * n),
-        med([r["transferred_bytes"] for r in rs]) / M, med([r["total_time_ms"] for r in rs]) / 1000,
-        med([r["downtime_ms"] for r in rs]), "–".join(str(v) for v in sorted({min(flows), max(flows)})),
-        med(pf), max(r["default_bytes"] for r in rs) // 1024))
+    t = [tp(r) for r in rs]
+    print("| %d | %s | %.2f MiB/s | %.1f | %.2f–%.2f MiB/s | %.2f | %s | %.2f MiB/s | %.2f |" % (
+        n, runs(n), med(t) / M, med(t) * 8 / 1e6, min(t) / M, max(t) / M, med(t) / base, goal(med(t) / base, n),
+        med([tx(r) for r in rs]) / M, med([tx(r) for r in rs]) / base_x))
+print("\nwhere the time went, and the flows as the htb classes counted them (medians):")
+print("\n| conns | transferred | total-time | setup | downtime | flows with data | steady rate, all flows (middle half) | per flow | bytes outside the capped classes (max) |")
+print("|------:|------:|------:|------:|------:|------|------:|------:|------:|")
+for n in ns:
+    rs = ok(n)
+    if not rs:
+        continue
+    flows = sorted({r["flows"] for r in rs})
+    st = [r["steady_bps"] for r in rs if r.get("steady_bps")]
+    print("| %d | %.0f MiB | %.1f s | %.2f s | %d ms | %s | %.1f Mbit/s | %.1f Mbit/s | %d B |" % (
+        n, med([r["transferred_bytes"] for r in rs]) / M, med([r["total_time_ms"] for r in rs]) / 1000,
+        med([r["setup_time_ms"] or 0 for r in rs]) / 1000, med([r["downtime_ms"] for r in rs]),
+        "%d–%d" % (flows[0], flows[-1]) if len(flows) > 1 else str(flows[0]),
+        med(st) / 1e6, med(st) / 1e6 / max(1, flows[0]), max(r["default_bytes"] or 0 for r in rs)))
 rounds = sorted({r["round"] for r in mig})
 print("\nper round, throughput ÷ the same round's 1-connection throughput:")
 for k in rounds:
@@ -184,6 +198,7 @@ cleanup() {
 		[ "$p" = $$ ] || kill_ours "$p"
 	done
 	[ -s "$tmp/iperf.pid" ] && kill "$(cat "$tmp/iperf.pid")" 2>/dev/null
+	[ -s "$tmp/sampler.pid" ] && kill "$(cat "$tmp/sampler.pid")" 2>/dev/null
 	tc -n "$ns1" qdisc del dev eth0 root 2>/dev/null
 	[ -n "$old_range" ] && in1 sysctl -qw net.ipv4.ip_local_port_range="$old_range"
 	[ "$driver" = vm ] && psql -qAtX -d postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1
@@ -347,6 +362,8 @@ wait_checked() {  # LOG BOOT TIMEOUT_S: 3 heartbeats and a pass verified in LOG
 # launch_guest sets src_log (the source's serial log); migrate_guest writes
 # $out/NAME.json (status, total_time_ms, transferred_bytes, ...) and sets
 # tgt_log (the target's serial log); drop_guest stops whatever is left.
+# Long steps run in the background and are waited for, so that Ctrl-C (a
+# trapped signal) interrupts `wait` at once instead of after the migration.
 if [ "$driver" = vm ]; then
 	cat >"$tmp/spec.json" <<-SPEC
 	{"hypervisor": "qemu", "memory_mb": $mem, "vcpus": 1, "accel": "tcg",
@@ -380,7 +397,8 @@ launch_guest() {
 migrate_guest() {  # NAME N
 	if [ "$driver" = vm ]; then
 		timeout 900 bin/vm-migrate --db "dbname=$db" --json "$1" --to h2 --connections "$2" \
-			>"$out/$1.raw.json" 2>"$out/$1.err" || return $?
+			>"$out/$1.raw.json" 2>"$out/$1.err" &
+		wait $! || return $?
 		"$py" -c 'import json, sys
 d = json.load(open(sys.argv[1])); d = d.get("migration", d); print(json.dumps(d))' "$out/$1.raw.json" >"$out/$1.json"
 		tgt_log=$(run_dir_of "$1")/serial.log
@@ -390,7 +408,8 @@ d = json.load(open(sys.argv[1])); d = d.get("migration", d); print(json.dumps(d)
 	tgt_log=$rd-target/serial.log
 	timeout 900 ip netns exec "$ns2" "$py" tests/bench/qmp-migrate.py --pid "$(cat "$rd/pid")" \
 		--qmp "$rd/qmp.sock" --run-dir "$rd-target" --connections "$2" --address "$addr2" --timeout 600 \
-		>"$out/$1.json" 2>"$out/$1.err"
+		>"$out/$1.json" 2>"$out/$1.err" &
+	wait $!
 }
 drop_guest() {
 	if [ "$driver" = vm ]; then
@@ -418,11 +437,18 @@ trial() {  # ROUND N
 	boot=$(grep -ao 'VMOPS-GUEST-READY.* static=[0-9a-f]*' "$src_log" | head -n1 | sed 's/.* static=//')
 	load=$(cut -d' ' -f1 /proc/loadavg)
 	c0=$(class_bytes)
+	# The capped classes' counters twice a second during the migration.
+	( while :; do echo "$(ms) $(class_bytes)"; sleep 0.5; done ) >"$tmp/samples" 2>/dev/null &
+	sampler=$!
+	echo $sampler >"$tmp/sampler.pid"
 	rc=0
 	t0=$(ms)
 	migrate_guest "$name" "$n" || rc=$?
 	wall=$(( $(ms) - t0 ))
+	kill "$sampler" 2>/dev/null || true
+	wait "$sampler" 2>/dev/null || true
 	c1=$(class_bytes)
+	cp "$tmp/samples" "$out/$name.samples"
 	health=ok
 	if [ $rc -ne 0 ]; then
 		health="exit $rc: $(head -c 300 "$out/$name.err" | tr '\n' ' ')"
@@ -434,9 +460,10 @@ trial() {  # ROUND N
 		health="target: heartbeat not OK (boot static=$boot)"
 	fi
 	[ "$health" = ok ] || { fails=$((fails + 1)); cp "$tgt_log" "$out/$name.target-serial.log" 2>/dev/null || true; }
-	"$py" - "$out/$name.json" "$k" "$n" "$wall" "$load" "$health" "$(class_delta "$c0" "$c1")" >>"$res" <<'PY'
+	"$py" - "$out/$name.json" "$k" "$n" "$wall" "$load" "$health" "$(class_delta "$c0" "$c1")" "$out/$name.samples" \
+		>>"$res" <<'PY'
 import json, sys
-f, k, n, wall, load, health, cls = sys.argv[1:]
+f, k, n, wall, load, health, cls, samples = sys.argv[1:]
 try:
     d = json.load(open(f))
 except Exception:
@@ -446,6 +473,22 @@ r = {"kind": "migration", "round": int(k), "connections": int(n), "wall_ms": int
      "setup_time_ms": d.get("setup_time_ms"), "downtime_ms": d.get("downtime_ms"),
      "transferred_bytes": d.get("transferred_bytes"), "multifd_bytes": d.get("multifd_bytes")}
 r.update(json.loads(cls))
+# Steady rate: the capped classes' bytes over the middle half of the time
+# they carried data (no connection set-up, no final pass).
+pts = []
+for line in open(samples):
+    f = line.split()
+    if len(f) >= 2:
+        pts.append((int(f[0]), sum(int(x.split("=")[1]) for x in f[1:] if not x.startswith("1:fff0="))))
+busy = [i for i in range(1, len(pts)) if pts[i][1] > pts[i - 1][1]]
+if len(busy) >= 4:
+    t0, t1 = pts[busy[0] - 1][0], pts[busy[-1]][0]
+    ta, tb = t0 + (t1 - t0) / 4, t1 - (t1 - t0) / 4
+    mid = [p for p in pts if ta <= p[0] <= tb]
+    if len(mid) >= 2 and mid[-1][0] > mid[0][0]:
+        r["steady_bps"] = (mid[-1][1] - mid[0][1]) * 8000.0 / (mid[-1][0] - mid[0][0])
+if r["total_time_ms"] and r["setup_time_ms"] is not None and r["total_time_ms"] > r["setup_time_ms"]:
+    r["transfer_time_ms"] = r["total_time_ms"] - r["setup_time_ms"]
 if r["transferred_bytes"] and r["total_time_ms"]:
     r["throughput_Bps"] = r["transferred_bytes"] * 1000.0 / r["total_time_ms"]
 elif health == "ok":
@@ -454,9 +497,10 @@ print(json.dumps(r))
 PY
 	tail -n1 "$res" | "$py" -c 'import json, sys
 r = json.load(sys.stdin)
-print("bench-multiconn: round %d n=%d: %s MiB in %s ms = %s Mbit/s, flows %s (MiB: %s), uncapped %d B, downtime %s ms, load %.1f, %s" % (
+print("bench-multiconn: round %d n=%d: %s MiB in %s ms (setup %s) = %s Mbit/s, steady %s Mbit/s, flows %s (MiB: %s), uncapped %d B, downtime %s ms, load %.1f, %s" % (
     r["round"], r["connections"], "%.1f" % (r["transferred_bytes"] / 1048576.0) if r.get("transferred_bytes") else "-",
-    r["total_time_ms"], "%.1f" % (r["throughput_Bps"] * 8 / 1e6) if r.get("throughput_Bps") else "-",
+    r["total_time_ms"], r["setup_time_ms"], "%.1f" % (r["throughput_Bps"] * 8 / 1e6) if r.get("throughput_Bps") else "-",
+    "%.1f" % (r["steady_bps"] / 1e6) if r.get("steady_bps") else "-",
     r["flows"], " ".join("%.1f" % (b / 1048576.0) for b in r["flow_bytes"][:6]), r["default_bytes"],
     r["downtime_ms"], r["load1"], r["health"]))'
 	# A migration that "succeeded" without figures counts as failed too.
