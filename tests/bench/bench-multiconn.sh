@@ -2,7 +2,7 @@
 # The multi-connection headline (issue 13), measured: one live migration of
 # the same test guest between two test hosts (network namespaces, made by
 # tests/hosts/with-hosts.sh) with 1, 2 and 4 connections, where every TCP
-# flow from the source host is capped at ${VMOPS_BENCH_MULTICONN_RATE_MBIT:-40}
+# flow from the source host is capped at ${VMOPS_BENCH_MULTICONN_RATE_MBIT:-20}
 # Mbit/s: far below what the two CPUs push under TCG, so the link's per-flow
 # limit, not the CPU, decides the speed, and N connections should move about
 # N times as fast (goal: >= 0.8 x N times the 1-connection throughput).
@@ -19,9 +19,9 @@
 # ports.  The cap is checked first with iperf3 -P 1/2/4 (a python transfer
 # when iperf3 is missing), uncapped and capped, and again at the end.
 #
-# Each migration: a fresh guest (${VMOPS_BENCH_MULTICONN_MEM_MB:-512} MiB,
-# TCG, 1 vCPU, vmops.static_mb=${VMOPS_BENCH_MULTICONN_STATIC_MB:-128}: the
-# bulk, checked on every heartbeat; a small dirtier,
+# Each migration: a fresh guest (${VMOPS_BENCH_MULTICONN_MEM_MB:-256} MiB,
+# TCG, 1 vCPU, vmops.static_mb=${VMOPS_BENCH_MULTICONN_STATIC_MB:-4}, checked
+# on every heartbeat; about 110 MiB of non-zero RAM in all; a small dirtier,
 # vmops.dirty_mb=${VMOPS_BENCH_MULTICONN_DIRTY_MB:-1} every
 # ${VMOPS_BENCH_MULTICONN_DIRTY_PAUSE_US:-1000000} us, small enough to
 # converge at one capped flow) started in the source host; once it printed
@@ -44,7 +44,7 @@
 #                   across ssh workers; runs in a throwaway PostgreSQL).
 #
 # Environment (VMOPS_BENCH_MULTICONN_*): DRIVER (bare|vm), ROUNDS (default 2),
-# CONNS ("1 2 4"), RATE_MBIT (40), PORTS (64, from PORT_BASE 40000),
+# CONNS ("1 2 4"), RATE_MBIT (20), PORTS (64, from PORT_BASE 40000),
 # MEM_MB, STATIC_MB, DIRTY_MB, DIRTY_PAUSE_US, DEADLINE (seconds; no new
 # migration starts after it, default 1800), LINK_S (iperf seconds, 5),
 # OUT (directory to keep results.jsonl and logs in).
@@ -146,11 +146,11 @@ fi
 
 rounds=${VMOPS_BENCH_MULTICONN_ROUNDS:-2}
 conns=${VMOPS_BENCH_MULTICONN_CONNS:-1 2 4}
-rate=${VMOPS_BENCH_MULTICONN_RATE_MBIT:-40}
+rate=${VMOPS_BENCH_MULTICONN_RATE_MBIT:-20}
 nports=${VMOPS_BENCH_MULTICONN_PORTS:-64}
 pbase=${VMOPS_BENCH_MULTICONN_PORT_BASE:-40000}
-mem=${VMOPS_BENCH_MULTICONN_MEM_MB:-512}
-static_mb=${VMOPS_BENCH_MULTICONN_STATIC_MB:-128}
+mem=${VMOPS_BENCH_MULTICONN_MEM_MB:-256}
+static_mb=${VMOPS_BENCH_MULTICONN_STATIC_MB:-4}
 dirty=${VMOPS_BENCH_MULTICONN_DIRTY_MB:-1}
 pause=${VMOPS_BENCH_MULTICONN_DIRTY_PAUSE_US:-1000000}
 budget=${VMOPS_BENCH_MULTICONN_DEADLINE:-1800}
