@@ -47,7 +47,8 @@
 # CONNS ("1 2 4"), RATE_MBIT (20), PORTS (64, from PORT_BASE 40000),
 # MEM_MB, STATIC_MB, DIRTY_MB, DIRTY_PAUSE_US, DEADLINE (seconds; no new
 # migration starts after it, default 1800), LINK_S (iperf seconds, 5),
-# OUT (directory to keep results.jsonl and logs in).
+# OUT (directory to keep results.jsonl and logs in); VMOPS_BIN_DIR (the vm
+# driver's programs, default bin/; with-hosts.sh puts it first in the hosts' PATH).
 #   bench-multiconn.sh --summary RESULTS.jsonl   prints the tables again.
 # Needs root (namespaces, tc), QEMU, the test guest, iperf3 or python3.
 # Everything made here (qdisc, port range, guests, receivers, files) is
@@ -170,12 +171,13 @@ out=$(cd "$out" && pwd)
 res=$out/results.jsonl
 : >"$res"
 db=multiconn_bench
+bindir=${VMOPS_BIN_DIR:-$top/bin}
 py=$(python3 -c 'import sys; print(sys.executable)')
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
 log() { echo "bench-multiconn: $*"; }
 in1() { ip netns exec "$ns1" "$@"; }
 in2() { ip netns exec "$ns2" "$@"; }
-fleet() { bin/vm-fleet --db "dbname=$db" "$@"; }
+fleet() { "$bindir/vm-fleet" --db "dbname=$db" "$@"; }
 q() { psql -qAtX -d "$db" -F' ' -c "$1"; }
 
 # Kill a pid only if its command line still names our temp dir (PID reuse).
@@ -396,7 +398,7 @@ launch_guest() {
 }
 migrate_guest() {  # NAME N
 	if [ "$driver" = vm ]; then
-		timeout 900 bin/vm-migrate --db "dbname=$db" --json "$1" --to h2 --connections "$2" \
+		timeout 900 "$bindir/vm-migrate" --db "dbname=$db" --json "$1" --to h2 --connections "$2" \
 			>"$out/$1.raw.json" 2>"$out/$1.err" &
 		wait $! || return $?
 		"$py" -c 'import json, sys
