@@ -373,8 +373,10 @@ if [ "$driver" = vm ]; then
 	SPEC
 	psql -qAtX -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
 	fleet -q init
-	fleet -q worker add h1 --memory 64G --vcpus 64 --transport ssh --address "$addr1" --run-dir "$tmp/h1"
-	fleet -q worker add h2 --memory 64G --vcpus 64 --transport ssh --address "$addr2" --run-dir "$tmp/h2"
+	fleet -q worker add h1 --memory 64G --vcpus 64 --transport ssh --address "$addr1" --run-dir "$tmp/h1" \
+		--image-dirs "$(dirname "$VMOPS_TEST_KERNEL")"
+	fleet -q worker add h2 --memory 64G --vcpus 64 --transport ssh --address "$addr2" --run-dir "$tmp/h2" \
+		--image-dirs "$(dirname "$VMOPS_TEST_KERNEL")"
 fi
 run_dir_of() { q "SELECT v.run_dir FROM sandboxes s JOIN vmms v ON v.id = s.active_vmm_id WHERE s.name = '$1'"; }
 launch_guest() {
@@ -443,7 +445,7 @@ trial() {  # ROUND N
 	( while :; do echo "$(ms) $(class_bytes)"; sleep 0.5; done ) >"$tmp/samples" 2>/dev/null &
 	sampler=$!
 	echo $sampler >"$tmp/sampler.pid"
-	rc=0
+	rc=0 tgt_log=
 	t0=$(ms)
 	migrate_guest "$name" "$n" || rc=$?
 	wall=$(( $(ms) - t0 ))
