@@ -43,11 +43,13 @@
 #                   SANDBOX --to h2 --connections N` (needs vm-migrate
 #                   across ssh workers; runs in a throwaway PostgreSQL).
 #
-# Environment (VMOPS_BENCH_MULTICONN_*): DRIVER (bare|vm), ROUNDS (default 2),
+# Environment (VMOPS_BENCH_MULTICONN_*): DRIVER (bare|vm), ROUNDS (default 1:
+# about 7 min at load 15; BENCHMARKS.md used 3),
 # CONNS ("1 2 4"), RATE_MBIT (20), PORTS (64, from PORT_BASE 40000),
 # MEM_MB, STATIC_MB, DIRTY_MB, DIRTY_PAUSE_US, DEADLINE (seconds; no new
 # migration starts after it, default 1800), LINK_S (iperf seconds, 5),
-# OUT (directory to keep results.jsonl and logs in); VMOPS_BIN_DIR (the vm
+# LINK_TOOL (iperf3, or python to use the fallback), OUT (directory to keep
+# results.jsonl and logs in); VMOPS_BIN_DIR (the vm
 # driver's programs, default bin/; with-hosts.sh puts it first in the hosts' PATH).
 #   bench-multiconn.sh --summary RESULTS.jsonl   prints the tables again.
 # Needs root (namespaces, tc), QEMU, the test guest, iperf3 or python3.
@@ -145,7 +147,7 @@ if [ -z "${VMOPS_TEST_HOSTS_DIR:-}" ]; then
 fi
 [ "$driver" = bare ] || [ -n "${VMOPS_TEST_PGHOST:-}" ] || exec tests/pgcluster.sh "$self" "$@"
 
-rounds=${VMOPS_BENCH_MULTICONN_ROUNDS:-2}
+rounds=${VMOPS_BENCH_MULTICONN_ROUNDS:-1}
 conns=${VMOPS_BENCH_MULTICONN_CONNS:-1 2 4}
 rate=${VMOPS_BENCH_MULTICONN_RATE_MBIT:-20}
 nports=${VMOPS_BENCH_MULTICONN_PORTS:-64}
@@ -265,7 +267,7 @@ PY
 # --- the link: iperf3 (else python) from source to target, N streams --------------
 link() {   # PHASE N
 	phase=$1 n=$2
-	if command -v iperf3 >/dev/null; then
+	if [ "${VMOPS_BENCH_MULTICONN_LINK_TOOL:-iperf3}" = iperf3 ] && command -v iperf3 >/dev/null; then
 		tool=iperf3
 		ip netns exec "$ns2" iperf3 -s -B "$addr2" -p 5201 >/dev/null 2>&1 &
 		echo $! >"$tmp/iperf.pid"
@@ -463,6 +465,8 @@ trial() {  # ROUND N
 	elif [ "$(beat_state "$tgt_log" "$boot" | cut -d' ' -f3)" -ne 0 ]; then
 		health="target: heartbeat not OK (boot static=$boot)"
 	fi
+	around=$(class_delta "$c0" "$c1" | "$py" -c 'import json, sys; print(json.load(sys.stdin)["default_bytes"] or 0)')
+	[ "$health" != ok ] || [ "$around" -lt 1048576 ] || health="$around bytes went around the cap (uncapped class)"
 	[ "$health" = ok ] || { fails=$((fails + 1)); cp "$tgt_log" "$out/$name.target-serial.log" 2>/dev/null || true; }
 	"$py" - "$out/$name.json" "$k" "$n" "$wall" "$load" "$health" "$(class_delta "$c0" "$c1")" "$out/$name.samples" \
 		>>"$res" <<'PY'
@@ -516,6 +520,16 @@ print("bench-multiconn: round %d n=%d: %s MiB in %s ms (setup %s) = %s Mbit/s, s
 for n in 1 4; do link uncapped "$n"; done
 cap_on
 for n in 1 2 4; do link capped "$n"; done
+# The cap must hold before anything is measured against it: one stream
+# within 50-110 % of the cap (TCP/IP headers count against it), four within
+# 3-4.4 times that.
+if ! grep '"phase": "capped"' "$res" | "$py" -c 'import json, sys
+cap = float(sys.argv[1]) * 1e6
+r = dict((x["streams"], x["bps"]) for x in map(json.loads, sys.stdin))
+sys.exit(0 if 0.5 * cap <= r.get(1, 0) <= 1.1 * cap and 3 * r[1] <= r.get(4, 0) <= 4.4 * r[1] else 1)' "$rate"; then
+	log "the per-flow cap does not hold (see the capped link lines above): nothing measured"
+	exit 1
+fi
 set -- $conns
 k=1
 stopped=""
