@@ -278,10 +278,17 @@ cmd("qmp_capabilities")
 print(cmd("query-status").get("status", "unknown"))
 PY
 }
-# Epoch ms at which process PID started (/proc/PID/stat field 22).
+# Epoch ms at which process PID started: its start in clock ticks since boot
+# (/proc/PID/stat field 22) against /proc/uptime read now (btime drifts on
+# this machine, a VM).
 proc_start_ms() {
-	awk -v hz="$(getconf CLK_TCK)" -v bt="$(awk '/^btime/ { print $2 }' /proc/stat)" \
-		'{ sub(/.*\) /, ""); printf "%d\n", (bt + $20 / hz) * 1000 }' "/proc/$1/stat" 2>/dev/null || echo 0
+	"$py" - "$1" <<'PY' 2>/dev/null || echo 0
+import os, sys, time
+st = open("/proc/%s/stat" % sys.argv[1]).read()
+ticks = int(st[st.rindex(")") + 2:].split()[19])
+up = float(open("/proc/uptime").read().split()[0])
+print(int(time.time() * 1000 - (up - ticks / os.sysconf("SC_CLK_TCK")) * 1000))
+PY
 }
 
 fails=0
@@ -411,6 +418,7 @@ rest_trial() {  # MEM METHOD REP
 		"$((qs > 0 ? qs - t0 : 0)), $([ "$m" = vmops ] && echo 'command returned' || echo 'state loaded') $((t_mid - t0)) ms)," \
 		"load $ld, $health"
 	stop_watchers
+	cp "$rd/beats" "$out/rest-$mem-$m-$rep.beats" 2>/dev/null || true
 	[ -n "$pid" ] && kill_ours "$pid"
 	rm -rf "$rd"
 }
@@ -459,6 +467,7 @@ SPEC
 	note_load "$mem MiB, part 1 end"
 	stop_watchers
 	cp "$slog" "$out/source-$mem.serial.log" 2>/dev/null || true
+	cp "$d/src.beats" "$out/source-$mem.beats"
 	fleet -q destroy "$sb"
 	if [ ! -f "$d/restore.vmops" ]; then
 		log "$mem MiB: no paused bundle to restore"
@@ -467,7 +476,7 @@ SPEC
 	fi
 	# The bare path's input: the same bundle, extracted (and verified) once.
 	mkdir "$d/bare-src"
-	build/bench/bundle-bench extract "$d/restore.vmops" "$d/bare-src" >/dev/null
+	build/bench/bundle-bench extract "$d/restore.vmops" "$d/bare-src" >/dev/null 2>"$out/extract-$mem.err"
 	log "$mem MiB: bundle $(stat -c %s "$d/restore.vmops") B; vmstate $(stat -c %s "$d/bare-src/vmstate") B uncompressed"
 	note_load "$mem MiB, part 2 start"
 	rep=1
