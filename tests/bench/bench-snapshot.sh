@@ -233,7 +233,11 @@ wait_beats() {
 }
 
 # --- guest health from its serial log -------------------------------------------------
-beats() { tr -d '\r' <"$1" 2>/dev/null | grep -ao 'HEARTBEAT [0-9]* static=.*' || :; }
+# Complete lines only: the serial log is read while the guest writes it.
+beats() {
+	tr -d '\r' <"$1" 2>/dev/null |
+		grep -aoE 'HEARTBEAT [0-9]+ static=[0-9a-f]+ static_ok=[01] pass=[0-9]+ pass_ok=[01] bad=[0-9]+$' || :
+}
 # LOG BOOT: "<beats> <passes verified in this log> <beats not OK> <first n> <last n>"
 beat_state() {
 	beats "$1" | awk -v boot="$2" '
