@@ -179,8 +179,26 @@ static void unstage(int dfd, const char *dir, const char *const *names, size_t n
 	rmdir(dir);
 }
 
+/*
+ * How long the vCPUs were stopped, in ms (-1: unknown).  Paused: from our
+ * pause to our resume.  Live: QEMU's own downtime of the background
+ * snapshot (query-migrate), the short stop in which it saves the devices.
+ */
+static int64_t paused_ms(struct vmops_hv *h, const struct vmops_prep *p, bool live)
+{
+	struct vmops_migrate_progress mp;
+	struct vmops_error e2;
+
+	if (live)
+		return vmops_hv_progress(h, &mp, &e2) == 0 && !strcmp(mp.status, "completed") ?
+			       mp.downtime_ms : -1;
+	if (!p->was_running)
+		return 0;
+	return p->resumed_at_ms >= p->paused_at_ms ? p->resumed_at_ms - p->paused_at_ms : -1;
+}
+
 static int do_snapshot(struct vmops_hv *h, const struct target *t, uint64_t timeout_ms,
-		       struct vmops_manifest *m, struct vmops_error *err)
+		       struct vmops_manifest *m, int64_t *paused, struct vmops_error *err)
 {
 	const char *names[VMOPS_SNAP_UNDO_MAX];
 	struct vmops_prepare_opts po;
@@ -210,6 +228,7 @@ static int do_snapshot(struct vmops_hv *h, const struct target *t, uint64_t time
 		unstage(dfd, dir, NULL, 0);
 		return -1;
 	}
+	*paused = paused_ms(h, &p, opt.live);
 	snprintf(m->hypervisor, sizeof(m->hypervisor), "%s", t->info.kind);
 	if (vmops_hv_version(h, m->hypervisor_version, sizeof(m->hypervisor_version), err) < 0) {
 		unstage(dfd, dir, names, n);
@@ -310,7 +329,7 @@ static int verify_only(struct vmops_manifest *m, struct vmops_error *err)
 }
 
 static void print_result(const char *mode, const struct vmops_hv *h, const char *sandbox,
-			 const char *file, int frozen)
+			 const char *file, int frozen, int64_t paused)
 {
 	static const struct vmops_column cols[] = {
 		{ "mode", VMOPS_COL_STRING, 0, 0 },
@@ -321,6 +340,7 @@ static void print_result(const char *mode, const struct vmops_hv *h, const char 
 		{ "frozen", VMOPS_COL_INT, 0, 0 },
 		{ "dry_run", VMOPS_COL_BOOL, 0, 0 },
 		{ "live", VMOPS_COL_BOOL, 0, 0 },
+		{ "paused_ms", VMOPS_COL_INT, 0, 0 },
 	};
 	struct vmops_output *o = vmops_output_new();
 	struct vmops_section *s = vmops_output_record(o, "snapshot", cols, ARRAY_SIZE(cols));
@@ -336,6 +356,8 @@ static void print_result(const char *mode, const struct vmops_hv *h, const char 
 		vmops_set_int(s, 5, frozen);
 	vmops_set_bool(s, 6, vmops_cli.dry_run);
 	vmops_set_bool(s, 7, opt.live);
+	if (paused >= 0)
+		vmops_set_int(s, 8, (long long)paused);
 	if (!vmops_cli.quiet || vmops_cli.json)
 		print_output(o);
 	vmops_output_free(o);
@@ -380,6 +402,7 @@ static int run_on_sandbox(const char *mode, uint64_t timeout_ms, struct vmops_er
 	struct vmops_manifest m = { 0 };
 	struct vmops_hv *h = NULL;
 	struct vmops_prep p;
+	int64_t paused = -1;
 	int r = -1, frozen = -1;
 	PGconn *c = vmops_db_connect(vmops_cli.db, prog_name, err);
 
@@ -388,7 +411,7 @@ static int run_on_sandbox(const char *mode, uint64_t timeout_ms, struct vmops_er
 	PQfinish(c);
 	c = NULL;
 	if (vmops_cli.dry_run) {
-		print_result(mode, NULL, opt.sandbox, opt.out, -1);
+		print_result(mode, NULL, opt.sandbox, opt.out, -1, -1);
 		r = 0;
 		goto out;
 	}
@@ -402,10 +425,11 @@ static int run_on_sandbox(const char *mode, uint64_t timeout_ms, struct vmops_er
 	} else if (!strcmp(mode, "undo")) {
 		r = vmops_prep_recover(h, &po, err);
 	} else {
-		r = do_snapshot(h, &t, timeout_ms, &m, err);
+		r = do_snapshot(h, &t, timeout_ms, &m, &paused, err);
 	}
 	if (r == 0)
-		print_result(mode, h, opt.sandbox, opt.out && strcmp(opt.out, "-") ? opt.out : NULL, frozen);
+		print_result(mode, h, opt.sandbox, opt.out && strcmp(opt.out, "-") ? opt.out : NULL, frozen,
+			     paused);
 out:
 	vmops_manifest_clear(&m);
 	vmops_hv_free(h);
@@ -585,14 +609,14 @@ int main(int argc, const char **argv)
 	} else if (vmops_cli.dry_run) {
 		r = verify_only(&m, &err);
 		if (r == 0)
-			print_result(mode, NULL, m.sandbox[0] ? m.sandbox : NULL, opt.in, -1);
+			print_result(mode, NULL, m.sandbox[0] ? m.sandbox : NULL, opt.in, -1, -1);
 		vmops_manifest_clear(&m);
 	} else {
 		struct vmops_hv *h = do_restore(&m, &err);
 
 		r = h ? 0 : -1;
 		if (h)
-			print_result(mode, h, m.sandbox[0] ? m.sandbox : NULL, NULL, -1);
+			print_result(mode, h, m.sandbox[0] ? m.sandbox : NULL, NULL, -1, -1);
 		vmops_hv_free(h);   /* the VMM keeps running */
 		vmops_manifest_clear(&m);
 	}

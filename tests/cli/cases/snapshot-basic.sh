@@ -35,6 +35,9 @@ INSERT INTO snapshots (sandbox_id, vmm_id, worker_id, location, lease_owner, lea
   VALUES (2, 1, 1, '/tmp/vmops-cli-never/run1-1.vmops', 'snapshot-prep pid 1 on h',
           '2999-01-01 00:00:00+00');
 SQL
+# A dry run of a running sandbox: what would be done; paused_ms is only
+# known after a real snapshot (null).
+runs snapshot-prep --db "$DB" snapshot --live --sandbox run1 -o /tmp/vmops-cli-never --dry-run --json
 runs snapshot-prep --db "$DB" recover --sandbox stopped1
 runs snapshot-prep --db "$DB" recover --sandbox nosuch --json
 runs snapshot-prep --db "$DB" recover --sandbox run1
