@@ -723,6 +723,8 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 	}
 	r->migration_id = cl.migration_id;
 	r->target_vmm_id = cl.target_vmm_id;
+	if (o->on_claim)
+		o->on_claim(o->data, r);
 	attempt_from_claim(&at, &cl, &src);
 	vmops_info("migration %lld: sandbox %s from %s to %s", cl.migration_id, o->sandbox, src.worker, cl.target);
 	at.source = vmops_hv_attach(&sinfo, 5000, e);

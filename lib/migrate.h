@@ -43,6 +43,8 @@ struct vmops_migrate_opts {
 	const char *program;              /* acting program for audit rows and the lease owner; NULL: "vm-migrate" */
 	/* The program's signal handler sets this; the attempt is then cancelled. */
 	volatile sig_atomic_t *interrupted;
+	/* Called once the attempt is claimed: migration id and both workers known (may be NULL). */
+	void (*on_claim)(void *data, const struct vmops_migrate_report *r);
 	/* Called about every 500 ms while transferring (may be NULL). */
 	void (*on_progress)(void *data, const struct vmops_migrate_report *r);
 	void *data;

@@ -88,6 +88,12 @@ int vmops_mig_stop_vmm(struct attempt *at, struct vmops_hv *h, long long vmm_id,
 
 /* ---- receiver --------------------------------------------------------------- */
 
+/* The program was interrupted (never while recovering: --recover has no flag to give). */
+static bool interrupted(const struct attempt *at)
+{
+	return at->o && at->o->interrupted && *at->o->interrupted;
+}
+
 static int free_port(const char *address, long long lo, long long hi, long long salt)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV };
@@ -140,6 +146,9 @@ int vmops_mig_phase_receiver(struct attempt *at, const struct vmops_spec *spec, 
 	char uri[300];
 
 	vmops_fault_point("receiver");
+	if (interrupted(at))
+		return vmops_err(e, VMOPS_EXIT_INTERRUPTED, "interrupted before the receiver on %s was started",
+				 at->target_worker);
 	/* The lease must outlast the receiver's start-up, which we wait for without renewing. */
 	if (vmops_mig_record_phase(at, "receiver", "preparing", RECEIVER_TIMEOUT_MS, e) < 0)
 		return -1;
@@ -150,10 +159,12 @@ int vmops_mig_phase_receiver(struct attempt *at, const struct vmops_spec *spec, 
 	lo.vmm_id = (uint64_t)at->target_vmm_id;
 	lo.auto_accel = at->o ? at->o->auto_accel : VMOPS_ACCEL_AUTO;
 	lo.incoming_paused = true;
+	/* Waits for the receiver give up when the program is interrupted (then rolled back). */
+	lo.interrupted = at->o ? at->o->interrupted : NULL;
 	for (int try = 0; !at->target && try < 3; try++) {
 		/* The port was free when probed; another process may take it before the receiver binds. */
 		if (try > 0) {
-			if (!strstr(e->msg, "in use"))
+			if (!strstr(e->msg, "in use") || e->code == VMOPS_EXIT_INTERRUPTED)
 				break;
 			vmops_warn("sandbox %s: receiver on %s: %s; trying another port", at->sandbox,
 				   at->target_worker, e->msg);
@@ -165,6 +176,8 @@ int vmops_mig_phase_receiver(struct attempt *at, const struct vmops_spec *spec, 
 			 free_port(address, port_min, port_max, at->migration_id + 7 * try));
 		at->target = vmops_hv_prepare_incoming(spec, &lo, uri, &at->mp, RECEIVER_TIMEOUT_MS, e);
 	}
+	if (!at->target && e->code == VMOPS_EXIT_INTERRUPTED)
+		return vmops_err_prefix(e, "receiver on %s", at->target_worker);
 	if (!at->target && at->mp.connections > 1) {
 		vmops_warn("sandbox %s: receiver on %s with %u connections failed (%s); trying one connection",
 			   at->sandbox, at->target_worker, at->mp.connections, e->msg);
@@ -184,11 +197,6 @@ int vmops_mig_phase_receiver(struct attempt *at, const struct vmops_spec *spec, 
 }
 
 /* ---- transfer ---------------------------------------------------------------- */
-
-static bool interrupted(const struct attempt *at)
-{
-	return at->o && at->o->interrupted && *at->o->interrupted;
-}
 
 static void account(struct attempt *at, const struct vmops_migrate_progress *p, uint64_t t,
 		    uint64_t *rate_t0, uint64_t *rate_b0)
