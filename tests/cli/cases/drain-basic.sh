@@ -47,6 +47,8 @@ sql "SELECT name, state FROM workers ORDER BY id"
 # the drain is not active now: another vm-drain may continue it; one running it refuses a second
 sql "UPDATE drains SET state = 'running', lease_owner = 'vm-drain elsewhere pid 1', lease_expires_at = now() + interval '1 hour'"
 runs vm-drain --db "$DB" w1
+# a dry run never waits, not even for a drain another vm-drain runs (a wait shows as timeout's 124)
+runs timeout 20 vm-drain --db "$DB" --dry-run --max-parallel 1 w1
 sql "UPDATE drains SET lease_expires_at = now() - interval '1 second'"
 runs vm-drain --db "$DB" --json --max-parallel 1 --retries 1 w1 | mask
 sql "SELECT id, state, runs FROM drains"
