@@ -187,7 +187,7 @@ static int recover(PGconn *c, uint64_t lease_ms)
 	struct vmops_output *o;
 	struct vmops_section *s;
 
-	if (vmops_migrate_recover(c, vmops_cli.dry_run, lease_ms, &rr, &err) < 0)
+	if (vmops_migrate_recover_until(c, vmops_cli.dry_run, lease_ms, &vmops_interrupted, &rr, &err) < 0)
 		die_err(&err);
 	o = vmops_output_new();
 	s = vmops_output_record(o, "recover", cols, ARRAY_SIZE(cols));
@@ -205,6 +205,11 @@ static int recover(PGconn *c, uint64_t lease_ms)
 	vmops_output_free(o);
 	if (rr.unknown && !vmops_cli.json)
 		fprintf(stderr, "%s: %s\n", prog_name, rr.last_error);
+	if (rr.interrupted) {
+		fprintf(stderr, "%s: interrupted: attempts not recovered yet are left as they were; run --recover again\n",
+			prog_name);
+		return VMOPS_EXIT_INTERRUPTED;
+	}
 	return rr.errors ? VMOPS_EXIT_FAILURE : rr.unknown ? VMOPS_EXIT_UNKNOWN : VMOPS_EXIT_OK;
 }
 

@@ -87,6 +87,7 @@ struct vmops_recover_report {
 	int unknown;        /* facts unknown (a live VMM did not answer): nothing irreversible done */
 	int receivers_killed;   /* receivers stopped by signal (pidfd, recorded or found in /proc) */
 	int errors;
+	bool interrupted;   /* stopped early by the interrupted flag: run --recover again */
 	char last_error[VMOPS_ERRMSG_MAX];
 };
 
@@ -101,6 +102,14 @@ struct vmops_recover_report {
  */
 int vmops_migrate_recover(PGconn *c, bool dry_run, uint64_t lease_ms, struct vmops_recover_report *r,
 			  struct vmops_error *e);
+/*
+ * The same, leaving early once *interrupted (may be NULL) is nonzero: no
+ * further attempt is taken, and a target still loading is no longer waited
+ * for (that attempt is left unknown, its lease given up: nothing
+ * irreversible); r->interrupted says so.
+ */
+int vmops_migrate_recover_until(PGconn *c, bool dry_run, uint64_t lease_ms, volatile sig_atomic_t *interrupted,
+				struct vmops_recover_report *r, struct vmops_error *e);
 
 /* ---- the decision table of --recover (pure; vm-migrate(1) lists it) ---- */
 
