@@ -29,6 +29,7 @@
 #include "fault.h"
 #include "host.h"
 #include "hv.h"
+#include "interrupt.h"
 #include "prog.h"
 #include "schema.h"
 #include "snapshot/snapshot.h"
@@ -61,8 +62,6 @@ static struct poptOption options[] = {
 	POPT_TABLEEND
 };
 
-static volatile sig_atomic_t interrupted;
-
 /* strerror, lowercased (messages are lowercase). */
 static const char *errtext(int e)
 {
@@ -74,9 +73,20 @@ static const char *errtext(int e)
 	return buf;
 }
 
-static void on_signal(int sig)
+/* What a second SIGINT/SIGTERM leaves, and what cleans it up (lib/interrupt). */
+static void note_interrupt(const char *mode)
 {
-	interrupted = sig;
+	const char *sb = opt.sandbox;
+
+	if (!strcmp(mode, "hibernate") || !strcmp(mode, "wake") || !strcmp(mode, "recover"))
+		vmops_interrupt_note("the %s of sandbox %s is left under its lease: run 'snapshot-prep recover"
+				     " --sandbox %s' once it has expired", mode, sb, sb);
+	else if (!strcmp(mode, "restore"))
+		vmops_interrupt_note("a VMM being restored in %s may be left paused: stop it, or run ghost-reap",
+				     opt.run_dir ? opt.run_dir : "its run directory");
+	else
+		vmops_interrupt_note("sandbox %s may be left quiesced and paused: run 'snapshot-prep undo --sandbox %s'",
+				     sb, sb);
 }
 
 static void usage(void)
@@ -149,7 +159,7 @@ static void prepare_opts(struct vmops_prepare_opts *po)
 	po->hint_ms = (int)opt_duration("hint-timeout", opt.hint_timeout, VMOPS_SNAP_HINT_MS, 1, 3600000);
 	po->no_quiesce = opt.no_quiesce;
 	po->live = opt.live;
-	po->interrupted = &interrupted;
+	po->interrupted = &vmops_interrupted;
 }
 
 static void progress(uint64_t done, uint64_t total, void *arg)
@@ -164,7 +174,7 @@ static void progress(uint64_t done, uint64_t total, void *arg)
 static void bundle_opts(struct vmops_bundle_opts *bo)
 {
 	memset(bo, 0, sizeof(*bo));
-	bo->interrupted = &interrupted;
+	bo->interrupted = &vmops_interrupted;
 	if (isatty(STDERR_FILENO) && !vmops_cli.quiet && !vmops_cli.json)
 		bo->progress = progress;
 }
@@ -298,7 +308,7 @@ static struct vmops_hv *do_restore(struct vmops_manifest *m, struct vmops_error 
 	lo.run_dir = vdir;
 	lo.vmm_id = (uint64_t)id;
 	lo.auto_accel = VMOPS_ACCEL_AUTO;
-	lo.interrupted = &interrupted;
+	lo.interrupted = &vmops_interrupted;
 	h = vmops_hv_launch_for_restore(spec, &lo, err);
 	if (!h)
 		return NULL;
@@ -489,7 +499,7 @@ static int run_db_mode(const char *mode, uint64_t timeout_ms, struct vmops_error
 		struct vmops_hibernate_opts ho = { .sandbox = opt.sandbox, .bundle_dir = opt.bundle_dir,
 						   .work_dir = opt.work_dir, .budget_ms = timeout_ms,
 						   .agent_ms = po.agent_ms, .prepare_ms = po.prepare_ms,
-						   .hint_ms = po.hint_ms, .program = prog_name, .interrupted = &interrupted };
+						   .hint_ms = po.hint_ms, .program = prog_name, .interrupted = &vmops_interrupted };
 		struct vmops_hibernate_report hr;
 
 		r = vmops_hibernate(c, &ho, &hr, err);
@@ -499,7 +509,7 @@ static int run_db_mode(const char *mode, uint64_t timeout_ms, struct vmops_error
 		struct vmops_wake_opts wo = { .sandbox = opt.sandbox, .worker = opt.worker,
 					      .timeout_ms = (int)timeout_ms, .agent_ms = po.agent_ms,
 					      .prepare_ms = po.prepare_ms, .auto_accel = VMOPS_ACCEL_AUTO,
-					      .program = prog_name, .interrupted = &interrupted };
+					      .program = prog_name, .interrupted = &vmops_interrupted };
 		struct vmops_wake_report wr;
 
 		r = vmops_wake(c, &wo, &wr, err);
@@ -579,7 +589,6 @@ static int run_recover(struct vmops_error *err)
 int main(int argc, const char **argv)
 {
 	struct vmops_error err = { 0 };
-	struct sigaction sa = { .sa_handler = on_signal };
 	struct vmops_manifest m = { 0 };
 	const char **left, *mode;
 	uint64_t timeout_ms;
@@ -597,8 +606,8 @@ int main(int argc, const char **argv)
 	check_args(mode);
 	timeout_ms = opt_duration("timeout", opt.timeout, 600000, 1000, 86400000);
 	prepare_opts(&(struct vmops_prepare_opts){ 0 });  /* validates the durations */
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
+	vmops_interrupt_install(prog_name, 0);
+	note_interrupt(mode);
 
 	if (!strcmp(mode, "recover")) {
 		r = run_recover(&err);

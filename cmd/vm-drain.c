@@ -14,6 +14,7 @@
 #include "db.h"
 #include "drain/drain.h"
 #include "fleet.h"
+#include "interrupt.h"
 #include "host.h"
 #include "migrate.h"
 #include "parse.h"
@@ -78,13 +79,41 @@ static void usage(void)
 
 #define WEEK_MS (7ULL * 24 * 3600 * 1000)
 
-static volatile sig_atomic_t stop;
 static bool tty, progress_shown;
+static const char *drain_worker;
 
-static void on_signal(int sig)
+/*
+ * What a second SIGINT/SIGTERM leaves (lib/interrupt): the drain, and the
+ * moves and hibernates in flight, named.  on_sandbox runs on the main thread.
+ */
+static struct {
+	char sandbox[64], how[96];
+} inflight[16];
+
+static void note_inflight(const struct vmops_drain_sandbox_report *s)
 {
-	(void)sig;
-	stop = 1;
+	bool going = !strcmp(s->outcome, "moving") || !strcmp(s->outcome, "hibernating");
+	char list[600] = "";
+	size_t k = ARRAY_SIZE(inflight);
+
+	for (size_t i = 0; i < ARRAY_SIZE(inflight); i++) {
+		if (!strcmp(inflight[i].sandbox, s->sandbox))
+			inflight[i].sandbox[0] = '\0';
+		if (!inflight[i].sandbox[0] && k == ARRAY_SIZE(inflight))
+			k = i;
+	}
+	if (going && k < ARRAY_SIZE(inflight)) {
+		snprintf(inflight[k].sandbox, sizeof(inflight[k].sandbox), "%s", s->sandbox);
+		snprintf(inflight[k].how, sizeof(inflight[k].how), "%s %.63s", !strcmp(s->outcome, "moving") ? "moving to" :
+			 "hibernating into", !strcmp(s->outcome, "moving") ? s->target : "its bundle");
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(inflight); i++)
+		if (inflight[i].sandbox[0] && strlen(list) < sizeof(list) - 160)
+			snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%.63s %.79s", list[0] ? ", " : "",
+				 inflight[i].sandbox, inflight[i].how);
+	vmops_interrupt_note("worker %s stays draining%s%s; run 'vm-drain %s' again once the leases have expired"
+			     " (it recovers what is left), or 'vm-migrate --recover'", drain_worker,
+			     list[0] ? ", with these left under their leases: " : "", list, drain_worker);
 }
 
 static bool chatty(void)
@@ -102,6 +131,7 @@ static void clear_progress(void)
 static void on_sandbox(void *data, const struct vmops_drain_sandbox_report *s)
 {
 	(void)data;
+	note_inflight(s);
 	if (vmops_cli.quiet)
 		return;   /* on stderr: also with --json */
 	clear_progress();
@@ -286,7 +316,6 @@ int main(int argc, const char **argv)
 	struct vmops_drain_opts o = { 0 };
 	struct vmops_drain_report rep;
 	struct vmops_error err = { 0 };
-	struct sigaction sa = { 0 };
 	char host[VMOPS_HOST_ID_MAX];
 	const char **args;
 	const char *worker = NULL;
@@ -311,22 +340,26 @@ int main(int argc, const char **argv)
 	/* The process count needs this host's identity; without one the worker is not declared drained. */
 	o.host_id = vmops_host_id(getenv(VMOPS_HOST_ID_ENV), host, sizeof(host), &err) == 0 ? host : NULL;
 	o.proc_root = getenv("VMOPS_PROC_ROOT");
-	o.interrupted = &stop;
+	o.interrupted = &vmops_interrupted;
 	o.on_sandbox = on_sandbox;
 	o.on_progress = on_progress;
 	tty = isatty(STDERR_FILENO);
 
-	sa.sa_handler = on_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
+	drain_worker = worker;
+	vmops_interrupt_install(prog_name, 0);
+	if (opt.cancel)
+		vmops_interrupt_note("the cancel of the drain of worker %s is recorded; the running vm-drain ends it",
+				     worker);
+	else
+		vmops_interrupt_note("worker %s stays draining; run 'vm-drain %s' again once its lease has expired"
+				     " (it recovers what is left), or 'vm-migrate --recover'", worker, worker);
 	signal(SIGPIPE, SIG_IGN);
 
 	c = vmops_db_connect(vmops_cli.db, prog_name, &err);
 	if (!c || vmops_schema_check(c, &err) < 0)
 		die_err(&err);
 	if (opt.cancel)
-		rc = vmops_drain_cancel(c, worker, wait_ms, &rep, &err) < 0 ? -1 : VMOPS_EXIT_OK;
+		rc = vmops_drain_cancel(c, worker, wait_ms, &vmops_interrupted, &rep, &err) < 0 ? -1 : VMOPS_EXIT_OK;
 	else
 		rc = vmops_drain_run(c, vmops_cli.db, &o, &rep, &err);
 	clear_progress();

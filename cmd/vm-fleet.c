@@ -14,6 +14,7 @@
 
 #include "db.h"
 #include "fleet.h"
+#include "interrupt.h"
 #include "host.h"
 #include "images.h"
 #include "parse.h"
@@ -644,28 +645,16 @@ static enum vmops_accel accel_opt(void)
 
 static char *launch_spec_text;
 
-static volatile sig_atomic_t launch_interrupted;
-
-static void on_launch_signal(int sig)
-{
-	(void)sig;
-	launch_interrupted = 1;
-}
-
-/* SIGINT, SIGTERM and SIGHUP stop a launch cleanly (lib/vm.c undoes it). */
+/*
+ * SIGINT, SIGTERM and SIGHUP stop a launch cleanly (lib/vm.c undoes it); a
+ * second one leaves at once and names what it leaves (lib/interrupt).
+ */
 static void catch_launch_signals(void)
 {
-	static const int sigs[] = { SIGINT, SIGTERM, SIGHUP };
-	struct sigaction sa;
-
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_launch_signal;
-	sigemptyset(&sa.sa_mask);
-	for (size_t i = 0; i < ARRAY_SIZE(sigs); i++)
-		sigaddset(&sa.sa_mask, sigs[i]);
-	sa.sa_flags = SA_RESTART;
-	for (size_t i = 0; i < ARRAY_SIZE(sigs); i++)
-		sigaction(sigs[i], &sa, NULL);
+	vmops_interrupt_install(prog_name, VMOPS_INTERRUPT_HUP | VMOPS_INTERRUPT_RESTART);
+	vmops_interrupt_note("the launch of sandbox %s on worker %s is left unfinished: its VMM stays starting"
+			     " until 'ghost-reap --action kill' stops it (after --starting-timeout) and repairs it",
+			     opt.sandbox ? opt.sandbox : "?", opt.worker ? opt.worker : "?");
 }
 
 /*
@@ -737,7 +726,7 @@ static int cmd_launch(PGconn *c, const char **args)
 	q.ready_timeout_ms = (int)opt_duration("wait", opt.wait, 30000, 1, DAY_MS);
 	q.auto_accel = accel_opt();
 	q.dry_run = vmops_cli.dry_run;
-	q.interrupted = &launch_interrupted;
+	q.interrupted = &vmops_interrupted;
 	{
 		struct ticker t = { 0 };
 		int rc;

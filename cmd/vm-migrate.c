@@ -12,6 +12,7 @@
 
 #include "db.h"
 #include "fleet.h"
+#include "interrupt.h"
 #include "migrate.h"
 #include "parse.h"
 #include "prog.h"
@@ -70,24 +71,17 @@ static void usage(void)
 
 #define WEEK_MS (7ULL * 24 * 3600 * 1000)
 
-static volatile sig_atomic_t stop;
-
 /*
- * The first SIGINT/SIGTERM asks the attempt to stop and clean up; a second
- * one leaves at once, saying what it leaves behind (async-signal-safe).
+ * The first SIGINT/SIGTERM asks the attempt to stop and roll back (every
+ * wait polls the flag); a second one leaves at once and names what it
+ * leaves for --recover (lib/interrupt).
  */
-static void on_signal(int sig)
+static void on_claim(void *data, const struct vmops_migrate_report *r)
 {
-	static const char msg[] =
-		"vm-migrate: second interrupt: leaving at once, without cleaning up; an attempt in"
-		" progress is left to its lease: run 'vm-migrate --recover' once it has expired\n";
-
-	(void)sig;
-	if (stop) {
-		(void)!write(STDERR_FILENO, msg, sizeof(msg) - 1);
-		_exit(VMOPS_EXIT_INTERRUPTED);
-	}
-	stop = 1;
+	(void)data;
+	vmops_interrupt_note("sandbox %s, migration %lld (%s -> %s), is left as it was, under its lease:"
+			     " run 'vm-migrate --recover' once the lease has expired", r->sandbox,
+			     r->migration_id, r->source_worker, r->target_worker);
 }
 
 static bool tty;
@@ -194,7 +188,7 @@ static int recover(PGconn *c, uint64_t lease_ms)
 	struct vmops_output *o;
 	struct vmops_section *s;
 
-	if (vmops_migrate_recover(c, vmops_cli.dry_run, lease_ms, &rr, &err) < 0)
+	if (vmops_migrate_recover_until(c, vmops_cli.dry_run, lease_ms, &vmops_interrupted, &rr, &err) < 0)
 		die_err(&err);
 	o = vmops_output_new();
 	s = vmops_output_record(o, "recover", cols, ARRAY_SIZE(cols));
@@ -212,6 +206,11 @@ static int recover(PGconn *c, uint64_t lease_ms)
 	vmops_output_free(o);
 	if (rr.unknown && !vmops_cli.json)
 		fprintf(stderr, "%s: %s\n", prog_name, rr.last_error);
+	if (rr.interrupted) {
+		fprintf(stderr, "%s: interrupted: attempts not recovered yet are left as they were; run --recover again\n",
+			prog_name);
+		return VMOPS_EXIT_INTERRUPTED;
+	}
 	return rr.errors ? VMOPS_EXIT_FAILURE : rr.unreachable ? VMOPS_EXIT_UNREACHABLE :
 	       rr.unknown ? VMOPS_EXIT_UNKNOWN : VMOPS_EXIT_OK;
 }
@@ -221,7 +220,6 @@ int main(int argc, const char **argv)
 	struct vmops_migrate_opts mo = { 0 };
 	struct vmops_migrate_report rep;
 	struct vmops_error err = { 0 };
-	struct sigaction sa = { 0 };
 	const char **args;
 	const char *sandbox = NULL;
 	poptContext ctx;
@@ -291,14 +289,18 @@ int main(int argc, const char **argv)
 			usage_error("--accel: unknown kind '%s': use tcg, kvm or auto", opt.accel);
 	}
 	mo.dry_run = vmops_cli.dry_run;
-	mo.interrupted = &stop;
+	mo.interrupted = &vmops_interrupted;
+	mo.on_claim = on_claim;
 	mo.on_progress = progress;
 	tty = isatty(STDERR_FILENO);
 
-	sa.sa_handler = on_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
+	vmops_interrupt_install(prog_name, 0);
+	if (sandbox)
+		vmops_interrupt_note("sandbox %s: if an attempt was already claimed, it is left under its lease: run"
+				     " 'vm-migrate --recover' once it has expired", sandbox);
+	else
+		vmops_interrupt_note("attempts being recovered are left under a new lease: run"
+				     " 'vm-migrate --recover' again once it has expired");
 	signal(SIGPIPE, SIG_IGN);
 
 	c = vmops_db_connect(vmops_cli.db, prog_name, &err);

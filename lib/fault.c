@@ -13,7 +13,7 @@
 int vmops_fault_state;
 
 static char fault_phase[32];
-static enum { ACT_NONE, ACT_EXIT, ACT_KILL, ACT_STOP, ACT_CUT_BEFORE, ACT_CUT_AFTER } fault_action;
+static enum { ACT_NONE, ACT_EXIT, ACT_KILL, ACT_STOP, ACT_SIGINT, ACT_CUT_BEFORE, ACT_CUT_AFTER } fault_action;
 static bool commit_fault_fired;
 
 static void fault_read(void)
@@ -30,6 +30,8 @@ static void fault_read(void)
 		fault_action = ACT_KILL;
 	else if (!strcmp(colon + 1, "stop"))
 		fault_action = ACT_STOP;
+	else if (!strcmp(colon + 1, "sigint"))
+		fault_action = ACT_SIGINT;
 	else if (!strcmp(colon + 1, "cut-before-commit"))
 		fault_action = ACT_CUT_BEFORE;
 	else if (!strcmp(colon + 1, "cut-after-commit"))
@@ -49,7 +51,7 @@ void vmops_fault_check_slow(const char *phase)
 	    fault_action == ACT_CUT_BEFORE || fault_action == ACT_CUT_AFTER)
 		return;
 	vmops_debug("VMOPS_FAULT: %s at phase %s", fault_action == ACT_EXIT ? "exit" :
-		    fault_action == ACT_KILL ? "sigkill-self" : "stop", phase);
+		    fault_action == ACT_KILL ? "sigkill-self" : fault_action == ACT_SIGINT ? "sigint" : "stop", phase);
 	switch (fault_action) {
 	case ACT_EXIT:
 		_exit(1);
@@ -58,6 +60,9 @@ void vmops_fault_check_slow(const char *phase)
 		break;
 	case ACT_STOP:
 		raise(SIGSTOP);
+		break;
+	case ACT_SIGINT:
+		raise(SIGINT);
 		break;
 	case ACT_NONE:
 	case ACT_CUT_BEFORE:

@@ -10,6 +10,8 @@
  *   sigkill-self  SIGKILL to itself (as the OOM killer or kill -9 would)
  *   stop          SIGSTOP to itself; after SIGCONT it carries on
  *                 (a stalled process, or a window for a test to act in)
+ *   sigint        SIGINT to itself, as an operator's Ctrl-C at that point
+ *                 (the program's handler decides what it means)
  *
  * and, for the transaction that ends a phase (vmops_fault_commit(); vm-migrate:
  * claim (cut-after only), finish, done), once per process:

@@ -45,16 +45,20 @@ static bool inside_one(const char *real, const char *list)
 	return false;
 }
 
-static bool allowed(const char *real, const char *dirs)
+static bool allowed(const char *real, const char *dirs, const char *own_dir)
 {
 	const char *env = getenv(VMOPS_IMAGE_DIRS_ENV);
 
+	/* One directory (it may contain ':'): compared as a list of one. */
+	if (own_dir && own_dir[0] == '/' && !strchr(own_dir, ':') && inside_one(real, own_dir))
+		return true;
 	if (dirs && *dirs)
 		return inside_one(real, dirs);
 	return inside_one(real, VMOPS_IMAGE_DIRS_DEFAULT) || (env && inside_one(real, env));
 }
 
-int vmops_images_check_file(const char *what, const char *path, const char *dirs, struct vmops_error *e)
+static int check_file(const char *what, const char *path, const char *dirs, const char *own_dir,
+		      struct vmops_error *e)
 {
 	char link[64], real[PATH_MAX], why[160];
 	struct stat st;
@@ -84,7 +88,7 @@ int vmops_images_check_file(const char *what, const char *path, const char *dirs
 	real[n] = '\0';
 	if (S_ISLNK(st.st_mode))    /* O_PATH | O_NOFOLLOW opens the link itself */
 		return refuse(e, what, path, "a symbolic link");
-	if (!allowed(real, dirs)) {
+	if (!allowed(real, dirs, own_dir)) {
 		snprintf(why, sizeof(why), "%s the worker's image directories%s", strcmp(real, path) ? "resolves outside" : "outside",
 			 dirs && *dirs ? "" : " (default list; see vmops(7))");
 		return refuse(e, what, path, why);
@@ -104,20 +108,33 @@ int vmops_images_check_file(const char *what, const char *path, const char *dirs
 	return 0;
 }
 
-int vmops_images_check(const struct vmops_spec *spec, const char *dirs, struct vmops_error *e)
+int vmops_images_check_file(const char *what, const char *path, const char *dirs, struct vmops_error *e)
+{
+	return check_file(what, path, dirs, NULL, e);
+}
+
+int vmops_images_check_recorded(const struct vmops_spec *spec, const char *dirs, const char *own_dir,
+				bool skip_writable, struct vmops_error *e)
 {
 	char what[32];
 
-	if (vmops_images_check_file("kernel", spec->kernel, dirs, e) < 0)
+	if (check_file("kernel", spec->kernel, dirs, own_dir, e) < 0)
 		return -1;
-	if (spec->initrd && vmops_images_check_file("initrd", spec->initrd, dirs, e) < 0)
+	if (spec->initrd && check_file("initrd", spec->initrd, dirs, own_dir, e) < 0)
 		return -1;
 	for (size_t i = 0; i < spec->n_disks; i++) {
+		if (skip_writable && !spec->disks[i].readonly)
+			continue;
 		snprintf(what, sizeof(what), "disk %zu", i);
-		if (vmops_images_check_file(what, spec->disks[i].path, dirs, e) < 0)
+		if (check_file(what, spec->disks[i].path, dirs, own_dir, e) < 0)
 			return -1;
 	}
 	return 0;
+}
+
+int vmops_images_check(const struct vmops_spec *spec, const char *dirs, struct vmops_error *e)
+{
+	return vmops_images_check_recorded(spec, dirs, NULL, false, e);
 }
 
 static bool dir_valid(const char *d, size_t n)

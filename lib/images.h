@@ -31,6 +31,17 @@
  */
 int vmops_images_check(const struct vmops_spec *spec, const char *dirs, struct vmops_error *e);
 
+/*
+ * The same, for a VMM started again from a recorded spec on another worker
+ * (a migration's receiver, a wake), before anything is reserved there:
+ * `dirs` are that worker's.  Files inside `own_dir` (may be NULL: the
+ * sandbox's current VMM's run directory, where a woken sandbox's writable
+ * disks live) are allowed as well.  With skip_writable, writable disks are
+ * not checked (a wake brings them from its bundle into its own run directory).
+ */
+int vmops_images_check_recorded(const struct vmops_spec *spec, const char *dirs, const char *own_dir,
+				bool skip_writable, struct vmops_error *e);
+
 /* One file (what = "kernel", "initrd", "disk 0", ...). */
 int vmops_images_check_file(const char *what, const char *path, const char *dirs, struct vmops_error *e);
 

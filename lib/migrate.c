@@ -23,6 +23,7 @@
 #include "fault.h"
 #include "fleet.h"
 #include "hv.h"
+#include "images.h"
 #include "log.h"
 #include "migrate.h"
 #include "migrate/attempt.h"
@@ -133,6 +134,8 @@ static int load_source(PGconn *c, const char *sandbox, struct source *s, struct 
 struct claim {
 	const struct vmops_migrate_opts *o;
 	const struct source *src;
+	const struct vmops_spec *spec;      /* the launch-spec policy checks it per target */
+	const char *own_dir;                /* the source VMM's run directory */
 	const char *owner;
 	long long migration_id, target_vmm_id, target_worker_id;
 	char target[64], address[256], run_dir[PATH_MAX];
@@ -148,6 +151,7 @@ struct claim {
  */
 static const char *candidates_sql =
 	"SELECT w.id, w.name, w.state, w.migration_address, w.run_dir, w.port_min, w.port_max,"
+	"  array_to_string(w.image_dirs, ':') AS image_dirs,"
 	"  w.memory_mb - coalesce(r.mem, 0) AS free_mb, w.vcpus - coalesce(r.cpu, 0) AS free_cpu,"
 	"  coalesce(r.dead_mem, 0) AS dead_mb, coalesce(r.dead_cpu, 0) AS dead_cpu, coalesce(r.dead_n, 0) AS dead_n,"
 	"  coalesce(r.stale_mem, 0) AS stale_mb, coalesce(r.stale_cpu, 0) AS stale_cpu,"
@@ -207,12 +211,30 @@ static int no_target(struct claim *a, const PGresult *cand, struct vmops_error *
 			 a->o->sandbox, s->memory_mb, s->vcpus, a->o->to ? " on " : "", a->o->to ? a->o->to : "");
 }
 
+/*
+ * The launch-spec policy on candidate i, before anything is reserved there:
+ * the receiver will open the spec's files on that worker (images.h).  The
+ * first refusal is kept in *refused (exit CONFLICT) for when none is left.
+ */
+static bool policy_refuses(const struct claim *a, const PGresult *cand, int i, struct vmops_error *refused)
+{
+	struct vmops_error pe = { 0 };
+
+	if (vmops_images_check_recorded(a->spec, vmops_db_get(cand, i, "image_dirs"), a->own_dir, false, &pe) == 0)
+		return false;
+	if (!refused->code)
+		vmops_err(refused, pe.code, "sandbox %s cannot move to %s: %s", a->o->sandbox,
+			  vmops_db_get(cand, i, "name"), pe.msg);
+	return true;
+}
+
 static int claim_tx(PGconn *c, void *data, struct vmops_error *e)
 {
 	struct claim *a = data;
 	const struct source *s = a->src;
 	char sid[24], wid[24], tvid[24], mem[24], cpu[24], lease[24], conns[24], srcw[24], svid[24];
 	_cleanup_pgresult_ PGresult *cand = NULL, *v = NULL, *m = NULL;
+	struct vmops_error refused = { 0 };
 	int pick = -1;
 
 	a->none = false;
@@ -234,10 +256,12 @@ static int claim_tx(PGconn *c, void *data, struct vmops_error *e)
 		if (strcmp(vmops_db_get(cand, i, "state"), "active") != 0 ||
 		    strcmp(vmops_db_get(cand, i, "busy"), "t") == 0 ||
 		    vmops_db_get_ll(cand, i, "free_mb", 0) < s->memory_mb ||
-		    vmops_db_get_ll(cand, i, "free_cpu", 0) < s->vcpus)
+		    vmops_db_get_ll(cand, i, "free_cpu", 0) < s->vcpus || policy_refuses(a, cand, i, &refused))
 			continue;
 		pick = i;
 	}
+	if (pick < 0 && refused.code)
+		return *e = refused, -1;
 	if (pick < 0)
 		return no_target(a, cand, e);
 	a->target_worker_id = vmops_db_get_ll(cand, pick, "id", -1);
@@ -717,7 +741,11 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 	cl.owner = vmops_mig_owner(at.owner, sizeof(at.owner), program);
 
 	vmops_fault_point("claim");
-	if (prepare(&at, o, &src, &spec, &sinfo, r, e) < 0 || claim_target(c, &cl, r, e) < 0)
+	if (prepare(&at, o, &src, &spec, &sinfo, r, e) < 0)
+		goto out;
+	cl.spec = spec;
+	cl.own_dir = sinfo.run_dir[0] ? sinfo.run_dir : NULL;
+	if (claim_target(c, &cl, r, e) < 0)
 		goto out;
 	snprintf(r->target_worker, sizeof(r->target_worker), "%s", cl.target);
 	if (cl.dry) {
@@ -727,6 +755,8 @@ int vmops_migrate(PGconn *c, const struct vmops_migrate_opts *o, struct vmops_mi
 	}
 	r->migration_id = cl.migration_id;
 	r->target_vmm_id = cl.target_vmm_id;
+	if (o->on_claim)
+		o->on_claim(o->data, r);
 	attempt_from_claim(&at, &cl, &src);
 	vmops_info("migration %lld: sandbox %s from %s to %s", cl.migration_id, o->sandbox, src.worker, cl.target);
 	at.source = vmops_mig_attach(&at, src.vmm_id, &sinfo, 5000, e);

@@ -43,6 +43,8 @@ struct vmops_migrate_opts {
 	const char *program;              /* acting program for audit rows and the lease owner; NULL: "vm-migrate" */
 	/* The program's signal handler sets this; the attempt is then cancelled. */
 	volatile sig_atomic_t *interrupted;
+	/* Called once the attempt is claimed: migration id and both workers known (may be NULL). */
+	void (*on_claim)(void *data, const struct vmops_migrate_report *r);
 	/* Called about every 500 ms while transferring (may be NULL). */
 	void (*on_progress)(void *data, const struct vmops_migrate_report *r);
 	void *data;
@@ -86,6 +88,7 @@ struct vmops_recover_report {
 	int unreachable;    /* of those: a worker's host did not answer over ssh */
 	int receivers_killed;   /* receivers stopped by signal (pidfd, recorded or found in /proc) */
 	int errors;
+	bool interrupted;   /* stopped early by the interrupted flag: run --recover again */
 	char last_error[VMOPS_ERRMSG_MAX];
 };
 
@@ -100,6 +103,14 @@ struct vmops_recover_report {
  */
 int vmops_migrate_recover(PGconn *c, bool dry_run, uint64_t lease_ms, struct vmops_recover_report *r,
 			  struct vmops_error *e);
+/*
+ * The same, leaving early once *interrupted (may be NULL) is nonzero: no
+ * further attempt is taken, and a target still loading is no longer waited
+ * for (that attempt is left unknown, its lease given up: nothing
+ * irreversible); r->interrupted says so.
+ */
+int vmops_migrate_recover_until(PGconn *c, bool dry_run, uint64_t lease_ms, volatile sig_atomic_t *interrupted,
+				struct vmops_recover_report *r, struct vmops_error *e);
 
 /* ---- the decision table of --recover (pure; vm-migrate(1) lists it) ---- */
 

@@ -169,10 +169,12 @@ int vmops_drain_run(PGconn *c, const char *conninfo, const struct vmops_drain_op
  * running it stops scheduling, lets in-flight moves finish or roll back and
  * returns the worker to active.  If none runs it (its lease expired), do
  * that here: recover expired attempts, worker active, drain cancelled.
- * Waits up to wait_ms for the end.  0, or -1 (NOTFOUND: no active drain,
- * TIMEOUT, DB).
+ * Waits up to wait_ms for the end, or until *interrupted (may be NULL)
+ * becomes nonzero: the cancel stays recorded and the running vm-drain ends
+ * the drain.  0, or -1 (NOTFOUND: no active drain, TIMEOUT, INTERRUPTED, DB).
  */
-int vmops_drain_cancel(PGconn *c, const char *worker, uint64_t wait_ms, struct vmops_drain_report *rep,
+int vmops_drain_cancel(PGconn *c, const char *worker, uint64_t wait_ms, volatile sig_atomic_t *interrupted,
+		       struct vmops_drain_report *rep,
 		       struct vmops_error *e);
 
 void vmops_drain_report_free(struct vmops_drain_report *rep);

@@ -297,8 +297,8 @@ static int cancel_here(PGconn *c, struct cancel_ctx *a, struct vmops_error *e)
 	return vmops_drain_rec_end(c, &a->d, "cancelled", false, "cancelled by vm-drain --cancel", e);
 }
 
-int vmops_drain_cancel(PGconn *c, const char *worker, uint64_t wait_ms, struct vmops_drain_report *rep,
-		       struct vmops_error *e)
+int vmops_drain_cancel(PGconn *c, const char *worker, uint64_t wait_ms, volatile sig_atomic_t *interrupted,
+		       struct vmops_drain_report *rep, struct vmops_error *e)
 {
 	struct cancel_ctx a = { .worker = worker };
 	uint64_t waited = 0;
@@ -317,6 +317,9 @@ int vmops_drain_cancel(PGconn *c, const char *worker, uint64_t wait_ms, struct v
 			return vmops_err(e, VMOPS_EXIT_TIMEOUT, "worker %s: drain %lld still cancelling after %llus (its moves "
 					 "are finishing); run vm-drain --cancel again to wait more", worker, a.d.id,
 					 (unsigned long long)(waited / 1000));
+		if (interrupted && *interrupted)
+			return vmops_err(e, VMOPS_EXIT_INTERRUPTED, "worker %s: interrupted while drain %lld was cancelling;"
+					 " the cancel stays recorded and its vm-drain ends the drain", worker, a.d.id);
 		usleep(200000);
 		waited += 200;
 		r = vmops_db_q(c, e, "SELECT state, coalesce(lease_expires_at < now(), true) AS expired FROM drains"

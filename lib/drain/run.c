@@ -415,7 +415,7 @@ static int recover(struct run *r, struct vmops_error *e)
 {
 	struct vmops_recover_report rr;
 
-	if (vmops_migrate_recover(r->c, false, VMOPS_MIGRATE_DEFAULT_LEASE_MS, &rr, e) < 0)
+	if (vmops_migrate_recover_until(r->c, false, VMOPS_MIGRATE_DEFAULT_LEASE_MS, r->o->interrupted, &rr, e) < 0)
 		return -1;
 	r->rep->recovered_found += rr.found;
 	r->rep->recovered_unknown = rr.unknown;

@@ -31,7 +31,11 @@ static int target_status(struct attempt *at, struct vmops_vm_status *st, struct 
 	return -1;
 }
 
-/* Wait until the receiver holds the whole guest (paused after the load), renewing the lease. */
+/*
+ * Wait until the receiver holds the whole guest (paused after the load),
+ * renewing the lease.  The target has not run the guest yet: an interrupt
+ * still rolls back (--recover has no flag: at->o is NULL there).
+ */
 static int wait_loaded(struct attempt *at, uint64_t wait_ms, struct vmops_error *e)
 {
 	uint64_t t0 = vmops_mig_now_ms(), last_renew = t0;
@@ -46,6 +50,8 @@ static int wait_loaded(struct attempt *at, uint64_t wait_ms, struct vmops_error 
 		/* Its host does not answer: the target is unknown, and it was never resumed. */
 		if (e->code == VMOPS_EXIT_UNREACHABLE)
 			return vmops_err_prefix(e, "before switchover");
+		if (at->o && at->o->interrupted && *at->o->interrupted)
+			return vmops_err(e, VMOPS_EXIT_INTERRUPTED, "interrupted while the target was loading the guest");
 		if (vmops_mig_now_ms() - t0 > wait_ms)
 			return vmops_err(e, VMOPS_EXIT_TIMEOUT, "the target was still %s %llus after the source completed",
 					 st.status[0] ? st.status : "unreachable", (unsigned long long)(wait_ms / 1000));

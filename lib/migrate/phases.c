@@ -24,6 +24,12 @@
 
 /* ---- receiver --------------------------------------------------------------- */
 
+/* The program was interrupted (never while recovering: --recover has no flag to give). */
+static bool interrupted(const struct attempt *at)
+{
+	return at->o && at->o->interrupted && *at->o->interrupted;
+}
+
 static int record_receiver_tx(struct attempt *at, void *data, struct vmops_error *e)
 {
 	const struct vmops_vmm_info *i = vmops_hv_info(at->target);
@@ -50,6 +56,9 @@ int vmops_mig_phase_receiver(struct attempt *at, const struct vmops_spec *spec, 
 	struct vmops_remote_listen l = { address, port_min, port_max, at->migration_id };
 
 	vmops_fault_point("receiver");
+	if (interrupted(at))
+		return vmops_err(e, VMOPS_EXIT_INTERRUPTED, "interrupted before the receiver on %s was started",
+				 at->target_worker);
 	/* The lease must outlast the receiver's start-up, which we wait for without renewing. */
 	if (vmops_mig_record_phase(at, "receiver", "preparing", RECEIVER_TIMEOUT_MS, e) < 0)
 		return -1;
@@ -58,10 +67,12 @@ int vmops_mig_phase_receiver(struct attempt *at, const struct vmops_spec *spec, 
 	lo.vmm_id = (uint64_t)at->target_vmm_id;
 	lo.auto_accel = at->o ? at->o->auto_accel : VMOPS_ACCEL_AUTO;
 	lo.incoming_paused = true;
+	/* Waits for the receiver give up when the program is interrupted (then rolled back). */
+	lo.interrupted = at->o ? at->o->interrupted : NULL;
 	for (int try = 0; !at->target && try < 3; try++) {
 		/* The port was free when probed; another process may take it before the receiver binds. */
 		if (try > 0) {
-			if (!strstr(e->msg, "in use"))
+			if (!strstr(e->msg, "in use") || e->code == VMOPS_EXIT_INTERRUPTED)
 				break;
 			vmops_warn("sandbox %s: receiver on %s: %s; trying another port", at->sandbox,
 				   at->target_worker, e->msg);
@@ -72,6 +83,8 @@ int vmops_mig_phase_receiver(struct attempt *at, const struct vmops_spec *spec, 
 		l.salt = at->migration_id + 7 * try;
 		(void)vmops_mig_start_receiver(at, spec, &lo, run_dir, &l, e);
 	}
+	if (!at->target && e->code == VMOPS_EXIT_INTERRUPTED)
+		return vmops_err_prefix(e, "receiver on %s", at->target_worker);
 	if (!at->target && at->mp.connections > 1 && !at->receiver_unasked && e->code != VMOPS_EXIT_UNKNOWN) {
 		vmops_warn("sandbox %s: receiver on %s with %u connections failed (%s); trying one connection",
 			   at->sandbox, at->target_worker, at->mp.connections, e->msg);
@@ -92,11 +105,6 @@ int vmops_mig_phase_receiver(struct attempt *at, const struct vmops_spec *spec, 
 }
 
 /* ---- transfer ---------------------------------------------------------------- */
-
-static bool interrupted(const struct attempt *at)
-{
-	return at->o && at->o->interrupted && *at->o->interrupted;
-}
 
 static void account(struct attempt *at, const struct vmops_migrate_progress *p, uint64_t t,
 		    uint64_t *rate_t0, uint64_t *rate_b0)

@@ -252,7 +252,8 @@ static int act(struct attempt *at, enum vmops_recover_action a, const char *why,
 	return 0;
 }
 
-static void recover_one(PGconn *c, long long id, uint64_t lease_ms, struct vmops_recover_report *rr)
+static void recover_one(PGconn *c, long long id, uint64_t lease_ms, volatile sig_atomic_t *intr,
+			struct vmops_recover_report *rr)
 {
 	struct attempt at = { .c = c, .actor = "vm-migrate --recover", .lease_ms = lease_ms };
 	struct vmops_migrate_report scratch = { 0 };
@@ -275,7 +276,7 @@ static void recover_one(PGconn *c, long long id, uint64_t lease_ms, struct vmops
 	a = vmops_migrate_recover_decide(&f, &why);
 	at.unreachable = f.unreachable;
 	/* A target still loading gets time: wait (renewing) for it to settle. */
-	for (int i = 0; a == VMOPS_RA_UNKNOWN && f.tgt_run == VMOPS_RR_INMIGRATE && i < 20; i++) {
+	for (int i = 0; a == VMOPS_RA_UNKNOWN && f.tgt_run == VMOPS_RR_INMIGRATE && i < 20 && !(intr && *intr); i++) {
 		vmops_mig_sleep_ms(1000);
 		if (vmops_mig_renew(&at, &e) < 0)
 			goto done;
@@ -301,6 +302,12 @@ done:
 int vmops_migrate_recover(PGconn *c, bool dry_run, uint64_t lease_ms, struct vmops_recover_report *rr,
 			  struct vmops_error *e)
 {
+	return vmops_migrate_recover_until(c, dry_run, lease_ms, NULL, rr, e);
+}
+
+int vmops_migrate_recover_until(PGconn *c, bool dry_run, uint64_t lease_ms, volatile sig_atomic_t *interrupted,
+				struct vmops_recover_report *rr, struct vmops_error *e)
+{
 	_cleanup_pgresult_ PGresult *r = NULL;
 
 	memset(rr, 0, sizeof(*rr));
@@ -313,7 +320,14 @@ int vmops_migrate_recover(PGconn *c, bool dry_run, uint64_t lease_ms, struct vmo
 			rr->found++;
 			continue;
 		}
-		recover_one(c, vmops_db_get_ll(r, i, "id", -1), lease_ms ? lease_ms : VMOPS_MIGRATE_DEFAULT_LEASE_MS, rr);
+		if (interrupted && *interrupted) {
+			rr->interrupted = true;
+			break;
+		}
+		recover_one(c, vmops_db_get_ll(r, i, "id", -1), lease_ms ? lease_ms : VMOPS_MIGRATE_DEFAULT_LEASE_MS,
+			    interrupted, rr);
 	}
+	if (interrupted && *interrupted && !dry_run)
+		rr->interrupted = true;
 	return 0;
 }

@@ -14,6 +14,7 @@
 #include "../exitcodes.h"
 #include "../fault.h"
 #include "../fleet.h"
+#include "../images.h"
 #include "../log.h"
 #include "../macro.h"
 #include "../vm.h"
@@ -35,6 +36,35 @@ static long long lease_s(const struct wake *w)
 	return (w->o->timeout_ms > 0 ? w->o->timeout_ms : 600000) / 1000 + 300;
 }
 
+/*
+ * The first candidate (most room first) whose image directories hold the
+ * spec's kernel, initrd and read-only disks (images.h; the writable disks
+ * come from the bundle into the new VMM's own run directory).  Checked
+ * before anything is reserved: when every candidate refuses, the first
+ * refusal (CONFLICT) ends the claim.
+ */
+static int pick_worker(struct wake *w, const PGresult *k, const char *spec_json, struct vmops_error *e)
+{
+	_cleanup_spec_ struct vmops_spec *spec = vmops_spec_parse(spec_json, (size_t)-1, e);
+	struct vmops_error first = { 0 };
+
+	if (!spec) {
+		e->code = VMOPS_EXIT_CONFLICT;
+		return vmops_err_prefix(e, "sandbox %s: its launch spec", w->o->sandbox);
+	}
+	for (int i = 0; i < PQntuples(k); i++) {
+		struct vmops_error pe = { 0 };
+
+		if (vmops_images_check_recorded(spec, PQgetvalue(k, i, 3), NULL, true, &pe) == 0)
+			return i;
+		if (!first.code)
+			vmops_err(&first, pe.code, "sandbox %s: cannot wake on %s: %s", w->o->sandbox, PQgetvalue(k, i, 1),
+				  pe.msg);
+	}
+	*e = first;
+	return -1;
+}
+
 /* Tx 1: hibernated sandbox, ready snapshot, a worker with room: VMM starting,
  * its reservation (admission), snapshot restoring under our lease. */
 static int claim_tx(PGconn *c, void *data, struct vmops_error *e)
@@ -42,9 +72,10 @@ static int claim_tx(PGconn *c, void *data, struct vmops_error *e)
 	struct wake *w = data;
 	char sid[24], wid[24], vid[24], mem[24], cpu[24], run[PATH_MAX];
 	_cleanup_pgresult_ PGresult *s = NULL, *k = NULL, *v = NULL;
+	int i;
 
 	s = vmops_db_q(c, e, "SELECT s.id, s.status, s.memory_mb, s.vcpus, n.id AS snap, n.location, n.sha256,"
-			     " v.hypervisor FROM sandboxes s LEFT JOIN snapshots n ON n.sandbox_id = s.id AND n.state = 'ready'"
+			     " v.hypervisor, s.launch_spec::text FROM sandboxes s LEFT JOIN snapshots n ON n.sandbox_id = s.id AND n.state = 'ready'"
 			     " LEFT JOIN vmms v ON v.id = n.vmm_id WHERE s.name = $1 FOR UPDATE OF s", w->o->sandbox);
 	if (!s)
 		return -1;
@@ -63,20 +94,23 @@ static int claim_tx(PGconn *c, void *data, struct vmops_error *e)
 	vmops_db_ll(mem, w->memory_mb);
 	vmops_db_ll(cpu, w->vcpus);
 	/* The active worker with the most free memory that fits (or the one named). */
-	k = vmops_db_q(c, e, "SELECT w.id, w.name, w.run_dir FROM workers w WHERE w.state = 'active'"
-			     " AND ($3::text IS NULL OR w.name = $3)"
+	k = vmops_db_q(c, e, "SELECT w.id, w.name, w.run_dir, array_to_string(w.image_dirs, ':') FROM workers w"
+			     " WHERE w.state = 'active' AND ($3::text IS NULL OR w.name = $3)"
 			     " AND w.memory_mb - coalesce((SELECT sum(memory_mb) FROM reservations r WHERE r.worker_id = w.id), 0) >= $1"
 			     " AND w.vcpus - coalesce((SELECT sum(vcpus) FROM reservations r WHERE r.worker_id = w.id), 0) >= $2"
-			     " ORDER BY w.memory_mb - coalesce((SELECT sum(memory_mb) FROM reservations r WHERE r.worker_id = w.id), 0) DESC, w.id"
-			     " LIMIT 1", mem, cpu, w->o->worker);
+			     " ORDER BY w.memory_mb - coalesce((SELECT sum(memory_mb) FROM reservations r WHERE r.worker_id = w.id), 0) DESC, w.id",
+		       mem, cpu, w->o->worker);
 	if (!k)
 		return -1;
-	if (PQntuples(k) != 1)
+	if (PQntuples(k) == 0)
 		return vmops_err(e, VMOPS_EXIT_NOCAPACITY, "sandbox %s: no active worker%s%s has room for %s MiB",
 				 w->o->sandbox, w->o->worker ? " " : "", w->o->worker ? w->o->worker : "", mem);
-	w->r->worker_id = atoll(PQgetvalue(k, 0, 0));
-	snprintf(w->r->worker, sizeof(w->r->worker), "%s", PQgetvalue(k, 0, 1));
-	if (vmops_vm_worker_run_dir(PQgetisnull(k, 0, 2) ? NULL : PQgetvalue(k, 0, 2), w->r->worker, run,
+	i = pick_worker(w, k, PQgetvalue(s, 0, 8), e);
+	if (i < 0)
+		return -1;
+	w->r->worker_id = atoll(PQgetvalue(k, i, 0));
+	snprintf(w->r->worker, sizeof(w->r->worker), "%s", PQgetvalue(k, i, 1));
+	if (vmops_vm_worker_run_dir(PQgetisnull(k, i, 2) ? NULL : PQgetvalue(k, i, 2), w->r->worker, run,
 				    sizeof(run), e) < 0)
 		return -1;
 	vmops_db_ll(sid, w->r->sandbox_id);
@@ -219,6 +253,13 @@ static int restore(PGconn *c, struct wake *w, struct vmops_hv **out, struct vmop
 	spec = extract(w, dfd, sdir, e);
 	if (!spec || !w->spec_json)
 		return -1;
+	/* The bundle's own spec, as launched, passes the policy too (the claim checked the recorded one). */
+	{
+		char dirs[8192];
+		if (vmops_images_worker_dirs(c, w->r->worker, dirs, sizeof(dirs), e) < 0 ||
+		    vmops_images_check_recorded(spec, dirs, NULL, true, e) < 0)
+			return vmops_err_prefix(e, "sandbox %s: its bundle", w->o->sandbox);
+	}
 	lo.run_dir = w->run_dir;
 	vmops_fault_point("launch");
 	*out = vmops_hv_launch_for_restore(spec, &lo, e);

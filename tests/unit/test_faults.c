@@ -647,10 +647,202 @@ Test(faults, second_interrupt_leaves_at_once, .timeout = 300, .fini = kill_test_
 	read_mig_out(buf, sizeof(buf));
 	cr_assert_eq(rc, VMOPS_EXIT_INTERRUPTED, "exit %d:\n%s", rc, buf);
 	cr_assert(strstr(buf, "second interrupt: leaving at once") && strstr(buf, "vm-migrate --recover"), "%s", buf);
+	{
+		/* The line names what it left: the sandbox and the attempt. */
+		char what[128];
+		snprintf(what, sizeof(what), "sandbox sb1, migration %lld (w1 -> w2)",
+			 testdb_ll(c, "SELECT max(id) FROM migrations"));
+		cr_assert(strstr(buf, what), "no '%s' in:\n%s", what, buf);
+	}
 	wait_leases_expired(c);
 	cr_assert_eq(recover(&first), 0);
 	check_end_state(c, &g0, outcome, sizeof(outcome));
 	cr_assert_str_eq(outcome, "runs on w1");
+	PQfinish(c);
+}
+
+/*
+ * A receiver slow to start (as on a loaded host): QEMU found first in PATH
+ * is a script that stops itself and, once continued, runs the real QEMU
+ * with the same pid and start time.  Its control socket does not exist
+ * while it is stopped, so vm-migrate waits for it.
+ */
+static void slow_receiver_path(char *bin, size_t len)
+{
+	char script[400], real[300] = "";
+	FILE *f, *w = popen("command -v qemu-system-x86_64", "r");
+
+	cr_assert(w && fgets(real, sizeof(real), w), "no qemu-system-x86_64 in PATH");
+	pclose(w);
+	real[strcspn(real, "\n")] = '\0';
+	snprintf(bin, len, "%s/slowbin", rundir);
+	cr_assert(mkdir(bin, 0755) == 0 || errno == EEXIST);
+	snprintf(script, sizeof(script), "%s/qemu-system-x86_64", bin);
+	f = fopen(script, "w");
+	cr_assert(f);
+	fprintf(f, "#!/bin/sh\nkill -STOP $$\nexec %s \"$@\"\n", real);
+	fclose(f);
+	cr_assert(chmod(script, 0755) == 0);
+}
+
+/* vm-migrate sb1 --to w2 whose receivers start slowly (VMOPS_FAULT = fault, may be NULL). */
+static pid_t spawn_migrate_slow_receiver(const char *fault)
+{
+	char bin[300], path[4096];
+	pid_t pid;
+
+	slow_receiver_path(bin, sizeof(bin));
+	snprintf(path, sizeof(path), "%s:%s", bin, getenv("PATH") ? getenv("PATH") : "/usr/bin:/bin");
+	pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		char out[300], exe[512];
+		int fd;
+
+		snprintf(out, sizeof(out), "%s/mig.out", rundir);
+		fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		setenv("PATH", path, 1);
+		if (fault)
+			setenv("VMOPS_FAULT", fault, 1);
+		snprintf(exe, sizeof(exe), "%s/vm-migrate", getenv("VMOPS_BIN_DIR") ? getenv("VMOPS_BIN_DIR") : "bin");
+		execl(exe, "vm-migrate", "--db", ci, "-v", "sb1", "--to", "w2", "--lease", "5s", (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+/* Any process (hypervisor or not) whose command line names the test's directory. */
+struct under {
+	char state;
+	pid_t pid;
+	bool kill;
+};
+
+static int under_cb(const struct vmops_proc_info *i, void *data)
+{
+	struct under *u = data;
+
+	for (int k = 1; k < i->argc; k++)
+		if (strstr(i->argv[k], rundir) && strstr(i->argv[k], "/w2/")) {
+			if (u->kill)
+				kill(i->stat.pid, SIGKILL);
+			u->state = i->stat.state;
+			u->pid = i->stat.pid;
+			return 0;
+		}
+	return 0;
+}
+
+static struct under receiver_process(void)
+{
+	struct under u = { 0 };
+
+	(void)vmops_proc_scan("/proc", 0, under_cb, &u, NULL);
+	return u;
+}
+
+static void kill_test_vms_and_receivers(void)
+{
+	struct under u = { .kill = true };
+
+	if (rundir[0])
+		(void)vmops_proc_scan("/proc", 0, under_cb, &u, NULL);
+	kill_test_vms();
+}
+
+/* Until the slow receiver is there, stopped: vm-migrate now waits for its control socket. */
+static void wait_receiver_stopped(pid_t mig)
+{
+	for (int i = 0; receiver_process().state != 'T'; i++) {
+		cr_assert(proc_state(mig) != 0 && proc_state(mig) != 'Z' && i < 3000, "no receiver was started");
+		usleep(20000);
+	}
+}
+
+/* The receiver's traces are gone: no process, no reservation, no run directory. */
+static void assert_receiver_gone(PGconn *c)
+{
+	char dir[400];
+	struct stat st;
+	long long tv = testdb_ll(c, "SELECT max(target_vmm_id) FROM migrations");
+
+	cr_assert_eq(receiver_process().pid, 0, "the receiver's process is still there");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations r JOIN vmms v ON v.id = r.vmm_id"
+				  " WHERE v.state <> 'running'"), 0, "a reservation outlived the receiver");
+	snprintf(dir, sizeof(dir), "%s/w2/vmm-%lld", rundir, tv);
+	cr_assert(lstat(dir, &st) < 0 && errno == ENOENT, "%s is still there", dir);
+}
+
+/*
+ * Ctrl-C while vm-migrate waits for its receiver to come up: it stops
+ * waiting, rolls back (exit 12, attempt cancelled), the VM runs on where
+ * it was, and nothing of the receiver is left; --recover finds nothing.
+ * (Before: the wait ignored the flag, ran into its 30 s timeout: exit 7.)
+ */
+Test(faults, interrupt_during_receiver_setup, .timeout = 300, .fini = kill_test_vms_and_receivers)
+{
+	PGconn *c = fleet();
+	char log1[512], outcome[200], buf[8192] = "";
+	struct testlib_guest g0;
+	int rc, first = -1;
+	pid_t mig;
+
+	testlib_need_qemu();
+	launch();
+	serial_of_active(c, log1, sizeof(log1));
+	testlib_wait_heartbeat(log1, 2, 90, &g0);
+	mig = spawn_migrate_slow_receiver(NULL);
+	wait_receiver_stopped(mig);
+	kill(mig, SIGINT);
+	rc = wait_exit(mig);
+	read_mig_out(buf, sizeof(buf));
+	cr_assert_eq(rc, VMOPS_EXIT_INTERRUPTED, "exit %d:\n%s", rc, buf);
+	cr_assert(strstr(buf, "interrupted while waiting"), "%s", buf);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'cancelled' AND phase = 'done'"), 1);
+	assert_receiver_gone(c);
+	cr_assert_eq(recover(&first), 0);
+	cr_assert_eq(first, 0);
+	check_end_state(c, &g0, outcome, sizeof(outcome));
+	cr_assert_str_eq(outcome, "runs on w1");
+	assert_receiver_gone(c);
+	PQfinish(c);
+}
+
+/*
+ * Ctrl-C while the receiver starts, and a second one during the unwind
+ * (delivered by the fault hook at the rollback boundary): vm-migrate leaves
+ * at once, exit 12, naming the sandbox, the attempt and --recover; the
+ * attempt stays open in the database, and --recover then rolls it back.
+ */
+Test(faults, second_interrupt_during_receiver_unwind, .timeout = 300, .fini = kill_test_vms_and_receivers)
+{
+	PGconn *c = fleet();
+	char log1[512], outcome[200], buf[8192] = "", what[128];
+	struct testlib_guest g0;
+	int rc, first = -1;
+	pid_t mig;
+
+	testlib_need_qemu();
+	launch();
+	serial_of_active(c, log1, sizeof(log1));
+	testlib_wait_heartbeat(log1, 2, 90, &g0);
+	mig = spawn_migrate_slow_receiver("rollback:sigint");
+	wait_receiver_stopped(mig);
+	kill(mig, SIGINT);
+	rc = wait_exit(mig);
+	read_mig_out(buf, sizeof(buf));
+	cr_assert_eq(rc, VMOPS_EXIT_INTERRUPTED, "exit %d:\n%s", rc, buf);
+	snprintf(what, sizeof(what), "sandbox sb1, migration %lld (w1 -> w2)", testdb_ll(c, "SELECT max(id) FROM migrations"));
+	cr_assert(strstr(buf, "second interrupt: leaving at once") && strstr(buf, what) &&
+		  strstr(buf, "vm-migrate --recover"), "no '%s' in:\n%s", what, buf);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE phase <> 'done'"), 1, "the attempt was finished");
+	wait_leases_expired(c);
+	cr_assert_eq(recover(&first), 0);
+	check_end_state(c, &g0, outcome, sizeof(outcome));
+	cr_assert_str_eq(outcome, "runs on w1");
+	assert_receiver_gone(c);
 	PQfinish(c);
 }
 #endif

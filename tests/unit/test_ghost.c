@@ -1069,12 +1069,18 @@ Test(ghost, real_qemu_healthy_ghost_and_phantom, .timeout = 240, .fini = teardow
 	cr_assert_str_eq(str(it, "action"), "killed");
 	cr_assert(strstr(str(it, "detail"), "SIGKILL after 1000 ms grace"), "%s", r.out);
 	cr_assert(strstr(str(it, "detail"), "removed"), "%s", r.out);
+	cr_assert(strstr(str(it, "detail"), "removed its run directory"), "%s", r.out);
 	cr_assert_str_eq(str(item(doc, keep.vmm, keep.pid), "class"), "healthy");
 	cJSON_Delete(doc);
 	testrun_free(&r);
 	cr_assert(!alive(&ghost), "the ghost still runs");
 	cr_assert(!is_socket(qmp), "%s was not removed", qmp);
 	cr_assert(!is_socket(qga), "%s was not removed", qga);
+	/* and its run directory, logs included (the ghost's record is gone: nothing else would) */
+	{
+		struct stat st;
+		cr_assert(lstat(ghost.run_dir, &st) < 0 && errno == ENOENT, "%s is still there", ghost.run_dir);
+	}
 
 	/* 5. nothing left to do, and the healthy VM ran on throughout */
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s", "--json");

@@ -47,6 +47,8 @@ sql "SELECT name, state FROM workers ORDER BY id"
 # the drain is not active now: another vm-drain may continue it; one running it refuses a second
 sql "UPDATE drains SET state = 'running', lease_owner = 'vm-drain elsewhere pid 1', lease_expires_at = now() + interval '1 hour'"
 runs vm-drain --db "$DB" w1
+# a dry run never waits, not even for a drain another vm-drain runs (a wait shows as timeout's 124)
+runs timeout 20 vm-drain --db "$DB" --dry-run --max-parallel 1 w1
 sql "UPDATE drains SET lease_expires_at = now() - interval '1 second'"
 runs vm-drain --db "$DB" --json --max-parallel 1 --retries 1 w1 | mask
 sql "SELECT id, state, runs FROM drains"
@@ -76,3 +78,9 @@ sql "SELECT s.name, x.outcome, x.attempts, x.last_error FROM drain_sandboxes x J
 sql "SELECT state, error FROM snapshots" | mask
 sql "SELECT actor, action, object_type FROM audit_log WHERE action IN ('hibernate', 'migration-start') ORDER BY id"
 ls "$RDIR/bundles"
+# --cancel waits for the vm-drain running a drain to end it; SIGINT (after 3 s) stops the wait at
+# once: exit 12, the cancel stays recorded (a wait that ignored it would end with --wait's exit 8)
+sql "UPDATE drains SET state = 'running', lease_owner = 'vm-drain elsewhere pid 1', lease_expires_at = now() + interval '1 hour'
+     WHERE worker_id = 6"
+runs timeout --preserve-status -s INT 3 vm-drain --db "$DB" --cancel --wait 60s w-fc
+sql "SELECT state FROM drains WHERE worker_id = 6"

@@ -34,7 +34,11 @@ qemu-system-x86_64 -machine none -nodefaults -display none -daemonize -pidfile "
 #   sb7      running, socket path does not exist          exit 7 (after 5 s of retries)
 #   sb8      running, no active VMM                       exit 10
 #   sb-big   running, 16 GiB: no worker has room          exit 9
-SPEC='{"hypervisor": "qemu", "memory_mb": 1024, "vcpus": 1, "kernel": "/boot/vmlinuz"}'
+# The spec's kernel: a file where the launch-spec policy allows it ($QDIR).
+: >"$QDIR/vmlinuz"
+chmod 0644 "$QDIR/vmlinuz"
+export VMOPS_IMAGE_DIRS="$QDIR"
+SPEC='{"hypervisor": "qemu", "memory_mb": 1024, "vcpus": 1, "kernel": "'"$QDIR"'/vmlinuz"}'
 sql "INSERT INTO workers (id, name, memory_mb, vcpus, state) OVERRIDING SYSTEM VALUE VALUES
        (1, 'w1', 32768, 32, 'active'), (2, 'w2', 8192, 8, 'active'), (3, 'w3', 65536, 64, 'draining'),
        (4, 'w4', 512, 8, 'active'), (5, 'w5', 4096, 8, 'active');
@@ -105,6 +109,17 @@ sql "UPDATE migrations SET state = 'completed', lease_owner = NULL, lease_expire
 runs vm-migrate --db "$DB" sb1 --dry-run --json | mask
 runs vm-migrate --db "$DB" sb1 --to w2 --dry-run --max-bandwidth 1G/s --auto-converge --accel tcg | mask
 sql "$STATE"
+# The launch-spec policy on the target, before anything is claimed there:
+# w6 has the most room, but its image directories do not hold sb1's
+# kernel.  --to w6 is refused (exit 10), dry run or not, and nothing is
+# written; the choice by capacity passes over w6.
+sql "INSERT INTO workers (id, name, memory_mb, vcpus, state, image_dirs) OVERRIDING SYSTEM VALUE VALUES
+       (6, 'w6', 65536, 8, 'active', ARRAY['/var/lib/vmops-cli-none'])"
+runs vm-migrate --db "$DB" sb1 --to w6 --dry-run | mask
+runs vm-migrate --db "$DB" sb1 --to w6 --json | mask
+runs vm-migrate --db "$DB" sb1 --dry-run | mask
+sql "$STATE"
+sql "DELETE FROM workers WHERE id = 6"
 
 # An attempt whose lease expired: --recover --dry-run counts it and
 # changes nothing.

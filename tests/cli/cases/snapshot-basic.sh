@@ -44,3 +44,35 @@ runs snapshot-prep --db "$DB" recover --sandbox run1
 psql -qAtX -d "$DB" -c "UPDATE snapshots SET lease_expires_at = now() - interval '1 second'" >/dev/null
 runs snapshot-prep --db "$DB" recover --sandbox run1 --dry-run --json
 echo "still writing: $(psql -qAtX -d "$DB" -c "SELECT count(*) FROM snapshots WHERE state = 'writing'")"
+# The launch-spec policy on the worker a sandbox wakes on, before anything
+# is reserved there: w1's image directories do not hold hib1's kernel, so
+# the wake is refused (exit 10, the first refusal named) and nothing
+# changes; w2's do, and only w2 is then chosen.
+K=$(mktemp -d /tmp/vmops-cli-img.XXXXXX)
+: >"$K/vmlinuz"
+chmod 0644 "$K/vmlinuz"
+psql -qAtX -d "$DB" >/dev/null <<SQL
+UPDATE workers SET image_dirs = ARRAY['/var/lib/vmops-cli-none'] WHERE name = 'w1';
+INSERT INTO workers (name, memory_mb, vcpus, state, image_dirs, run_dir) VALUES ('w2', 1024, 8, 'active', ARRAY['/var/lib/vmops-cli-none2'], '$K/run');
+INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus, launch_spec)
+  VALUES ('hib1', 'acme', 'stopped', 1, 256, 1,
+          '{"hypervisor": "qemu", "memory_mb": 256, "vcpus": 1, "kernel": "$K/vmlinuz"}');
+INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state) VALUES (3, 1, 'qemu', 'destroyed');
+INSERT INTO snapshots (sandbox_id, vmm_id, worker_id, location, size_bytes, sha256, manifest, state, time_ready)
+  VALUES (3, 2, 1, '/tmp/vmops-cli-never/hib1.vmops', 1, repeat('0', 64), '{}', 'ready', now());
+UPDATE sandboxes SET status = 'hibernated', worker_id = NULL WHERE name = 'hib1';
+SQL
+STATE="SELECT (SELECT count(*) FROM vmms), (SELECT count(*) FROM reservations),
+              (SELECT string_agg(state, ' ') FROM snapshots WHERE sandbox_id = 3),
+              (SELECT status FROM sandboxes WHERE name = 'hib1')"
+sql "$STATE"
+runs snapshot-prep --db "$DB" wake --sandbox hib1 | sed "s#$K#<img>#g"
+runs snapshot-prep --db "$DB" wake --sandbox hib1 --worker w1 --json | sed "s#$K#<img>#g"
+sql "$STATE"
+# w2 may take it: the policy passes, the claim is made, and the wake then
+# fails on the missing bundle (exit 1) and undoes its claim.
+psql -qAtX -d "$DB" -c "UPDATE workers SET image_dirs = ARRAY['$K'] WHERE name = 'w2'" >/dev/null
+runs snapshot-prep --db "$DB" wake --sandbox hib1 | sed "s#$K#<img>#g"
+sql "SELECT v.state, w.name FROM vmms v JOIN workers w ON w.id = v.worker_id WHERE v.id > 2 ORDER BY v.id"
+sql "$STATE"
+rm -rf "$K"
