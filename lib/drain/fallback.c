@@ -201,8 +201,11 @@ static int hibernate_one(struct fb *f, long long sid, const char *sandbox, long 
 		say(f, sandbox, "stuck", 0, NULL, why);
 		return vmops_drain_rec_outcome(f->c, f->d, sid, "stuck", 0, 0, why, -1, NULL, e);
 	}
+	/* A worker being drained is busy: give its guest agent a quarter of the
+	 * sandbox's budget to answer (10-30 s), not snapshot-prep's bare 10 s. */
 	j.ho = (struct vmops_hibernate_opts){ .sandbox = sandbox, .bundle_dir = f->o->bundle_dir,
-					      .budget_ms = budget, .program = "vm-drain", .interrupted = &j.abort };
+					      .budget_ms = budget, .program = "vm-drain", .interrupted = &j.abort,
+					      .agent_ms = (int)(budget / 4 < 10000 ? 10000 : budget / 4 > 30000 ? 30000 : budget / 4) };
 	say(f, sandbox, "hibernating", budget, f->o->bundle_dir, NULL);
 	if (watch(f, &j, budget, &timed_out, e) < 0)
 		return -1;
