@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "fault.h"
+#include "interrupt.h"
 #include "log.h"
 
 int vmops_fault_state;
@@ -62,6 +63,8 @@ void vmops_fault_check_slow(const char *phase)
 		raise(SIGSTOP);
 		break;
 	case ACT_SIGINT:
+		/* an operator's Ctrl-C: past the window in which a repeat counts as the same request */
+		usleep((VMOPS_INTERRUPT_REPEAT_MS + 200) * 1000);
 		raise(SIGINT);
 		break;
 	case ACT_NONE:

@@ -11,7 +11,9 @@
  *   stop          SIGSTOP to itself; after SIGCONT it carries on
  *                 (a stalled process, or a window for a test to act in)
  *   sigint        SIGINT to itself, as an operator's Ctrl-C at that point
- *                 (the program's handler decides what it means)
+ *                 (the program's handler decides what it means), sent
+ *                 VMOPS_INTERRUPT_REPEAT_MS + 200 ms late so that it never
+ *                 counts as a repeat of an earlier signal
  *
  * and, for the transaction that ends a phase (vmops_fault_commit(); vm-migrate:
  * claim (cut-after only), finish, done), once per process:

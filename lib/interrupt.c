@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "exitcodes.h"
@@ -15,15 +16,29 @@ static const char *prog_name = "vmops";
 static char lines[2][VMOPS_INTERRUPT_NOTE_MAX + 128];
 static size_t lens[2];
 static volatile sig_atomic_t cur;
+/* When the first signal arrived; written and read only by the handler (the signals are masked in it). */
+static struct timespec first_at;
+
+static long ms_since(const struct timespec *t)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);   /* async-signal-safe */
+	return (now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
+}
 
 static void on_signal(int sig)
 {
 	if (vmops_interrupted) {
 		int k = cur;
 
+		/* timeout(1) and a process group's kill deliver one request twice, microseconds apart */
+		if (ms_since(&first_at) < VMOPS_INTERRUPT_REPEAT_MS)
+			return;
 		(void)!write(STDERR_FILENO, lines[k], lens[k]);
 		_exit(VMOPS_EXIT_INTERRUPTED);
 	}
+	clock_gettime(CLOCK_MONOTONIC, &first_at);
 	vmops_interrupted = sig;
 }
 

@@ -6,7 +6,8 @@
  * flag (opts->interrupted) in every wait it can leave safely, and unwinds
  * in order: bounded, and recorded in the database as it goes.
  *
- * A second signal, while that unwind runs, leaves at once: the handler
+ * A second signal, while that unwind runs and at least
+ * VMOPS_INTERRUPT_REPEAT_MS after the first, leaves at once: the handler
  * writes one line,
  *
  *   PROG: second interrupt: leaving at once, without cleaning up; NOTE
@@ -19,6 +20,11 @@
  *
  * For programs (cmd/): the library never calls these; it only reads the
  * flag it is given.
+ *
+ * A signal sooner than that after the first is the same request delivered
+ * twice, and ignored: timeout(1) signals its child and then its whole
+ * process group, and a shell's or systemd's group kill does the same, so
+ * a single "stop" often arrives as two signals microseconds apart.
  */
 #ifndef VMOPS_INTERRUPT_H
 #define VMOPS_INTERRUPT_H
@@ -27,6 +33,8 @@
 #include <stdbool.h>
 
 #define VMOPS_INTERRUPT_NOTE_MAX 900
+/* A second signal this soon after the first is the same request (see above). */
+#define VMOPS_INTERRUPT_REPEAT_MS 1000
 
 /* Nonzero (the signal number) once SIGINT or SIGTERM (or SIGHUP, if asked) arrived. */
 extern volatile sig_atomic_t vmops_interrupted;

@@ -34,6 +34,7 @@
 #include "proc.h"
 #include "qmp.h"
 #include "exitcodes.h"
+#include "interrupt.h"
 #include "testlib.h"
 
 enum fault { F_KILL_MIGRATE, F_KILL_TARGET, F_KILL_SOURCE, F_PG_RESTART, F_PG_TERMINATE, F_QMP_BUSY, F_N };
@@ -641,6 +642,8 @@ Test(faults, second_interrupt_leaves_at_once, .timeout = 300, .fini = kill_test_
 			  "vm-migrate did not reach the rollback after the first SIGINT");
 		usleep(100000);
 	}
+	/* an operator's second Ctrl-C, not a repeat of the first (lib/interrupt.h) */
+	usleep((VMOPS_INTERRUPT_REPEAT_MS + 200) * 1000);
 	kill(mig, SIGINT);
 	kill(mig, SIGCONT);
 	rc = wait_exit(mig);
