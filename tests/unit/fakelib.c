@@ -185,6 +185,21 @@ const cJSON *fake_find_event(const cJSON *log, const char *event)
 	return NULL;
 }
 
+const cJSON *fake_wait_event_at(const char *sock, const char *event, cJSON **log)
+{
+	const cJSON *ev = NULL;
+
+	*log = NULL;
+	for (int i = 0; i < 2000 && !ev; i++) {
+		if (i)
+			usleep(10000);
+		cJSON_Delete(*log);
+		*log = fake_read_log_at(sock);
+		ev = fake_find_event(*log, event);
+	}
+	return ev;
+}
+
 int fake_status_of(const cJSON *log, int i)
 {
 	const cJSON *s = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(log, i), "status");

@@ -56,6 +56,8 @@ int fake_find_call(const cJSON *log, const char *call, const char *body, int fro
 int fake_last_call(const cJSON *log, const char *call);
 /* The first event named `event`, or NULL. */
 const cJSON *fake_find_event(const cJSON *log, const char *event);
+/* The log of the fake at `sock` (*log, to free) once it has `event`, waiting up to 20 s; NULL: never came. */
+const cJSON *fake_wait_event_at(const char *sock, const char *event, cJSON **log);
 /* HTTP status of log entry i (-1 if none). */
 int fake_status_of(const cJSON *log, int i);
 /* Expect no answer with a status the spec does not declare. */

@@ -295,8 +295,8 @@ static void migrate(int id, unsigned n, const char *uri_in, unsigned expect_conn
 	for (int i = 0; i < 500 && strcmp(fake_vm_status(t), "running"); i++)
 		usleep(10000);
 	cr_expect_str_eq(fake_vm_status(t), "running");
-	log = fake_read_log(t);
-	ev = fake_find_event(log, "migration-received");
+	/* the fake logs the migration just after the target runs: wait for the line */
+	ev = fake_wait_event_at(vmops_hv_info(t)->control_socket, "migration-received", &log);
 	cr_assert(ev, "the receiver logged no migration");
 	c = cJSON_GetObjectItemCaseSensitive(ev, "connections");
 	cr_expect_eq(c->valueint, (int)expect_conns, "connections %d, expected %u", c->valueint,
@@ -605,9 +605,8 @@ Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
 	res = testdb_exec(c, "SELECT v.control_socket FROM sandboxes s JOIN vmms v ON v.id = s.active_vmm_id"
 			     " WHERE s.name = 'ch1'");
 	cr_assert_eq(PQntuples(res), 1);
-	log = fake_read_log_at(PQgetvalue(res, 0, 0));
+	ev = fake_wait_event_at(PQgetvalue(res, 0, 0), "migration-received", &log);
 	PQclear(res);
-	ev = fake_find_event(log, "migration-received");
 	cr_assert(ev, "the target fake received no migration");
 	cr_expect_eq(cJSON_GetObjectItemCaseSensitive(ev, "connections")->valueint, 4);
 	cJSON_Delete(log);
