@@ -47,5 +47,12 @@ expect "a case left to another pass is counted apart" 0 "check: 1 passed, 0 fail
 	"1 cases left to another pass" -- VMOPS_CHECK_SUITES="$d/test_elsewhere" VMOPS_SKIP_QEMU=
 expect "a failing suite fails" 1 "check: 1 passed, 1 failed, 0 skipped" \
 	"FAIL test_fails" -- VMOPS_CHECK_SUITES="$d/test_elsewhere $d/test_fails" VMOPS_SKIP_QEMU=
+# The lanes (run-all.sh): a failure or a skip in the light lane counts as in the other.
+expect "a failing suite in the light lane fails" 1 "check: 1 passed, 1 failed, 0 skipped" \
+	"FAIL test_fails" -- VMOPS_CHECK_SUITES="$d/test_elsewhere $d/test_fails" VMOPS_LIGHT_SUITES=test_fails \
+	VMOPS_SKIP_QEMU=
+expect "a skip in the light lane fails" 1 "check: 2 passed, 1 failed, 1 skipped" \
+	"1 tests skipped without VMOPS_SKIP_QEMU=1" -- VMOPS_CHECK_SUITES="$d/test_skips $d/test_elsewhere" \
+	VMOPS_LIGHT_SUITES=test_skips VMOPS_SKIP_QEMU=
 echo "skip-policy: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -223,16 +223,23 @@ size_t testlib_lines(const char *s)
  * explicitly (VMOPS_SKIP_QEMU=1: real-QEMU and guest-agent cases skip, and
  * the closing line of tests/run-all.sh says so).  A pass that leaves these
  * cases to another pass on purpose (valgrind; the fault matrix under ASan)
- * sets VMOPS_QEMU_CASES=elsewhere, and run-all counts them apart from skips:
- * a skip whose message starts with "elsewhere: " names the pass that runs it.
+ * sets VMOPS_QEMU_CASES=elsewhere:PASS, and run-all counts them apart from
+ * skips: a skip whose message starts with "elsewhere: " names the pass that
+ * runs it.
  */
+static void skip_if_elsewhere(void)
+{
+	const char *v = getenv("VMOPS_QEMU_CASES");
+
+	if (v && !strncmp(v, "elsewhere", 9))
+		cr_skip_test("elsewhere: real-QEMU case, runs in the %s pass", v[9] == ':' && v[10] ? v + 10 : "other");
+}
+
 void testlib_missing(const char *what)
 {
 	const char *opt = getenv("VMOPS_SKIP_QEMU");
-	const char *elsewhere = getenv("VMOPS_QEMU_CASES");
 
-	if (elsewhere && !strcmp(elsewhere, "elsewhere"))
-		cr_skip_test("elsewhere: real-QEMU case, runs in the plain pass");
+	skip_if_elsewhere();
 	if (opt && *opt && strcmp(opt, "0"))
 		cr_skip_test("VMOPS_SKIP_QEMU=%s: %s", opt, what);
 	cr_assert_fail("%s (set VMOPS_SKIP_QEMU=1 to skip real-QEMU cases explicitly)", what);
@@ -241,10 +248,8 @@ void testlib_missing(const char *what)
 void testlib_need_qemu(void)
 {
 	const char *k = getenv("VMOPS_TEST_KERNEL"), *i = getenv("VMOPS_TEST_INITRD");
-	const char *elsewhere = getenv("VMOPS_QEMU_CASES");
 
-	if (elsewhere && !strcmp(elsewhere, "elsewhere"))
-		cr_skip_test("elsewhere: real-QEMU case, runs in the plain pass");
+	skip_if_elsewhere();
 	if (!k || !*k || !i || !*i)
 		testlib_missing("no test guest (VMOPS_TEST_KERNEL/VMOPS_TEST_INITRD unset)");
 	if (access(k, R_OK) || access(i, R_OK))
