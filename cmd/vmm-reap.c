@@ -17,7 +17,7 @@
 #include "vm.h"
 
 static struct {
-	const char *batch, *limit, *older_than;
+	const char *batch, *limit, *older_than, *sessions;
 } opt;
 
 static struct poptOption options[] = {
@@ -27,13 +27,14 @@ static struct poptOption options[] = {
 	  "reap at most N VMMs in this run (default: all)", "N" },
 	{ "older-than", '\0', POPT_ARG_STRING, &opt.older_than, 0,
 	  "only VMMs destroyed or failed at least DUR ago (default 0s)", "DUR" },
+	{ "sessions", '\0', POPT_ARG_STRING, &opt.sessions, 0,
+	  "database sessions reaping at once (default 2, at most 8)", "N" },
 	VMOPS_DRY_RUN_OPTION,
 	VMOPS_COMMON_OPTIONS,
 	POPT_TABLEEND
 };
 
 struct after_batch {
-	PGconn *c;
 	char host[VMOPS_HOST_ID_MAX];   /* "" when this host has no identity: no run dir is touched */
 	bool tty;
 	long long dirs_removed;
@@ -45,14 +46,14 @@ struct after_batch {
  * lib/rundir's checked walk.  A VMM on another host, with no recorded
  * process, or whose process cannot be shown gone keeps its directory.
  */
-static void remove_run_dirs(struct after_batch *a, const char *ids)
+static void remove_run_dirs(struct after_batch *a, PGconn *c, const char *ids)
 {
 	_cleanup_pgresult_ PGresult *r = NULL;
 	struct vmops_error e = { 0 };
 
 	if (!a->host[0])
 		return;
-	r = vmops_db_q(a->c, &e,
+	r = vmops_db_q(c, &e,
 		       "SELECT v.id, v.run_dir, v.pid, v.pid_start_time FROM vmms v JOIN workers w ON w.id = v.worker_id"
 		       " WHERE v.id = ANY ($1::bigint[]) AND v.time_deleted IS NOT NULL AND v.run_dir IS NOT NULL"
 		       " AND v.pid IS NOT NULL AND w.host_id = $2 ORDER BY v.id", ids, a->host);
@@ -74,11 +75,11 @@ static void remove_run_dirs(struct after_batch *a, const char *ids)
 	}
 }
 
-static void after_batch(void *arg, const struct vmops_reap_stats *st, const char *ids)
+static void after_batch(void *arg, PGconn *c, const struct vmops_reap_stats *st, const char *ids)
 {
 	struct after_batch *a = arg;
 
-	remove_run_dirs(a, ids);
+	remove_run_dirs(a, c, ids);
 	/* The progress line: on a terminal only, on stderr, rewritten in place. */
 	if (a->tty)
 		fprintf(stderr, "\r%s: batch %lld: %lld vmms found, %lld deleted, %lld reservations deleted",
@@ -119,6 +120,7 @@ int main(int argc, const char **argv)
 	struct vmops_section *s;
 	poptContext ctx;
 	const char **left;
+	long long n = 0;
 	PGconn *c;
 
 	prog_init("vmm-reap");
@@ -133,6 +135,11 @@ int main(int argc, const char **argv)
 		usage_error("--batch: %s", err.msg);
 	if (opt.limit && vmops_parse_int(opt.limit, 1, LLONG_MAX, &ro.limit, &err) < 0)
 		usage_error("--limit: %s", err.msg);
+	ro.sessions = VMOPS_REAP_SESSIONS_DEFAULT;
+	if (opt.sessions && vmops_parse_int(opt.sessions, 1, VMOPS_REAP_SESSIONS_MAX, &n, &err) < 0)
+		usage_error("--sessions: %s", err.msg);
+	if (opt.sessions)
+		ro.sessions = (int)n;
 	ro.older_than_ms = opt_duration("older-than", opt.older_than, ro.older_than_ms, 0,
 					 3650ULL * 24 * 3600 * 1000);
 	ro.dry_run = vmops_cli.dry_run;
@@ -140,7 +147,6 @@ int main(int argc, const char **argv)
 	c = vmops_db_connect(vmops_cli.db, prog_name, &err);
 	if (!c || vmops_schema_check(c, &err) < 0)
 		die_err(&err);
-	ab.c = c;
 	ab.tty = isatty(STDERR_FILENO) && !vmops_cli.quiet && !vmops_cli.json;
 	if (vmops_host_id(getenv(VMOPS_HOST_ID_ENV), ab.host, sizeof(ab.host), &err) < 0) {
 		vmops_debug("no host identity (%s): run directories are left alone", err.msg);

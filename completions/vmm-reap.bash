@@ -22,13 +22,17 @@ _vmm_reap()
 		COMPREPLY=($(compgen -W '100 1000 10000' -- "$cur"))
 		return
 		;;
+	--sessions)
+		COMPREPLY=($(compgen -W '1 2 4 8' -- "$cur"))
+		return
+		;;
 	--db | --limit)
 		return
 		;;
 	esac
 	$split && return
 
-	local opts='--batch --limit --older-than --dry-run --db --json --verbose -v --quiet -q --help -h --version -V'
+	local opts='--batch --limit --older-than --sessions --dry-run --db --json --verbose -v --quiet -q --help -h --version -V'
 	COMPREPLY=($(compgen -W "$opts" -- "$cur"))
 } &&
 	complete -F _vmm_reap vmm-reap

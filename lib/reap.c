@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,12 +101,32 @@ static const char reap_sql[] =
 	"  RETURNING 1)"
 	" SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM res), (SELECT count(*) FROM aud)";
 
+/*
+ * What the sessions of one run share.  Claims are taken one at a time,
+ * under `mu`, each after the highest id claimed so far: sessions never scan
+ * over each other's rows, and the slow part of a batch (the reap statement)
+ * runs in parallel.
+ */
+struct run {
+	pthread_mutex_t mu;              /* everything below, each claim, and o->on_batch */
+	const struct vmops_reap_opts *o;
+	long long batch;
+	long long after;                 /* keyset position: every id up to it was claimed, or skipped */
+	long long claimed;               /* VMMs claimed so far (against o->limit) */
+	struct vmops_reap_stats st;
+	bool stop;                       /* a session failed for good: the others end after their batch */
+	struct vmops_error err;          /* that failure */
+};
+
 struct batch {
 	const struct vmops_reap_opts *o;
+	struct run *run;        /* claim_sql from the run's position; NULL: claim_one_sql at `after` */
 	const char *claim;      /* claim_sql or claim_one_sql */
 	long long after;        /* keyset position (claim_sql) or the one id (claim_one_sql) */
 	long long want;         /* batch size */
 	const char *lock_timeout;
+	bool positioned;        /* `after` was taken from the run: a retry claims from there again */
+	long long counted;      /* what this batch added to run->claimed (taken back on a retry) */
 	/* results, reset at every (re)try */
 	bool claimed_ok;
 	long long claimed, max_id, deleted, reservations;
@@ -113,22 +134,14 @@ struct batch {
 	char *tids;             /* their ctids, "{\"(0,1)\",...}" */
 };
 
-static int batch_tx(PGconn *c, void *data, struct vmops_error *e)
+static int claim_query(PGconn *c, struct batch *b, struct vmops_error *e)
 {
-	struct batch *b = data;
 	_cleanup_pgresult_ PGresult *r = NULL;
 	char older[24], after[24], want[24];
 
-	b->claimed_ok = false;
-	b->claimed = b->deleted = b->reservations = 0;
 	b->max_id = b->after;
-	free(b->ids);
-	b->ids = NULL;
-	free(b->tids);
-	b->tids = NULL;
-
-	if (vmops_db_x(c, e, "SELECT set_config('lock_timeout', $1, true)", b->lock_timeout) < 0)
-		return -1;
+	if (b->want <= 0)
+		return 0;
 	r = vmops_db_q(c, e, b->claim, vmops_db_ll(older, (long long)b->o->older_than_ms),
 		       vmops_db_ll(after, b->after), vmops_db_ll(want, b->want));
 	if (!r)
@@ -137,10 +150,56 @@ static int batch_tx(PGconn *c, void *data, struct vmops_error *e)
 	b->max_id = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
 	if (!(b->ids = strdup(PQgetvalue(r, 0, 2))) || !(b->tids = strdup(PQgetvalue(r, 0, 3))))
 		return vmops_err(e, VMOPS_EXIT_FAILURE, "out of memory");
+	return 0;
+}
+
+/* The run's next claim: from its position, within its limit; moves the position on. */
+static int claim(PGconn *c, struct batch *b, struct vmops_error *e)
+{
+	struct run *run = b->run;
+	int rc;
+
+	if (!run)
+		return claim_query(c, b, e);
+	pthread_mutex_lock(&run->mu);
+	if (!b->positioned)
+		b->after = run->after;
+	b->positioned = true;
+	run->claimed -= b->counted;
+	b->counted = 0;
+	b->want = run->batch;
+	if (run->o->limit > 0 && run->o->limit - run->claimed < b->want)
+		b->want = run->o->limit - run->claimed;
+	rc = claim_query(c, b, e);
+	if (rc == 0) {
+		if (b->max_id > run->after)
+			run->after = b->max_id;
+		run->claimed += b->claimed;
+		b->counted = b->claimed;
+	}
+	pthread_mutex_unlock(&run->mu);
+	return rc;
+}
+
+static int batch_tx(PGconn *c, void *data, struct vmops_error *e)
+{
+	struct batch *b = data;
+	_cleanup_pgresult_ PGresult *r = NULL;
+
+	b->claimed_ok = false;
+	b->claimed = b->deleted = b->reservations = 0;
+	free(b->ids);
+	b->ids = NULL;
+	free(b->tids);
+	b->tids = NULL;
+
+	if (vmops_db_x(c, e, "SELECT set_config('lock_timeout', $1, true)", b->lock_timeout) < 0)
+		return -1;
+	if (claim(c, b, e) < 0)
+		return -1;
 	b->claimed_ok = true;
 	if (b->claimed == 0)
 		return 0;
-	PQclear(r);
 	r = vmops_db_q(c, e, reap_sql, b->ids, vmops_db_actor(),
 		       b->o->program ? b->o->program : "vmm-reap",
 		       b->tids);
@@ -166,17 +225,34 @@ static bool fatal(const struct vmops_error *e)
 	return e->code == VMOPS_EXIT_DB || e->code == VMOPS_EXIT_SCHEMA;
 }
 
+/* One VMM's outcome, or a batch's, into the run's totals. */
+static void account_locked(struct run *run, const struct batch *b)
+{
+	pthread_mutex_lock(&run->mu);
+	account(&run->st, b);
+	pthread_mutex_unlock(&run->mu);
+}
+
+static void one_failed(struct run *run, long long id, const struct vmops_error *err)
+{
+	pthread_mutex_lock(&run->mu);
+	run->st.found++;
+	run->st.errors++;
+	snprintf(run->st.last_error, sizeof(run->st.last_error), "vmm %lld: %.990s", id, err->msg);
+	pthread_mutex_unlock(&run->mu);
+	vmops_warn("vmm %lld: %.990s", id, err->msg);
+}
+
 /*
  * A batch failed and was rolled back: reap its VMMs one per transaction,
  * so that one bad row costs one error, not a thousand.
  */
-static int reap_one_by_one(PGconn *c, const struct vmops_reap_opts *o, const char *ids,
-			   struct vmops_reap_stats *st, struct vmops_error *e)
+static int reap_one_by_one(PGconn *c, struct run *run, const char *ids, struct vmops_error *e)
 {
 	const char *p = ids;
 
 	while (*p) {
-		struct batch one = { .o = o, .claim = claim_one_sql, .want = 1, .lock_timeout = "1s" };
+		struct batch one = { .o = run->o, .claim = claim_one_sql, .want = 1, .lock_timeout = "1s" };
 		struct vmops_error err = { 0 };
 		char *end;
 		long long id;
@@ -195,13 +271,10 @@ static int reap_one_by_one(PGconn *c, const struct vmops_reap_opts *o, const cha
 				*e = err;
 				return -1;
 			}
-			st->found++;
-			st->errors++;
-			snprintf(st->last_error, sizeof(st->last_error), "vmm %lld: %.990s", id, err.msg);
-			vmops_warn("vmm %lld: %.990s", id, err.msg);
+			one_failed(run, id, &err);
 			continue;
 		}
-		account(st, &one);
+		account_locked(run, &one);
 		free(one.ids);
 		free(one.tids);
 	}
@@ -224,58 +297,145 @@ static int reap_dry_run(PGconn *c, const struct vmops_reap_opts *o, struct vmops
 	return 0;
 }
 
+/* After a batch committed (or was reaped one by one): the caller's callback, one at a time. */
+static void batch_done(PGconn *c, struct run *run, int session, const struct batch *b, bool one_by_one)
+{
+	pthread_mutex_lock(&run->mu);
+	if (!one_by_one) {
+		account(&run->st, b);
+		vmops_info("batch %lld (session %d): %lld vmms claimed, %lld deleted, %lld reservations deleted",
+			   run->st.batches, session, b->claimed, b->deleted, b->reservations);
+	}
+	if (run->o->on_batch)
+		run->o->on_batch(run->o->arg, c, &run->st, b->ids);
+	pthread_mutex_unlock(&run->mu);
+}
+
+static bool stopped(struct run *run)
+{
+	bool stop;
+
+	pthread_mutex_lock(&run->mu);
+	stop = run->stop;
+	pthread_mutex_unlock(&run->mu);
+	return stop;
+}
+
+static void fail(struct run *run, const struct vmops_error *err)
+{
+	pthread_mutex_lock(&run->mu);
+	if (!run->stop)
+		run->err = *err;
+	run->stop = true;
+	pthread_mutex_unlock(&run->mu);
+}
+
+/* One batch, and the fallback if it failed; 1: nothing left to claim, -1: the run must stop. */
+static int one_batch(PGconn *c, struct run *run, int session)
+{
+	struct batch b = { .o = run->o, .run = run, .claim = claim_sql, .lock_timeout = "10s" };
+	struct vmops_error err = { 0 };
+	int rc = 0;
+
+	if (vmops_db_tx(c, VMOPS_READ_COMMITTED, batch_tx, &b, &err) < 0) {
+		if (fatal(&err) || !b.claimed_ok) {
+			fail(run, &err);
+			rc = -1;
+		} else {
+			vmops_info("batch after vmm %lld failed (%s): reaping its %lld vmms one by one",
+				   b.after, err.msg, b.claimed);
+			/* each VMM that commits counts as a batch of its own (account) */
+			if (reap_one_by_one(c, run, b.ids, &err) < 0) {
+				fail(run, &err);
+				rc = -1;
+			} else {
+				batch_done(c, run, session, &b, true);
+			}
+		}
+	} else if (b.claimed) {
+		batch_done(c, run, session, &b, false);
+	} else {
+		rc = 1;
+	}
+	free(b.ids);
+	free(b.tids);
+	return rc;
+}
+
+struct session {
+	struct run *run;
+	PGconn *c;
+	int index;              /* 1..n, in -v's lines */
+	pthread_t thread;
+	bool started;
+};
+
+static void *session_main(void *arg)
+{
+	struct session *s = arg;
+
+	while (!stopped(s->run) && one_batch(s->c, s->run, s->index) == 0)
+		;
+	return NULL;
+}
+
+/* Sessions 1..n-1: their own connections and threads; fewer if a connection fails. */
+static int start_sessions(PGconn *c, struct session *ss, int n)
+{
+	int started = 1;
+
+	for (int i = 1; i < n; i++) {
+		struct vmops_error err = { 0 };
+
+		ss[i].c = vmops_db_connect_again(c, &err);
+		if (!ss[i].c) {
+			vmops_info("reaping in %d session(s): another connection failed: %s", started, err.msg);
+			break;
+		}
+		if (pthread_create(&ss[i].thread, NULL, session_main, &ss[i]) != 0) {
+			PQfinish(ss[i].c);
+			ss[i].c = NULL;
+			break;
+		}
+		ss[i].started = true;
+		started++;
+	}
+	return started;
+}
+
 int vmops_reap(PGconn *c, const struct vmops_reap_opts *o, struct vmops_reap_stats *st,
 	       struct vmops_error *e)
 {
-	long long batch = o->batch > 0 ? o->batch : VMOPS_REAP_BATCH_DEFAULT;
-	long long after = 0;
+	struct session ss[VMOPS_REAP_SESSIONS_MAX] = { 0 };
+	struct run run = { .o = o, .batch = o->batch > 0 ? o->batch : VMOPS_REAP_BATCH_DEFAULT };
+	int n = o->sessions > 0 ? o->sessions : VMOPS_REAP_SESSIONS_DEFAULT;
 
 	memset(st, 0, sizeof(*st));
-	if (batch > VMOPS_REAP_BATCH_MAX)
-		batch = VMOPS_REAP_BATCH_MAX;
+	if (run.batch > VMOPS_REAP_BATCH_MAX)
+		run.batch = VMOPS_REAP_BATCH_MAX;
+	if (n > VMOPS_REAP_SESSIONS_MAX)
+		n = VMOPS_REAP_SESSIONS_MAX;
 	if (o->dry_run)
 		return reap_dry_run(c, o, st, e);
-
-	for (;;) {
-		struct batch b = { .o = o, .claim = claim_sql, .after = after, .want = batch,
-				   .lock_timeout = "10s" };
-		struct vmops_error err = { 0 };
-
-		if (o->limit > 0) {
-			if (st->found >= o->limit)
-				break;
-			if (o->limit - st->found < b.want)
-				b.want = o->limit - st->found;
-		}
-		if (vmops_db_tx(c, VMOPS_READ_COMMITTED, batch_tx, &b, &err) < 0) {
-			if (fatal(&err) || !b.claimed_ok) {
-				free(b.ids);
-				free(b.tids);
-				*e = err;
-				return -1;
-			}
-			vmops_info("batch after vmm %lld failed (%s): reaping its %lld vmms one by one",
-				   after, err.msg, b.claimed);
-			/* each VMM that commits counts as a batch of its own (account) */
-			if (reap_one_by_one(c, o, b.ids, st, e) < 0) {
-				free(b.ids);
-				free(b.tids);
-				return -1;
-			}
-			if (o->on_batch)
-				o->on_batch(o->arg, st, b.ids);
-		} else if (b.claimed) {
-			account(st, &b);
-			vmops_info("batch %lld: %lld vmms claimed, %lld deleted, %lld reservations deleted",
-				   st->batches, b.claimed, b.deleted, b.reservations);
-			if (o->on_batch)
-				o->on_batch(o->arg, st, b.ids);
-		}
-		free(b.ids);
-		free(b.tids);
-		if (b.claimed == 0)
-			break;
-		after = b.max_id;
+	pthread_mutex_init(&run.mu, NULL);
+	for (int i = 0; i < n; i++) {
+		ss[i].run = &run;
+		ss[i].index = i + 1;
+	}
+	ss[0].c = c;
+	start_sessions(c, ss, n);
+	session_main(&ss[0]);
+	for (int i = 1; i < n; i++) {
+		if (!ss[i].started)
+			continue;
+		pthread_join(ss[i].thread, NULL);
+		PQfinish(ss[i].c);
+	}
+	pthread_mutex_destroy(&run.mu);
+	*st = run.st;
+	if (run.stop) {
+		*e = run.err;
+		return -1;
 	}
 	return 0;
 }

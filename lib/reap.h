@@ -11,7 +11,10 @@
  * Work is done in bounded batches, each its own short transaction; rows are
  * claimed with FOR UPDATE SKIP LOCKED, so any number of reapers on any
  * number of hosts can run at once: none waits for another and each VMM is
- * counted as deleted by exactly one of them.
+ * counted as deleted by exactly one of them.  One run reaps in several
+ * database sessions at once (opts.sessions; the extra ones in threads, on
+ * connections made like the caller's): they take their claims in turn,
+ * each after the last, and reap in parallel.
  */
 #ifndef VMOPS_REAP_H
 #define VMOPS_REAP_H
@@ -24,21 +27,26 @@
 
 #define VMOPS_REAP_BATCH_DEFAULT 1000
 #define VMOPS_REAP_BATCH_MAX 100000
+#define VMOPS_REAP_SESSIONS_DEFAULT 2
+#define VMOPS_REAP_SESSIONS_MAX 8
 
 struct vmops_reap_stats;
 
 struct vmops_reap_opts {
 	long long batch;         /* VMMs per transaction; 0: VMOPS_REAP_BATCH_DEFAULT */
 	long long limit;         /* at most this many VMMs this run; 0: no limit */
+	int sessions;            /* database sessions reaping at once; 0: VMOPS_REAP_SESSIONS_DEFAULT */
 	uint64_t older_than_ms;  /* only VMMs destroyed/failed at least this long ago */
 	bool dry_run;            /* count what would be reaped, change nothing */
 	const char *program;     /* for audit rows; NULL: "vmm-reap" */
 	/*
 	 * Called after each committed batch (not in a dry run) with the totals
 	 * so far and the ids the batch claimed, "{1,2,3}", whose records are
-	 * now deleted; the connection is free (no transaction open).  NULL: none.
+	 * now deleted, and the batch's session `c`, free (no transaction open)
+	 * until the callback returns.  Never called twice at once (sessions
+	 * other than the caller's run in threads of their own).  NULL: none.
 	 */
-	void (*on_batch)(void *arg, const struct vmops_reap_stats *st, const char *ids);
+	void (*on_batch)(void *arg, PGconn *c, const struct vmops_reap_stats *st, const char *ids);
 	void *arg;
 };
 

@@ -240,7 +240,8 @@ Test(reap, batches_and_limit)
 		" SELECT 1, 1, 'qemu', 'destroyed' FROM generate_series(1, 25);"
 		"INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus)"
 		" SELECT id, 1, 256, 1 FROM vmms WHERE id % 5 = 0;"));
-	TESTRUN(&r, "vmm-reap", "--db", ci, "--json", "--batch", "10", "--limit", "15");
+	/* one session: the audit rows' order is the claims' (sessions_share_the_work_and_the_limit) */
+	TESTRUN(&r, "vmm-reap", "--db", ci, "--json", "--batch", "10", "--limit", "15", "--sessions", "1");
 	cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
 	j = json_of(&r);
 	cr_expect_eq(jint(j, "found"), 15);
@@ -270,6 +271,81 @@ Test(reap, batches_and_limit)
 	testrun_free(&r);
 	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE time_deleted IS NULL"), 0);
 	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 0);
+	PQfinish(c);
+}
+
+/*
+ * Four sessions of one run: each VMM reaped once, the limit exact, the
+ * lowest ids first (the claims are taken in turn, each after the last),
+ * and more than one session did batches.
+ */
+Test(reap, sessions_share_the_work_and_the_limit)
+{
+	char ci[256];
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	struct testrun r;
+	cJSON *j;
+
+	PQclear(testdb_exec(c,
+		"INSERT INTO workers (name, memory_mb, vcpus) VALUES ('w1', 1048576, 8192);"
+		"INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
+		" VALUES ('s', 'o', 'stopped', 1, 1024, 1);"
+		"INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)"
+		" SELECT 1, 1, 'qemu', 'destroyed' FROM generate_series(1, 10000);"
+		"INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus)"
+		" SELECT id, 1, 64, 1 FROM vmms WHERE id % 2 = 0;"));
+	TESTRUN(&r, "vmm-reap", "--db", ci, "--json", "-v", "--batch", "100", "--limit", "5550", "--sessions", "4");
+	cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+	j = json_of(&r);
+	cr_expect_eq(jint(j, "found"), 5550);
+	cr_expect_eq(jint(j, "vmms_deleted"), 5550);
+	cr_expect_eq(jint(j, "reservations_deleted"), 2775);
+	cr_expect_eq(jint(j, "batches"), 56);
+	cr_expect_eq(jint(j, "errors"), 0);
+	cJSON_Delete(j);
+	cr_expect(strstr(r.err, "(session 1)") && strstr(r.err, "(session 2)"), "one session did all:\n%s", r.err);
+	testrun_free(&r);
+	cr_expect_eq(testdb_ll(c, "SELECT max(id) FROM vmms WHERE time_deleted IS NOT NULL"), 5550);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE time_deleted IS NOT NULL"), 5550);
+	cr_expect_eq(testdb_ll(c, "SELECT count(DISTINCT vmm_id) FROM vmm_reaps"), 5550);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmm_reaps"), 5550);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE action = 'reap-batch'"), 56);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 5000 - 2775);
+	PQfinish(c);
+}
+
+/* A role allowed one connection: the run goes on in one session, and says so with -v. */
+Test(reap, sessions_fall_back_to_the_connections_there_are)
+{
+	char ci[256], ci1[400], role[128], sql[600];
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	struct testrun r;
+	cJSON *j;
+
+	PQclear(testdb_exec(c,
+		"INSERT INTO workers (name, memory_mb, vcpus) VALUES ('w1', 65536, 64);"
+		"INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
+		" VALUES ('s', 'o', 'stopped', 1, 1024, 1);"
+		"INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)"
+		" SELECT 1, 1, 'qemu', 'destroyed' FROM generate_series(1, 30);"));
+	snprintf(role, sizeof(role), "one_%s", PQdb(c));
+	snprintf(sql, sizeof(sql), "CREATE ROLE %s LOGIN CONNECTION LIMIT 1;"
+		 " GRANT ALL ON ALL TABLES IN SCHEMA public TO %s; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO %s",
+		 role, role, role);
+	PQclear(testdb_exec(c, sql));
+	snprintf(ci1, sizeof(ci1), "%s user=%s", ci, role);
+	TESTRUN(&r, "vmm-reap", "--db", ci1, "--json", "-v", "--batch", "10", "--sessions", "3");
+	cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+	cr_expect(strstr(r.err, "reaping in 1 session(s): another connection failed"), "%s", r.err);
+	j = json_of(&r);
+	cr_expect_eq(jint(j, "vmms_deleted"), 30);
+	cr_expect_eq(jint(j, "batches"), 3);
+	cJSON_Delete(j);
+	testrun_free(&r);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE time_deleted IS NULL"), 0);
+	snprintf(sql, sizeof(sql), "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM %s;"
+		 " REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM %s; DROP ROLE %s", role, role, role);
+	PQclear(testdb_exec(c, sql));
 	PQfinish(c);
 }
 
@@ -472,6 +548,8 @@ Test(reap, bad_input_is_a_usage_error_without_database_contact)
 	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--batch", "ten", "--db", nodb, NULL });
 	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--batch", "100001", "--db", nodb, NULL });
 	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--limit", "-1", "--db", nodb, NULL });
+	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--sessions", "0", "--db", nodb, NULL });
+	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--sessions", "9", "--db", nodb, NULL });
 	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--older-than", "5", "--db", nodb, NULL });
 	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--older-than", "-5m", "--db", nodb, NULL });
 	expect_usage_error(ci, (const char *const[]){ "vmm-reap", "--older-than", "5 m", "--db", nodb, NULL });

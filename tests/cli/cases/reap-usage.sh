@@ -8,6 +8,8 @@ runs vmm-reap --db "$NODB" --batch ''
 runs vmm-reap --db "$NODB" --limit 0
 runs vmm-reap --db "$NODB" --limit -5
 runs vmm-reap --db "$NODB" --limit 99999999999999999999
+runs vmm-reap --db "$NODB" --sessions 0
+runs vmm-reap --db "$NODB" --sessions 9
 runs vmm-reap --db "$NODB" --older-than 5
 runs vmm-reap --db "$NODB" --older-than -1s
 runs vmm-reap --db "$NODB" --older-than 3651d
