@@ -447,6 +447,7 @@ static int procs_cb(const struct vmops_proc_info *info, void *data)
 	return 0;
 }
 
+/* The stat line of each pid asked for (checked: process ids) that exists here. */
 static int procs_stats(const cJSON *pids, cJSON *ans, struct vmops_error *e)
 {
 	cJSON *stats = cJSON_AddArrayToObject(ans, "stats");
@@ -458,9 +459,6 @@ static int procs_stats(const cJSON *pids, cJSON *ans, struct vmops_error *e)
 	cJSON_ArrayForEach(p, pids) {
 		cJSON *o;
 
-		if (!cJSON_IsNumber(p) || p->valuedouble < 1 || p->valuedouble > 4194304 ||
-		    p->valuedouble != (double)(int)p->valuedouble)
-			return vmops_err(e, VMOPS_EXIT_USAGE, "pids: not a list of process ids");
 		if (!raw_stat((pid_t)p->valuedouble, 0, stat, sizeof(stat)))
 			continue;   /* no such process here */
 		if (!(o = cJSON_CreateObject()) || !cJSON_AddItemToArray(stats, o) ||
@@ -472,7 +470,7 @@ static int procs_stats(const cJSON *pids, cJSON *ans, struct vmops_error *e)
 
 static int do_procs(const cJSON *req, cJSON *ans, struct vmops_error *e)
 {
-	const cJSON *pids = cJSON_GetObjectItemCaseSensitive(req, "pids");
+	const cJSON *pids = cJSON_GetObjectItemCaseSensitive(req, "pids"), *p;
 	char up[128];
 	_cleanup_close_ int fd = -1;
 	cJSON *list;
@@ -481,6 +479,10 @@ static int do_procs(const cJSON *req, cJSON *ans, struct vmops_error *e)
 
 	if (!cJSON_IsArray(pids) || cJSON_GetArraySize(pids) > PROCS_PIDS_MAX)
 		return vmops_err(e, VMOPS_EXIT_USAGE, "pids: missing, not a list or more than %d", PROCS_PIDS_MAX);
+	cJSON_ArrayForEach(p, pids)
+		if (!cJSON_IsNumber(p) || p->valuedouble < 1 || p->valuedouble > 4194304 ||
+		    p->valuedouble != (double)(int)p->valuedouble)
+			return vmops_err(e, VMOPS_EXIT_USAGE, "pids: not a list of process ids");
 	fd = open("/proc/uptime", O_RDONLY | O_CLOEXEC);
 	if (fd < 0 || (n = read(fd, up, sizeof(up) - 1)) <= 0)
 		return vmops_err(e, VMOPS_EXIT_FAILURE, "/proc/uptime: %s", fd < 0 ? strerror(errno) : "unreadable");

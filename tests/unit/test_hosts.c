@@ -7,6 +7,7 @@
  * a host's sshd or take its link down.
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -818,5 +819,51 @@ Test(hosts, drain_count_on_an_unreachable_host_is_unknown, .timeout = 240, .fini
 	cr_assert_eq(rc, 0, "exit %d\n%s", rc, out);
 	cr_assert_eq(json_int(out, "left_processes"), 0, "%s", out);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM workers WHERE name = 'w1' AND state = 'drained'"), 1);
+	PQfinish(c);
+}
+
+/*
+ * The hibernate fallback works on this host's VMs only: a sandbox of a
+ * worker on host 1 that cannot move (no other worker) is not hibernated
+ * from here, though its run directory is reachable on the shared test
+ * filesystem: it stays stuck with the reason, its guest runs on where it
+ * was, no bundle is written, and the drain ends partial (exit 15).
+ */
+Test(hosts, drain_does_not_hibernate_a_remote_workers_sandbox_from_here, .timeout = 300, .fini = fini)
+{
+	PGconn *c;
+	char log[512], out[16384], bundles[400];
+	struct testlib_guest g0;
+	struct testrun r;
+	DIR *d;
+	struct dirent *de;
+	int n = 0;
+
+	need_hosts();
+	testlib_need_qemu();
+	c = fleet();
+	add_worker("w1", 1);
+	launch(c, "sb1", "w1", 0);
+	serial_of(c, "sb1", log, sizeof(log));
+	testlib_wait_heartbeat(log, 2, 120, &g0);
+	snprintf(bundles, sizeof(bundles), "%s/bundles", rundir);
+	cr_assert_eq(mkdir(bundles, 0700), 0);
+	TESTRUN(&r, "vm-drain", "--db", ci, "--json", "--retries", "1", "--bundle-dir", bundles, "w1");
+	snprintf(out, sizeof(out), "%s\n--- stderr\n%s", r.out, r.err);
+	cr_assert_eq(r.status, VMOPS_EXIT_PARTIAL, "exit %d\n%s", r.status, out);
+	testrun_free(&r);
+	cr_assert_eq(json_int(out, "stuck"), 1, "%s", out);
+	cr_assert_eq(json_int(out, "hibernated"), 0, "%s", out);
+	cr_assert(strstr(out, "is on another host (ssh)"), "%s", out);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'running'"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM snapshots"), 0, "no hibernate was tried");
+	cr_assert(d = opendir(bundles));
+	while ((de = readdir(d)))
+		n += de->d_name[0] != '.';
+	closedir(d);
+	cr_assert_eq(n, 0, "no bundle written");
+	cr_assert_eq(vms_on_host(1), 1);
+	testlib_wait_heartbeat(log, g0.last.n + 2, 60, NULL);
+	testlib_assert_guest_continues(log, g0.boot_sum, &g0.last, 60, NULL);
 	PQfinish(c);
 }
