@@ -14,7 +14,9 @@
  * A sandbox that cannot move after its retries is hibernated (fallback.c,
  * snapshot-prep's vmops_hibernate) into bundle_dir.  At the end it counts
  * again, from the database and from the worker's processes (the /proc
- * identification of ghost-reap), before it declares the worker drained.
+ * identification of ghost-reap, on the worker's own host: a worker reached
+ * over ssh is counted from that host's /proc through the transport), before
+ * it declares the worker drained.
  */
 #ifndef VMOPS_DRAIN_H
 #define VMOPS_DRAIN_H
@@ -115,8 +117,8 @@ struct vmops_drain_opts {
 	const char *bundle_dir;
 	uint64_t hibernate_timeout_ms;   /* per sandbox */
 	uint64_t fallback_timeout_ms;    /* all hibernates of one run together */
-	const char *host_id;             /* this host (host.h), for the process count */
-	const char *proc_root;           /* NULL: /proc */
+	const char *host_id;             /* this host (host.h), for the process count of a worker on this host */
+	const char *proc_root;           /* NULL: /proc (a worker on this host; another host's is read there) */
 	volatile sig_atomic_t *interrupted;
 	/* Called from the calling thread (never concurrently). */
 	void (*on_sandbox)(void *data, const struct vmops_drain_sandbox_report *s);

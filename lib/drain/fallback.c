@@ -220,13 +220,45 @@ static void warn_tmpfs(const char *dir)
 		vmops_warn("bundle directory %s is in memory (tmpfs): hibernated sandboxes' bundles take RAM there", dir);
 }
 
+/* Is the worker on another host (ssh)?  1 yes, 0 no, -1 db. */
+static int is_remote(PGconn *c, const struct drain_rec *d, struct vmops_error *e)
+{
+	char wid[24];
+	_cleanup_pgresult_ PGresult *r = vmops_db_q(c, e, "SELECT transport FROM workers WHERE id = $1",
+						    vmops_db_ll(wid, d->worker_id));
+
+	if (!r)
+		return -1;
+	return PQntuples(r) == 1 && strcmp(vmops_db_get(r, 0, "transport"), "local") != 0;
+}
+
+/*
+ * A worker on another host: its VMs' QMP sockets and /proc are that host's,
+ * and the bundle would be written here; vmops_hibernate() works on this
+ * host's VMs only.  Nothing is tried: each stays stuck with the reason.
+ */
+static int not_here(struct fb *f, PGresult *q, struct vmops_error *e)
+{
+	char why[VMOPS_ERRMSG_MAX];
+
+	snprintf(why, sizeof(why), "not hibernated: worker %.63s is on another host (ssh) and the fallback hibernates"
+		 " only on this host; run snapshot-prep hibernate on its host", f->d->worker);
+	for (int i = 0; i < PQntuples(q); i++) {
+		say(f, vmops_db_get(q, i, "name"), "stuck", 0, NULL, why);
+		if (vmops_drain_rec_outcome(f->c, f->d, vmops_db_get_ll(q, i, "sandbox_id", -1), "stuck", 0, 0, why, -1,
+					    NULL, e) < 0)
+			return -1;
+	}
+	return 0;
+}
+
 int vmops_drain_fallback(PGconn *c, const char *conninfo, const struct drain_rec *d, const struct vmops_drain_opts *o,
 			 const struct drain_fb_ctl *ctl, struct vmops_error *e)
 {
 	struct fb f = { c, conninfo, d, o, ctl, mono_ms() + o->fallback_timeout_ms, false };
 	_cleanup_pgresult_ PGresult *q = NULL;
 	char id[24], wid[24];
-	int n;
+	int n, remote;
 
 	q = vmops_db_q(c, e, "SELECT x.sandbox_id, s.name, s.memory_mb FROM drain_sandboxes x"
 			     " JOIN sandboxes s ON s.id = x.sandbox_id WHERE x.drain_id = $1 AND x.outcome = 'stuck'"
@@ -237,6 +269,8 @@ int vmops_drain_fallback(PGconn *c, const char *conninfo, const struct drain_rec
 	n = PQntuples(q);
 	if (n == 0 || !o->bundle_dir)
 		return n;
+	if ((remote = is_remote(c, d, e)) != 0)
+		return remote < 0 ? -1 : not_here(&f, q, e);
 	warn_tmpfs(o->bundle_dir);
 	for (int i = 0; i < n && !f.stop_new; i++) {
 		int t = ctl->tick(ctl->arg, e);

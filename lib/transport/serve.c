@@ -29,16 +29,28 @@
  *               all, and refused while the pid runs); then the run
  *               directory, if asked
  *
+ * The process count of a worker on this host (vm-drain's honest count, made
+ * against the database by the caller, with ghost-reap's identification):
+ *   procs       {"pids": [...]} -> {"uptime", "procs": [{"pid", "stat", "exe",
+ *               "cmdline": [...]}], "stats": [{"pid", "stat"}]}: this host's
+ *               /proc, as a recorded tree holds it (proc.h): every hypervisor
+ *               process whose command line carries a fleet token, and the
+ *               stat line of each pid asked for that exists
+ *
  * Every request may carry "host_id", the identity the database records for
  * the worker: a host that is not that one refuses (VMOPS_EXIT_WRONG_HOST).
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "exitcodes.h"
 #include "host.h"
 #include "log.h"
+#include "macro.h"
 #include "proc.h"
 #include "rundir.h"
 #include "spec.h"
@@ -395,6 +407,96 @@ static int do_stop(const cJSON *req, cJSON *ans, struct vmops_error *e)
 	return 0;
 }
 
+/* ---- procs: this host's /proc for a count made elsewhere ---------------------------- */
+
+#define PROCS_PIDS_MAX 4096
+
+/* The stat line of pid as the kernel writes it, if its start time is `want` (0: any). */
+static bool raw_stat(pid_t pid, unsigned long long want, char *buf, size_t len)
+{
+	struct vmops_proc_stat st;
+	struct vmops_error pe = { 0 };
+	char path[64];
+	_cleanup_close_ int fd = -1;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || (n = read(fd, buf, len - 1)) <= 0)
+		return false;
+	buf[n] = '\0';
+	if (vmops_proc_parse_stat(buf, (size_t)n, &st, &pe) < 0 || st.pid != pid)
+		return false;
+	return !want || st.starttime == want;
+}
+
+static int procs_cb(const struct vmops_proc_info *info, void *data)
+{
+	cJSON *list = data, *o, *argv;
+	char stat[1024];
+
+	if (info->vmm_id < 0 || !raw_stat(info->stat.pid, info->stat.starttime, stat, sizeof(stat)))
+		return 0;   /* not a fleet's, or gone meanwhile */
+	if (!(o = cJSON_CreateObject()) || !cJSON_AddItemToArray(list, o) ||
+	    !cJSON_AddNumberToObject(o, "pid", info->stat.pid) || !cJSON_AddStringToObject(o, "stat", stat) ||
+	    !cJSON_AddStringToObject(o, "exe", info->exe) || !(argv = cJSON_AddArrayToObject(o, "cmdline")))
+		return 2;
+	for (int i = 0; i < info->argc; i++)
+		if (!cJSON_AddItemToArray(argv, cJSON_CreateString(info->argv[i])))
+			return 2;
+	return 0;
+}
+
+/* The stat line of each pid asked for (checked: process ids) that exists here. */
+static int procs_stats(const cJSON *pids, cJSON *ans, struct vmops_error *e)
+{
+	cJSON *stats = cJSON_AddArrayToObject(ans, "stats");
+	const cJSON *p;
+	char stat[1024];
+
+	if (!stats)
+		return vmops_err(e, VMOPS_EXIT_FAILURE, "out of memory");
+	cJSON_ArrayForEach(p, pids) {
+		cJSON *o;
+
+		if (!raw_stat((pid_t)p->valuedouble, 0, stat, sizeof(stat)))
+			continue;   /* no such process here */
+		if (!(o = cJSON_CreateObject()) || !cJSON_AddItemToArray(stats, o) ||
+		    !cJSON_AddNumberToObject(o, "pid", p->valuedouble) || !cJSON_AddStringToObject(o, "stat", stat))
+			return vmops_err(e, VMOPS_EXIT_FAILURE, "out of memory");
+	}
+	return 0;
+}
+
+static int do_procs(const cJSON *req, cJSON *ans, struct vmops_error *e)
+{
+	const cJSON *pids = cJSON_GetObjectItemCaseSensitive(req, "pids"), *p;
+	char up[128];
+	_cleanup_close_ int fd = -1;
+	cJSON *list;
+	ssize_t n;
+	int r;
+
+	if (!cJSON_IsArray(pids) || cJSON_GetArraySize(pids) > PROCS_PIDS_MAX)
+		return vmops_err(e, VMOPS_EXIT_USAGE, "pids: missing, not a list or more than %d", PROCS_PIDS_MAX);
+	cJSON_ArrayForEach(p, pids)
+		if (!cJSON_IsNumber(p) || p->valuedouble < 1 || p->valuedouble > 4194304 ||
+		    p->valuedouble != (double)(int)p->valuedouble)
+			return vmops_err(e, VMOPS_EXIT_USAGE, "pids: not a list of process ids");
+	fd = open("/proc/uptime", O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || (n = read(fd, up, sizeof(up) - 1)) <= 0)
+		return vmops_err(e, VMOPS_EXIT_FAILURE, "/proc/uptime: %s", fd < 0 ? strerror(errno) : "unreadable");
+	up[n] = '\0';
+	if (!cJSON_AddStringToObject(ans, "uptime", up) || !(list = cJSON_AddArrayToObject(ans, "procs")))
+		return vmops_err(e, VMOPS_EXIT_FAILURE, "out of memory");
+	r = vmops_proc_scan(NULL, VMOPS_PROC_SCAN_HV_ONLY, procs_cb, list, e);
+	if (r == 2)
+		return vmops_err(e, VMOPS_EXIT_FAILURE, "out of memory");
+	if (r != 0)
+		return -1;
+	return procs_stats(pids, ans, e);
+}
+
 static const struct {
 	const char *name;
 	action_fn fn;
@@ -404,6 +506,7 @@ static const struct {
 	{ "prepare-incoming", do_prepare_incoming }, { "send", do_send }, { "progress", do_progress },
 	{ "status", do_status },       { "multifd", do_multifd }, { "cancel", do_cancel },
 	{ "pause", do_pause },         { "resume", do_resume }, { "stop", do_stop },
+	{ "procs", do_procs },
 };
 
 bool vmops_remote_action_valid(const char *action)

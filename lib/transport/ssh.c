@@ -112,6 +112,11 @@ const char *vmops_transport_destination(const struct vmops_transport *t)
 	return t->dest;
 }
 
+const char *vmops_transport_host_id(const struct vmops_transport *t)
+{
+	return t->host_id;
+}
+
 static int from_row(PGresult *r, const char *what, struct vmops_transport **out,
 		    struct vmops_error *e)
 {

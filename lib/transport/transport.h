@@ -70,6 +70,8 @@ int vmops_transport_for_vmm(PGconn *c, long long vmm_id, struct vmops_transport 
 
 const char *vmops_transport_worker(const struct vmops_transport *t);
 const char *vmops_transport_destination(const struct vmops_transport *t);
+/* The host identity recorded for the worker ("" if none): every action is refused by another host. */
+const char *vmops_transport_host_id(const struct vmops_transport *t);
 
 /*
  * Is the host there and is it the worker's?  Sets up the shared connection.
@@ -131,6 +133,19 @@ int vmops_remote_check(struct vmops_transport *t, const struct vmops_vmm_info *i
 /* A handle on a VMM recorded on the transport's host (nothing is sent). */
 struct vmops_hv *vmops_remote_hv_attach(struct vmops_transport *t,
 					const struct vmops_vmm_info *info, struct vmops_error *e);
+
+/*
+ * The transport's host's /proc as a recorded tree (proc.h) in a new private
+ * directory (under $TMPDIR or /tmp; its path into dir): its hypervisor
+ * processes whose command line carries a fleet token, and the stat of each
+ * of `pids` that exists there, with its uptime.  For a count made on this
+ * host against the database, with that host's facts.  Unreachable host:
+ * UNREACHABLE; an answer that does not come: UNKNOWN; nothing is left in
+ * dir on failure.  Remove the tree with vmops_remote_procs_remove().
+ */
+int vmops_remote_procs(struct vmops_transport *t, const long long *pids, size_t npids, char *dir, size_t len,
+		       struct vmops_error *e);
+void vmops_remote_procs_remove(const char *dir);
 
 /* --- the remote side (vm-fleet remote ACTION) ----------------------------- */
 

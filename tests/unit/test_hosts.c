@@ -7,9 +7,12 @@
  * a host's sshd or take its link down.
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -661,5 +664,206 @@ Test(hosts, ghost_reap_on_the_workers_own_host, .timeout = 240, .fini = fini)
 	cr_assert(strstr(out, "rc=4"), "found and fixed: %s", out);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'error'"), 1);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 0);
+	PQfinish(c);
+}
+
+/* ---- vm-drain across hosts ----------------------------------------------------------- */
+
+/* A JSON report's member, just past "key": and blanks (lib/output writes "key":\tvalue). */
+static const char *json_at(const char *out, const char *key)
+{
+	char k[64];
+	const char *p;
+
+	snprintf(k, sizeof(k), "\"%s\":", key);
+	p = strstr(out, k);
+	cr_assert(p, "no %s in %s", key, out);
+	return p + strlen(k) + strspn(p + strlen(k), " \t");
+}
+
+/* vm-drain --json WORKER: its exit code, stdout into out (and stderr appended). */
+static int drain(const char *worker, char *out, size_t len)
+{
+	struct testrun r;
+	int st;
+
+	TESTRUN(&r, "vm-drain", "--db", ci, "--json", "--max-parallel", "1", "--retries", "2", "--backoff", "1s",
+		worker);
+	snprintf(out, len, "%s\n--- stderr\n%s", r.out, r.err);
+	st = r.status;
+	testrun_free(&r);
+	return st;
+}
+
+/*
+ * An idle QEMU whose command line carries a fleet token and names a path in
+ * worker w1's run directory, so that ghost-reap's identification takes it
+ * for one of w1's processes: on host I (inside it), or on this host (i = 0).
+ * Its pidfile (that host's pid) is PIDFILE.
+ */
+static void stray_qemu(int i, long long id, char *pidfile, size_t len)
+{
+	char dir[400], cmd[1024];
+
+	snprintf(dir, sizeof(dir), "%s/w1/vmm-%lld", rundir, id);
+	cr_assert(mkdir(dir, 0700) == 0 || errno == EEXIST, "%s", dir);
+	snprintf(pidfile, len, "%s/qemu.pid", dir);
+	snprintf(cmd, sizeof(cmd), "setsid qemu-system-x86_64 -machine none -nodefaults -display none -S"
+		 " -name vmops-vmm-%lld -pidfile %s </dev/null >/dev/null 2>&1 &", id, pidfile);
+	if (i)
+		hostctl("run", i, cmd, NULL);
+	else
+		cr_assert_eq(system(cmd), 0);
+	for (int k = 0; k < 100 && access(pidfile, R_OK) != 0; k++)
+		usleep(100000);
+	cr_assert(access(pidfile, R_OK) == 0, "the stray QEMU did not start: %s", cmd);
+}
+
+/*
+ * vm-drain of a worker on host 1: its guest moves live to the worker on
+ * host 2 (receiver started there over ssh, the stream host to host, the
+ * guest's memory check intact), and the honest count reads host 1's /proc
+ * through the transport, never this host's: a stray QEMU of w1 on host 1
+ * keeps the worker draining (exit 15, one process left), one on this host
+ * naming the same run directory is not w1's and never counted; once host
+ * 1's is gone the worker is drained (exit 0, no process left).
+ */
+Test(hosts, drain_moves_the_guest_to_another_host_and_counts_on_the_workers_host, .timeout = 480, .fini = fini)
+{
+	PGconn *c;
+	char log[512], out[16384], ghost[512], decoy[512], cmd[700];
+	struct testlib_guest g0, g;
+	long long v;
+	int rc;
+
+	need_hosts();
+	testlib_need_qemu();
+	c = fleet();
+	add_worker("w1", 1);
+	add_worker("w2", 2);
+	launch(c, "sb1", "w1", 0);
+	serial_of(c, "sb1", log, sizeof(log));
+	testlib_wait_heartbeat(log, 2, 120, &g0);
+	v = active_vmm(c);
+	stray_qemu(1, 999999, ghost, sizeof(ghost));
+	stray_qemu(0, 999998, decoy, sizeof(decoy));
+	cr_assert_eq(vms_on_host(1), 2, "the guest and the stray QEMU on host 1");
+
+	rc = drain("w1", out, sizeof(out));
+	cr_assert_eq(rc, VMOPS_EXIT_PARTIAL, "exit %d\n%s", rc, out);
+	assert_moved(c, "sb1", "w2", v);
+	cr_assert_eq(vms_on_host(2), 1, "the guest runs on host 2");
+	cr_assert_eq(vms_on_host(1), 1, "only the stray QEMU is left on host 1");
+	serial_of(c, "sb1", log, sizeof(log));
+	cr_assert(strstr(log, "/w2/"), "%s", log);
+	testlib_assert_guest_continues(log, g0.boot_sum, &g0.last, 120, &g);
+	cr_assert_eq(json_int(out, "moved"), 1, "%s", out);
+	cr_assert_eq(json_int(out, "left_sandboxes"), 0, "%s", out);
+	cr_assert_eq(json_int(out, "left_vmms"), 0, "%s", out);
+	cr_assert_eq(json_int(out, "left_processes"), 1, "host 1's stray QEMU, and not this host's: %s", out);
+	cr_assert(!strncmp(json_at(out, "worker_state"), "\"draining\"", 10), "%s", out);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM drains WHERE state = 'partial'"), 1);
+
+	/* The stray QEMU of host 1 is stopped there: nothing of w1 is left on its host. */
+	snprintf(cmd, sizeof(cmd), "kill $(cat %s)", ghost);
+	hostctl("run", 1, cmd, NULL);
+	for (int k = 0; k < 100 && vms_on_host(1); k++)
+		usleep(100000);
+	cr_assert_eq(vms_on_host(1), 0);
+	cr_assert_eq(testlib_count_vms_under(rundir) - vms_on_host(2), 1, "this host's stray QEMU still runs");
+	rc = drain("w1", out, sizeof(out));
+	cr_assert_eq(rc, 0, "exit %d\n%s", rc, out);
+	cr_assert_eq(json_int(out, "left_sandboxes"), 0, "%s", out);
+	cr_assert_eq(json_int(out, "left_vmms"), 0, "%s", out);
+	cr_assert_eq(json_int(out, "left_processes"), 0, "counted on host 1: %s", out);
+	cr_assert(!strncmp(json_at(out, "worker_state"), "\"drained\"", 9), "%s", out);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM workers WHERE name = 'w1' AND state = 'drained'"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM drains WHERE state = 'done'"), 1);
+	assert_moved(c, "sb1", "w2", v);
+	/* Still going on host 2, every check intact in its whole log. */
+	testlib_wait_heartbeat(log, g.last.n + 2, 120, NULL);
+	testlib_assert_guest_continues(log, g0.boot_sum, &g0.last, 120, NULL);
+	PQfinish(c);
+}
+
+/*
+ * The worker's host does not answer when its processes are to be counted
+ * (its sshd stopped): the count is unknown, not zero, and the worker is not
+ * declared drained (exit 15, partial, still draining); this host's /proc,
+ * where none of w1's processes run, is not asked instead.  Back: drained.
+ */
+Test(hosts, drain_count_on_an_unreachable_host_is_unknown, .timeout = 240, .fini = fini)
+{
+	PGconn *c;
+	char out[16384];
+	int rc;
+
+	need_hosts();
+	c = fleet();
+	add_worker("w1", 1);
+	add_worker("w2", 2);
+	hostctl("stop-sshd", 1, NULL, NULL);
+	setenv("VMOPS_SSH_CONNECT_TIMEOUT", "3", 1);
+	rc = drain("w1", out, sizeof(out));
+	unsetenv("VMOPS_SSH_CONNECT_TIMEOUT");
+	cr_assert_eq(rc, VMOPS_EXIT_PARTIAL, "exit %d\n%s", rc, out);
+	cr_assert(!strncmp(json_at(out, "left_processes"), "null", 4), "unknown, not 0: %s", out);
+	cr_assert_eq(json_int(out, "left_sandboxes"), 0, "%s", out);
+	cr_assert(strstr(json_at(out, "detail"), "cannot be counted") && strstr(out, "unreachable"), "%s", out);
+	cr_assert(!strncmp(json_at(out, "worker_state"), "\"draining\"", 10), "%s", out);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM workers WHERE name = 'w1' AND state = 'draining'"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM drains WHERE state = 'partial'"), 1);
+
+	hostctl("start-sshd", 1, NULL, NULL);
+	rc = drain("w1", out, sizeof(out));
+	cr_assert_eq(rc, 0, "exit %d\n%s", rc, out);
+	cr_assert_eq(json_int(out, "left_processes"), 0, "%s", out);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM workers WHERE name = 'w1' AND state = 'drained'"), 1);
+	PQfinish(c);
+}
+
+/*
+ * The hibernate fallback works on this host's VMs only: a sandbox of a
+ * worker on host 1 that cannot move (no other worker) is not hibernated
+ * from here, though its run directory is reachable on the shared test
+ * filesystem: it stays stuck with the reason, its guest runs on where it
+ * was, no bundle is written, and the drain ends partial (exit 15).
+ */
+Test(hosts, drain_does_not_hibernate_a_remote_workers_sandbox_from_here, .timeout = 300, .fini = fini)
+{
+	PGconn *c;
+	char log[512], out[16384], bundles[400];
+	struct testlib_guest g0;
+	struct testrun r;
+	DIR *d;
+	struct dirent *de;
+	int n = 0;
+
+	need_hosts();
+	testlib_need_qemu();
+	c = fleet();
+	add_worker("w1", 1);
+	launch(c, "sb1", "w1", 0);
+	serial_of(c, "sb1", log, sizeof(log));
+	testlib_wait_heartbeat(log, 2, 120, &g0);
+	snprintf(bundles, sizeof(bundles), "%s/bundles", rundir);
+	cr_assert_eq(mkdir(bundles, 0700), 0);
+	TESTRUN(&r, "vm-drain", "--db", ci, "--json", "--retries", "1", "--bundle-dir", bundles, "w1");
+	snprintf(out, sizeof(out), "%s\n--- stderr\n%s", r.out, r.err);
+	cr_assert_eq(r.status, VMOPS_EXIT_PARTIAL, "exit %d\n%s", r.status, out);
+	testrun_free(&r);
+	cr_assert_eq(json_int(out, "stuck"), 1, "%s", out);
+	cr_assert_eq(json_int(out, "hibernated"), 0, "%s", out);
+	cr_assert(strstr(out, "is on another host (ssh)"), "%s", out);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'running'"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM snapshots"), 0, "no hibernate was tried");
+	cr_assert(d = opendir(bundles));
+	while ((de = readdir(d)))
+		n += de->d_name[0] != '.';
+	closedir(d);
+	cr_assert_eq(n, 0, "no bundle written");
+	cr_assert_eq(vms_on_host(1), 1);
+	testlib_wait_heartbeat(log, g0.last.n + 2, 60, NULL);
+	testlib_assert_guest_continues(log, g0.boot_sum, &g0.last, 60, NULL);
 	PQfinish(c);
 }

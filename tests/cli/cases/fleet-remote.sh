@@ -27,3 +27,7 @@ echo "{\"vmm_id\":7,\"run_dir\":\"/tmp/x/vmm-7\",\"address\":\"198.18.0.1\",\"po
 echo "{$VMM,\"run_dir\":\"relative\"}" | runs vm-fleet remote stop
 echo '{"vmm":{"kind":"qemu","vmm_id":7,"pid":0,"start_time":0,"run_dir":"","control_socket":"","agent_socket":"","serial_log":"","stderr_log":"","incoming_uri":""}}' |
 	runs vm-fleet remote status
+# procs (vm-drain's count on a worker's host): the pids asked for must be a list of process ids.
+echo '{"pids":"1"}' | runs vm-fleet remote procs
+echo '{"pids":[0]}' | runs vm-fleet remote procs
+echo '{"pids":[1],"host_id":"cli-remote-2"}' | runs vm-fleet remote procs
