@@ -108,7 +108,7 @@ static void usage(void)
 	vmops_cli_print_options(stdout, options);
 	printf("\nExit status: 0 ok, 1 failure, 2 usage, 5 database unreachable, 6 schema,\n"
 	       "7 hypervisor, 8 timeout, 10 conflict, 11 not found, 12 interrupted (undone),\n"
-	       "13 wrong host (recover), 16 integrity (a bundle refused, nothing launched);\n"
+	       "13 wrong host, 16 integrity (a bundle refused, nothing launched);\n"
 	       "see vmops(7).\n");
 	printf("\nFor more details see snapshot-prep(1).\n");
 }
@@ -124,7 +124,7 @@ struct target {
 static int load_target(PGconn *c, const char *sandbox, struct target *t, struct vmops_error *err)
 {
 	PGresult *r = vmops_db_q(c, err,
-				 "SELECT s.id, s.active_vmm_id, w.name, s.launch_spec::text, s.status"
+				 "SELECT s.id, s.active_vmm_id, w.name, s.launch_spec::text, s.status, w.transport"
 				 " FROM sandboxes s JOIN workers w ON w.id = s.worker_id WHERE s.name = $1",
 				 sandbox);
 
@@ -137,6 +137,11 @@ static int load_target(PGconn *c, const char *sandbox, struct target *t, struct 
 	if (PQgetisnull(r, 0, 1) || strcmp(PQgetvalue(r, 0, 4), "running")) {
 		vmops_err(err, VMOPS_EXIT_CONFLICT, "sandbox %s: is %s, not running", sandbox,
 			  PQgetvalue(r, 0, 4));
+		PQclear(r);
+		return -1;
+	}
+	if (strcmp(PQgetvalue(r, 0, 5), "local")) {
+		vmops_err(err, VMOPS_EXIT_WRONG_HOST, VMOPS_SNAPSHOT_ELSEWHERE_FMT, sandbox, PQgetvalue(r, 0, 2));
 		PQclear(r);
 		return -1;
 	}

@@ -44,8 +44,8 @@ static int claim_tx(PGconn *c, void *data, struct vmops_error *e)
 	char sid[24], vid[24], wid[24], ms[24], loc[PATH_MAX];
 	_cleanup_pgresult_ PGresult *s = NULL, *i = NULL;
 
-	s = vmops_db_q(c, e, "SELECT s.id, s.status, s.active_vmm_id, s.launch_spec::text, w.id AS wid, w.name"
-			     " FROM sandboxes s JOIN workers w ON w.id = s.worker_id WHERE s.name = $1"
+	s = vmops_db_q(c, e, "SELECT s.id, s.status, s.active_vmm_id, s.launch_spec::text, w.id AS wid, w.name,"
+			     " w.transport FROM sandboxes s JOIN workers w ON w.id = s.worker_id WHERE s.name = $1"
 			     " FOR UPDATE OF s", h->o->sandbox);
 	if (!s)
 		return -1;
@@ -54,6 +54,9 @@ static int claim_tx(PGconn *c, void *data, struct vmops_error *e)
 	if (strcmp(PQgetvalue(s, 0, 1), "running") || PQgetisnull(s, 0, 2))
 		return vmops_err(e, VMOPS_EXIT_CONFLICT, "sandbox %s: is %s, not running", h->o->sandbox,
 				 PQgetvalue(s, 0, 1));
+	if (strcmp(PQgetvalue(s, 0, 6), "local"))
+		return vmops_err(e, VMOPS_EXIT_WRONG_HOST, VMOPS_SNAPSHOT_ELSEWHERE_FMT, h->o->sandbox,
+				 PQgetvalue(s, 0, 5));
 	h->r->sandbox_id = atoll(PQgetvalue(s, 0, 0));
 	h->r->vmm_id = atoll(PQgetvalue(s, 0, 2));
 	free(h->spec_json);

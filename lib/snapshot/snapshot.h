@@ -49,6 +49,13 @@
 #include "../spec.h"
 
 #define VMOPS_SNAP_UNDO_MAX 24
+/*
+ * A sandbox whose worker is on another host (transport ssh): its QMP socket
+ * and its /proc are that host's, so snapshot and hibernate refuse it (exit
+ * 13) before anything is recorded.  Arguments: sandbox, worker.
+ */
+#define VMOPS_SNAPSHOT_ELSEWHERE_FMT \
+	"sandbox %s: its worker %s is on another host (transport ssh): run snapshot-prep on that host; nothing done"
 #define VMOPS_SNAP_AGENT_MS 10000     /* default: reaching the guest agent */
 #define VMOPS_SNAP_PREPARE_MS 30000   /* default: the freeze itself */
 #define VMOPS_SNAP_HINT_MS 10000      /* default: a free-page hinting round */

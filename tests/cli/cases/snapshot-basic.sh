@@ -76,3 +76,18 @@ runs snapshot-prep --db "$DB" wake --sandbox hib1 | sed "s#$K#<img>#g"
 sql "SELECT v.state, w.name FROM vmms v JOIN workers w ON w.id = v.worker_id WHERE v.id > 2 ORDER BY v.id"
 sql "$STATE"
 rm -rf "$K"
+# A sandbox whose worker is on another host (transport ssh): snapshot and
+# hibernate refuse it before anything is recorded (exit 13), naming the
+# worker; no snapshot row is added.
+psql -qAtX -d "$DB" >/dev/null <<'SQL'
+INSERT INTO workers (name, memory_mb, vcpus, state, transport, migration_address)
+  VALUES ('w-far', 4096, 8, 'active', 'ssh', '198.18.0.9');
+INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)
+  SELECT 'far1', 'acme', 'running', id, 256, 1 FROM workers WHERE name = 'w-far';
+INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)
+  SELECT s.id, s.worker_id, 'qemu', 'running' FROM sandboxes s WHERE s.name = 'far1';
+UPDATE sandboxes s SET active_vmm_id = v.id FROM vmms v WHERE v.sandbox_id = s.id AND s.name = 'far1';
+SQL
+runs snapshot-prep --db "$DB" snapshot --sandbox far1 -o /tmp/vmops-cli-never
+runs snapshot-prep --db "$DB" hibernate --sandbox far1 --bundle-dir /tmp --json
+sql "SELECT count(*) FROM snapshots s JOIN sandboxes x ON x.id = s.sandbox_id WHERE x.name = 'far1'"
