@@ -214,3 +214,52 @@ Test(db, malformed_conninfo_never_echoes_password_pieces)
 	cr_assert_null(strstr(e.msg, "sec"), "%s", e.msg);
 	cr_assert_eq(e.code, VMOPS_EXIT_USAGE);
 }
+
+static char *value_of(PGconn *c, const char *sql)
+{
+	PGresult *r = testdb_exec(c, sql);
+	char *v = strdup(PQgetvalue(r, 0, 0));
+
+	PQclear(r);
+	return v;
+}
+
+/*
+ * vmops_db_query_all: one statement fails while another is in flight on
+ * another session.  The failure is the one reported, the statement in
+ * flight is waited for and its result kept, nothing is started after the
+ * failure, and both sessions are usable afterwards (no result left unread).
+ */
+Test(db, query_all_waits_for_statements_in_flight_after_a_failure)
+{
+	struct vmops_error e = { 0 };
+	PGconn *base = testdb_new(false, ci, sizeof(ci));
+	PGconn *a = vmops_db_connect(ci, "test", &e), *b;
+	struct vmops_db_job jobs[3];
+	char *v;
+
+	cr_assert(a, "%s", e.msg);
+	b = vmops_db_connect_again(a, &e);
+	cr_assert(b, "%s", e.msg);
+	memset(jobs, 0, sizeof(jobs));
+	jobs[0] = (struct vmops_db_job){ .c = a, .sql = "SELECT 'slow' FROM pg_sleep(1)" };
+	jobs[1] = (struct vmops_db_job){ .c = b, .sql = "SELECT 1 / 0" };
+	jobs[2] = (struct vmops_db_job){ .c = b, .sql = "INSERT INTO never_created VALUES (1)" };
+	cr_assert_eq(vmops_db_query_all(jobs, 3, &e), -1);
+	cr_assert(strstr(e.msg, "division by zero"), "%s", e.msg);
+	cr_assert_eq(e.code, VMOPS_EXIT_FAILURE, "code %d: %s", e.code, e.msg);
+	cr_assert(jobs[0].result, "the statement in flight lost its result");
+	cr_assert_str_eq(PQgetvalue(jobs[0].result, 0, 0), "slow");
+	cr_assert_null(jobs[1].result);
+	cr_assert_null(jobs[2].result, "a statement was sent after the failure");
+	PQclear(jobs[0].result);
+	v = value_of(a, "SELECT 'a ok'");
+	cr_assert_str_eq(v, "a ok");
+	free(v);
+	v = value_of(b, "SELECT 'b ok'");
+	cr_assert_str_eq(v, "b ok");
+	free(v);
+	PQfinish(a);
+	PQfinish(b);
+	PQfinish(base);
+}
