@@ -140,7 +140,9 @@ struct vmops_snapshot_opts {
 	                            snapshot of this VM (dirfd unused; nothing written, nothing
 	                            left changed); refused: VMOPS_EXIT_CONFLICT */
 	int timeout_ms;          /* the whole write */
-	volatile sig_atomic_t *interrupted;  /* give up (INTERRUPTED) when set; may be NULL */
+	volatile sig_atomic_t *interrupted;  /* give up (INTERRUPTED) when set; may be NULL.
+	                            QEMU live: a write already started is let finish
+	                            (bounded), never cancelled, then deleted */
 };
 
 /* Balloon free-page hinting round (Firecracker; others: not supported). */

@@ -28,6 +28,8 @@
 #define VMM_ARG(h) (vmops_hv_info(h)->vmm_id)
 #define SNAP_FDNAME "vmops-snapshot"
 #define RESTORE_FDNAME "vmops-restore"
+#define SNAPSHOT_DEFAULT_MS 600000     /* the write, when opts give no timeout */
+#define LIVE_FINISH_GRACE_MS 60000     /* an interrupted live write may finish this long past it */
 
 static int64_t now_ms(void)
 {
@@ -310,11 +312,43 @@ static void cancel_and_wait(struct vmops_hv *h)
 	vmops_warn(VMM_FMT ": snapshot migration still %s after cancel", VMM_ARG(h), p.status);
 }
 
+/*
+ * A live snapshot is never cancelled once QEMU writes it: it is let finish,
+ * then deleted.  QEMU 7.2 write-protects guest RAM (userfaultfd) and lifts
+ * the protection of a page as it copies it, of the rest only in the
+ * migration's cleanup.  migrate_cancel stops the copying first; a device
+ * or vCPU that then writes a page still protected blocks with the big lock
+ * held, while the migration thread waits for that lock before its cleanup:
+ * QEMU hangs for good, vCPUs, monitor and guest agent (seen here: main
+ * thread in handle_userfault under virtio_blk_handle_vq, migration thread
+ * in qemu_mutex_lock_iothread).  A completed write has lifted every
+ * protection.  Bounded by `deadline`; not finished by then: it is left to
+ * QEMU (into a deleted file), with a warning, still not cancelled.
+ */
+static void finish_live_write(struct vmops_hv *h, int64_t deadline)
+{
+	struct vmops_migrate_progress p = { .status = "unknown" };
+	struct vmops_error e2;
+
+	vmops_info(VMM_FMT ": letting the live snapshot finish before deleting it"
+		   " (cancelling one can hang qemu)", VMM_ARG(h));
+	while (now_ms() < deadline) {
+		if (vmops_hv_progress(h, &p, &e2) < 0) {
+			vmops_warn("%s", e2.msg);
+			return;
+		}
+		if (vmops_migrate_status_is_final(p.status))
+			return;
+		sleep_ms(50);
+	}
+	vmops_warn(VMM_FMT ": live snapshot still %s: left to qemu, not cancelled", VMM_ARG(h), p.status);
+}
+
 /* Poll the migration until it is final, the deadline passes or we are told to stop. */
 static int wait_migration(struct vmops_hv *h, const char *what, int timeout_ms,
 			  volatile sig_atomic_t *interrupted, struct vmops_error *err)
 {
-	int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 600000);
+	int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : SNAPSHOT_DEFAULT_MS);
 	struct vmops_migrate_progress p;
 	int pause = 5;
 
@@ -363,10 +397,22 @@ static int send_fd(struct vmops_hv *h, int fd, const char *name, struct vmops_er
 	return q ? vmops_qmp_send_fd(q, fd, name, err) : -1;
 }
 
+/* Told to stop before the write starts: nothing to let finish. */
+static int not_interrupted(struct vmops_hv *h, const struct vmops_snapshot_opts *o,
+			   struct vmops_error *err)
+{
+	if ((o->interrupted && *o->interrupted) || vmops_hv_interrupted(h))
+		return vmops_err(err, VMOPS_EXIT_INTERRUPTED, VMM_FMT ": snapshot interrupted before the write",
+				 VMM_ARG(h));
+	return 0;
+}
+
 /* The migration into a new file in dirfd (set up already). */
 static int write_snapshot(struct vmops_hv *h, int dirfd, const struct vmops_snapshot_opts *o,
 			  struct vmops_error *err)
 {
+	int timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : SNAPSHOT_DEFAULT_MS;
+	int64_t start = now_ms();
 	_cleanup_close_ int fd = -1;
 	char eb[128];
 
@@ -377,11 +423,14 @@ static int write_snapshot(struct vmops_hv *h, int dirfd, const struct vmops_snap
 		return vmops_err(err, VMOPS_EXIT_FAILURE, VMM_FMT ": snapshot: create %s: %s",
 				 VMM_ARG(h), VMOPS_QEMU_SNAPSHOT_FILE,
 				 errstr(errno, eb, sizeof(eb)));
-	if (send_fd(h, fd, SNAP_FDNAME, err) < 0 ||
+	if (send_fd(h, fd, SNAP_FDNAME, err) < 0 || not_interrupted(h, o, err) < 0 ||
 	    start_migration(h, "migrate", SNAP_FDNAME, err) < 0)
 		goto fail;
 	if (wait_migration(h, "snapshot", o->timeout_ms, o->interrupted, err) < 0) {
-		cancel_and_wait(h);
+		if (o->live)
+			finish_live_write(h, start + timeout_ms + LIVE_FINISH_GRACE_MS);
+		else
+			cancel_and_wait(h);
 		goto fail;
 	}
 	if (fsync(fd) < 0) {

@@ -5,8 +5,10 @@
  * slowfreeze), its memory check.
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -747,6 +749,198 @@ Test(snapshot, sigkill_mid_write_leaves_no_bundle, .timeout = 1200, .fini = kill
 	cr_assert_eq(run_prog_env(NULL, NULL, (const char *const[]){ "snapshot-prep", "-q", "restore",
 			"-i", out, "--run-dir", "/nonexistent-unused", "--dry-run", NULL }), 0,
 		     "the rerun's bundle does not verify");
+	PQfinish(c);
+}
+
+/* ---- live snapshot interrupted ----------------------------------------------------------- */
+
+/* Does process `pid` hold the state file of a staging directory open? */
+static bool holds_vmstate(pid_t pid)
+{
+	char path[64], link[1024];
+	struct dirent *de;
+	bool found = false;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	if (!(d = opendir(path)))
+		return false;
+	while (!found && (de = readdir(d))) {
+		char fd[600];
+		ssize_t n;
+
+		snprintf(fd, sizeof(fd), "%s/%s", path, de->d_name);
+		n = readlink(fd, link, sizeof(link) - 1);
+		if (n <= 0)
+			continue;
+		link[n] = '\0';
+		found = strstr(link, "/snapshot-prep.") && strstr(link, "/vmstate");
+	}
+	closedir(d);
+	return found;
+}
+
+/* Size of the state file in the staging directory, -1 if there is none. */
+static long long vmstate_size(void)
+{
+	char pat[300];
+	struct stat st;
+	glob_t g;
+	long long n = -1;
+
+	snprintf(pat, sizeof(pat), "%s/snapshot-prep.*/vmstate", dir);
+	if (glob(pat, 0, NULL, &g) == 0) {
+		if (stat(g.gl_pathv[0], &st) == 0)
+			n = st.st_size;
+		globfree(&g);
+	}
+	return n;
+}
+
+static pid_t qemu_pid_sb1(PGconn *c)
+{
+	struct vmops_hv *h;
+	char log[4200];
+	pid_t pid;
+
+	h = attach_sb1(c, log, sizeof(log));
+	pid = vmops_hv_info(h)->pid;
+	vmops_hv_free(h);
+	cr_assert_gt(pid, 0);
+	return pid;
+}
+
+/*
+ * After an interrupted --live: exit 12 already checked.  The VM runs,
+ * thawed, the data writer goes on (assert_put_back); heartbeats go on after
+ * `before` with the memory checks passing; the migration is over (not
+ * active) and background-snapshot off again; no bundle, no staging.
+ */
+static void assert_live_put_back(PGconn *c, const char *what, const char *log,
+				 const struct testlib_beat *before, long *rec, const char *out)
+{
+	struct vmops_error err = { 0 };
+	struct vmops_migrate_progress mp;
+	struct vmops_hv *h;
+	char l2[4200];
+	bool on = true;
+
+	assert_put_back(c, log, rec);
+	testlib_assert_guest_continues(log, NULL, before, 120, NULL);
+	h = attach_sb1(c, l2, sizeof(l2));
+	cr_assert_eq(vmops_hv_progress(h, &mp, &err), 0, "%s: %s", what, err.msg);
+	cr_assert(!mp.status[0] || !strcmp(mp.status, "none") || vmops_migrate_status_is_final(mp.status),
+		  "%s: the snapshot migration is still %s", what, mp.status);
+	cr_assert_eq(vmops_qmp_has_migrate_capability(vmops_hv_qmp(h), "background-snapshot", &on, &err), 1,
+		     "%s: %s", what, err.msg);
+	cr_assert_not(on, "%s: background-snapshot left on", what);
+	vmops_hv_free(h);
+	cr_assert_neq(access(out, F_OK), 0, "%s: a bundle under the final name", what);
+	cr_assert_eq(sh("ls %s | grep -c snapshot-prep. | grep -qx 0", dir), 0, "%s: staging left behind", what);
+}
+
+/*
+ * One `snapshot --live`, SIGTERM while QEMU writes the state.  To catch the
+ * write in flight, QEMU itself is stopped (SIGSTOP) as soon as the state
+ * file has bytes (the migration started); if QEMU then still holds it open
+ * (it closes it in the migration's cleanup), SIGTERM goes to
+ * snapshot-prep, then SIGCONT to QEMU.  Returns 1 if the program says the
+ * write was interrupted, 0 if the signal came just before or after it
+ * (exit 12 all the same), -1 if no signal was sent (the write was over:
+ * the run is let finish, its bundle removed).
+ */
+static int live_sigterm_mid_write(pid_t qpid, const char *out)
+{
+	struct testproc p;
+	struct testrun r;
+	bool sent;
+	int hit;
+
+	TESTRUN_START(&p, "snapshot-prep", "--db", ci, "snapshot", "--live", "--sandbox", "sb1", "-o", out,
+		      "--work-dir", dir);
+	for (int i = 0; i < 300000 && vmstate_size() <= 0; i++)
+		usleep(1000);
+	cr_assert_eq(kill(qpid, SIGSTOP), 0);
+	for (int i = 0; i < 500 && !proc_stopped(qpid); i++)
+		usleep(10000);
+	cr_assert(proc_stopped(qpid), "qemu did not stop");
+	sent = holds_vmstate(qpid) && vmstate_size() > 0;
+	if (sent) {
+		cr_assert_eq(kill(p.pid, SIGTERM), 0);
+		usleep(300000);
+	}
+	cr_assert_eq(kill(qpid, SIGCONT), 0);
+	testrun_finish(&p, &r);
+	hit = strstr(r.err, "snapshot interrupted") && !strstr(r.err, "before the write");
+	cr_log_info("live mid-write (%s): exit %d: %s", !sent ? "no signal" : hit ? "hit" : "missed",
+		    r.status, r.err);
+	cr_assert_eq(r.status, sent ? VMOPS_EXIT_INTERRUPTED : 0, "exit %d: %s", r.status, r.err);
+	testrun_free(&r);
+	if (!sent)
+		unlink(out);
+	return sent ? hit : -1;
+}
+
+/* SIGTERM while stopped at `step` (VMOPS_FAULT=STEP:stop) in a --live run. */
+static void live_sigterm_at(const char *step, const char *out)
+{
+	struct testproc p;
+	struct testrun r;
+	char env[64];
+
+	snprintf(env, sizeof(env), "VMOPS_FAULT=%s:stop", step);
+	putenv(env);
+	TESTRUN_START(&p, "snapshot-prep", "--db", ci, "snapshot", "--live", "--sandbox", "sb1", "-o", out,
+		      "--work-dir", dir);
+	unsetenv("VMOPS_FAULT");
+	for (int k = 0; k < 12000 && !proc_stopped(p.pid); k++)
+		usleep(10000);
+	cr_assert(proc_stopped(p.pid), "%s: never stopped", env);
+	kill(p.pid, SIGTERM);
+	kill(p.pid, SIGCONT);
+	testrun_finish(&p, &r);
+	cr_log_info("live %s: exit %d: %s", env, r.status, r.err);
+	cr_assert_eq(r.status, VMOPS_EXIT_INTERRUPTED, "%s: exit %d: %s", env, r.status, r.err);
+	testrun_free(&r);
+}
+
+/*
+ * snapshot --live interrupted (one SIGTERM): while QEMU writes the state,
+ * and at each step where --live differs from a paused snapshot (snapshot:
+ * the background snapshot is cancelled as it starts; disks: the guest runs
+ * frozen; bundle: already put back).  Each time exit 12 and the VM exactly
+ * as found (assert_live_put_back).  One guest for all.
+ */
+Test(snapshot, live_sigterm_mid_write_and_at_each_step_unwinds, .timeout = 2400, .fini = kill_test_vms)
+{
+	static const char *const steps[] = { "snapshot", "disks", "bundle" };
+	PGconn *c = fleet_with_guest("vmops.static_mb=64");
+	struct testlib_guest g;
+	char log[4200], out[600];
+	pid_t qpid;
+	long rec;
+	int hits = 0;
+
+	vmops_hv_free(attach_sb1(c, log, sizeof(log)));
+	qpid = qemu_pid_sb1(c);
+	testlib_wait_heartbeat(log, 2, 180, NULL);
+	rec = wait_data(log, 0, 300);
+	snprintf(out, sizeof(out), "%s/b.vmops", dir);
+	for (int attempt = 0; attempt < 8 && hits < 2; attempt++) {
+		int hit;
+
+		testlib_guest_read(log, &g);
+		hit = live_sigterm_mid_write(qpid, out);
+		if (hit >= 0)
+			assert_live_put_back(c, "mid-write", log, &g.last, &rec, out);
+		hits += hit > 0;
+	}
+	cr_assert_eq(hits, 2, "the state write was never caught in flight (%d of 2)", hits);
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		testlib_guest_read(log, &g);
+		live_sigterm_at(steps[i], out);
+		assert_live_put_back(c, steps[i], log, &g.last, &rec, out);
+	}
 	PQfinish(c);
 }
 
