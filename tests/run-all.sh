@@ -46,6 +46,8 @@ report() { cat "$log/$1.report"; }
 
 # Criterion: sum its Synthesis line into our totals.
 #   run_criterion NAME COMMAND...   (COMMAND gets --jobs N appended)
+# (The shell has no local variables: these functions' own names - name, out,
+# j, rc, secs, syn, e, sk, p, f, c, nf, line - are not used by their callers.)
 run_criterion() {
 	name=$1; shift
 	out="$log/$name.log"
@@ -64,18 +66,18 @@ run_criterion() {
 	syn=$(grep -a 'Synthesis:' "$out" | tail -n1)
 	# Criterion's synthesis hides skips: count its [SKIP] lines.
 	e=$(grep -a -c '^\[SKIP\] .*: elsewhere: ' "$out")
-	s=$(( $(grep -a -c '^\[SKIP\] ' "$out") - e ))
+	sk=$(( $(grep -a -c '^\[SKIP\] ' "$out") - e ))
 	p=$(echo "$syn" | sed -n 's/.*Passing: \([0-9]*\).*/\1/p')
 	f=$(echo "$syn" | sed -n 's/.*Failing: \([0-9]*\).*/\1/p')
 	c=$(echo "$syn" | sed -n 's/.*Crashing: \([0-9]*\).*/\1/p')
-	n=0
+	nf=0
 	if [ "$rc" -ne 0 ] || [ -z "$syn" ]; then
-		n=$(( ${f:-0} + ${c:-0} )); [ "$n" -eq 0 ] && n=1
+		nf=$(( ${f:-0} + ${c:-0} )); [ "$nf" -eq 0 ] && nf=1
 	fi
-	tally "$name" "${p:-0}" "$n" "$s" "$e"
+	tally "$name" "${p:-0}" "$nf" "$sk" "$e"
 	{
-		[ "$s" -gt 0 ] && grep -a '^\[SKIP\] ' "$out" | grep -av ': elsewhere: ' | sed "s/^/skip $name: /" | head -20
-		if [ "$n" -gt 0 ]; then
+		[ "$sk" -gt 0 ] && grep -a '^\[SKIP\] ' "$out" | grep -av ': elsewhere: ' | sed "s/^/skip $name: /" | head -20
+		if [ "$nf" -gt 0 ]; then
 			echo "FAIL $name (exit $rc, ${secs}s)"
 			grep -a -E '\[----\]|\[FAIL\]|ERROR|Assertion|runtime error|Sanitizer|Synthesis|==[0-9]+==' "$out" | head -40
 		else
@@ -87,24 +89,24 @@ run_criterion() {
 
 # A script that prints its own "NAME: N passed, N failed" line.
 run_script() {
-	s=$1; name=$(basename "$s")
+	name=$(basename "$1")
 	t0=$(date +%s)
-	"$s" >"$log/$name.log" 2>&1
+	"$1" >"$log/$name.log" 2>&1
 	rc=$?
 	secs=$(( $(date +%s) - t0 ))
 	line=$(grep -E '^[a-z-]+: [0-9]+ passed, [0-9]+ failed' "$log/$name.log" | tail -n1)
 	p=$(echo "$line" | sed -n 's/.*: \([0-9]*\) passed.*/\1/p')
 	f=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
-	n=0
+	nf=0
 	if [ "$rc" -ne 0 ] || [ -z "$line" ]; then
-		n=${f:-1}; [ "$n" -eq 0 ] && n=1
+		nf=${f:-1}; [ "$nf" -eq 0 ] && nf=1
 	fi
-	tally "$name" "${p:-0}" "$n" 0 0
+	tally "$name" "${p:-0}" "$nf" 0 0
 	{
-		if [ "$n" -gt 0 ]; then
-			echo "FAIL $s (${secs}s)"; grep -E '^(FAIL|---|\+\+\+|[-+])' "$log/$name.log" | head -60
+		if [ "$nf" -gt 0 ]; then
+			echo "FAIL $1 (${secs}s)"; grep -E '^(FAIL|---|\+\+\+|[-+])' "$log/$name.log" | head -60
 		else
-			echo "ok   $s: $line (${secs}s)"
+			echo "ok   $1: $line (${secs}s)"
 		fi
 	} >"$log/$name.report"
 	report "$name"
@@ -150,28 +152,28 @@ is_light() { case " $light_suites " in *" $1 "*) true ;; *) false ;; esac; }
 
 lane_qemu() {
 	for t in build/tests/test_*; do
-		n=$(basename "$t"); [ "$n" = test_pgrestart ] || is_light "$n" || plain "$n"
+		suite=$(basename "$t"); [ "$suite" = test_pgrestart ] || is_light "$suite" || plain "$suite"
 	done
 	for t in build-san/tests/test_*; do
-		n=$(basename "$t"); [ "$n" = test_pgrestart ] || is_light "$n" || asan "$n"
+		suite=$(basename "$t"); [ "$suite" = test_pgrestart ] || is_light "$suite" || asan "$suite"
 	done
 }
 
 lane_light() {
-	for n in $light_suites; do
-		plain "$n"
-		asan "$n"
+	for light in $light_suites; do
+		plain "$light"
+		asan "$light"
 	done
 	for s in tests/check-docs.sh tests/check-skip-policy.sh tests/fakes/conformance; do
 		[ -x "$s" ] && run_script "$s"
 	done
 	# valgrind one case at a time: it is CPU-bound, and the QEMU lane is not
 	if command -v valgrind >/dev/null; then
-		for n in ${VMOPS_VALGRIND_SUITES:-test_parse test_output test_proc test_qmp}; do
-			[ -x "build/tests/$n" ] || continue
-			jobs=1 run_criterion "valgrind:$n" env VMOPS_QEMU_CASES=elsewhere:asan VMOPS_BIN_DIR="$top/bin" \
+		for vg in ${VMOPS_VALGRIND_SUITES:-test_parse test_output test_proc test_qmp}; do
+			[ -x "build/tests/$vg" ] || continue
+			jobs=1 run_criterion "valgrind:$vg" env VMOPS_QEMU_CASES=elsewhere:asan VMOPS_BIN_DIR="$top/bin" \
 				valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
-				--suppressions="$top/tests/valgrind.supp" --trace-children=yes "build/tests/$n"
+				--suppressions="$top/tests/valgrind.supp" --trace-children=yes "build/tests/$vg"
 		done
 	fi
 }
@@ -200,6 +202,18 @@ run_everything() {
 	light_pid=$!
 	lane_qemu
 	wait "$light_pid"
+
+	# Every suite ran in both builds: one that did not is a failure, not a pass.
+	for t in build/tests/test_*; do
+		suite=$(basename "$t")
+		long_only "$suite" && continue
+		for want in "$suite" "asan:$suite"; do
+			[ "$want" = "asan:$suite" ] && [ ! -x "build-san/tests/$suite" ] && continue
+			[ -e "$log/$want.tally" ] && continue
+			echo "FAIL $want: did not run"
+			tally "$want" 0 1 0 0
+		done
+	done
 
 	# They look at this host's processes and hypervisors: after the lanes.
 	for s in tests/cli/run.sh tests/check-nonroot.sh; do

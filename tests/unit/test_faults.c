@@ -163,11 +163,19 @@ static int wait_exit(pid_t pid)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-static long long vmm_pid(PGconn *c, long long id)
+/*
+ * The pid of the source's VMM (on w1, the first launched) or of the
+ * receiver's (the newest on w2); 0 when there is none or no pid yet.  By
+ * worker, not by id: a transaction retried under load takes an id from the
+ * sequence and leaves a gap (fresh run Q: no VMM 2, the receiver was 3).
+ */
+#define SOURCE_VMM "(SELECT min(v.id) FROM vmms v JOIN workers w ON w.id = v.worker_id WHERE w.name = 'w1')"
+#define TARGET_VMM "(SELECT max(v.id) FROM vmms v JOIN workers w ON w.id = v.worker_id WHERE w.name = 'w2')"
+static long long vmm_pid(PGconn *c, const char *which)
 {
-	char sql[128];
+	char sql[256];
 
-	snprintf(sql, sizeof(sql), "SELECT pid FROM vmms WHERE id = %lld", id);
+	snprintf(sql, sizeof(sql), "SELECT coalesce((SELECT pid FROM vmms WHERE id = %s), 0)", which);
 	return testdb_ll(c, sql);
 }
 
@@ -352,11 +360,11 @@ static void run_cell(const char *phase, enum fault f)
 		kill(mig, SIGKILL);
 		break;
 	case F_KILL_TARGET:
-		if (vmm_pid(c, 2) > 0)
-			kill((pid_t)vmm_pid(c, 2), SIGKILL);
+		if (vmm_pid(c, TARGET_VMM) > 0)
+			kill((pid_t)vmm_pid(c, TARGET_VMM), SIGKILL);
 		break;
 	case F_KILL_SOURCE:
-		kill((pid_t)vmm_pid(c, 1), SIGKILL);
+		kill((pid_t)vmm_pid(c, SOURCE_VMM), SIGKILL);
 		break;
 	case F_PG_RESTART:
 		away_ms = pg_restart(c);
@@ -370,9 +378,9 @@ static void run_cell(const char *phase, enum fault f)
 	}
 	kill(mig, SIGCONT);
 	rc = wait_exit(mig);
-	if (f == F_QMP_BUSY && vmm_pid(c, 2) > 0) {
+	if (f == F_QMP_BUSY && vmm_pid(c, TARGET_VMM) > 0) {
 		char sock[512];
-		PGresult *r = testdb_exec(c, "SELECT control_socket FROM vmms WHERE id = 2");
+		PGresult *r = testdb_exec(c, "SELECT control_socket FROM vmms WHERE id = " TARGET_VMM);
 		snprintf(sock, sizeof(sock), "%s", PQgetvalue(r, 0, 0));
 		PQclear(r);
 		busy = vmops_qmp_connect(sock, 5000, &err);
