@@ -28,7 +28,7 @@ static struct poptOption options[] = {
 	{ "older-than", '\0', POPT_ARG_STRING, &opt.older_than, 0,
 	  "only VMMs destroyed or failed at least DUR ago (default 0s)", "DUR" },
 	{ "sessions", '\0', POPT_ARG_STRING, &opt.sessions, 0,
-	  "database sessions reaping at once (default 2, at most 8)", "N" },
+	  "database sessions reaping at once (default 1, at most 8)", "N" },
 	VMOPS_DRY_RUN_OPTION,
 	VMOPS_COMMON_OPTIONS,
 	POPT_TABLEEND
