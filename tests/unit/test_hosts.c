@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -768,6 +769,114 @@ Test(hosts, source_host_unreachable_mid_transfer, .timeout = 480, .fini = fini)
 	/* Nothing is left for a later --recover. */
 	out = recover(0, NULL);
 	cr_assert_eq(json_int(out, "found"), 0, "%s", out);
+	PQfinish(c);
+}
+
+/* Wait until process pid is stopped (a VMOPS_FAULT=PHASE:stop window). */
+static void wait_stopped(pid_t pid)
+{
+	char path[64], buf[512], *rp;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	for (int i = 0; i < 1200; i++) {
+		f = fopen(path, "r");
+		cr_assert(f, "process %d is gone", (int)pid);
+		buf[fread(buf, 1, sizeof(buf) - 1, f)] = '\0';
+		fclose(f);
+		rp = strrchr(buf, ')');
+		if (rp && rp[1] == ' ' && rp[2] == 'T')
+			return;
+		usleep(100000);
+	}
+	cr_assert_fail("process %d never stopped", (int)pid);
+}
+
+/*
+ * The source's host stops answering again while --recover rolls the attempt
+ * back (it answered when --recover looked: the source still sending, the
+ * receiver loading).  Its migration cannot be cancelled, so it may still
+ * complete: the receiver may then hold the only copy of the guest that can
+ * run, and it is not killed.  --recover exits 17 with the rollback recorded
+ * and nothing else done; once the host answers, the rollback finishes: the
+ * receiver goes, the source runs the guest, its memory check intact.
+ */
+Test(hosts, source_host_unreachable_during_recover_rollback, .timeout = 480, .fini = fini)
+{
+	PGconn *c;
+	struct testproc p;
+	struct testrun r;
+	char log[512], st[256], *before, *out;
+	struct testlib_guest g0;
+	long long sv, tv;
+
+	need_hosts();
+	testlib_need_qemu();
+	c = fleet();
+	add_worker("w1", 1);
+	add_worker("w2", 2);
+	launch_spec("sb1", "w1", spec_with("sb1", "vmops.dirty_pause_us=10000000"), 0);
+	serial_of(c, "sb1", log, sizeof(log));
+	testlib_wait_heartbeat(log, 2, 120, &g0);
+	sv = active_vmm(c);
+	/* 1 MiB/s: the transfer still goes on when --recover looks. */
+	TESTRUN_START(&p, "vm-migrate", "--db", ci, "sb1", "--to", "w2", "--max-bandwidth", "1M/s");
+	wait_sql(c, "SELECT count(*) FROM migrations m JOIN vmms v ON v.id = m.target_vmm_id"
+		    " WHERE m.phase = 'transfer' AND v.pid IS NOT NULL", 1, 120);
+	tv = testdb_ll(c, "SELECT target_vmm_id FROM migrations");
+	hostctl("stop-sshd", 1, NULL, NULL);
+	testrun_finish(&p, &r);
+	cr_assert_eq(r.status, VMOPS_EXIT_UNREACHABLE, "exit %d: %s", r.status, r.err);
+	testrun_free(&r);
+
+	/* Host 1 answers: --recover sees the source sending and decides to roll back ... */
+	hostctl("start-sshd", 1, NULL, NULL);
+	cr_assert_eq(qmp_ask(c, sv, true, st, sizeof(st)), 0, "%s", st);
+	cr_assert_str_eq(st, "active", "the source's own migration should still be going on");
+	setenv("VMOPS_FAULT", "rollback:stop", 1);
+	TESTRUN_START(&p, "vm-migrate", "--db", ci, "--json", "--recover");
+	unsetenv("VMOPS_FAULT");
+	wait_stopped(p.pid);
+	/* ... and host 1 stops answering before the source was told to cancel. */
+	hostctl("stop-sshd", 1, NULL, NULL);
+	before = counts(c);
+	kill(p.pid, SIGCONT);
+	testrun_finish(&p, &r);
+	cr_assert_eq(r.status, VMOPS_EXIT_UNREACHABLE, "exit %d\n%s\n%s", r.status, r.out, r.err);
+	cr_assert_eq(json_int(r.out, "unknown"), 1, "%s", r.out);
+	cr_assert_eq(json_int(r.out, "receivers_killed"), 0, "%s", r.out);
+	testrun_free(&r);
+	cr_assert_eq(vms_on_host(2), 1, "the receiver may hold the guest: not killed while the source is unknown");
+	cr_assert_eq(vms_on_host(1), 1);
+	cr_assert_str_eq(counts(c), before, "nothing recorded but the phase");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'migrating'"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE phase = 'rollback'"
+				  " AND state IN ('preparing', 'transferring', 'switching')"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 2);
+
+	/* Back: the rollback is finished; the guest runs on the source alone. */
+	hostctl("start-sshd", 1, NULL, NULL);
+	out = recover(0, NULL);
+	cr_assert_eq(json_int(out, "failed"), 1, "%s", out);
+	/* Stopped, or gone by itself once the source cancelled (QEMU 7.2's receivers do). */
+	cr_assert_eq(vms_on_host(2), 0, "the receiver is gone from host 2");
+	cr_assert_eq(vms_on_host(1), 1);
+	cr_assert_eq(qmp_ask(c, sv, false, st, sizeof(st)), 0, "%s", st);
+	cr_assert_str_eq(st, "running");
+	cr_assert_eq(active_vmm(c), sv);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
+				  " WHERE s.status = 'running' AND w.name = 'w1' AND s.target_vmm_id IS NULL"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'failed' AND phase = 'done'"), 1);
+	{
+		char sql[200];
+		snprintf(sql, sizeof(sql), "SELECT count(*) FROM vmms WHERE id = %lld AND state = 'destroyed'", tv);
+		cr_assert_eq(testdb_ll(c, sql), 1);
+	}
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 1, "the receiver's room is freed");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL AND worker_id ="
+				  " (SELECT id FROM workers WHERE name = 'w1')"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events"), 1);
+	testlib_assert_guest_continues(log, g0.boot_sum, &g0.last, 60, NULL);
 	PQfinish(c);
 }
 
