@@ -176,7 +176,7 @@ _vm_fleet()
 		opts=''
 		if [[ $cur != -* ]]; then
 			((npos == 0)) &&
-				COMPREPLY=($(compgen -W 'hello launch wait-ready check destroy' -- "$cur"))
+				COMPREPLY=($(compgen -W 'hello launch wait-ready check destroy prepare-incoming send progress status multifd cancel pause resume stop procs' -- "$cur"))
 			return
 		fi
 		;;

@@ -105,7 +105,7 @@ _vm-fleet() {
       ;;
     remote)
       _arguments $common \
-        ':action:(hello launch wait-ready check destroy)' && ret=0
+        ':action:(hello launch wait-ready check destroy prepare-incoming send progress status multifd cancel pause resume stop procs)' && ret=0
       ;;
     destroy)
       _arguments $common $dry_run \

@@ -83,6 +83,31 @@ for f in man/*.1 completions/*.bash completions/*.zsh; do
 	[ -f "cmd/$n.c" ] || bad "$f: no program $n (cmd/$n.c)"
 done
 
+# vm-fleet remote: every action the remote side serves (the table in
+# lib/transport/serve.c) is completed by bash and zsh and named in the man
+# page, and nothing else is.
+acts=$(sed -n '/^} actions\[\] = {/,/^};/p' lib/transport/serve.c | grep -o '{ "[a-z-]*", do_' |
+	sed 's/{ "\([a-z-]*\)".*/\1/' | sort -u)
+if [ -n "$acts" ]; then ok; else bad "lib/transport/serve.c: no remote actions found"; fi
+printf '%s\n' "$acts" >"$tmp/acts"
+for f in completions/vm-fleet.bash completions/vm-fleet.zsh; do
+	case $f in
+	*.bash) sed -n '/^\tremote)/,/;;/p' "$f" | sed -n "s/.*compgen -W '\([^']*\)'.*/\1/p" ;;
+	*.zsh) sed -n "s/.*':action:(\([^)]*\))'.*/\1/p" "$f" ;;
+	esac | tr ' ' '\n' | grep . | sort -u >"$tmp/completed"
+	if d=$(diff "$tmp/acts" "$tmp/completed"); then ok
+	else
+		bad "vm-fleet remote: lib/transport/serve.c and $f disagree (< only served, > only completed):"
+		echo "$d" | grep '^[<>]'
+	fi
+done
+sed -n '/^\.BI "remote " action$/,/^\.SH/p' man/vm-fleet.1 | sed 's/\\-/-/g' >"$tmp/remote.man"
+missing=""
+for a in $acts; do
+	grep -qE "^\.BR? $a( |\$)" "$tmp/remote.man" || missing="$missing $a"
+done
+if [ -z "$missing" ]; then ok; else bad "man/vm-fleet.1: remote does not name action(s)$missing"; fi
+
 for m in man/*.[17]; do
 	[ -f "$m" ] || continue
 	w=$(mandoc -Tlint -W warning "$m" 2>&1)

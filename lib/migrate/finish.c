@@ -231,21 +231,32 @@ static int undo_tx(struct attempt *at, void *data, struct vmops_error *e)
 	return vmops_audit(at->c, at->actor, "migration-lost", "migration", at->migration_id, NULL, NULL, u->error, e);
 }
 
-static void cancel_on_source(struct attempt *at)
+/*
+ * Cancel the source's migration and see it end.  -1 (e filled) when the
+ * source's host does not answer: the cancel is not known to have happened,
+ * so the migration may still complete and the receiver hold the only guest.
+ */
+static int cancel_on_source(struct attempt *at, struct vmops_error *e)
 {
 	struct vmops_error se = { 0 };
 
 	if (!at->source || !at->sent)
-		return;
+		return 0;
 	if (vmops_hv_cancel(at->source, &se) < 0)
 		vmops_warn("sandbox %s: migrate_cancel on the source: %s", at->sandbox, se.msg);
 	for (int i = 0; i < 50; i++) {
 		struct vmops_migrate_progress p;
-		if (vmops_hv_progress(at->source, &p, &se) < 0 || vmops_migrate_status_is_final(p.status))
+		if (vmops_hv_progress(at->source, &p, &se) < 0) {
+			if (se.code == VMOPS_EXIT_UNREACHABLE || se.code == VMOPS_EXIT_UNKNOWN)
+				return *e = se, vmops_err_prefix(e, "cancelling on the source");
+			break;
+		}
+		if (vmops_migrate_status_is_final(p.status))
 			break;
 		vmops_mig_sleep_ms(100);
 	}
 	at->sent = false;
+	return 0;
 }
 
 /* QEMU resumes a cancelled source by itself; a completed one (postmigrate) needs cont. */
@@ -258,6 +269,20 @@ static void resume_source(struct attempt *at)
 	    (strcmp(st.status, "paused") == 0 || strcmp(st.status, "postmigrate") == 0 ||
 	     strcmp(st.status, "finish-migrate") == 0))
 		(void)vmops_hv_resume(at->source, &se);
+}
+
+/*
+ * The source's host does not answer while its migration may still run: the
+ * receiver may come to hold the only copy of the guest, so it is not
+ * stopped and the source is not resumed.  The rollback is recorded (the
+ * receiver is never resumed while the source lives); the rest is left to
+ * --recover.
+ */
+static int source_unknown(struct attempt *at, struct vmops_error *e)
+{
+	vmops_mig_release_lease(at);
+	return vmops_err_prefix(e, "the source's migration may still complete; the receiver on %s is left to "
+				"vm-migrate --recover", at->target_worker);
 }
 
 /*
@@ -283,7 +308,8 @@ int vmops_mig_phase_rollback(struct attempt *at, const char *state, const char *
 	vmops_fault_point("rollback");
 	if (vmops_mig_record_phase(at, "rollback", NULL, 0, e) < 0)
 		return -1;
-	cancel_on_source(at);
+	if (cancel_on_source(at, e) < 0)
+		return source_unknown(at, e);
 	if (at->target_vmm_id > 0 &&
 	    vmops_mig_stop_vmm(at, at->target, at->target_vmm_id, at->target_run_dir, &at->receivers_killed, e) < 0) {
 		if (e->code == VMOPS_EXIT_UNREACHABLE || e->code == VMOPS_EXIT_UNKNOWN)

@@ -191,6 +191,15 @@ static int take_lease(struct attempt *at, long long id, const char **phase_out, 
 
 /* ---- acting ----------------------------------------------------------------- */
 
+/* A step met a host that did not answer (or did not say what it did): unknown, not an error. */
+static bool became_unknown(struct attempt *at, const struct vmops_error *e)
+{
+	if (at->lost_lease || (e->code != VMOPS_EXIT_UNREACHABLE && e->code != VMOPS_EXIT_UNKNOWN))
+		return false;
+	at->unreachable = at->unreachable || e->code == VMOPS_EXIT_UNREACHABLE;
+	return true;
+}
+
 static int act(struct attempt *at, enum vmops_recover_action a, const char *why, struct vmops_recover_report *rr,
 	       struct vmops_error *e)
 {
@@ -230,8 +239,12 @@ static int act(struct attempt *at, enum vmops_recover_action a, const char *why,
 		rr->completed++;
 		return 0;
 	case VMOPS_RA_ROLLBACK:
-		if (vmops_mig_phase_rollback(at, "failed", msg, e) < 0)
-			return -1;
+		if (vmops_mig_phase_rollback(at, "failed", msg, e) < 0) {
+			if (!became_unknown(at, e))
+				return -1;
+			why = e->msg;
+			break;
+		}
 		rr->failed++;
 		return 0;
 	case VMOPS_RA_LOST:

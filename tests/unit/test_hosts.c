@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +18,9 @@
 #include <unistd.h>
 
 #include "exitcodes.h"
+#include "hv.h"
 #include "migrate.h"
+#include "qmp.h"
 #include "testlib.h"
 
 static char ci[512];
@@ -628,6 +631,252 @@ Test(hosts, target_host_unreachable_mid_transfer, .timeout = 420, .fini = fini)
 				  " WHERE s.status = 'running' AND w.name = 'w1' AND s.target_vmm_id IS NULL"), 1);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 1);
 	testlib_assert_guest_continues(log, g0.boot_sum, &g.last, 60, NULL);
+	PQfinish(c);
+}
+
+/* A VMM's QMP, asked directly (the test hosts share the filesystem): its run
+ * state into st, and with mig, its query-migrate status instead.  0 answered. */
+static int qmp_ask(PGconn *c, long long vmm, bool mig, char *st, size_t len)
+{
+	struct vmops_error e = { 0 };
+	_cleanup_qmp_ struct vmops_qmp *q = NULL;
+	cJSON *ret = NULL;
+	const cJSON *s;
+	char sql[160];
+	PGresult *r;
+
+	snprintf(sql, sizeof(sql), "SELECT control_socket FROM vmms WHERE id = %lld", vmm);
+	r = testdb_exec(c, sql);
+	cr_assert_eq(PQntuples(r), 1);
+	q = vmops_qmp_connect(PQgetvalue(r, 0, 0), 5000, &e);
+	PQclear(r);
+	if (!q || vmops_qmp_cmd(q, mig ? "query-migrate" : "query-status", NULL, &ret, 5000, &e) < 0)
+		return snprintf(st, len, "(%.200s)", e.msg), -1;
+	s = cJSON_GetObjectItemCaseSensitive(ret, "status");
+	snprintf(st, len, "%s", cJSON_IsString(s) ? s->valuestring : "none");
+	cJSON_Delete(ret);
+	return 0;
+}
+
+/* How many of the two VMMs run the guest, as their own QMP says (never two). */
+static int guests_running(PGconn *c, long long a, long long b, char *why, size_t len)
+{
+	char sa[128], sb[128];
+	int n = 0;
+
+	n += qmp_ask(c, a, false, sa, sizeof(sa)) == 0 && !strcmp(sa, "running");
+	n += qmp_ask(c, b, false, sb, sizeof(sb)) == 0 && !strcmp(sb, "running");
+	snprintf(why, len, "vmm %lld: %s, vmm %lld: %s", a, sa, b, sb);
+	cr_assert_leq(n, 1, "the guest runs twice: %s", why);
+	return n;
+}
+
+/*
+ * The source's host stops answering (its sshd killed) while the guest is
+ * being sent: both QEMUs run on, only vmops's control path to host 1 is
+ * gone.  vm-migrate cannot tell whether the source has sent everything, so
+ * it undoes nothing: it does not declare the guest lost, does not cancel,
+ * kill or resume anything, and exits 17 with the attempt left (in phase
+ * transfer) to --recover, which also does nothing while host 1 is away.
+ * QEMU's own migration completes meanwhile (the source stops, the receiver
+ * holds the guest paused: never two running).  Once host 1 answers,
+ * --recover sees the completed source and resumes the target: the guest
+ * runs on host 2 alone, billed there once, its memory check intact.
+ */
+Test(hosts, source_host_unreachable_mid_transfer, .timeout = 480, .fini = fini)
+{
+	PGconn *c;
+	struct testproc p;
+	struct testrun r;
+	char log[512], st[256], why[512], *before, *out;
+	struct testlib_guest g0;
+	long long sv, tv;
+	int i;
+
+	need_hosts();
+	testlib_need_qemu();
+	c = fleet();
+	add_worker("w1", 1);
+	add_worker("w2", 2);
+	launch_spec("sb1", "w1", spec_with("sb1", "vmops.dirty_pause_us=10000000"), 0);
+	serial_of(c, "sb1", log, sizeof(log));
+	testlib_wait_heartbeat(log, 2, 120, &g0);
+	sv = active_vmm(c);
+	TESTRUN_START(&p, "vm-migrate", "--db", ci, "sb1", "--to", "w2", "--max-bandwidth", "4M/s");
+	wait_sql(c, "SELECT count(*) FROM migrations m JOIN vmms v ON v.id = m.target_vmm_id"
+		    " WHERE m.phase = 'transfer' AND v.pid IS NOT NULL AND m.bytes_transferred > 0", 1, 120);
+	tv = testdb_ll(c, "SELECT target_vmm_id FROM migrations");
+	hostctl("stop-sshd", 1, NULL, NULL);
+	testrun_finish(&p, &r);
+	cr_assert_eq(r.status, VMOPS_EXIT_UNREACHABLE, "exit %d: %s", r.status, r.err);
+	cr_assert(strstr(r.err, "source's host does not answer"), "%s", r.err);
+	cr_assert(strstr(r.err, "left to vm-migrate --recover"), "%s", r.err);
+	cr_assert_eq(testlib_lines(r.err), 1, "%s", r.err);
+	testrun_free(&r);
+
+	/* Nothing undone, nothing decided: both QEMUs live on their hosts, the attempt in transfer. */
+	cr_assert_eq(vms_on_host(1), 1, "the source is unknown, never killed blind");
+	cr_assert_eq(vms_on_host(2), 1, "the receiver may hold the only whole guest: not killed");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'migrating'"), 1, "not lost");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE phase = 'transfer'"
+				  " AND state = 'transferring' AND lease_expires_at <= now()"), 1);
+	cr_assert_eq(active_vmm(c), sv, "recorded on the source until the facts are known");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL AND worker_id ="
+				  " (SELECT id FROM workers WHERE name = 'w1')"), 1, "billed once, on the source");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 2);
+	cr_assert_eq(qmp_ask(c, tv, false, st, sizeof(st)), 0, "%s", st);
+	cr_assert(!strcmp(st, "inmigrate") || !strcmp(st, "paused"), "the receiver was not resumed: %s", st);
+	(void)guests_running(c, sv, tv, why, sizeof(why));
+
+	/* While host 1 is away: --recover does nothing, exit 17. */
+	before = counts(c);
+	out = recover(VMOPS_EXIT_UNREACHABLE, NULL);
+	cr_assert_eq(json_int(out, "unknown"), 1, "%s", out);
+	cr_assert(strstr(out, "does not answer"), "%s", out);
+	cr_assert_str_eq(counts(c), before);
+	cr_assert_eq(vms_on_host(1), 1);
+	cr_assert_eq(vms_on_host(2), 1);
+
+	/* QEMU's own migration goes on without vmops and completes: the guest is
+	 * held, paused, by the receiver; the source stopped; never both running. */
+	for (i = 0; i < 1800; i++) {
+		cr_assert_eq(qmp_ask(c, sv, true, st, sizeof(st)), 0, "%s", st);
+		(void)guests_running(c, sv, tv, why, sizeof(why));
+		if (!strcmp(st, "completed") || vmops_migrate_status_is_final(st))
+			break;
+		usleep(100000);
+	}
+	cr_assert_str_eq(st, "completed", "the source's own migration: %s (%s)", st, why);
+	cr_assert_eq(guests_running(c, sv, tv, why, sizeof(why)), 0, "%s", why);
+	cr_assert(strstr(why, "postmigrate") && strstr(why, "paused"), "%s", why);
+	cr_assert_str_eq(counts(c), before, "nothing recorded meanwhile");
+
+	/* Host 1 back: the facts are known; the target is resumed, the old source released. */
+	hostctl("start-sshd", 1, NULL, NULL);
+	out = recover(0, NULL);
+	cr_assert_eq(json_int(out, "completed"), 1, "%s", out);
+	cr_assert_eq(json_int(out, "unknown"), 0, "%s", out);
+	assert_moved(c, "sb1", "w2", sv);
+	cr_assert_eq(active_vmm(c), tv);
+	cr_assert_eq(vms_on_host(1), 0, "the old source is stopped on host 1");
+	cr_assert_eq(vms_on_host(2), 1);
+	cr_assert_eq(qmp_ask(c, tv, false, st, sizeof(st)), 0, "%s", st);
+	cr_assert_str_eq(st, "running");
+	serial_of(c, "sb1", log, sizeof(log));
+	cr_assert(strstr(log, "/w2/"), "%s", log);
+	testlib_assert_guest_continues(log, g0.boot_sum, &g0.last, 120, NULL);
+	/* Nothing is left for a later --recover. */
+	out = recover(0, NULL);
+	cr_assert_eq(json_int(out, "found"), 0, "%s", out);
+	PQfinish(c);
+}
+
+/* Wait until process pid is stopped (a VMOPS_FAULT=PHASE:stop window). */
+static void wait_stopped(pid_t pid)
+{
+	char path[64], buf[512], *rp;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	for (int i = 0; i < 1200; i++) {
+		f = fopen(path, "r");
+		cr_assert(f, "process %d is gone", (int)pid);
+		buf[fread(buf, 1, sizeof(buf) - 1, f)] = '\0';
+		fclose(f);
+		rp = strrchr(buf, ')');
+		if (rp && rp[1] == ' ' && rp[2] == 'T')
+			return;
+		usleep(100000);
+	}
+	cr_assert_fail("process %d never stopped", (int)pid);
+}
+
+/*
+ * The source's host stops answering again while --recover rolls the attempt
+ * back (it answered when --recover looked: the source still sending, the
+ * receiver loading).  Its migration cannot be cancelled, so it may still
+ * complete: the receiver may then hold the only copy of the guest that can
+ * run, and it is not killed.  --recover exits 17 with the rollback recorded
+ * and nothing else done; once the host answers, the rollback finishes: the
+ * receiver goes, the source runs the guest, its memory check intact.
+ */
+Test(hosts, source_host_unreachable_during_recover_rollback, .timeout = 480, .fini = fini)
+{
+	PGconn *c;
+	struct testproc p;
+	struct testrun r;
+	char log[512], st[256], *before, *out;
+	struct testlib_guest g0;
+	long long sv, tv;
+
+	need_hosts();
+	testlib_need_qemu();
+	c = fleet();
+	add_worker("w1", 1);
+	add_worker("w2", 2);
+	launch_spec("sb1", "w1", spec_with("sb1", "vmops.dirty_pause_us=10000000"), 0);
+	serial_of(c, "sb1", log, sizeof(log));
+	testlib_wait_heartbeat(log, 2, 120, &g0);
+	sv = active_vmm(c);
+	/* 1 MiB/s: the transfer still goes on when --recover looks. */
+	TESTRUN_START(&p, "vm-migrate", "--db", ci, "sb1", "--to", "w2", "--max-bandwidth", "1M/s");
+	wait_sql(c, "SELECT count(*) FROM migrations m JOIN vmms v ON v.id = m.target_vmm_id"
+		    " WHERE m.phase = 'transfer' AND v.pid IS NOT NULL AND m.bytes_transferred > 0", 1, 120);
+	tv = testdb_ll(c, "SELECT target_vmm_id FROM migrations");
+	hostctl("stop-sshd", 1, NULL, NULL);
+	testrun_finish(&p, &r);
+	cr_assert_eq(r.status, VMOPS_EXIT_UNREACHABLE, "exit %d: %s", r.status, r.err);
+	testrun_free(&r);
+
+	/* Host 1 answers: --recover sees the source sending and decides to roll back ... */
+	hostctl("start-sshd", 1, NULL, NULL);
+	cr_assert_eq(qmp_ask(c, sv, true, st, sizeof(st)), 0, "%s", st);
+	cr_assert_str_eq(st, "active", "the source's own migration should still be going on, not %s", st);
+	setenv("VMOPS_FAULT", "rollback:stop", 1);
+	TESTRUN_START(&p, "vm-migrate", "--db", ci, "--json", "--recover");
+	unsetenv("VMOPS_FAULT");
+	wait_stopped(p.pid);
+	/* ... and host 1 stops answering before the source was told to cancel. */
+	hostctl("stop-sshd", 1, NULL, NULL);
+	before = counts(c);
+	kill(p.pid, SIGCONT);
+	testrun_finish(&p, &r);
+	cr_assert_eq(r.status, VMOPS_EXIT_UNREACHABLE, "exit %d\n%s\n%s", r.status, r.out, r.err);
+	cr_assert_eq(json_int(r.out, "unknown"), 1, "%s", r.out);
+	cr_assert_eq(json_int(r.out, "receivers_killed"), 0, "%s", r.out);
+	testrun_free(&r);
+	cr_assert_eq(vms_on_host(2), 1, "the receiver may hold the guest: not killed while the source is unknown");
+	cr_assert_eq(vms_on_host(1), 1);
+	cr_assert_str_eq(counts(c), before, "nothing recorded but the phase");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'migrating'"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE phase = 'rollback'"
+				  " AND state IN ('preparing', 'transferring', 'switching')"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 2);
+
+	/* Back: the rollback is finished; the guest runs on the source alone. */
+	hostctl("start-sshd", 1, NULL, NULL);
+	out = recover(0, NULL);
+	cr_assert_eq(json_int(out, "failed"), 1, "%s", out);
+	/* Stopped, or gone by itself once the source cancelled (QEMU 7.2's receivers do). */
+	cr_assert_eq(vms_on_host(2), 0, "the receiver is gone from host 2");
+	cr_assert_eq(vms_on_host(1), 1);
+	cr_assert_eq(qmp_ask(c, sv, false, st, sizeof(st)), 0, "%s", st);
+	cr_assert_str_eq(st, "running");
+	cr_assert_eq(active_vmm(c), sv);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
+				  " WHERE s.status = 'running' AND w.name = 'w1' AND s.target_vmm_id IS NULL"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state = 'failed' AND phase = 'done'"), 1);
+	{
+		char sql[200];
+		snprintf(sql, sizeof(sql), "SELECT count(*) FROM vmms WHERE id = %lld AND state = 'destroyed'", tv);
+		cr_assert_eq(testdb_ll(c, sql), 1);
+	}
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 1, "the receiver's room is freed");
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL AND worker_id ="
+				  " (SELECT id FROM workers WHERE name = 'w1')"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events"), 1);
+	testlib_assert_guest_continues(log, g0.boot_sum, &g0.last, 60, NULL);
 	PQfinish(c);
 }
 
