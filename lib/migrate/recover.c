@@ -215,11 +215,16 @@ static int act(struct attempt *at, enum vmops_recover_action a, const char *why,
 		return 0;
 	case VMOPS_RA_ACTIVATE:
 		if (vmops_mig_phase_switchover(at, at->lease_ms, &never_ran, e) < 0) {
-			if (never_ran && vmops_mig_phase_rollback(at, "failed", msg, e) == 0) {
+			if (!never_ran)
+				return -1;
+			if (vmops_mig_phase_rollback(at, "failed", msg, e) == 0) {
 				rr->failed++;
 				return 0;
 			}
-			return -1;
+			if (!became_unknown(at, e))
+				return -1;
+			why = e->msg;
+			break;
 		}
 		/* fall through */
 	case VMOPS_RA_FINISH:
