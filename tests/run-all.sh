@@ -18,7 +18,8 @@
 #      processes.
 # After test_pgrestart, two lanes run at once: the real-QEMU suites, and the
 # light lane (VMOPS_LIGHT_SUITES: suites without a guest, whose cases mostly
-# wait on the database or the fakes, then 2 to 4).
+# wait on the database or the fakes, then 2 to 4; then VMOPS_LIGHT_TAIL, the
+# guest suites that mostly wait: test_hosts).
 # Ends with "check: N passed, N failed, N skipped".  A skipped test fails the
 # run unless the operator opted out explicitly (VMOPS_SKIP_QEMU=1), and then a
 # line before the tally says so.  Cases a pass leaves to another pass on
@@ -116,6 +117,9 @@ run_script() {
 light_suites=${VMOPS_LIGHT_SUITES:-test_bundle test_chv test_db test_drain_plan test_drain_schema test_firecracker \
 test_interrupt test_invariants test_output test_parity test_parse test_proc test_reap test_rundir test_schema \
 test_snapshot_rest}
+# Guest suites that mostly wait (test_hosts: ssh, a shaped link, one case at
+# a time): the light lane's tail, after valgrind, so the QEMU lane is shorter.
+light_tail=${VMOPS_LIGHT_TAIL:-test_hosts}
 # Suites whose real-QEMU cases run in the plain pass (the rest run them under ASan).
 asan_elsewhere=${VMOPS_ASAN_QEMU_ELSEWHERE:-test_faults test_pgrestart test_soak test_drain test_snapshot}
 
@@ -148,7 +152,7 @@ asan() {
 		ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		LSAN_OPTIONS=suppressions="$top/tests/lsan.supp":print_suppressions=0 $(hosts_for "$1") "build-san/tests/$1"
 }
-is_light() { case " $light_suites " in *" $1 "*) true ;; *) false ;; esac; }
+is_light() { case " $light_suites $light_tail " in *" $1 "*) true ;; *) false ;; esac; }
 
 lane_qemu() {
 	for t in build/tests/test_*; do
@@ -176,6 +180,10 @@ lane_light() {
 				--suppressions="$top/tests/valgrind.supp" --trace-children=yes "build/tests/$vg"
 		done
 	fi
+	for light in $light_tail; do
+		plain "$light"
+		asan "$light"
+	done
 }
 
 run_everything() {
