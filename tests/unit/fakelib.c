@@ -13,6 +13,7 @@
 
 #include <criterion/criterion.h>
 
+#include "exitcodes.h"
 #include "fakelib.h"
 #include "hv/rest.h"
 #include "log.h"
@@ -315,9 +316,53 @@ void fake_touch(const char *path, off_t size)
 
 /* --- the fleet -------------------------------------------------------------------------- */
 
+/* A copy of the fakes' interpreter named `name`, in DIR/exe: the process it
+ * runs has that executable, as a real hypervisor has its own. */
+static void interpreter_named(const char *name, char *out, size_t outlen)
+{
+	char py[PATH_MAX], exe[PATH_MAX];
+	struct stat st;
+	int in, fd;
+
+	cr_assert(realpath("/usr/bin/python3", py), "python3: %s", strerror(errno));
+	snprintf(exe, sizeof(exe), "%s/exe", fake_dir);
+	cr_assert(mkdir(exe, 0700) == 0 || errno == EEXIST, "%s: %s", exe, strerror(errno));
+	snprintf(out, outlen, "%s/exe/%s", fake_dir, name);
+	in = open(py, O_RDONLY | O_CLOEXEC);
+	fd = open(out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0700);
+	cr_assert(in >= 0 && fd >= 0 && fstat(in, &st) == 0, "%s: %s", out, strerror(errno));
+	for (off_t left = st.st_size; left > 0;) {
+		ssize_t n = copy_file_range(in, NULL, fd, NULL, (size_t)left, 0);
+
+		cr_assert(n > 0, "copy %s: %s", py, strerror(errno));
+		left -= n;
+	}
+	close(in);
+	cr_assert(close(fd) == 0);
+}
+
+/* bin/BINARY: runs the fake under an interpreter named BINARY. */
+static void fake_binary(const char *bin, const char *binary, const char *fake)
+{
+	char target[PATH_MAX], interp[PATH_MAX], path[PATH_MAX + 64];
+	FILE *f;
+
+	snprintf(target, sizeof(target), "%s", fake_bin);
+	*strrchr(target, '/') = '\0';
+	cr_assert(strlen(target) + strlen(fake) + 2 < sizeof(target));
+	strcat(target, "/");
+	strcat(target, fake);
+	interpreter_named(binary, interp, sizeof(interp));
+	snprintf(path, sizeof(path), "%s/%s", bin, binary);
+	f = fopen(path, "wx");
+	cr_assert(f, "%s: %s", path, strerror(errno));
+	fprintf(f, "#!/bin/sh\nexec '%s' '%s' \"$@\"\n", interp, target);
+	cr_assert(fclose(f) == 0 && chmod(path, 0700) == 0);
+}
+
 void fake_fleet(PGconn *c, const char *binary, const char *fake)
 {
-	char sql[1024], bin[PATH_MAX], link[PATH_MAX + 64], target[PATH_MAX], path[8192];
+	char sql[1024], bin[PATH_MAX], path[8192];
 	const char *cur = getenv("PATH");
 
 	snprintf(bin, sizeof(bin), "%s/bin", fake_dir);
@@ -331,13 +376,7 @@ void fake_fleet(PGconn *c, const char *binary, const char *fake)
 		snprintf(path, sizeof(path), "%s:%s", bin, old_path);
 		setenv("PATH", path, 1);
 	}
-	snprintf(target, sizeof(target), "%s", fake_bin);
-	*strrchr(target, '/') = '\0';
-	cr_assert(strlen(target) + strlen(fake) + 2 < sizeof(target));
-	strcat(target, "/");
-	strcat(target, fake);
-	snprintf(link, sizeof(link), "%s/%s", bin, binary);
-	cr_assert(symlink(target, link) == 0, "symlink %s: %s", link, strerror(errno));
+	fake_binary(bin, binary, fake);
 }
 
 long long fake_ll(PGconn *c, const char *fmt, ...)
@@ -362,6 +401,21 @@ const char *fake_write_file(const char *name, const char *json)
 	fputs(json, f);
 	cr_assert(fclose(f) == 0);
 	return path;
+}
+
+bool fake_is_zombie(pid_t pid)
+{
+	char path[64], buf[512];
+	bool z = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "r");
+	if (f) {
+		z = fgets(buf, sizeof(buf), f) && strstr(buf, ") Z ");
+		fclose(f);
+	}
+	return z;
 }
 
 void fake_wait_stopped(pid_t pid)
@@ -425,4 +479,70 @@ void fake_assert_log_capped(struct vmops_hv *h)
 	fclose(f);
 	buf[n] = '\0';
 	cr_expect(strstr(buf, "console line"), "vmm.log.1 holds no console output (%zu bytes)", n);
+}
+
+/* --- ghost-reap ------------------------------------------------------------------------- */
+
+/* ghost-reap on w1 (JSON); the item of VMM vmm and process pid, or NULL. */
+static const cJSON *ghost_reap_item(const char *ci, const char *action, int want, long long vmm, pid_t pid,
+			      cJSON **doc)
+{
+	struct testrun r;
+	const cJSON *it;
+
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "w1", "--action", action, "--min-age", "0s",
+		"--grace", "1s", "--json");
+	cr_assert_eq(r.status, want, "ghost-reap --action %s: exit %d\n%s\n%s", action, r.status, r.out, r.err);
+	*doc = cJSON_Parse(r.out);
+	cr_assert(*doc, "not JSON: %s", r.out);
+	testrun_free(&r);
+	cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(*doc, "vmms")) {
+		const cJSON *v = cJSON_GetObjectItemCaseSensitive(it, "vmm");
+		const cJSON *p = cJSON_GetObjectItemCaseSensitive(it, "pid");
+
+		if (cJSON_IsNumber(v) && (long long)v->valuedouble == vmm && cJSON_IsNumber(p) &&
+		    (pid_t)p->valuedouble == pid)
+			return it;
+	}
+	return NULL;
+}
+
+static void expect_item(const cJSON *it, const char *hv, const char *class, const char *action)
+{
+	cr_assert(it, "ghost-reap did not find the %s process", hv);
+	cr_expect_str_eq(fake_str(it, "hypervisor"), hv);
+	cr_expect_str_eq(fake_str(it, "class"), class);
+	cr_expect_str_eq(fake_str(it, "action"), action);
+}
+
+void fake_ghost_reap_finds(PGconn *c, const char *ci, const char *sandbox, const char *hv)
+{
+	long long vmm = fake_ll(c, "SELECT active_vmm_id FROM sandboxes WHERE name = '%s'", sandbox);
+	pid_t pid = (pid_t)fake_ll(c, "SELECT pid FROM vmms WHERE id = %lld", vmm);
+	char exe[PATH_MAX + 32], target[PATH_MAX];
+	ssize_t n;
+	cJSON *doc;
+
+	snprintf(exe, sizeof(exe), "/proc/%d/exe", (int)pid);
+	n = readlink(exe, target, sizeof(target) - 1);
+	cr_assert(n > 0, "%s: %s", exe, strerror(errno));
+	target[n] = '\0';
+	cr_assert(!strcmp(strrchr(target, '/') + 1, hv), "the fake runs as %s, not as %s", target, hv);
+	setenv("VMOPS_HOST_ID", "fake-test-host", 1);
+	PQclear(testdb_exec(c, "UPDATE workers SET host_id = 'fake-test-host' WHERE name = 'w1'"));
+
+	expect_item(ghost_reap_item(ci, "kill", 0, vmm, pid, &doc), hv, "healthy", "none");
+	cJSON_Delete(doc);
+	cr_assert_eq(kill(pid, 0), 0, "a healthy %s was stopped", hv);
+
+	fake_ll(c, "WITH v AS (UPDATE vmms SET state = 'destroyed' WHERE id = %lld RETURNING id),"
+		   " r AS (DELETE FROM reservations WHERE vmm_id = %lld RETURNING vmm_id),"
+		   " s AS (UPDATE sandboxes SET status = 'destroyed' WHERE name = '%s' RETURNING id)"
+		   " SELECT count(*) FROM v", vmm, vmm, sandbox);
+	expect_item(ghost_reap_item(ci, "kill", VMOPS_EXIT_FIXED, vmm, pid, &doc), hv, "ghost", "killed");
+	cJSON_Delete(doc);
+	for (int k = 0; k < 200 && kill(pid, 0) == 0 && !fake_is_zombie(pid); k++)
+		usleep(50000);   /* a zombie until init reaps it */
+	cr_expect(kill(pid, 0) < 0 || fake_is_zombie(pid), "the %s ghost still runs", hv);
+	unsetenv("VMOPS_HOST_ID");
 }

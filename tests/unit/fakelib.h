@@ -83,10 +83,23 @@ void fake_touch(const char *path, off_t size);
 /*
  * The fleet the programs under test act on: workers w1 and w2 (run
  * directories in the scratch dir), and `fake` (a file in tests/fakes) on
- * PATH as `binary` ("cloud-hypervisor", "firecracker").  PATH is restored
- * at teardown.  May be called once per binary.
+ * PATH as `binary` ("cloud-hypervisor", "firecracker"), run by a copy of
+ * its interpreter of that name: the process's executable is named as a real
+ * hypervisor's (ghost-reap tells hypervisors by executable).  PATH is
+ * restored at teardown.  May be called once per binary.
  */
 void fake_fleet(PGconn *c, const char *binary, const char *fake);
+
+/*
+ * ghost-reap --worker w1, as on the worker's host, and `sandbox`'s VMM (of
+ * hypervisor `hv`, launched by vm-fleet): found by its executable and
+ * healthy, left alone; then recorded destroyed behind its back, a ghost that
+ * --action kill stops.
+ */
+void fake_ghost_reap_finds(PGconn *c, const char *ci, const char *sandbox, const char *hv);
+
+/* pid is a zombie (exited, not yet reaped). */
+bool fake_is_zombie(pid_t pid);
 /* testdb_ll() of a printf-formatted query. */
 long long fake_ll(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Write `json` to <dir>/name; returns the path (static storage). */

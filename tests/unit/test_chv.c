@@ -558,17 +558,12 @@ Test(chv, faults_at_the_restore_call)
 
 /* --- vm-fleet and vm-migrate (database: run through tests/run-one.sh) ------------------ */
 
-Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
+/* ch1 launched on w1 by vm-fleet, with "cloud-hypervisor" on PATH the fake. */
+static void fleet_launch_ch1(PGconn *c, const char *ci)
 {
-	char ci[512];
-	PGconn *c = testdb_new(true, ci, sizeof(ci));
 	const char *specf;
 	struct testrun r;
-	PGresult *res;
-	cJSON *log;
-	const cJSON *ev;
 
-	/* the programs find "cloud-hypervisor" on PATH: the fake */
 	fake_fleet(c, "cloud-hypervisor", "fake-chv");
 	{
 		/* The launch-spec policy checks the kernel file: a real one, in an allowed directory. */
@@ -589,6 +584,18 @@ Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
 			  " WHERE s.name = '%s' AND v.hypervisor = 'cloud-hypervisor' AND v.state = 'running'"
 			  " AND v.pid > 0 AND v.pid_start_time > 0 AND v.control_socket LIKE '%%/vmops-vmm-%%.sock'",
 			  "ch1"), 1, "launch did not record pid, start time and socket");
+}
+
+Test(chv, vm_fleet_launch_then_vm_migrate_over_4_connections)
+{
+	char ci[512];
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	struct testrun r;
+	PGresult *res;
+	cJSON *log;
+	const cJSON *ev;
+
+	fleet_launch_ch1(c, ci);
 
 	/* the receiver started now sends slowly when it is the source, below */
 	setenv("VMOPS_FAKE_MIGRATE_MS", "2500", 1);
@@ -647,6 +654,17 @@ Test(chv, command_line_identifies_the_vmm)
 	cr_expect_str_eq(ctl, info->control_socket);
 	free(argv);
 	fake_destroy(h);
+}
+
+/* ghost-reap tells a Cloud Hypervisor process by its executable, as QEMU's. */
+Test(chv, ghost_reap_finds_it_by_its_executable)
+{
+	char ci[512];
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+
+	fleet_launch_ch1(c, ci);
+	fake_ghost_reap_finds(c, ci, "ch1", "cloud-hypervisor");
+	PQfinish(c);
 }
 
 Test(chv, faults_at_the_migration_calls)

@@ -728,10 +728,10 @@ Test(firecracker, command_line_identifies_the_vmm)
 	fake_destroy(h);
 }
 
-Test(firecracker, vm_fleet_launch_records_and_destroys)
+/* fc1 launched on w1 by vm-fleet, with "firecracker" on PATH the fake. */
+static void fleet_launch_fc1(PGconn *c, const char *ci)
 {
-	char ci[512], json[1024];
-	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	char json[1024];
 	const char *specf;
 	struct testrun r;
 
@@ -749,6 +749,26 @@ Test(firecracker, vm_fleet_launch_records_and_destroys)
 			       " AND v.state = 'running' AND v.pid > 0 AND v.pid_start_time > 0"
 			       " AND v.control_socket LIKE '%/vmops-vmm-%.sock'"), 1,
 		     "launch did not record the vmm");
+}
+
+/* ghost-reap tells a Firecracker process by its executable, as QEMU's. */
+Test(firecracker, ghost_reap_finds_it_by_its_executable)
+{
+	char ci[512];
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+
+	fleet_launch_fc1(c, ci);
+	fake_ghost_reap_finds(c, ci, "fc1", "firecracker");
+	PQfinish(c);
+}
+
+Test(firecracker, vm_fleet_launch_records_and_destroys)
+{
+	char ci[512];
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	struct testrun r;
+
+	fleet_launch_fc1(c, ci);
 	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM scale_events e JOIN sandboxes s ON s.id = e.sandbox_id"
 			       " WHERE s.name = 'fc1' AND e.ended_at IS NULL"), 1);
 	TESTRUN(&r, "vm-fleet", "--db", ci, "-q", "destroy", "fc1");
