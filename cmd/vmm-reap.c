@@ -111,6 +111,7 @@ int main(int argc, const char **argv)
 		{ "last_error", VMOPS_COL_STRING, 0, 0 },
 		{ "batches", VMOPS_COL_INT, 0, 0 },
 		{ "dry_run", VMOPS_COL_BOOL, 0, 0 },
+		{ "sessions", VMOPS_COL_INT, 0, 0 },
 	};
 	struct vmops_reap_opts ro = { .program = "vmm-reap" };
 	struct after_batch ab = { 0 };
@@ -178,6 +179,7 @@ int main(int argc, const char **argv)
 	vmops_set_str(s, 5, st.errors ? st.last_error : NULL);
 	vmops_set_int(s, 6, st.batches);
 	vmops_set_bool(s, 7, ro.dry_run);
+	vmops_set_int(s, 8, st.sessions);
 	if (!vmops_cli.quiet || vmops_cli.json)
 		print_output(o);
 	vmops_output_free(o);

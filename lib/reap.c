@@ -415,15 +415,19 @@ int vmops_reap(PGconn *c, const struct vmops_reap_opts *o, struct vmops_reap_sta
 		run.batch = VMOPS_REAP_BATCH_MAX;
 	if (n > VMOPS_REAP_SESSIONS_MAX)
 		n = VMOPS_REAP_SESSIONS_MAX;
-	if (o->dry_run)
-		return reap_dry_run(c, o, st, e);
+	if (o->dry_run) {
+		int rc = reap_dry_run(c, o, st, e);
+
+		st->sessions = 1;
+		return rc;
+	}
 	pthread_mutex_init(&run.mu, NULL);
 	for (int i = 0; i < n; i++) {
 		ss[i].run = &run;
 		ss[i].index = i + 1;
 	}
 	ss[0].c = c;
-	start_sessions(c, ss, n);
+	run.st.sessions = start_sessions(c, ss, n);
 	session_main(&ss[0]);
 	for (int i = 1; i < n; i++) {
 		if (!ss[i].started)

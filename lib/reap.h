@@ -57,6 +57,8 @@ struct vmops_reap_stats {
 	long long reservations_deleted;  /* reservations this run deleted */
 	long long errors;                /* VMMs that could not be reaped */
 	long long batches;               /* transactions committed */
+	int sessions;                    /* database sessions that reaped: fewer than asked
+	                                    when more connections could not be made; 1 in a dry run */
 	char last_error[VMOPS_ERRMSG_MAX];  /* "" when errors == 0 */
 };
 

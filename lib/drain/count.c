@@ -44,7 +44,13 @@ static int count_db(PGconn *c, const struct drain_rec *d, struct vmops_drain_rep
 	return 0;
 }
 
-/* The pids the database records for the worker's live VMMs: their stat is read on its host too. */
+/*
+ * The pids the database records for the worker's live VMMs: their stat is
+ * read on its host too.  At most the transport's PROCS_PIDS_MAX: a worker
+ * with more live VMM rows than that is not drained whatever its processes
+ * say (count_db counts those rows), so the ones left out cannot make a
+ * count of 0.
+ */
 static int recorded_pids(PGconn *c, const struct drain_rec *d, long long **pids, size_t *n, struct vmops_error *e)
 {
 	_cleanup_pgresult_ PGresult *r = NULL;

@@ -161,7 +161,8 @@ Test(reap, text_output)
 			 "errors:               0\n"
 			 "last_error:           -\n"
 			 "batches:              1\n"
-			 "dry_run:              no\n");
+			 "dry_run:              no\n"
+			 "sessions:             1\n");
 	cr_expect_str_eq(r.err, "");
 	testrun_free(&r);
 	PQfinish(c);
@@ -267,6 +268,7 @@ Test(reap, batches_and_limit)
 	cr_expect_eq(jint(j, "vmms_deleted"), 10);
 	cr_expect_eq(jint(j, "reservations_deleted"), 2);
 	cr_expect_eq(jint(j, "batches"), 3);
+	cr_expect_eq(jint(j, "sessions"), 1);
 	cJSON_Delete(j);
 	testrun_free(&r);
 	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE time_deleted IS NULL"), 0);
@@ -302,6 +304,7 @@ Test(reap, sessions_share_the_work_and_the_limit)
 	cr_expect_eq(jint(j, "reservations_deleted"), 2775);
 	cr_expect_eq(jint(j, "batches"), 56);
 	cr_expect_eq(jint(j, "errors"), 0);
+	cr_expect_eq(jint(j, "sessions"), 4);
 	cJSON_Delete(j);
 	cr_expect(strstr(r.err, "(session 1)") && strstr(r.err, "(session 2)"), "one session did all:\n%s", r.err);
 	testrun_free(&r);
@@ -340,6 +343,7 @@ Test(reap, sessions_fall_back_to_the_connections_there_are)
 	j = json_of(&r);
 	cr_expect_eq(jint(j, "vmms_deleted"), 30);
 	cr_expect_eq(jint(j, "batches"), 3);
+	cr_expect_eq(jint(j, "sessions"), 1, "the sessions that reaped, not those asked for");
 	cJSON_Delete(j);
 	testrun_free(&r);
 	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE time_deleted IS NULL"), 0);
