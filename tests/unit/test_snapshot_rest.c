@@ -36,6 +36,7 @@
 #include "exitcodes.h"
 #include "fakelib.h"
 #include "hv.h"
+#include "interrupt.h"
 #include "testlib.h"
 #include "vm.h"
 
@@ -584,6 +585,62 @@ Test(snapshot_rest, chv_sigterm_at_each_step_unwinds)
 	static const char *const steps[] = { "pause", "snapshot", "disks", "bundle" };
 
 	sigterm_each_step("cloud-hypervisor", steps, sizeof(steps) / sizeof(steps[0]));
+}
+
+/*
+ * A second SIGTERM while the first one's unwind hangs (the resume after the
+ * pause never answers): snapshot-prep leaves at once, says what it leaves
+ * and how to clean it up, and that way works: `recover`, refused while the
+ * lease runs, then resumes the VM and fails the snapshot.
+ */
+Test(snapshot_rest, fc_second_signal_in_the_unwind_leaves_at_once_and_recover_puts_it_back)
+{
+	PGconn *c = fleet_with("firecracker");
+	struct vmops_hv *h = attach_sb1(c);
+	struct testproc p;
+	struct testrun r;
+	cJSON *log = NULL;
+
+	setenv("VMOPS_FAULT", "snapshot:stop", 1);
+	TESTRUN_START(&p, "snapshot-prep", "--db", ci, "-q", "hibernate", "--sandbox", "sb1", "--bundle-dir", bundles);
+	unsetenv("VMOPS_FAULT");
+	fake_wait_stopped(p.pid);
+	cr_assert_str_eq(fake_vm_status(h), "paused");
+	cr_assert(fake_fault_arm(h, "PATCH /vm:hang:1"));    /* the unwind's resume */
+	kill(p.pid, SIGTERM);
+	kill(p.pid, SIGCONT);
+	for (int k = 0; k < 400 && fake_find_call(log, "PATCH /vm", "Resumed", 0) < 0; k++) {
+		cJSON_Delete(log);
+		usleep(50000);
+		log = fake_read_log(h);
+	}
+	cr_assert(fake_find_call(log, "PATCH /vm", "Resumed", 0) >= 0, "the unwind never asked to resume");
+	cJSON_Delete(log);
+	usleep((VMOPS_INTERRUPT_REPEAT_MS + 300) * 1000);   /* a second request, not the first twice */
+	kill(p.pid, SIGTERM);
+	testrun_finish(&p, &r);
+	cr_assert_eq(r.status, VMOPS_EXIT_INTERRUPTED, "exit %d: %s", r.status, r.err);
+	cr_assert(strstr(r.err, "snapshot-prep: second interrupt: leaving at once, without cleaning up; the hibernate"
+			 " of sandbox sb1 is left under its lease: run 'snapshot-prep recover --sandbox sb1' once it"
+			 " has expired"), "%s", r.err);
+	testrun_free(&r);
+	cr_assert_str_eq(fake_vm_status(h), "paused", "not left as the line says");
+	cr_assert_eq(fake_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'writing'"), 1);
+
+	cr_assert_eq(PROG(&r, "snapshot-prep", "--db", ci, "recover", "--sandbox", "sb1"), VMOPS_EXIT_CONFLICT,
+		     "recover under the lease: %s", r.err);
+	testrun_free(&r);
+	PQclear(testdb_exec(c, "UPDATE snapshots SET lease_expires_at = now() - interval '1 second'"
+			       " WHERE lease_owner IS NOT NULL"));
+	cr_assert_eq(PROG(&r, "snapshot-prep", "--db", ci, "recover", "--sandbox", "sb1"), 0, "recover: %s", r.err);
+	testrun_free(&r);
+	cr_assert_str_eq(fake_vm_status(h), "running");
+	vmops_hv_free(h);
+	assert_nothing_written("recover");
+	cr_assert_eq(fake_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'failed' AND lease_owner IS NULL"), 1);
+	cr_assert_eq(fake_ll(c, "SELECT count(*) FROM sandboxes WHERE status = 'running'"), 1);
+	cr_assert_eq(fake_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 1, "billing not open once");
+	PQfinish(c);
 }
 
 /* The fake fails (error) or hangs at one call of the hibernation: the
