@@ -2,7 +2,8 @@
 # tests/run-all.sh's tally, tried on stand-in suites (scripts that print
 # Criterion's lines): a skipped test fails the run unless the operator opted
 # out with VMOPS_SKIP_QEMU=1; a case left to another pass ("elsewhere:") is
-# counted apart, never as passed or skipped; a failing suite fails the run.
+# counted apart, never as passed or skipped; a failing suite fails the run,
+# and so does a suite that should have run and did not.
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -54,5 +55,9 @@ expect "a failing suite in the light lane fails" 1 "check: 1 passed, 1 failed, 0
 expect "a skip in the light lane fails" 1 "check: 2 passed, 1 failed, 1 skipped" \
 	"1 tests skipped without VMOPS_SKIP_QEMU=1" -- VMOPS_CHECK_SUITES="$d/test_skips $d/test_elsewhere" \
 	VMOPS_LIGHT_SUITES=test_skips VMOPS_SKIP_QEMU=
+# A suite that should have run and did not (a lane that forgot it) fails the run.
+expect "a suite that did not run fails" 1 "check: 1 passed, 1 failed, 0 skipped" \
+	"FAIL test_forgotten: did not run" -- VMOPS_CHECK_SUITES="$d/test_elsewhere" \
+	VMOPS_CHECK_EXPECT="test_elsewhere test_forgotten" VMOPS_SKIP_QEMU=
 echo "skip-policy: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
