@@ -121,7 +121,7 @@ static void assert_ledger(PGconn *c, int n)
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM migrations WHERE state IN ('queued', 'preparing',"
 				  " 'transferring', 'switching')"), 0, "an attempt still in flight");
 	TESTRUN(&r, "usage-parity", "--db", ci, "-q", "--from", "now-2h", "--to", "now-1h");
-	cr_assert_eq(r.status, 0, "usage-parity found drift:\n%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "usage-parity found drift:\n%s\n%s", r.err, r.out);
 	testrun_free(&r);
 }
 
@@ -185,7 +185,7 @@ Test(drain, four_guests_two_targets_all_move_and_the_worker_is_drained, .timeout
 
 	guests(c, four, 4, g0);
 	TESTRUN(&r, "vm-drain", "--db", ci, "--json", "w1");
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	cr_assert(strstr(r.out, "\"state\":\t\"done\""), "%s", r.out);
 	cr_assert(strstr(r.out, "\"left_processes\":\t0"), "%s", r.out);
 	testrun_free(&r);
@@ -229,7 +229,7 @@ Test(drain, unknown_hypervisor_process_blocks_drained, .timeout = 600, .fini = k
 	}
 	usleep(500000);
 	TESTRUN(&r, "vm-drain", "--db", ci, "--json", "w1");
-	cr_assert_eq(r.status, VMOPS_EXIT_PARTIAL, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, VMOPS_EXIT_PARTIAL, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	cr_assert(strstr(r.out, "\"left_processes\":\t1"), "%s", r.out);
 	cr_assert(strstr(r.out, "\"state\":\t\"partial\""), "%s", r.out);
 	testrun_free(&r);
@@ -240,7 +240,7 @@ Test(drain, unknown_hypervisor_process_blocks_drained, .timeout = 600, .fini = k
 	kill(ghost, SIGKILL);
 	cr_assert_eq(wait_exit(ghost), 128 + SIGKILL);
 	TESTRUN(&r, "vm-drain", "--db", ci, "--json", "w1");
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	cr_assert(strstr(r.out, "\"resumed\":\ttrue"), "%s", r.out);
 	testrun_free(&r);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM drains"), 1);
@@ -294,7 +294,7 @@ Test(drain, a_guest_that_cannot_converge_is_hibernated_and_the_worker_drained, .
 	bundle_dir(bdir, sizeof(bdir));
 	TESTRUN(&r, "vm-drain", "--db", ci, "--json", "--max-bandwidth", "2M/s", "--progress-timeout", "8s",
 		"--timeout-per-gib", "1h", "--retries", "1", "--bundle-dir", bdir, "w1");
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	cr_assert(strstr(r.out, "\"state\":\t\"done\""), "%s", r.out);
 	cr_assert(strstr(r.out, "\"hibernated\":\t1"), "%s", r.out);
 	cr_assert(strstr(r.out, "\"outcome\":\t\"hibernated\""), "%s", r.out);
@@ -324,12 +324,12 @@ Test(drain, a_guest_that_cannot_converge_is_hibernated_and_the_worker_drained, .
 				  " AND object_type IN ('migration', 'sandbox', 'drain', 'worker')"
 				  " AND action NOT IN ('launch', 'worker-add')"), 0);
 	TESTRUN(&r, "usage-parity", "--db", ci, "-q", "--from", "now-2h", "--to", "now-1h");
-	cr_assert_eq(r.status, 0, "usage-parity found drift:\n%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "usage-parity found drift:\n%s\n%s", r.err, r.out);
 	testrun_free(&r);
 
 	/* Woken elsewhere (w1 is drained: not a candidate), it goes on, memory intact. */
 	TESTRUN(&r, "snapshot-prep", "--db", ci, "-q", "wake", "--sandbox", "sb1");
-	cr_assert_eq(r.status, 0, "wake: %s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "wake: %s\n%s", r.err, r.out);
 	testrun_free(&r);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
 				  " WHERE s.status = 'running' AND w.name IN ('w2', 'w3')"), 1);
@@ -394,7 +394,7 @@ Test(drain, a_hibernate_that_fails_leaves_the_worker_draining_and_the_guest_runn
 	cr_assert_eq(mkdir(obstacle, 0700), 0);
 	kill(p.pid, SIGCONT);
 	testrun_finish(&p, &r);
-	cr_assert_eq(r.status, VMOPS_EXIT_PARTIAL, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, VMOPS_EXIT_PARTIAL, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	cr_assert(strstr(r.out, "\"state\":\t\"partial\""), "%s", r.out);
 	cr_assert(strstr(r.out, "\"worker_state\":\t\"draining\""), "%s", r.out);
 	cr_assert(strstr(r.out, "\"hibernated\":\t0"), "%s", r.out);
@@ -455,7 +455,7 @@ Test(drain_halfway, sigterm_halfway_then_a_rerun_completes, .timeout = 900, .fin
 	assert_ledger(c, 3);
 
 	TESTRUN(&r, "vm-drain", "--db", ci, "-q", "w1");
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	testrun_free(&r);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM drains"), 1, "the rerun continued the same drain");
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM drains WHERE state = 'done' AND runs = 2"), 1);
@@ -483,7 +483,7 @@ Test(drain_halfway, cancel_halfway_returns_the_worker_to_active, .timeout = 900,
 	wait_sql(c, "SELECT count(*) FROM drain_sandboxes WHERE outcome = 'moved'", 1, 300);
 	wait_sql(c, "SELECT count(*) FROM migrations WHERE state = 'transferring'", 1, 120);
 	TESTRUN(&r, "vm-drain", "--db", ci, "--json", "--cancel", "w1");
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	cr_assert(strstr(r.out, "\"state\":\t\"cancelled\""), "%s", r.out);
 	cr_assert(strstr(r.out, "\"worker_state\":\t\"active\""), "%s", r.out);
 	testrun_free(&r);

@@ -270,7 +270,7 @@ static void check_end_state(PGconn *c, const struct testlib_guest *g0, char *out
 		cr_assert_eq(count_live_qemus(), 0, "sandbox in error but a QEMU still runs");
 	}
 	TESTRUN(&r, "usage-parity", "--db", ci, "-q", "--from", "now-2h", "--to", "now-1h");
-	cr_assert_eq(r.status, 0, "usage-parity found drift:\n%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "usage-parity found drift:\n%s\n%s", r.err, r.out);
 	testrun_free(&r);
 }
 
@@ -501,7 +501,7 @@ Test(faults, stalled_owner_is_fenced_off, .timeout = 300, .fini = kill_test_vms)
 	{
 		struct testrun r;
 		TESTRUN(&r, "vm-migrate", "--db", ci, "--recover", "--lease", "3s", "--json");
-		cr_assert_eq(r.status, VMOPS_EXIT_UNKNOWN, "%s\n%s", r.out, r.err);
+		cr_assert_eq(r.status, VMOPS_EXIT_UNKNOWN, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 		cr_assert(strstr(r.out, "\"unknown\":\t1"), "%s", r.out);
 		testrun_free(&r);
 	}

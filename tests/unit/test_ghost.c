@@ -438,7 +438,7 @@ Test(ghost, unknown_worker_schema_and_database_errors)
 	setenv("VMOPS_WORKER", "w-env", 1);
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--json");
 	/* nothing runs under its run dir and nothing is recorded: clean, whatever else runs here */
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	cr_assert(strstr(r.out, "\"worker\":\t\"w-env\""), "%s", r.out);
 	testrun_free(&r);
 	unsetenv("VMOPS_WORKER");
@@ -676,7 +676,7 @@ Test(ghost, recorded_tree_parsed_exactly)
 	PQclear(testdb_exec(c, "UPDATE sandboxes SET status = 'running' WHERE id = 18"));
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "fx", "--proc-root", fix, "--min-age", "2h",
 		"--repair-from-recording", "--json");
-	cr_assert_eq(r.status, VMOPS_EXIT_FIXED, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, VMOPS_EXIT_FIXED, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	cr_assert(strstr(r.out, "\"status\":\t\"fixed\""), "%s", r.out);
 	cr_assert(strstr(r.out, "\"repaired\":\t1"), "%s", r.out);
 	testrun_free(&r);
@@ -869,7 +869,7 @@ Test(ghost, zombie_decoy_pid_reuse_and_another_fleet, .fini = teardown)
 
 	/* a second run finds nothing of this worker's */
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s", "--json");
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	cr_assert(strstr(r.out, "\"repaired\":\t0"), "%s", r.out);
 	cr_assert(strstr(r.out, "\"killed\":\t0"), "%s", r.out);
 	testrun_free(&r);
@@ -985,7 +985,7 @@ Test(ghost, real_qemu_healthy_ghost_and_phantom, .timeout = 240, .fini = teardow
 
 	/* healthy: nothing to do */
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s", "--json");
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	doc = parse(r.out);
 	cr_assert_str_eq(str(item(doc, keep.vmm, keep.pid), "class"), "healthy");
 	cr_assert_str_eq(str(item(doc, ghost.vmm, ghost.pid), "class"), "healthy");
@@ -1017,7 +1017,7 @@ Test(ghost, real_qemu_healthy_ghost_and_phantom, .timeout = 240, .fini = teardow
 	before = snapshot(c);
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s",
 		"--dry-run", "--json");
-	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	doc = parse(r.out);
 	it = item(doc, ghost.vmm, ghost.pid);
 	cr_assert_str_eq(str(it, "class"), "ghost", "%s", r.out);
@@ -1034,7 +1034,7 @@ Test(ghost, real_qemu_healthy_ghost_and_phantom, .timeout = 240, .fini = teardow
 
 	/* 2. --min-age longer than the ghost's age: left alone; the phantoms are repaired */
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "1h", "--json");
-	cr_assert_eq(r.status, VMOPS_EXIT_FIXED, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, VMOPS_EXIT_FIXED, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	doc = parse(r.out);
 	it = item(doc, ghost.vmm, ghost.pid);
 	cr_assert_str_eq(str(it, "class"), "young", "%s", r.out);
@@ -1055,7 +1055,7 @@ Test(ghost, real_qemu_healthy_ghost_and_phantom, .timeout = 240, .fini = teardow
 
 	/* 3. --action log: reported, found and not fixed */
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--min-age", "0s", "--json");
-	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, VMOPS_EXIT_FOUND, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	doc = parse(r.out);
 	cr_assert_str_eq(str(item(doc, ghost.vmm, ghost.pid), "action"), "reported", "%s", r.out);
 	cJSON_Delete(doc);
@@ -1067,7 +1067,7 @@ Test(ghost, real_qemu_healthy_ghost_and_phantom, .timeout = 240, .fini = teardow
 	cr_assert_eq(kill((pid_t)ghost.pid, SIGSTOP), 0);
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s",
 		"--grace", "1s", "--json");
-	cr_assert_eq(r.status, VMOPS_EXIT_FIXED, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, VMOPS_EXIT_FIXED, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	doc = parse(r.out);
 	it = item(doc, ghost.vmm, ghost.pid);
 	cr_assert_str_eq(str(it, "class"), "ghost", "%s", r.out);
@@ -1089,7 +1089,7 @@ Test(ghost, real_qemu_healthy_ghost_and_phantom, .timeout = 240, .fini = teardow
 
 	/* 5. nothing left to do, and the healthy VM ran on throughout */
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "gw", "--action", "kill", "--min-age", "0s", "--json");
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	cr_assert(strstr(r.out, "\"killed\":\t0"), "%s", r.out);
 	cr_assert(strstr(r.out, "\"repaired\":\t0"), "%s", r.out);
 	testrun_free(&r);

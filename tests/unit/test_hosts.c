@@ -450,7 +450,7 @@ static void migrate_ok(const char *to, const char *connections)
 		TESTRUN(&r, "vm-migrate", "--db", ci, "--json", "sb1", "--to", to, "--connections", connections);
 	else
 		TESTRUN(&r, "vm-migrate", "--db", ci, "--json", "sb1", "--connections", connections);
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	testrun_free(&r);
 }
 

@@ -441,7 +441,7 @@ Test(migrate, live_with_one_and_four_connections, .timeout = 240, .fini = kill_t
 	src_start = testdb_ll(c, "SELECT pid_start_time FROM vmms WHERE id = 1");
 
 	TESTRUN(&r, "vm-migrate", "--db", ci, "--json", "sb1", "--to", "w2");
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	cr_assert(strstr(r.out, "\"connections_used\":\t1"), "%s", r.out);
 	testrun_free(&r);
 	assert_moved(c, "sb1", "w2");
@@ -454,7 +454,7 @@ Test(migrate, live_with_one_and_four_connections, .timeout = 240, .fini = kill_t
 	src_pid = testdb_ll(c, "SELECT pid FROM vmms v JOIN sandboxes s ON s.active_vmm_id = v.id");
 	src_start = testdb_ll(c, "SELECT pid_start_time FROM vmms v JOIN sandboxes s ON s.active_vmm_id = v.id");
 	TESTRUN(&r, "vm-migrate", "--db", ci, "--json", "sb1", "--connections", "4");
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	cr_assert(strstr(r.out, "\"connections_used\":\t4"), "%s", r.out);
 	cr_assert(strstr(r.out, "\"target_worker\":\t\"w1\""), "%s", r.out);
 	testrun_free(&r);
@@ -542,7 +542,7 @@ Test(migrate, killed_vm_migrate_then_recover, .timeout = 180, .fini = kill_test_
 	testrun_free(&r);
 	sleep(4);
 	TESTRUN(&r, "vm-migrate", "--db", ci, "--recover", "--json");
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	cr_assert(strstr(r.out, "\"found\":\t1"), "%s", r.out);
 	cr_assert(strstr(r.out, "\"failed\":\t1"), "%s", r.out);
 	testrun_free(&r);
@@ -758,7 +758,7 @@ Test(migrate, recover_with_busy_target_qmp_does_nothing_irreversible, .timeout =
 	/* The other client goes away: now the facts are known. */
 	vmops_hv_free(dst);
 	TESTRUN(&r, "vm-migrate", "--db", ci, "--recover", "--json");
-	cr_assert_eq(r.status, 0, "%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "stderr:\n%s\nstdout:\n%s", r.err, r.out);
 	cr_assert(strstr(r.out, "\"completed\":\t1"), "%s", r.out);
 	testrun_free(&r);
 	assert_moved(c, "sb1", "w2");

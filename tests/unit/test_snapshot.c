@@ -984,7 +984,7 @@ Test(snapshot, hibernate_then_wake_on_the_other_worker, .timeout = 1200, .fini =
 	cr_assert_str_eq(testdb_fail(c, "UPDATE snapshots SET state = 'deleted'"), "VO062");
 
 	TESTRUN(&r, "snapshot-prep", "--db", ci, "--json", "wake", "--sandbox", "sb1", "--worker", "w2");
-	cr_assert_eq(r.status, 0, "wake: %s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "wake: %s\n%s", r.err, r.out);
 	testrun_free(&r);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM sandboxes s JOIN workers w ON w.id = s.worker_id"
 				  " JOIN vmms v ON v.id = s.active_vmm_id WHERE s.status = 'running' AND w.name = 'w2'"
@@ -994,7 +994,7 @@ Test(snapshot, hibernate_then_wake_on_the_other_worker, .timeout = 1200, .fini =
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM scale_events WHERE ended_at IS NULL"), 1);
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM snapshots WHERE state = 'restored'"), 1);
 	TESTRUN(&r, "usage-parity", "--db", ci, "-q", "--from", "now-2h", "--to", "now-1h");
-	cr_assert_eq(r.status, 0, "usage-parity found drift:\n%s\n%s", r.out, r.err);
+	cr_assert_eq(r.status, 0, "usage-parity found drift:\n%s\n%s", r.err, r.out);
 	testrun_free(&r);
 	/* The guest goes on from the hibernation, memory and data intact. */
 	snprintf(log2, sizeof(log2), "%s/w2/vmm-%lld/serial.log", dir,

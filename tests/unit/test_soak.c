@@ -474,7 +474,7 @@ Test(soak, concurrent_migrations, .timeout = 1200, .fini = kill_test_vms)
 				  " WHERE v.state IN ('destroyed', 'failed')"), 0, "a reservation outlived its VMM");
 	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), n_sb);
 	TESTRUN(&r, "usage-parity", "--db", ci, "-q", "--from", "now-2h", "--to", "now-1h");
-	cr_expect_eq(r.status, 0, "usage-parity found drift:\n%s\n%s", r.out, r.err);
+	cr_expect_eq(r.status, 0, "usage-parity found drift:\n%s\n%s", r.err, r.out);
 	testrun_free(&r);
 	PQfinish(c);
 }
