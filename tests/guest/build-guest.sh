@@ -33,7 +33,11 @@
 #   vmops.dirty_mb=N        size of the dirtier's data, twice in memory: the
 #                           seed and the rewritten copy (default 64; 0: no
 #                           dirtier)
-#   vmops.dirty_pause_us=N  pause between two dirtier passes (default 0)
+#   vmops.dirty_pause_us=N  pause between two dirtier passes (default 500000:
+#                           a flat-out dirtier keeps a TCG vCPU, and so a
+#                           host core, 100 % busy for the guest's whole life,
+#                           which made a test run CPU-bound; tests that need
+#                           a guest that cannot converge ask for 0)
 #   vmops.corrupt_after=N   after N heartbeats, invert one byte of the static
 #                           region and one of the dirtier's seed (simulated
 #                           memory corruption; default 0: never)
@@ -223,7 +227,7 @@ mount -t tmpfs -o mode=755 tmpfs /run
 
 static_mb=4
 dirty_mb=64
-dirty_pause_us=0
+dirty_pause_us=500000
 corrupt_after=0
 qga_mode=on
 freeze_delay_s=20
@@ -239,7 +243,7 @@ for arg in $(cat /proc/cmdline); do
 done
 case $static_mb in '' | 0 | *[!0-9]*) static_mb=4 ;; esac
 case $dirty_mb in '' | *[!0-9]*) dirty_mb=64 ;; esac
-case $dirty_pause_us in '' | *[!0-9]*) dirty_pause_us=0 ;; esac
+case $dirty_pause_us in '' | *[!0-9]*) dirty_pause_us=500000 ;; esac
 case $corrupt_after in '' | *[!0-9]*) corrupt_after=0 ;; esac
 case $freeze_delay_s in '' | *[!0-9]*) freeze_delay_s=20 ;; esac
 

@@ -24,7 +24,8 @@
 
 static char ci[512];
 static char rundir[256];
-/* The guest's dirtier: flat out by default; the slow-move cases pause it so a capped move converges. */
+/* The guest's dirtier: the guest's default pause (0.5 s); the slow-move cases pause longer so a capped
+ * move converges, the case that must not converge runs it flat out. */
 static const char *dirty = "vmops.dirty_mb=16";
 
 /* Worker w1 (to drain) and targets w2, w3, all on this "host". */
@@ -274,7 +275,7 @@ static int files_in(const char *dir, const char *keep)
 }
 
 /*
- * A guest dirtying flat out (vmops.dirty_mb=16, no pause) cannot converge at
+ * A guest dirtying flat out (vmops.dirty_mb=16, dirty_pause_us=0) cannot converge at
  * 2 MiB/s: the move makes no progress (remaining bytes never reach a new
  * low for 8 s) and is given up; with one attempt allowed, the sandbox is
  * stuck and the fallback hibernates it.  The worker is still drained after
@@ -289,7 +290,7 @@ Test(drain, a_guest_that_cannot_converge_is_hibernated_and_the_worker_drained, .
 	struct testrun r;
 	char bdir[400], log[512], w1dir[400];
 
-	dirty = "vmops.dirty_mb=16";
+	dirty = "vmops.dirty_mb=16 vmops.dirty_pause_us=0";
 	guests(c, four, 1, g0);
 	bundle_dir(bdir, sizeof(bdir));
 	TESTRUN(&r, "vm-drain", "--db", ci, "--json", "--max-bandwidth", "2M/s", "--progress-timeout", "8s",
