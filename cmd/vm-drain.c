@@ -38,7 +38,7 @@ static struct poptOption options[] = {
 	{ "timeout-per-gib", '\0', POPT_ARG_STRING, &opt.timeout_per_gib, 0,
 	  "a move's completion timeout per GiB of guest memory (default 150s)", "DURATION" },
 	{ "progress-timeout", '\0', POPT_ARG_STRING, &opt.progress_timeout, 0,
-	  "abort a move when nothing moves for this long (default 150s)", "DURATION" },
+	  "abort a move that makes no progress for this long (default 150s)", "DURATION" },
 	{ "max-bandwidth", '\0', POPT_ARG_STRING, &opt.max_bandwidth, 0,
 	  "bandwidth cap per move, e.g. 1G/s (default: none)", "SIZE/s" },
 	{ "rate", '\0', POPT_ARG_STRING, &opt.rate, 0,

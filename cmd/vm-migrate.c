@@ -33,7 +33,7 @@ static struct poptOption options[] = {
 	{ "timeout-per-gib", '\0', POPT_ARG_STRING, &opt.timeout_per_gib, 0,
 	  "completion timeout per GiB of guest memory (default 150s)", "DURATION" },
 	{ "progress-timeout", '\0', POPT_ARG_STRING, &opt.progress_timeout, 0,
-	  "abort when nothing moves for this long (default 150s)", "DURATION" },
+	  "abort when the transfer makes no progress for this long (default 150s)", "DURATION" },
 	{ "downtime-limit", '\0', POPT_ARG_STRING, &opt.downtime_limit, 0,
 	  "longest pause allowed at switchover, in milliseconds (default: hypervisor's, 300)", "MS" },
 	{ "max-bandwidth", '\0', POPT_ARG_STRING, &opt.max_bandwidth, 0,

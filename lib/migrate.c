@@ -63,21 +63,57 @@ double vmops_migrate_eta_s(uint64_t remaining, unsigned connections, double link
 
 void vmops_migrate_lowwater_init(struct vmops_migrate_lowwater *lw, uint64_t now)
 {
-	lw->min_remaining = UINT64_MAX;
-	lw->since_ms = now;
-	lw->seen = false;
+	*lw = (struct vmops_migrate_lowwater){ .min_remaining = UINT64_MAX, .since_ms = now, .moved_ms = now };
 }
 
-bool vmops_migrate_lowwater_stalled(struct vmops_migrate_lowwater *lw, uint64_t remaining, uint64_t now,
-				    uint64_t timeout_ms)
+static void lowwater_progress(struct vmops_migrate_lowwater *lw, uint64_t remaining, uint64_t now)
 {
-	if (!lw->seen || remaining < lw->min_remaining) {
-		lw->min_remaining = remaining;
-		lw->since_ms = now;
-		lw->seen = true;
+	lw->min_remaining = remaining;
+	lw->since_ms = now;
+	lw->passes = 0;
+}
+
+/*
+ * A new pass began between the last sample and this one: it began with at
+ * least `remaining` and at most `remaining + sent` bytes (sent: bytes moved
+ * since the last sample).  It is progress only when even its upper bound is
+ * below the smallest pass start so far, so that the sampling cannot make an
+ * equal pass look smaller.
+ */
+static void lowwater_pass(struct vmops_migrate_lowwater *lw, uint64_t remaining, uint64_t sync, uint64_t sent,
+			  uint64_t now)
+{
+	if (lw->sync <= 1 || remaining + sent < lw->min_remaining)
+		lowwater_progress(lw, remaining, now);
+	else
+		lw->passes += sync - lw->sync;
+	lw->sync = sync;
+}
+
+bool vmops_migrate_lowwater_stalled(struct vmops_migrate_lowwater *lw, uint64_t remaining, uint64_t sync,
+				    uint64_t transferred, uint64_t now, uint64_t timeout_ms)
+{
+	uint64_t sent = transferred > lw->transferred ? transferred - lw->transferred : 0;
+
+	if (!lw->seen) {
+		*lw = (struct vmops_migrate_lowwater){ .min_remaining = remaining, .since_ms = now, .sync = sync,
+						       .transferred = transferred, .moved_ms = now, .seen = true };
 		return false;
 	}
-	return now - lw->since_ms > timeout_ms;
+	if (sent) {
+		lw->transferred = transferred;
+		lw->moved_ms = now;
+	}
+	if (sync <= 1) {
+		if (remaining < lw->min_remaining)
+			lowwater_progress(lw, remaining, now);
+	} else if (sync > lw->sync) {
+		lowwater_pass(lw, remaining, sync, sent, now);
+	}
+	lw->stuck = now - lw->moved_ms > timeout_ms;
+	if (lw->stuck)
+		return true;
+	return now - lw->since_ms > timeout_ms && (sync <= 1 || lw->passes > 0);
 }
 
 /* ---- the sandbox and its source ------------------------------------------ */

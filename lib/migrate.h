@@ -32,7 +32,7 @@ struct vmops_migrate_opts {
 	unsigned connections;             /* 1..128 */
 	uint64_t wait_target_ms;          /* how long to wait for a free target */
 	uint64_t timeout_per_gib_ms;      /* completion timeout per GiB of guest memory */
-	uint64_t progress_timeout_ms;     /* abort when nothing moves for this long */
+	uint64_t progress_timeout_ms;     /* abort after this long without progress (see below) */
 	uint32_t downtime_limit_ms;       /* 0: hypervisor default */
 	uint64_t max_bandwidth;           /* bytes/s; 0: unlimited (driver default) */
 	bool auto_converge;
@@ -142,20 +142,33 @@ enum vmops_recover_action vmops_migrate_recover_decide(const struct vmops_recove
 const char *vmops_migrate_recover_action_name(enum vmops_recover_action a);
 
 /*
- * No-progress timeout on the low-water mark of the remaining bytes (as
- * KubeVirt and Nova do): the timer restarts only when remaining drops below
- * its lowest value so far, not whenever bytes move (they always move while
- * dirty pages are resent).
+ * No-progress timeout.  Bytes always move while dirty pages are resent, so
+ * moving bytes is not progress; and a plain low-water mark of the remaining
+ * bytes is not either, because remaining falls to nearly nothing at the end
+ * of every pass over memory and only jumps back up when the next pass
+ * begins: after the first pass it would take a migration that converges
+ * slowly for a stalled one (Nova deprecated its progress timeout for this).
+ * So progress is, in the first pass (or when the hypervisor reports no
+ * passes, sync_count 0), remaining falling below its lowest value; after
+ * it, a pass that begins certainly smaller than any pass before.  A stall
+ * needs the timeout to pass without progress and at least one pass to have
+ * begun in that time (a long pass that keeps sending is not a stall), or
+ * the transferred bytes not to grow at all for the timeout.
  */
 struct vmops_migrate_lowwater {
-	uint64_t min_remaining;
-	uint64_t since_ms;     /* when min_remaining was last lowered */
+	uint64_t min_remaining; /* lowest remaining (first pass) or smallest pass start */
+	uint64_t since_ms;      /* when progress was last made */
+	uint64_t sync;          /* the pass count last seen */
+	uint64_t passes;        /* passes begun since progress was last made */
+	uint64_t transferred;   /* transferred bytes last seen */
+	uint64_t moved_ms;      /* when they last grew */
 	bool seen;
+	bool stuck;             /* the stall reported: no bytes moved */
 };
 void vmops_migrate_lowwater_init(struct vmops_migrate_lowwater *lw, uint64_t now_ms);
-/* Feed one sample; true when remaining has not fallen below its minimum for more than timeout_ms. */
-bool vmops_migrate_lowwater_stalled(struct vmops_migrate_lowwater *lw, uint64_t remaining, uint64_t now_ms,
-				    uint64_t timeout_ms);
+/* Feed one sample; true when the migration made no progress for more than timeout_ms (above). */
+bool vmops_migrate_lowwater_stalled(struct vmops_migrate_lowwater *lw, uint64_t remaining, uint64_t sync_count,
+				    uint64_t transferred, uint64_t now_ms, uint64_t timeout_ms);
 
 /*
  * ETA from the per-connection throughput bound:

@@ -129,6 +129,28 @@ static void account(struct attempt *at, const struct vmops_migrate_progress *p, 
 				       at->o->rtt_s, VMOPS_MIGRATE_CHUNK_BYTES, (double)at->o->max_bandwidth);
 }
 
+/* Whether the transfer stalled (above); e filled with why when it did. */
+static bool stalled(struct vmops_migrate_lowwater *lw, const struct vmops_migrate_progress *p, uint64_t t,
+		    uint64_t timeout_ms, struct vmops_error *e)
+{
+	unsigned long long s = (unsigned long long)(timeout_ms / 1000);
+
+	if (!vmops_migrate_lowwater_stalled(lw, p->remaining_bytes, p->dirty_sync_count, p->transferred_bytes, t,
+					    timeout_ms))
+		return false;
+	if (lw->stuck)
+		vmops_err(e, VMOPS_EXIT_TIMEOUT, "no progress for %llus: no bytes sent", s);
+	else if (lw->passes)
+		vmops_err(e, VMOPS_EXIT_TIMEOUT,
+			  "no progress for %llus: %llu passes over memory since the smallest began, none smaller "
+			  "than %llu bytes (the guest dirties memory as fast as it is sent)",
+			  s, (unsigned long long)lw->passes, (unsigned long long)lw->min_remaining);
+	else
+		vmops_err(e, VMOPS_EXIT_TIMEOUT, "no progress for %llus: remaining bytes never fell below %llu", s,
+			  (unsigned long long)lw->min_remaining);
+	return true;
+}
+
 /* One look at the transfer: 1 completed, 0 go on, -1 stop (e filled). */
 static int transfer_step(struct attempt *at, const struct vmops_migrate_progress *p,
 			 struct vmops_migrate_lowwater *lw, uint64_t t, uint64_t deadline, uint64_t start,
@@ -154,11 +176,8 @@ static int transfer_step(struct attempt *at, const struct vmops_migrate_progress
 	/* A hypervisor that reports no byte counts (Cloud Hypervisor) gives no
 	 * stall signal: only the completion timeout applies to it. */
 	if (strcmp(p->status, "active") == 0 && (p->remaining_bytes || p->transferred_bytes) &&
-	    vmops_migrate_lowwater_stalled(lw, p->remaining_bytes, t, o->progress_timeout_ms))
-		return vmops_err(e, VMOPS_EXIT_TIMEOUT,
-				 "no progress for %llus: remaining bytes never fell below %llu",
-				 (unsigned long long)(o->progress_timeout_ms / 1000),
-				 (unsigned long long)lw->min_remaining);
+	    stalled(lw, p, t, o->progress_timeout_ms, e))
+		return -1;
 	return 0;
 }
 

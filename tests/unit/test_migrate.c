@@ -4,6 +4,7 @@
  * guest: VMOPS_TEST_KERNEL/INITRD) real QEMU under TCG.
  */
 #include <criterion/criterion.h>
+#include <inttypes.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -194,35 +195,109 @@ Test(migrate, eta_follows_the_per_connection_bound)
 	cr_assert_float_eq(vmops_migrate_eta_s(1, 1, 0, 0, 524288, 0), -1, 1e-9);
 }
 
-/* A guest that never converges: bytes keep moving, remaining bobs up and down. */
-Test(migrate, progress_timeout_follows_the_low_water_mark)
+/*
+ * Feed the detector one sample a second: remaining (MiB), pass count and
+ * transferred (MiB) at second i.  Returns the second it fired at, or -1.
+ */
+static int feed(struct vmops_migrate_lowwater *lw, const uint64_t *rem, const uint64_t *sync, const uint64_t *sent,
+		int n, uint64_t timeout_ms)
+{
+	vmops_migrate_lowwater_init(lw, 0);
+	for (int i = 0; i < n; i++) {
+		if (vmops_migrate_lowwater_stalled(lw, rem[i] << 20, sync ? sync[i] : 0, sent[i] << 20,
+						   (uint64_t)i * 1000, timeout_ms))
+			return i;
+	}
+	return -1;
+}
+
+#define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+/* No pass count (sync 0): the low-water mark of the remaining bytes. */
+Test(migrate, progress_timeout_without_passes_follows_the_low_water_mark)
 {
 	struct vmops_migrate_lowwater lw;
-	/* remaining (MiB) every second: falls to 40, then oscillates above it forever */
+	/* falls to 40, then bobs above it while bytes keep moving */
 	static const uint64_t rem[] = { 256, 200, 120, 80, 40, 60, 45, 70, 41, 90, 50, 42, 44, 60 };
-	int fired_at = -1;
+	uint64_t sent[N_OF(rem)], down[100], moved[100];
 
-	vmops_migrate_lowwater_init(&lw, 0);
-	for (int i = 0; i < (int)(sizeof(rem) / sizeof(rem[0])); i++) {
-		if (vmops_migrate_lowwater_stalled(&lw, rem[i] << 20, (uint64_t)i * 1000, 5000) && fired_at < 0)
-			fired_at = i;
-	}
-	/* the minimum (40 MiB) was reached at t=4 s; 5 s later, at t=10 s (> 5 s), no new minimum: fire */
-	cr_assert_eq(fired_at, 10, "fired at %d", fired_at);
+	for (int i = 0; i < N_OF(rem); i++)
+		sent[i] = 10 * (uint64_t)i;
+	/* the minimum (40 MiB) came at t=4 s; at t=10 s (more than 5 s later) still none lower: fire */
+	cr_assert_eq(feed(&lw, rem, NULL, sent, N_OF(rem), 5000), 10);
 	cr_assert_eq(lw.min_remaining, 40ull << 20);
-
+	cr_assert(!lw.stuck);
 	/* steady progress never fires, however long it takes */
-	vmops_migrate_lowwater_init(&lw, 0);
-	for (uint64_t t = 0; t < 100; t++)
-		cr_assert(!vmops_migrate_lowwater_stalled(&lw, (1000 - t) << 20, t * 1000, 5000));
-	/* a new minimum restarts the timer */
-	vmops_migrate_lowwater_init(&lw, 0);
-	cr_assert(!vmops_migrate_lowwater_stalled(&lw, 100, 0, 5000));
-	cr_assert(!vmops_migrate_lowwater_stalled(&lw, 100, 5000, 5000));
-	cr_assert(vmops_migrate_lowwater_stalled(&lw, 100, 5001, 5000));
-	cr_assert(!vmops_migrate_lowwater_stalled(&lw, 99, 5002, 5000));
-	cr_assert(!vmops_migrate_lowwater_stalled(&lw, 150, 10000, 5000));
-	cr_assert(vmops_migrate_lowwater_stalled(&lw, 150, 10003, 5000));
+	for (int i = 0; i < 100; i++) {
+		down[i] = 1000 - (uint64_t)i;
+		moved[i] = (uint64_t)i;
+	}
+	cr_assert_eq(feed(&lw, down, NULL, moved, 100, 5000), -1);
+}
+
+/*
+ * QEMU's remaining falls to nearly nothing at the end of every pass and
+ * jumps back when the next begins (the pass count grows): a guest that
+ * converges slowly has troughs at 0 but passes that each begin smaller.
+ */
+Test(migrate, progress_timeout_counts_passes_not_the_troughs_between_them)
+{
+	struct vmops_migrate_lowwater lw;
+	/* pass 1: 256 MiB over 8 s; then passes of 3 s, each starting 8 MiB smaller; 4 MiB sent a second */
+	uint64_t rem[44], sync[44], sent[44], flat[44];
+	int i = 0;
+
+	for (; i < 8; i++) {
+		rem[i] = 256 - 32 * (uint64_t)i;
+		sync[i] = 1;
+	}
+	for (; i < 44; i++) {
+		uint64_t start = 100 - 8 * (uint64_t)((i - 8) / 3);
+		int k = (i - 8) % 3;
+
+		rem[i] = k == 2 ? 0 : start - (uint64_t)k * start / 2;
+		sync[i] = 2 + (uint64_t)(i - 8) / 3;
+		/* the same passes, but all as large, give or take less than a second's sending */
+		flat[i] = k == 2 ? 0 : (i % 2 ? 98 : 100) - (uint64_t)k * 50;
+	}
+	for (i = 0; i < 44; i++)
+		sent[i] = 4 * (uint64_t)i;
+	/* a 5 s timeout is longer than any pass: the troughs at 0 must not read as "no new low" */
+	cr_assert_eq(feed(&lw, rem, sync, sent, 44, 5000), -1);
+	/* the same without the pass count is the old, wrong reading: it fires */
+	cr_assert_neq(feed(&lw, rem, NULL, sent, 44, 5000), -1);
+	/* passes that all begin as large (the guest dirties as fast as it is sent) fire once a
+	 * pass began and 5 s passed since the smallest; a 2 MiB dip, less than the bytes sent
+	 * between two samples, is not a smaller pass */
+	memcpy(flat, rem, 8 * sizeof(flat[0]));
+	cr_assert_eq(feed(&lw, flat, sync, sent, 44, 5000), 14);
+	cr_assert_eq(lw.passes, 2);
+	cr_assert_eq(lw.min_remaining, 100ull << 20);
+}
+
+/* One pass longer than the timeout is not a stall while bytes move; a link that moves nothing is. */
+Test(migrate, progress_timeout_waits_for_a_long_pass_but_not_for_a_stuck_link)
+{
+	struct vmops_migrate_lowwater lw;
+	uint64_t rem[40], sync[40], sent[40];
+
+	/* pass 1 done at t=1; pass 2 (200 MiB) takes 20 s at 10 MiB/s; pass 3 begins at t=22, as large */
+	for (int i = 0; i < 40; i++) {
+		sync[i] = i < 2 ? 1 : i < 22 ? 2 : 3;
+		rem[i] = i < 2 ? 300 - 100 * (uint64_t)i : i < 22 ? 200 - 10 * (uint64_t)(i - 2) : 200;
+		sent[i] = 10 * (uint64_t)i;
+	}
+	/* sent grows through pass 3 too; it fires only once pass 3 has begun, at t=22 (> 5 s after t=2) */
+	cr_assert_eq(feed(&lw, rem, sync, sent, 40, 5000), 22);
+	cr_assert(!lw.stuck);
+	cr_assert_eq(lw.passes, 1);
+	/* from t=10 on nothing is sent: fire at t=16 (more than 5 s), as stuck */
+	for (int i = 10; i < 40; i++) {
+		sent[i] = 100;
+		rem[i] = rem[9];
+	}
+	cr_assert_eq(feed(&lw, rem, sync, sent, 40, 5000), 16);
+	cr_assert(lw.stuck);
 }
 
 /* The fault hook: inert unless VMOPS_FAULT names the phase; read once. */
