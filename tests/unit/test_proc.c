@@ -1260,17 +1260,27 @@ static int count(const struct vmops_proc_info *info, void *data)
 	return 0;
 }
 
-/* Scans while processes come and go: bounded in time, not in count, so a
- * sanitizer build on a loaded machine still finishes (at least 5 scans). */
+static unsigned long churned_since(unsigned long before)
+{
+	return __atomic_load_n(churned, __ATOMIC_RELAXED) - before;
+}
+
+/*
+ * Scans while processes come and go: at least 5 scans, and on until 100
+ * scans are done and 5 processes came and went, or 20 s passed.  Bounded in
+ * time, so a sanitizer build on a loaded machine still finishes; not done
+ * at 100 scans alone, because where /proc is small (a PID namespace) 100
+ * scans take less time than valgrind needs to fork 5 churned processes.
+ */
 Test(proc, live_scan_with_processes_vanishing, .timeout = 120)
 {
 	struct vmops_error err = { 0 };
 	pid_t churn = spawn(CHILD_CHURN);
-	time_t until = time(NULL) + 10;
+	time_t until = time(NULL) + 20;
 	unsigned long before = __atomic_load_n(churned, __ATOMIC_RELAXED), came_and_went;
 	int i;
 
-	for (i = 0; i < 100 && (i < 5 || time(NULL) < until); i++) {
+	for (i = 0; i < 5 || ((i < 100 || churned_since(before) < 5) && time(NULL) < until); i++) {
 		int n = 0;
 
 		cr_assert_eq(vmops_proc_scan("/proc", i % 2 ? VMOPS_PROC_SCAN_UID : 0, count, &n,
@@ -1279,7 +1289,7 @@ Test(proc, live_scan_with_processes_vanishing, .timeout = 120)
 		cr_assert_eq(vmops_proc_scan("/proc", VMOPS_PROC_SCAN_HV_ONLY, count, &n, &err), 0,
 			     "%s", err.msg);
 	}
-	came_and_went = __atomic_load_n(churned, __ATOMIC_RELAXED) - before;
+	came_and_went = churned_since(before);
 	kill(churn, SIGKILL);
 	reap(churn, SIGKILL);
 	/* the churn really ran alongside (the deterministic cases are above) */
