@@ -24,7 +24,8 @@
  *                      reply treated as lost: the outcome is ambiguous
  *
  * PHASE is a phase name of the operation (vm-migrate: prepare, claim,
- * receiver, transfer, switchover, finish, rollback).  Unset, empty or
+ * receiver, transfer, switchover, finish, rollback; vm-fleet launch:
+ * launch-stop, where a failed or interrupted launch stops its hypervisor).  Unset, empty or
  * malformed: no effect; a check then costs one load and one branch.  This is the one place
  * in the library that may end the process, and only because it was asked to.
  */

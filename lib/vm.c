@@ -10,6 +10,7 @@
 
 #include "db.h"
 #include "exitcodes.h"
+#include "fault.h"
 #include "fleet.h"
 #include "ghost.h"
 #include "images.h"
@@ -315,6 +316,7 @@ int vmops_vm_launch(PGconn *c, const struct vmops_launch_req *req,
 	}
 stop:
 	/* Do not leave an unrecorded VM running: stop it before the rows go. */
+	vmops_fault_point("launch-stop");
 	{
 		struct vmops_error derr = { 0 };
 

@@ -307,6 +307,56 @@ Test(fleet, interrupted_launch_stops_qemu_and_records_nothing, .timeout = 400, .
 }
 
 /*
+ * A second Ctrl-C while an interrupted launch unwinds (the fault hook sends
+ * it just before the QEMU is stopped): vm-fleet leaves at once, exit 12,
+ * and its line names the launch and the way out; what it leaves is what the
+ * line says (VMM starting with its pid, reservation held, QEMU running),
+ * and that way out works: ghost-reap --action kill stops the QEMU and
+ * repairs the rows.
+ */
+Test(fleet, second_interrupt_during_the_unwind_leaves_what_its_line_names, .timeout = 300, .fini = kill_test_vms)
+{
+	PGconn *c = fleet();
+	struct testproc p;
+	struct testrun r;
+	long long pid, start;
+
+	testlib_need_qemu();
+	use_qemu_hiding_qmp();
+	setenv("VMOPS_HOST_ID", "fleet-test-host", 1);
+	PQclear(testdb_exec(c, "UPDATE workers SET host_id = 'fleet-test-host'"));
+	setenv("VMOPS_FAULT", "launch-stop:sigint", 1);
+	TESTRUN_START(&p, "vm-fleet", "--db", ci, "launch", "--sandbox", "twice", "--org", "acme", "--worker", "w1",
+		      "--wait", "10m", "--spec", spec("twice", "qemu", getenv("VMOPS_TEST_KERNEL"), 192));
+	unsetenv("VMOPS_FAULT");
+	pid = wait_pid_recorded(c, "twice", p.pid);
+	start = testdb_ll(c, "SELECT pid_start_time FROM vmms WHERE pid IS NOT NULL");
+	cr_assert_eq(kill(p.pid, SIGINT), 0);
+	testrun_finish(&p, &r);
+	cr_assert_eq(r.status, VMOPS_EXIT_INTERRUPTED, "exit %d: %s", r.status, r.err);
+	cr_assert(strstr(r.err, "vm-fleet: second interrupt: leaving at once, without cleaning up; the launch of"
+				" sandbox twice on worker w1 is left unfinished") && strstr(r.err, "ghost-reap --action kill"),
+		  "%s", r.err);
+	testrun_free(&r);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE state = 'starting' AND pid IS NOT NULL"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 1);
+	cr_assert_eq(vmops_proc_check("/proc", (pid_t)pid, (unsigned long long)start, NULL, NULL), VMOPS_PROC_ALIVE,
+		     "the QEMU was stopped after all");
+	usleep(1100000);   /* starting for longer than --starting-timeout 1s */
+	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "w1", "--action", "kill", "--min-age", "0s",
+		"--starting-timeout", "1s", "--grace", "2s");
+	cr_assert_eq(r.status, VMOPS_EXIT_FIXED, "exit %d:\nstderr:\n%s\nstdout:\n%s", r.status, r.err, r.out);
+	testrun_free(&r);
+	cr_assert_neq(vmops_proc_check("/proc", (pid_t)pid, (unsigned long long)start, NULL, NULL), VMOPS_PROC_ALIVE,
+		      "ghost-reap left the QEMU running");
+	cr_assert_eq(live_vms_under(rundir), 0);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE state = 'failed'"), 1);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 0);
+	unsetenv("VMOPS_HOST_ID");
+	PQfinish(c);
+}
+
+/*
  * A signal at any moment of a real launch: all or nothing.  Either the
  * launch completed (exit 0: the QEMU runs and is recorded, reserved and
  * billed), or nothing runs and nothing is recorded.
