@@ -42,7 +42,12 @@ uint64_t vmops_logcap_max(void)
 	return n;
 }
 
-/* Copy the last `max` bytes of fd into NAME.1, then truncate fd.  Syscalls only (after fork). */
+/*
+ * Copy the last `max` bytes of the first `size` bytes of fd into NAME.1,
+ * then truncate fd.  Only up to `size`: the VMM goes on appending while we
+ * copy, and reading on to the end made NAME.1 larger than the cap (seen
+ * under ASan on a loaded machine).  Syscalls only (after fork).
+ */
 static void rotate(int dirfd, int fd, const char *old, off_t size, uint64_t max)
 {
 	char buf[16384];
@@ -50,8 +55,10 @@ static void rotate(int dirfd, int fd, const char *old, off_t size, uint64_t max)
 	int out = openat(dirfd, old, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
 
 	if (out >= 0) {
-		for (;;) {
-			ssize_t n = pread(fd, buf, sizeof(buf), from);
+		while (from < size) {
+			size_t want = size - from < (off_t)sizeof(buf) ? (size_t)(size - from) : sizeof(buf);
+			ssize_t n = pread(fd, buf, want, from);
+
 			if (n <= 0 || write(out, buf, (size_t)n) != n)
 				break;
 			from += n;

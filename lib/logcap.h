@@ -10,8 +10,8 @@
  * second; one over the cap is copied to NAME.1 (its last `max` bytes,
  * replacing the previous NAME.1) and truncated to zero, so each log holds
  * at most about `max` bytes plus a second's output, and NAME.1 at most
- * `max`.  What the VMM writes between the copy and the truncation is lost
- * (at most a few bytes of a console).  The process uses only the run
+ * `max`.  What the VMM writes between the size check and the truncation
+ * is lost (at most a few bytes of a console).  The process uses only the run
  * directory's fd (never a path), never follows a link, and stops when the
  * directory is removed.
  */

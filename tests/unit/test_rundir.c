@@ -2,13 +2,17 @@
 /* Run directories on a shared host: made safely, hostile paths refused (lib/rundir). */
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "exitcodes.h"
+#include "logcap.h"
 #include "rundir.h"
 #include "testlib.h"
 
@@ -188,4 +192,69 @@ Test(rundir, remove_refuses_what_is_not_ours)
 	cr_assert_eq(vmops_rundir_remove(at("theirs"), &kept, &e), -1);
 	cr_assert(strstr(e.msg, "owned by uid 65534"), "%s", e.msg);
 	cr_assert_eq(access(at("theirs/serial.log"), F_OK), 0);
+}
+
+/* ---- logcap ------------------------------------------------------------------------------ */
+
+/* A VMM stand-in that appends to `fd` without a pause: 16 bytes a microsecond or so. */
+static _Noreturn void busy_writer(int fd)
+{
+	static const char line[] = "0123456789abcde\n";
+
+	for (;;) {
+		struct timespec t0, t;
+
+		if (write(fd, line, sizeof(line) - 1) < 0)
+			_exit(1);
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		do
+			clock_gettime(CLOCK_MONOTONIC, &t);
+		while ((t.tv_sec - t0.tv_sec) * 1000000000L + t.tv_nsec - t0.tv_nsec < 1000);
+	}
+}
+
+/*
+ * A log the VMM keeps appending to while vmops-logcap rotates it: NAME.1
+ * holds the cap's worth at most, every time.  (Copying on to the end of
+ * the file, as it did, made NAME.1 grow by whatever the VMM wrote during
+ * the copy: test_fleet's capped-serial case saw it under ASan.)
+ */
+Test(rundir, the_rotated_log_never_exceeds_the_cap_while_the_vmm_writes, .timeout = 60)
+{
+	const char *names[] = { "serial.log", NULL };
+	struct vmops_error e = { 0 };
+	int dfd, fd, st, changes = 0;
+	long long worst = -1;
+	struct stat prev = { 0 };
+	pid_t w;
+
+	dfd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	cr_assert_geq(dfd, 0);
+	fd = open(at("serial.log"), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	w = fork();
+	cr_assert_geq(w, 0);
+	if (w == 0)
+		busy_writer(fd);
+	cr_assert_eq(vmops_logcap_start(dfd, w, names, 4096, &e), 0, "%s", e.msg);
+	/* watch serial.log.1 over four rotations (one a second) */
+	for (int i = 0; i < 2000 && changes < 4; i++) {
+		struct stat s;
+
+		usleep(5000);
+		if (stat(at("serial.log.1"), &s) < 0)
+			continue;
+		if (s.st_size > worst)
+			worst = s.st_size;
+		if (s.st_mtim.tv_sec != prev.st_mtim.tv_sec || s.st_mtim.tv_nsec != prev.st_mtim.tv_nsec)
+			changes++;
+		prev = s;
+	}
+	kill(w, SIGKILL);
+	waitpid(w, &st, 0);
+	close(fd);
+	close(dfd);
+	cr_assert_geq(changes, 2, "vmops-logcap rotated serial.log %d times in 10 s", changes);
+	cr_assert_leq(worst, 4096, "serial.log.1 held %lld bytes, over the cap of 4096", worst);
+	cr_assert_eq(worst, 4096, "serial.log.1 held %lld bytes, not the cap's worth", worst);
 }
