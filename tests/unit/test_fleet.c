@@ -342,7 +342,10 @@ Test(fleet, second_interrupt_during_the_unwind_leaves_what_its_line_names, .time
 	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 1);
 	cr_assert_eq(vmops_proc_check("/proc", (pid_t)pid, (unsigned long long)start, NULL, NULL), VMOPS_PROC_ALIVE,
 		     "the QEMU was stopped after all");
-	usleep(1100000);   /* starting for longer than --starting-timeout 1s */
+	/* what ghost-reap's --starting-timeout 1s reads: starting for longer than that */
+	for (int i = 0; i < 100 && testdb_ll(c, "SELECT count(*) FROM vmms WHERE state = 'starting'"
+					   " AND time_state_updated < now() - interval '1 second'") == 0; i++)
+		usleep(100000);
 	TESTRUN(&r, "ghost-reap", "--db", ci, "--worker", "w1", "--action", "kill", "--min-age", "0s",
 		"--starting-timeout", "1s", "--grace", "2s");
 	cr_assert_eq(r.status, VMOPS_EXIT_FIXED, "exit %d:\nstderr:\n%s\nstdout:\n%s", r.status, r.err, r.out);

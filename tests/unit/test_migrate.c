@@ -4,7 +4,6 @@
  * guest: VMOPS_TEST_KERNEL/INITRD) real QEMU under TCG.
  */
 #include <criterion/criterion.h>
-#include <inttypes.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -19,6 +18,7 @@
 #include "exitcodes.h"
 #include "fault.h"
 #include "hv.h"
+#include "macro.h"
 #include "migrate.h"
 #include "proc.h"
 #include "spec.h"
@@ -211,20 +211,18 @@ static int feed(struct vmops_migrate_lowwater *lw, const uint64_t *rem, const ui
 	return -1;
 }
 
-#define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
-
 /* No pass count (sync 0): the low-water mark of the remaining bytes. */
 Test(migrate, progress_timeout_without_passes_follows_the_low_water_mark)
 {
 	struct vmops_migrate_lowwater lw;
 	/* falls to 40, then bobs above it while bytes keep moving */
 	static const uint64_t rem[] = { 256, 200, 120, 80, 40, 60, 45, 70, 41, 90, 50, 42, 44, 60 };
-	uint64_t sent[N_OF(rem)], down[100], moved[100];
+	uint64_t sent[ARRAY_SIZE(rem)], down[100], moved[100];
 
-	for (int i = 0; i < N_OF(rem); i++)
+	for (int i = 0; i < (int)ARRAY_SIZE(rem); i++)
 		sent[i] = 10 * (uint64_t)i;
 	/* the minimum (40 MiB) came at t=4 s; at t=10 s (more than 5 s later) still none lower: fire */
-	cr_assert_eq(feed(&lw, rem, NULL, sent, N_OF(rem), 5000), 10);
+	cr_assert_eq(feed(&lw, rem, NULL, sent, (int)ARRAY_SIZE(rem), 5000), 10);
 	cr_assert_eq(lw.min_remaining, 40ull << 20);
 	cr_assert(!lw.stuck);
 	/* steady progress never fires, however long it takes */

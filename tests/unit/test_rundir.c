@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -234,8 +235,10 @@ Test(rundir, the_rotated_log_never_exceeds_the_cap_while_the_vmm_writes, .timeou
 	cr_assert_geq(fd, 0);
 	w = fork();
 	cr_assert_geq(w, 0);
-	if (w == 0)
+	if (w == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);   /* a failed assertion must not leave it spinning */
 		busy_writer(fd);
+	}
 	cr_assert_eq(vmops_logcap_start(dfd, w, names, 4096, &e), 0, "%s", e.msg);
 	/* watch serial.log.1 over four rotations (one a second) */
 	for (int i = 0; i < 2000 && changes < 4; i++) {
