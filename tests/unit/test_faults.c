@@ -370,8 +370,10 @@ static void run_cell(const char *phase, enum fault f)
 		away_ms = pg_restart(c);
 		break;
 	case F_PG_TERMINATE:
+		/* this test's database only: the suite runs two cases at once, and another
+		 * case's vm-migrate (--recover) is not this case's fault to inject */
 		PQclear(testdb_exec(c, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-				       " WHERE application_name = 'vm-migrate'"));
+				       " WHERE application_name = 'vm-migrate' AND datname = current_database()"));
 		break;
 	case F_N:
 		break;
