@@ -28,7 +28,7 @@ static struct poptOption options[] = {
 	{ "older-than", '\0', POPT_ARG_STRING, &opt.older_than, 0,
 	  "only VMMs destroyed or failed at least DUR ago (default 0s)", "DUR" },
 	{ "sessions", '\0', POPT_ARG_STRING, &opt.sessions, 0,
-	  "database sessions reaping at once (default 1, at most 8)", "N" },
+	  "database sessions reaping at once (default 2, at most 8)", "N" },
 	VMOPS_DRY_RUN_OPTION,
 	VMOPS_COMMON_OPTIONS,
 	POPT_TABLEEND
@@ -46,40 +46,29 @@ struct after_batch {
  * lib/rundir's checked walk.  A VMM on another host, with no recorded
  * process, or whose process cannot be shown gone keeps its directory.
  */
-static void remove_run_dirs(struct after_batch *a, PGconn *c, const char *ids)
+static void remove_run_dirs(struct after_batch *a, const struct vmops_reap_local *l, size_t n)
 {
-	_cleanup_pgresult_ PGresult *r = NULL;
-	struct vmops_error e = { 0 };
+	for (size_t i = 0; i < n; i++) {
+		struct vmops_error e = { 0 };
+		char id[24];
+		int live = vmops_proc_check(NULL, (pid_t)l[i].pid, l[i].pid_start_time, NULL, &e);
 
-	if (!a->host[0])
-		return;
-	r = vmops_db_q(c, &e,
-		       "SELECT v.id, v.run_dir, v.pid, v.pid_start_time FROM vmms v JOIN workers w ON w.id = v.worker_id"
-		       " WHERE v.id = ANY ($1::bigint[]) AND v.time_deleted IS NOT NULL AND v.run_dir IS NOT NULL"
-		       " AND v.pid IS NOT NULL AND w.host_id = $2 ORDER BY v.id", ids, a->host);
-	if (!r) {
-		vmops_warn("run directories of the batch: %s", e.msg);
-		return;
-	}
-	for (int i = 0; i < PQntuples(r); i++) {
-		long long st = vmops_db_get_ll(r, i, "pid_start_time", 0);
-		int live = vmops_proc_check(NULL, (pid_t)vmops_db_get_ll(r, i, "pid", 0), (unsigned long long)st,
-					    NULL, &e);
-
+		snprintf(id, sizeof(id), "%lld", l[i].id);
 		if (live != VMOPS_PROC_DEAD && live != VMOPS_PROC_REUSED) {
-			vmops_info("vmm %s: its process may still run: run directory kept", PQgetvalue(r, i, 0));
+			vmops_info("vmm %s: its process may still run: run directory kept", id);
 			continue;
 		}
-		if (vmops_vm_run_dir_gone(vmops_db_get(r, i, "run_dir"), "vmm", PQgetvalue(r, i, 0)) == 0)
+		if (vmops_vm_run_dir_gone(l[i].run_dir, "vmm", id) == 0)
 			a->dirs_removed++;
 	}
 }
 
-static void after_batch(void *arg, PGconn *c, const struct vmops_reap_stats *st, const char *ids)
+static void after_batch(void *arg, const struct vmops_reap_stats *st,
+			const struct vmops_reap_local *local, size_t nlocal)
 {
 	struct after_batch *a = arg;
 
-	remove_run_dirs(a, c, ids);
+	remove_run_dirs(a, local, nlocal);
 	/* The progress line: on a terminal only, on stderr, rewritten in place. */
 	if (a->tty)
 		fprintf(stderr, "\r%s: batch %lld: %lld vmms found, %lld deleted, %lld reservations deleted",
@@ -154,6 +143,7 @@ int main(int argc, const char **argv)
 		ab.host[0] = '\0';
 		vmops_err_clear(&err);
 	}
+	ro.host_id = ab.host[0] ? ab.host : NULL;
 	ro.on_batch = after_batch;
 	ro.arg = &ab;
 	if (vmops_reap(c, &ro, &st, &err) < 0) {

@@ -338,10 +338,8 @@ static void fill_result_error(PGconn *c, const PGresult *r, struct vmops_error *
 		snprintf(e->sqlstate, sizeof(e->sqlstate), "%s", st);
 }
 
-PGresult *vmops_db_query(PGconn *c, struct vmops_error *e, const char *sql,
-			 int nparams, const char *const *params)
+static PGresult *checked(PGconn *c, PGresult *r, struct vmops_error *e)
 {
-	PGresult *r = PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
 	ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
 
 	if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
@@ -349,6 +347,34 @@ PGresult *vmops_db_query(PGconn *c, struct vmops_error *e, const char *sql,
 	fill_result_error(c, r, e);
 	PQclear(r);
 	return NULL;
+}
+
+PGresult *vmops_db_query(PGconn *c, struct vmops_error *e, const char *sql,
+			 int nparams, const char *const *params)
+{
+	return checked(c, PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0), e);
+}
+
+int vmops_db_prepare(PGconn *c, struct vmops_error *e, const char *name, const char *sql)
+{
+	struct vmops_error local = { 0 };
+	PGresult *r = checked(c, PQprepare(c, name, sql, 0, NULL), &local);
+
+	if (r) {
+		PQclear(r);
+		return 0;
+	}
+	if (strcmp(local.sqlstate, "42P05") == 0)  /* duplicate_prepared_statement */
+		return 0;
+	if (e)
+		*e = local;
+	return -1;
+}
+
+PGresult *vmops_db_query_prepared(PGconn *c, struct vmops_error *e, const char *name,
+				  int nparams, const char *const *params)
+{
+	return checked(c, PQexecPrepared(c, name, nparams, params, NULL, NULL, 0), e);
 }
 
 int vmops_db_exec(PGconn *c, struct vmops_error *e, const char *sql, int nparams,

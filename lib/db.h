@@ -44,6 +44,22 @@ PGresult *vmops_db_query(PGconn *c, struct vmops_error *e, const char *sql,
 		       (int)(sizeof((const char *[]){ NULL, ##__VA_ARGS__ }) / sizeof(const char *)) - 1, \
 		       ((const char *const[]){ NULL, ##__VA_ARGS__ }) + 1)
 
+/*
+ * Prepare `sql` as the named statement `name` on this connection, for
+ * vmops_db_query_prepared; one of that name already there is kept (the
+ * caller names one text by one name).  Outside a transaction: a failure
+ * inside one would abort it.
+ */
+int vmops_db_prepare(PGconn *c, struct vmops_error *e, const char *name, const char *sql);
+
+/* vmops_db_query for a statement made by vmops_db_prepare. */
+PGresult *vmops_db_query_prepared(PGconn *c, struct vmops_error *e, const char *name,
+				  int nparams, const char *const *params);
+#define vmops_db_qp(c, e, name, ...) \
+	vmops_db_query_prepared((c), (e), (name), \
+				(int)(sizeof((const char *[]){ NULL, ##__VA_ARGS__ }) / sizeof(const char *)) - 1, \
+				((const char *const[]){ NULL, ##__VA_ARGS__ }) + 1)
+
 /* Run a statement whose result is not needed. */
 int vmops_db_exec(PGconn *c, struct vmops_error *e, const char *sql, int nparams,
 		  const char *const *params);

@@ -21,16 +21,25 @@
 
 #include <libpq-fe.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "error.h"
 
 #define VMOPS_REAP_BATCH_DEFAULT 1000
 #define VMOPS_REAP_BATCH_MAX 100000
-#define VMOPS_REAP_SESSIONS_DEFAULT 1
+#define VMOPS_REAP_SESSIONS_DEFAULT 2
 #define VMOPS_REAP_SESSIONS_MAX 8
 
 struct vmops_reap_stats;
+
+/* A VMM a batch deleted that runs on the host opts.host_id names, with a recorded process. */
+struct vmops_reap_local {
+	long long id;
+	const char *run_dir;              /* never NULL */
+	long long pid;
+	unsigned long long pid_start_time;  /* 0: not recorded */
+};
 
 struct vmops_reap_opts {
 	long long batch;         /* VMMs per transaction; 0: VMOPS_REAP_BATCH_DEFAULT */
@@ -39,14 +48,18 @@ struct vmops_reap_opts {
 	uint64_t older_than_ms;  /* only VMMs destroyed/failed at least this long ago */
 	bool dry_run;            /* count what would be reaped, change nothing */
 	const char *program;     /* for audit rows; NULL: "vmm-reap" */
+	const char *host_id;     /* this host's identity (on_batch's `local`); NULL: none */
 	/*
 	 * Called after each committed batch (not in a dry run) with the totals
-	 * so far and the ids the batch claimed, "{1,2,3}", whose records are
-	 * now deleted, and the batch's session `c`, free (no transaction open)
-	 * until the callback returns.  Never called twice at once (sessions
-	 * other than the caller's run in threads of their own).  NULL: none.
+	 * so far and the VMMs the batch deleted that run on host_id's host
+	 * with a recorded process and run directory, in id order (valid until
+	 * the callback returns).  A batch that failed and was reaped one VMM
+	 * at a time calls it for each VMM that committed.  Never called twice
+	 * at once (sessions other than the caller's run in threads of their
+	 * own).  NULL: none.
 	 */
-	void (*on_batch)(void *arg, PGconn *c, const struct vmops_reap_stats *st, const char *ids);
+	void (*on_batch)(void *arg, const struct vmops_reap_stats *st,
+			 const struct vmops_reap_local *local, size_t nlocal);
 	void *arg;
 };
 

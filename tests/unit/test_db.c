@@ -140,6 +140,33 @@ Test(db, parameters_are_never_interpolated)
 	PQfinish(c);
 }
 
+/*
+ * A prepared statement: run with parameters; preparing the same name again
+ * keeps it; a statement the server refuses is an error mapped like any
+ * other (42P01: schema), and a name never prepared is an error, not a crash.
+ */
+Test(db, prepared_statements)
+{
+	PGconn *c = testdb_new(false, ci, sizeof(ci));
+	struct vmops_error e = { 0 };
+	PGresult *r;
+
+	PQclear(testdb_exec(c, "CREATE TABLE t (s text)"));
+	cr_assert_eq(vmops_db_prepare(c, &e, "ins", "INSERT INTO t VALUES ($1) RETURNING s"), 0, "%s", e.msg);
+	cr_assert_eq(vmops_db_prepare(c, &e, "ins", "INSERT INTO t VALUES ($1) RETURNING s"), 0, "%s", e.msg);
+	r = vmops_db_qp(c, &e, "ins", "x'); DROP TABLE t; --");
+	cr_assert(r, "%s", e.msg);
+	cr_assert_str_eq(PQgetvalue(r, 0, 0), "x'); DROP TABLE t; --");
+	PQclear(r);
+	cr_assert_eq(testdb_ll(c, "SELECT count(*) FROM t"), 1);
+	cr_assert_eq(vmops_db_prepare(c, &e, "bad", "SELECT * FROM no_such_table"), -1);
+	cr_assert_eq(e.code, VMOPS_EXIT_SCHEMA, "%d %s", e.code, e.msg);
+	cr_assert_str_eq(e.sqlstate, "42P01");
+	cr_assert_null(vmops_db_qp(c, &e, "never"));
+	cr_assert_str_eq(e.sqlstate, "26000");
+	PQfinish(c);
+}
+
 static void show(PGconn *c, const char *name, const char *want)
 {
 	char sql[128];

@@ -162,7 +162,7 @@ Test(reap, text_output)
 			 "last_error:           -\n"
 			 "batches:              1\n"
 			 "dry_run:              no\n"
-			 "sessions:             1\n");
+			 "sessions:             2\n");
 	cr_expect_str_eq(r.err, "");
 	testrun_free(&r);
 	PQfinish(c);
@@ -268,7 +268,7 @@ Test(reap, batches_and_limit)
 	cr_expect_eq(jint(j, "vmms_deleted"), 10);
 	cr_expect_eq(jint(j, "reservations_deleted"), 2);
 	cr_expect_eq(jint(j, "batches"), 3);
-	cr_expect_eq(jint(j, "sessions"), 1);
+	cr_expect_eq(jint(j, "sessions"), 2, "the default");
 	cJSON_Delete(j);
 	testrun_free(&r);
 	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE time_deleted IS NULL"), 0);
@@ -650,6 +650,84 @@ Test(reap, run_directories_of_gone_vmms_on_this_host)
 	cr_expect(exists_in(base, "w1/vmm-4/serial.log"), "removed under a process that may live");
 	cr_expect(exists_in(base, "w2/vmm-7/serial.log"), "removed another host's run directory");
 	testrun_free(&r);
+	snprintf(sql, sizeof(sql), "rm -rf --one-file-system '%s'", base);
+	(void)system(sql);
+	PQfinish(c);
+}
+
+/*
+ * The audit row's columns are each in VMM id order, also when the tables
+ * hold the rows in another order and the plan reads them in that order:
+ * vmm 3 and its reservation get new row versions (so the tables hold 4, 7,
+ * 3), and index scans are off for the run.
+ */
+Test(reap, audit_columns_in_id_order_whatever_the_plan)
+{
+	char ci[256], ci_noidx[400], *cols;
+	PGconn *c = setup(ci, sizeof(ci));
+	struct testrun r;
+
+	PQclear(testdb_exec(c, "UPDATE vmms SET control_socket = NULL WHERE id = 3;"
+			       "UPDATE reservations SET time_created = time_created WHERE vmm_id = 3"));
+	snprintf(ci_noidx, sizeof(ci_noidx), "%s options='-c enable_indexscan=off -c enable_bitmapscan=off'", ci);
+	TESTRUN(&r, "vmm-reap", "--db", ci_noidx, "-q");
+	cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+	testrun_free(&r);
+	cols = text_of(c, "SELECT concat_ws(' ', before->'vmms'->'id', before->'vmms'->'state',"
+			  " before->'vmms'->'worker_id', before->'reservations'->'vmm_id',"
+			  " before->'reservations'->'memory_mb') FROM audit_log");
+	cr_expect_str_eq(cols, "[3, 4, 7] [\"destroyed\", \"failed\", \"destroyed\"] [1, 1, 2] [3, 7] [2048, 512]");
+	free(cols);
+	PQfinish(c);
+}
+
+/*
+ * A batch that fails is rolled back and its VMMs are reaped one per
+ * transaction: the one that fails again (vmm 4, refused by a trigger) is
+ * one error and stays as it was; the others (3 and 7) are reaped, each with
+ * its own audit row, and their run directories on this host go as they
+ * would after a whole batch.
+ */
+Test(reap, a_failed_batch_is_reaped_one_by_one)
+{
+	char ci[256], base[] = "/tmp/vmops-reap-fb.XXXXXX", sql[2048], *ids;
+	PGconn *c = setup(ci, sizeof(ci));
+	struct testrun r;
+	cJSON *j;
+
+	cr_assert(mkdtemp(base));
+	mkdir_private(base, "vmm-3", "serial.log");
+	mkdir_private(base, "vmm-7", "serial.log");
+	snprintf(sql, sizeof(sql),
+		 "UPDATE workers SET host_id = 'reap-host-1';"
+		 "UPDATE vmms SET run_dir = '%s/vmm-' || id, pid = %d, pid_start_time = 12345 WHERE id IN (3, 7);"
+		 "CREATE FUNCTION refuse_4() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+		 " IF NEW.id = 4 THEN RAISE EXCEPTION 'vmm 4 is held for the test'; END IF; RETURN NEW; END $$;"
+		 "CREATE TRIGGER refuse_4 BEFORE UPDATE ON vmms FOR EACH ROW EXECUTE FUNCTION refuse_4();",
+		 base, (int)dead_pid());
+	PQclear(testdb_exec(c, sql));
+	setenv("VMOPS_HOST_ID", "reap-host-1", 1);
+	TESTRUN(&r, "vmm-reap", "--db", ci, "--json", "-v", "--sessions", "1");
+	cr_expect_eq(r.status, 1, "exit %d: %s", r.status, r.err);
+	cr_expect(strstr(r.err, "reaping its 3 vmms one by one"), "%s", r.err);
+	j = json_of(&r);
+	cr_expect_eq(jint(j, "found"), 3);
+	cr_expect_eq(jint(j, "vmms_deleted"), 2);
+	cr_expect_eq(jint(j, "reservations_deleted"), 2);
+	cr_expect_eq(jint(j, "errors"), 1);
+	cr_expect_eq(jint(j, "batches"), 2, "one transaction per VMM that committed");
+	cr_expect(strstr(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "reap"), "last_error")->valuestring,
+			 "vmm 4: database: vmm 4 is held for the test"), "%s", r.out);
+	cJSON_Delete(j);
+	testrun_free(&r);
+	ids = text_of(c, deleted_ids_sql);
+	cr_expect_str_eq(ids, "3,5,7", "vmm 4 stays as it was");
+	free(ids);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM audit_log WHERE action = 'reap-batch'"), 2);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmm_reaps WHERE state IS NOT NULL AND vmm_id IN (3, 7)"), 2);
+	cr_expect_not(exists_in(base, "vmm-3"), "vmm 3's run directory is still there");
+	cr_expect_not(exists_in(base, "vmm-7"), "vmm 7's run directory is still there");
+	unsetenv("VMOPS_HOST_ID");
 	snprintf(sql, sizeof(sql), "rm -rf --one-file-system '%s'", base);
 	(void)system(sql);
 	PQfinish(c);
