@@ -40,6 +40,10 @@ json_int() { sed -n "s/.*\"$1\":[[:space:]]*\([0-9]*\).*/\1/p" "$2"; }
 ratio() { echo "$1 $2" | awk '{ printf "%.1f", $1 / ($2 > 0 ? $2 : 1) }'; }
 rate() { echo "$1 $2" | awk '{ printf "%.0f", $1 * 1000 / ($2 > 0 ? $2 : 1) }'; }
 load() { cut -d' ' -f1 /proc/loadavg; }
+# The copies are gigabytes of dirty page cache; written back while a side
+# is timed, they throttle its writes (the kernel's dirty limits) by as much
+# as the loop's whole time.  Write them out first.
+settle() { sync; }
 
 # The fleet at the current schema (vmm-reap exits 6 on an older one).
 cur=$src
@@ -72,6 +76,7 @@ for r in $(seq 1 "$rounds"); do
 	copy reap_loop "$cur"
 	copy reap_set "$cur"
 	[ -z "$before_bin" ] || copy reap_before "$before_db"
+	settle
 	l0=$(load)
 
 	# The per-row loop: list, then two statements per VMM.
@@ -111,6 +116,7 @@ sed 's/^/bench-reap:   /' "$tmp/rows"
 
 # Four vmm-reaps at once.
 copy reap_four "$cur"
+settle
 t0=$(ms)
 for i in 1 2 3 4; do
 	bin/vmm-reap --db dbname=reap_four --json >"$tmp/four.$i.json" &
