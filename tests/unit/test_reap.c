@@ -733,6 +733,72 @@ Test(reap, a_failed_batch_is_reaped_one_by_one)
 	PQfinish(c);
 }
 
+/*
+ * A session whose connection is lost mid-run stops the run (exit 5, the
+ * database) once the other session's batch in flight is done: what the
+ * stopped line says was deleted is what the database holds, the lost
+ * session's batch is rolled back whole (vmm 1501 is in it), and a second
+ * run reaps the rest, each VMM once.  The batch is held by a trigger that
+ * sleeps on vmm 1501; the test ends that backend.
+ */
+Test(reap, a_session_lost_mid_run_stops_the_run_and_says_what_it_did)
+{
+	char ci[256], *p;
+	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	struct testproc proc;
+	struct testrun r;
+	long long found, deleted, res, held = 0;
+	cJSON *j;
+
+	PQclear(testdb_exec(c,
+		"INSERT INTO workers (name, memory_mb, vcpus) VALUES ('w1', 65536, 64);"
+		"INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
+		" VALUES ('s', 'o', 'stopped', 1, 1024, 1);"
+		"INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)"
+		" SELECT 1, 1, 'qemu', 'destroyed' FROM generate_series(1, 3000);"
+		"INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus)"
+		" SELECT id, 1, 256, 1 FROM vmms WHERE id % 100 = 1;"
+		"CREATE FUNCTION hold_1501() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+		" IF NEW.id = 1501 THEN PERFORM pg_sleep(60); END IF; RETURN NEW; END $$;"
+		"CREATE TRIGGER hold_1501 BEFORE UPDATE ON vmms FOR EACH ROW EXECUTE FUNCTION hold_1501();"));
+	TESTRUN_START(&proc, "vmm-reap", "--db", ci, "--json", "--batch", "100", "--sessions", "2");
+	for (int i = 0; i < 400 && !held; i++) {
+		usleep(50000);
+		held = testdb_ll(c, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+				    " WHERE datname = current_database() AND wait_event = 'PgSleep'");
+	}
+	cr_assert_eq(held, 1, "no session was seen held at vmm 1501");
+	testrun_finish(&proc, &r);
+	cr_expect_eq(r.status, 5, "exit %d: %s", r.status, r.err);
+	cr_expect(strstr(r.err, "database connection lost"), "%s", r.err);
+	p = strstr(r.err, "stopped after ");
+	cr_assert(p, "%s", r.err);
+	cr_assert_eq(sscanf(p, "stopped after %lld vmms found, %lld deleted, %lld reservations deleted",
+			    &found, &deleted, &res), 3, "%s", r.err);
+	testrun_free(&r);
+	cr_expect_eq(deleted, testdb_ll(c, "SELECT count(*) FROM vmms WHERE time_deleted IS NOT NULL"));
+	cr_expect_eq(found, deleted);
+	cr_expect_eq(res, testdb_ll(c, "SELECT 30 - count(*) FROM reservations"));
+	cr_expect_eq(deleted, testdb_ll(c, "SELECT count(*) FROM vmm_reaps WHERE state IS NOT NULL"));
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE id = 1501 AND time_deleted IS NULL"), 1,
+		     "the held batch was not rolled back");
+	cr_expect_lt(deleted, 3000);
+
+	PQclear(testdb_exec(c, "DROP TRIGGER hold_1501 ON vmms"));
+	TESTRUN(&r, "vmm-reap", "--db", ci, "--json");
+	cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+	j = json_of(&r);
+	cr_expect_eq(jint(j, "vmms_deleted"), 3000 - deleted);
+	cJSON_Delete(j);
+	testrun_free(&r);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmms WHERE time_deleted IS NULL"), 0);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM reservations"), 0);
+	cr_expect_eq(testdb_ll(c, "SELECT count(DISTINCT vmm_id) FROM vmm_reaps WHERE state IS NOT NULL"), 3000);
+	cr_expect_eq(testdb_ll(c, "SELECT count(*) FROM vmm_reaps WHERE state IS NOT NULL"), 3000);
+	cr_expect_eq(testdb_ll(c, "SELECT reserved_memory_mb FROM workers"), 0);
+	PQfinish(c);
+}
+
 /* On a terminal, a progress line per batch on stderr; without one, none (text_output). */
 Test(reap, progress_line_on_a_tty_only)
 {
