@@ -87,6 +87,13 @@ double vmops_drain_lower_bound(const struct vmops_drain_item *items, size_t nite
 			       const struct vmops_drain_target *targets, size_t ntargets,
 			       const struct vmops_drain_params *p);
 
+/*
+ * How long the hibernate fallback waits for a sandbox's guest agent: a
+ * quarter of the sandbox's budget, at least 10 s and at most 30 s (a
+ * worker being drained is busy; snapshot-prep's bare 10 s is too short).
+ */
+int vmops_drain_agent_wait_ms(uint64_t budget_ms);
+
 /* ---- the run ------------------------------------------------------------- */
 
 #define VMOPS_DRAIN_DEFAULT_MAX_PARALLEL   2u

@@ -183,6 +183,13 @@ static int record(struct fb *f, long long sid, const char *sandbox, struct hib_j
 	return 0;
 }
 
+int vmops_drain_agent_wait_ms(uint64_t budget_ms)
+{
+	uint64_t q = budget_ms / 4;
+
+	return (int)(q < 10000 ? 10000 : q > 30000 ? 30000 : q);
+}
+
 static int hibernate_one(struct fb *f, long long sid, const char *sandbox, long long mem_mb, struct vmops_error *e)
 {
 	struct hib_job j = { .conninfo = f->conninfo };
@@ -201,11 +208,9 @@ static int hibernate_one(struct fb *f, long long sid, const char *sandbox, long 
 		say(f, sandbox, "stuck", 0, NULL, why);
 		return vmops_drain_rec_outcome(f->c, f->d, sid, "stuck", 0, 0, why, -1, NULL, e);
 	}
-	/* A worker being drained is busy: give its guest agent a quarter of the
-	 * sandbox's budget to answer (10-30 s), not snapshot-prep's bare 10 s. */
 	j.ho = (struct vmops_hibernate_opts){ .sandbox = sandbox, .bundle_dir = f->o->bundle_dir,
 					      .budget_ms = budget, .program = "vm-drain", .interrupted = &j.abort,
-					      .agent_ms = (int)(budget / 4 < 10000 ? 10000 : budget / 4 > 30000 ? 30000 : budget / 4) };
+					      .agent_ms = vmops_drain_agent_wait_ms(budget) };
 	say(f, sandbox, "hibernating", budget, f->o->bundle_dir, NULL);
 	if (watch(f, &j, budget, &timed_out, e) < 0)
 		return -1;

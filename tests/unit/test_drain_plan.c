@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "drain/drain.h"
+#include "macro.h"
 
 #define ITEM(n, m, c) { (n), (m), (c), 0 }
 #define TARGET(n, m, c) { (n), (m), (c), 100.0, 0 }
@@ -208,4 +209,18 @@ Test(drain_plan, generated_fleets_keep_the_rules_and_stay_near_the_bound)
 		}
 		vmops_drain_plan_free(&pl);
 	}
+}
+
+/* The hibernate fallback's wait for the guest agent: a quarter of the budget, within 10-30 s. */
+Test(drain_plan, agent_wait_is_a_quarter_of_the_budget_within_10_to_30_s)
+{
+	static const struct { uint64_t budget_ms; int want_ms; } c[] = {
+		{ 1000, 10000 }, { 39996, 10000 }, { 40000, 10000 }, { 40004, 10001 },
+		{ 80000, 20000 }, { 119996, 29999 }, { 120000, 30000 }, { 600000, 30000 },
+		{ UINT64_MAX, 30000 },
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(c); i++)
+		cr_expect_eq(vmops_drain_agent_wait_ms(c[i].budget_ms), c[i].want_ms, "budget %llu ms",
+			     (unsigned long long)c[i].budget_ms);
 }
