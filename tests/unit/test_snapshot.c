@@ -20,6 +20,8 @@
 
 #include "exitcodes.h"
 #include "hv.h"
+#include "hv_qemu.h"
+#include "macro.h"
 #include "proc.h"
 #include "schema.h"
 #include "qga.h"
@@ -526,6 +528,52 @@ Test(snapshot, cli_live_snapshot_guest_runs_during_the_write, .timeout = 900, .f
 	wait_data(log2, rec + 8, 300);
 	cr_assert_eq(sh("ls %s | grep -c snapshot-prep. | grep -qx 0", dir), 0, "staging left behind");
 	PQfinish(c);
+}
+
+/*
+ * A live snapshot that is not done within its timeout: the write QEMU has
+ * started is let finish, never cancelled (a cancelled background snapshot
+ * can hang QEMU for good: lib/hv_qemu_snapshot.c), then its file is
+ * deleted.  The call fails with VMOPS_EXIT_TIMEOUT naming
+ * the timeout; the guest runs on, its heartbeat goes on, and
+ * background-snapshot is off again.  1 ms: no 256 MB guest is written in it.
+ */
+Test(snapshot, live_snapshot_timeout_lets_the_write_finish_and_deletes_it, .timeout = 900,
+     .fini = kill_test_vms)
+{
+	struct vmops_snapshot_opts so = { .live = true, .timeout_ms = 1 };
+	struct vmops_migrate_progress mp;
+	struct vmops_error err = { 0 };
+	struct vmops_hv *h;
+	struct vmops_spec *spec;
+	char log[4200];
+	_cleanup_close_ int dirfd = -1;
+	long beat;
+	bool on = true;
+
+	testlib_need_qemu();
+	mkscratch();
+	spec = spec_for(NULL, NULL);
+	h = boot(spec, "w1", 1);
+	snprintf(log, sizeof(log), "%s/serial.log", vmops_hv_info(h)->run_dir);
+	beat = testlib_wait_heartbeat(log, 2, 120, NULL);
+	dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	cr_assert_geq(dirfd, 0);
+	cr_assert_eq(vmops_hv_snapshot(h, dirfd, &so, &err), -1, "a 256 MB live snapshot done in 1 ms");
+	cr_assert_eq(err.code, VMOPS_EXIT_TIMEOUT, "exit code %d: %s", err.code, err.msg);
+	cr_assert(strstr(err.msg, "snapshot not done after 1 ms"), "%s", err.msg);
+	cr_assert_neq(faccessat(dirfd, VMOPS_QEMU_SNAPSHOT_FILE, F_OK, 0), 0, "the timed-out snapshot file stayed");
+	/* let finish, not cancelled: QEMU's migration ended by itself, as completed */
+	cr_assert_eq(vmops_hv_progress(h, &mp, &err), 0, "%s", err.msg);
+	cr_assert_str_eq(mp.status, "completed");
+	assert_running(h);
+	cr_assert_eq(vmops_qmp_has_migrate_capability(vmops_hv_qmp(h), "background-snapshot", &on, &err), 1,
+		     "%s", err.msg);
+	cr_assert_not(on, "background-snapshot left on after the timeout");
+	testlib_wait_heartbeat(log, beat + 2, 120, NULL);
+	vmops_hv_destroy(h, 10000, &err);
+	vmops_hv_free(h);
+	vmops_spec_free(spec);
 }
 
 /*
