@@ -79,7 +79,9 @@ struct vmops_reap_stats {
  * Reap.  Returns 0 when the run completed (per-VMM failures are counted in
  * st->errors, with the last message in st->last_error), or -1 with `e`
  * filled when it could not go on (connection lost, schema missing, the
- * candidate query itself failing).  `st` is valid in both cases.
+ * candidate query itself failing).  `st` is valid in both cases.  The
+ * batch statement stays prepared on `c` (as "vmops_reap_batch"): a second
+ * run on the same connection uses it again.
  */
 int vmops_reap(PGconn *c, const struct vmops_reap_opts *o, struct vmops_reap_stats *st,
 	       struct vmops_error *e);

@@ -225,22 +225,39 @@ Test(reap, older_than_is_a_grace_period)
 	PQfinish(c);
 }
 
+/*
+ * One worker, one stopped sandbox and `n` destroyed VMMs (ids 1..n) that
+ * no sandbox references; a reservation of `res_mb` MB and 1 vCPU for each
+ * whose id % every == rem (every 0: none).
+ */
+static PGconn *abandoned_fleet(char *ci, size_t len, int n, int every, int rem, int res_mb)
+{
+	PGconn *c = testdb_new(true, ci, len);
+	char sql[1024];
+
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO workers (name, memory_mb, vcpus) VALUES ('w1', 1048576, 8192);"
+		 "INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
+		 " VALUES ('s', 'o', 'stopped', 1, 1024, 1);"
+		 "INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)"
+		 " SELECT 1, 1, 'qemu', 'destroyed' FROM generate_series(1, %d)", n);
+	PQclear(testdb_exec(c, sql));
+	if (every > 0) {
+		snprintf(sql, sizeof(sql), "INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus)"
+			 " SELECT id, 1, %d, 1 FROM vmms WHERE id %% %d = %d", res_mb, every, rem);
+		PQclear(testdb_exec(c, sql));
+	}
+	return c;
+}
+
 Test(reap, batches_and_limit)
 {
 	char ci[256];
-	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	PGconn *c = abandoned_fleet(ci, sizeof(ci), 25, 5, 0, 256);
 	struct testrun r;
 	cJSON *j;
 	char *ids;
 
-	PQclear(testdb_exec(c,
-		"INSERT INTO workers (name, memory_mb, vcpus) VALUES ('w1', 65536, 64);"
-		"INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
-		" VALUES ('s', 'o', 'stopped', 1, 1024, 1);"
-		"INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)"
-		" SELECT 1, 1, 'qemu', 'destroyed' FROM generate_series(1, 25);"
-		"INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus)"
-		" SELECT id, 1, 256, 1 FROM vmms WHERE id % 5 = 0;"));
 	/* one session: the audit rows' order is the claims' (sessions_share_the_work_and_the_limit) */
 	TESTRUN(&r, "vmm-reap", "--db", ci, "--json", "--batch", "10", "--limit", "15", "--sessions", "1");
 	cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
@@ -284,18 +301,10 @@ Test(reap, batches_and_limit)
 Test(reap, sessions_share_the_work_and_the_limit)
 {
 	char ci[256];
-	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	PGconn *c = abandoned_fleet(ci, sizeof(ci), 10000, 2, 0, 64);
 	struct testrun r;
 	cJSON *j;
 
-	PQclear(testdb_exec(c,
-		"INSERT INTO workers (name, memory_mb, vcpus) VALUES ('w1', 1048576, 8192);"
-		"INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
-		" VALUES ('s', 'o', 'stopped', 1, 1024, 1);"
-		"INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)"
-		" SELECT 1, 1, 'qemu', 'destroyed' FROM generate_series(1, 10000);"
-		"INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus)"
-		" SELECT id, 1, 64, 1 FROM vmms WHERE id % 2 = 0;"));
 	TESTRUN(&r, "vmm-reap", "--db", ci, "--json", "-v", "--batch", "100", "--limit", "5550", "--sessions", "4");
 	cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
 	j = json_of(&r);
@@ -321,16 +330,10 @@ Test(reap, sessions_share_the_work_and_the_limit)
 Test(reap, sessions_fall_back_to_the_connections_there_are)
 {
 	char ci[256], ci1[400], role[128], sql[600];
-	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	PGconn *c = abandoned_fleet(ci, sizeof(ci), 30, 0, 0, 0);
 	struct testrun r;
 	cJSON *j;
 
-	PQclear(testdb_exec(c,
-		"INSERT INTO workers (name, memory_mb, vcpus) VALUES ('w1', 65536, 64);"
-		"INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
-		" VALUES ('s', 'o', 'stopped', 1, 1024, 1);"
-		"INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)"
-		" SELECT 1, 1, 'qemu', 'destroyed' FROM generate_series(1, 30);"));
 	snprintf(role, sizeof(role), "one_%s", PQdb(c));
 	snprintf(sql, sizeof(sql), "CREATE ROLE %s LOGIN CONNECTION LIMIT 1;"
 		 " GRANT ALL ON ALL TABLES IN SCHEMA public TO %s; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO %s",
@@ -744,20 +747,13 @@ Test(reap, a_failed_batch_is_reaped_one_by_one)
 Test(reap, a_session_lost_mid_run_stops_the_run_and_says_what_it_did)
 {
 	char ci[256], *p;
-	PGconn *c = testdb_new(true, ci, sizeof(ci));
+	PGconn *c = abandoned_fleet(ci, sizeof(ci), 3000, 100, 1, 256);
 	struct testproc proc;
 	struct testrun r;
 	long long found, deleted, res, held = 0;
 	cJSON *j;
 
 	PQclear(testdb_exec(c,
-		"INSERT INTO workers (name, memory_mb, vcpus) VALUES ('w1', 65536, 64);"
-		"INSERT INTO sandboxes (name, org_id, status, worker_id, memory_mb, vcpus)"
-		" VALUES ('s', 'o', 'stopped', 1, 1024, 1);"
-		"INSERT INTO vmms (sandbox_id, worker_id, hypervisor, state)"
-		" SELECT 1, 1, 'qemu', 'destroyed' FROM generate_series(1, 3000);"
-		"INSERT INTO reservations (vmm_id, worker_id, memory_mb, vcpus)"
-		" SELECT id, 1, 256, 1 FROM vmms WHERE id % 100 = 1;"
 		"CREATE FUNCTION hold_1501() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
 		" IF NEW.id = 1501 THEN PERFORM pg_sleep(60); END IF; RETURN NEW; END $$;"
 		"CREATE TRIGGER hold_1501 BEFORE UPDATE ON vmms FOR EACH ROW EXECUTE FUNCTION hold_1501();"));
